@@ -1,0 +1,664 @@
+"""Pure encoder: blocks of FITS rows (big-endian record bytes) to PostgreSQL COPY bytes.
+
+A FITS binary table row and a PostgreSQL binary COPY tuple are both sequences of
+big-endian values; binary COPY only adds a 4-byte length word before each field.
+Encoding is therefore a byte re-layout done column-block by column-block with numpy
+slices, never a loop over rows.  Text COPY is built the same way from fixed-width
+character slots (decimal integers, C99 hexadecimal floats) and a keep mask that
+drops unused slot bytes in one compaction at the end.
+
+This module imports neither psycopg2 nor fitsio; it sees only numpy arrays.
+
+NULL policy (both formats):
+- float NaN (scalars and array elements) -> NULL; +/-Infinity and -0.0 kept;
+- integer columns with TNULL: the raw stored value equal to TNULL -> NULL;
+- logical columns: the FITS null byte (0x00) -> NULL;
+- strings: cut at the first NUL, trailing spaces removed, leading spaces kept;
+  never NULL (an empty string stays an empty string).
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+BINARY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+BINARY_TRAILER = b"\xff\xff"
+
+#: PostgreSQL type OIDs of array elements (binary array header).
+OID = {"int2": 21, "int4": 23, "int8": 20, "float4": 700, "float8": 701,
+       "bool": 16, "numeric": 1700, "text": 25}
+
+_NULL_WORD = np.frombuffer(b"\xff\xff\xff\xff", np.uint8)
+
+
+class EncodeError(ValueError):
+    """A value that cannot be represented in PostgreSQL (names column and row)."""
+
+
+@dataclass(frozen=True)
+class Field:
+    """How one output column is produced from a block of FITS rows.
+
+    kind is one of:
+    ``int`` (signed integer, optional integer TZERO), ``uint8`` (FITS 'B'),
+    ``float`` (E/D), ``scaled`` (TSCAL/TZERO to double precision), ``u64`` (K with
+    TZERO 2**63, to numeric), ``bool`` (L), ``text`` (A), ``null`` (column absent
+    from this file), ``const`` (a file-level value), ``rownum`` (0-based FITS row).
+    """
+
+    name: str
+    kind: str
+    pgtype: str = ""          # element type name: int2/int4/int8/float4/float8/bool/numeric/text
+    offset: int = 0           # byte offset of the column in the FITS row
+    width: int = 0            # bytes per stored element (string width for text)
+    count: int = 1            # stored elements (product of dims); 1 for scalars
+    dims: tuple = ()          # PostgreSQL array dims, slowest first; () for a scalar
+    tzero: float = 0
+    tscal: float = 1.0
+    tnull: Optional[int] = None
+    src: str = ""             # stored numpy dtype of a scaled column, e.g. '>i2'
+    value: object = None      # for const: int or str
+
+    @property
+    def out_width(self) -> int:
+        """Bytes per element in binary COPY."""
+        return {"int2": 2, "int4": 4, "int8": 8, "float4": 4, "float8": 8,
+                "bool": 1, "numeric": 18}.get(self.pgtype, self.width)
+
+
+# --------------------------------------------------------------------------- layout
+
+class _Layout:
+    """Rows assembled from fixed-width pieces, compacted once by a keep mask."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.pieces: list[tuple[int, Callable[[np.ndarray], None], Optional[np.ndarray]]] = []
+
+    def const(self, data: bytes) -> None:
+        if not data:
+            return
+        arr = np.frombuffer(data, np.uint8)
+
+        def write(dst: np.ndarray) -> None:
+            dst[:] = arr
+
+        self.pieces.append((len(data), write, None))
+
+    def array(self, data: np.ndarray, keep: Optional[np.ndarray] = None) -> None:
+        """Add a (n, ...) uint8 array flattened per row, with an optional keep mask."""
+        data = data.reshape(self.n, -1)
+        if keep is not None:
+            keep = keep.reshape(self.n, -1)
+
+        def write(dst: np.ndarray) -> None:
+            dst[:] = data
+
+        self.pieces.append((data.shape[1], write, keep))
+
+    def custom(self, width: int, write: Callable[[np.ndarray], None],
+               keep: Optional[np.ndarray] = None) -> None:
+        self.pieces.append((width, write, keep))
+
+    def tobytes(self) -> bytes:
+        total = sum(w for w, _, _ in self.pieces)
+        out = np.empty((self.n, total), np.uint8)
+        mask = None
+        pos = 0
+        for width, write, keep in self.pieces:
+            write(out[:, pos:pos + width])
+            if keep is not None:
+                if mask is None:
+                    mask = np.ones((self.n, total), bool)
+                mask[:, pos:pos + width] = keep.reshape(self.n, width)
+            pos += width
+        if mask is None:
+            return out.tobytes()
+        return out[mask].tobytes()
+
+
+# --------------------------------------------------------------------------- raw values
+
+def _be(kind: str, width: int) -> np.dtype:
+    return np.dtype({"int": ">i", "float": ">f", "uint8": ">u"}[kind] + str(width))
+
+
+def _raw(rows: np.ndarray, f: Field) -> np.ndarray:
+    """The stored elements of an integer column as an (n, count) big-endian array."""
+    sl = rows[:, f.offset:f.offset + f.width * f.count]
+    return np.ascontiguousarray(sl).view(_be("int", f.width))
+
+
+def _float_raw(rows: np.ndarray, f: Field) -> np.ndarray:
+    sl = np.ascontiguousarray(rows[:, f.offset:f.offset + f.width * f.count])
+    return sl.view(_be("float", f.width))
+
+
+def _nan_mask(block: np.ndarray, width: int) -> np.ndarray:
+    """NaN test on raw big-endian float bytes, (n, k*width) -> (n, k), no byteswap."""
+    if width == 4:
+        exp, mant = 0x7F800000, 0x007FFFFF
+        native = np.dtype("=u4")
+        big = np.dtype(">u4")
+    else:
+        exp, mant = 0x7FF0000000000000, 0x000FFFFFFFFFFFFF
+        native = np.dtype("=u8")
+        big = np.dtype(">u8")
+    words = np.ascontiguousarray(block).view(native)
+    e = np.array([exp], big).view(native)[0]
+    m = np.array([mant], big).view(native)[0]
+    return ((words & e) == e) & ((words & m) != 0)
+
+
+def _int_values(rows: np.ndarray, f: Field) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """Integer column -> (int64 or uint64 values (n, count), null mask or None)."""
+    if f.kind == "uint8":
+        raw = rows[:, f.offset:f.offset + f.count].astype(np.int64)
+    else:
+        raw = _raw(rows, f).astype(np.int64)
+    null = None
+    if f.tnull is not None:
+        null = raw == f.tnull
+        if not null.any():
+            null = None
+    if f.kind == "u64":
+        vals = raw.view(np.uint64) ^ np.uint64(1 << 63)
+    elif f.tzero:
+        vals = raw + int(f.tzero)
+    else:
+        vals = raw
+    return vals, null
+
+
+def _float_values(rows: np.ndarray, f: Field) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """Float or scaled column -> (float values (n, count) native, NaN mask or None)."""
+    if f.kind == "scaled":
+        src = rows[:, f.offset:f.offset + f.width * f.count]
+        src_dtype = np.dtype(f.src)
+        raw = np.ascontiguousarray(src).view(src_dtype)
+        null = None
+        if f.tnull is not None and src_dtype.kind == "i":
+            null = raw == f.tnull
+        vals = raw.astype(np.float64) * f.tscal + f.tzero
+        nan = np.isnan(vals)
+        if null is not None:
+            nan = nan | null
+    else:
+        raw = _float_raw(rows, f)
+        vals = raw.astype(raw.dtype.newbyteorder("="))
+        nan = np.isnan(vals)
+    return vals, (nan if nan.any() else None)
+
+
+def _bool_values(rows: np.ndarray, f: Field, first_row: int) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    raw = rows[:, f.offset:f.offset + f.count]
+    true = raw == ord("T")
+    null = raw == 0
+    bad = ~(true | null | (raw == ord("F")))
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise EncodeError(
+            f"column {f.name!r} row {first_row + r}: logical byte {int(raw[r, c])!r} is not "
+            "'T', 'F' or 0 (null)")
+    return true, (null if null.any() else None)
+
+
+def _string_lengths(chars: np.ndarray) -> np.ndarray:
+    """Used length of fixed-width FITS strings: cut at first NUL, drop trailing spaces."""
+    n, w = chars.shape
+    if w == 0:
+        return np.zeros(n, np.int64)
+    idx = np.arange(w)
+    is_nul = chars == 0
+    first_nul = np.where(is_nul.any(axis=1), is_nul.argmax(axis=1), w)
+    solid = (chars != 0) & (chars != 32) & (idx < first_nul[:, None])
+    last = w - solid[:, ::-1].argmax(axis=1)
+    return np.where(solid.any(axis=1), last, 0)
+
+
+def _check_ascii(chars: np.ndarray, lengths: np.ndarray, f: Field, first_row: int) -> None:
+    used = np.arange(chars.shape[1]) < lengths[:, None]
+    bad = (chars >= 0x80) & used
+    if bad.any():
+        r = int(np.argwhere(bad)[0][0])
+        raise EncodeError(
+            f"column {f.name!r} row {first_row + r}: string holds a non-ASCII byte; FITS "
+            "strings are ASCII (fix the file or load the column as bytes)")
+
+
+# --------------------------------------------------------------------------- binary
+
+def _binary_elements(rows: np.ndarray, f: Field, first_row: int) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """Element payloads (n, count, out_width) uint8 and a null mask (n, count) or None."""
+    n = rows.shape[0]
+    if f.kind == "float":
+        sl = rows[:, f.offset:f.offset + f.width * f.count]
+        nan = _nan_mask(sl, f.width)
+        return sl.reshape(n, f.count, f.width), (nan if nan.any() else None)
+    if f.kind == "scaled":
+        vals, null = _float_values(rows, f)
+        return vals.astype(">f8").view(np.uint8).reshape(n, f.count, 8), null
+    if f.kind == "bool":
+        true, null = _bool_values(rows, f, first_row)
+        return true.astype(np.uint8).reshape(n, f.count, 1), null
+    if f.kind == "u64":
+        vals, null = _int_values(rows, f)
+        return _numeric_u64(vals).reshape(n, f.count, 18), null
+    if f.kind == "int" and not f.tzero and f.out_width == f.width:
+        sl = rows[:, f.offset:f.offset + f.width * f.count]
+        null = None
+        if f.tnull is not None:
+            null = _raw(rows, f) == f.tnull
+            null = null if null.any() else None
+        return sl.reshape(n, f.count, f.width), null
+    vals, null = _int_values(rows, f)
+    out = vals.astype(">i%d" % f.out_width)
+    return out.view(np.uint8).reshape(n, f.count, f.out_width), null
+
+
+def _numeric_u64(vals: np.ndarray) -> np.ndarray:
+    """uint64 values -> PostgreSQL binary numeric, 5 base-10000 digits, weight 4."""
+    flat = vals.reshape(-1).astype(np.uint64)
+    digits = np.empty((flat.size, 5), np.uint64)
+    rest = flat.copy()
+    for i in range(4, -1, -1):
+        digits[:, i] = rest % np.uint64(10000)
+        rest //= np.uint64(10000)
+    out = np.empty((flat.size, 9), ">i2")
+    out[:, 0] = 5          # ndigits
+    out[:, 1] = 4          # weight: first digit is 10000**4
+    out[:, 2] = 0          # sign: positive
+    out[:, 3] = 0          # dscale
+    out[:, 4:] = digits.astype(np.int64)
+    return out.view(np.uint8).reshape(vals.shape + (18,))
+
+
+def _binary_scalar(layout: _Layout, elems: np.ndarray, null: Optional[np.ndarray]) -> None:
+    n, _, w = elems.shape
+    data = elems.reshape(n, w)
+    word = np.frombuffer(struct.pack(">i", w), np.uint8)
+    if null is None:
+        def write(dst: np.ndarray) -> None:
+            dst[:, :4] = word
+            dst[:, 4:] = data
+        layout.custom(4 + w, write)
+        return
+    nul = null.reshape(n)
+
+    def write_null(dst: np.ndarray) -> None:
+        dst[:, :4] = np.where(nul[:, None], _NULL_WORD, word)
+        dst[:, 4:] = data
+
+    keep = np.ones((n, 4 + w), bool)
+    keep[:, 4:] = ~nul[:, None]
+    layout.custom(4 + w, write_null, keep)
+
+
+def _binary_array(layout: _Layout, f: Field, elems: np.ndarray, null: Optional[np.ndarray]) -> None:
+    n, count, w = elems.shape
+    dims = f.dims or (count,)
+    head = struct.pack(">iii", len(dims), 0, OID[f.pgtype])
+    head += b"".join(struct.pack(">ii", d, 1) for d in dims)
+    head_arr = np.frombuffer(head, np.uint8)
+    full = len(head) + count * (4 + w)
+    body = np.empty((n, count, 4 + w), np.uint8)
+    body[:, :, 4:] = elems
+    body[:, :, :4] = np.frombuffer(struct.pack(">i", w), np.uint8)
+    keep = None
+    lengths = np.full(n, full, np.int64)
+    hasnull = None
+    if null is not None:
+        body[:, :, :4][null] = _NULL_WORD
+        body_keep = np.ones((n, count, 4 + w), bool)
+        body_keep[:, :, 4:] = ~null[:, :, None]
+        keep = np.ones((n, 4 + full), bool)
+        keep[:, 4 + len(head):] = body_keep.reshape(n, -1)
+        lengths -= null.sum(axis=1) * w
+        hasnull = null.any(axis=1)
+
+    def write(dst: np.ndarray) -> None:
+        dst[:, :4] = lengths.astype(">i4").view(np.uint8).reshape(n, 4)
+        dst[:, 4:4 + len(head)] = head_arr
+        if hasnull is not None:
+            dst[:, 11] = hasnull
+        dst[:, 4 + len(head):] = body.reshape(n, -1)
+
+    layout.custom(4 + full, write, keep)
+
+
+def _binary_text(layout: _Layout, f: Field, rows: np.ndarray, first_row: int) -> None:
+    n = rows.shape[0]
+    chars = rows[:, f.offset:f.offset + f.width]
+    lengths = _string_lengths(chars)
+    _check_ascii(chars, lengths, f, first_row)
+    keep = np.ones((n, 4 + f.width), bool)
+    keep[:, 4:] = np.arange(f.width) < lengths[:, None]
+    if keep.all():
+        keep = None
+
+    def write(dst: np.ndarray) -> None:
+        dst[:, :4] = lengths.astype(">i4").view(np.uint8).reshape(n, 4)
+        dst[:, 4:] = chars
+
+    layout.custom(4 + f.width, write, keep)
+
+
+def _const_binary(f: Field) -> bytes:
+    if f.value is None:
+        return b"\xff\xff\xff\xff"
+    if f.pgtype == "text":
+        data = str(f.value).encode("utf-8")
+    elif f.pgtype in ("int2", "int4", "int8"):
+        data = int(f.value).to_bytes(f.out_width, "big", signed=True)
+    else:
+        raise EncodeError(f"constant column {f.name!r}: unsupported type {f.pgtype}")
+    return struct.pack(">i", len(data)) + data
+
+
+def _fusable(f: Field) -> bool:
+    return (f.kind in ("float", "int") and f.count == 1 and not f.dims and not f.tzero
+            and f.tnull is None and f.out_width == f.width)
+
+
+def _runs(fields: Sequence[Field]) -> list[list[Field]]:
+    """Group consecutive plain columns that are adjacent in the FITS row and equally wide."""
+    runs: list[list[Field]] = []
+    for f in fields:
+        prev = runs[-1][-1] if runs else None
+        if (prev is not None and _fusable(f) and _fusable(prev) and f.width == prev.width
+                and prev.offset + prev.width == f.offset
+                and (f.kind == prev.kind)):
+            runs[-1].append(f)
+        else:
+            runs.append([f])
+    return runs
+
+
+def _binary_run(layout: _Layout, run: list[Field], rows: np.ndarray) -> None:
+    """k adjacent plain columns copied with one strided assignment."""
+    n = rows.shape[0]
+    k, w = len(run), run[0].width
+    src = rows[:, run[0].offset:run[0].offset + k * w]
+    null = _nan_mask(src, w) if run[0].kind == "float" else None
+    if null is not None and not null.any():
+        null = None
+    word = np.frombuffer(struct.pack(">i", w), np.uint8)
+
+    def write(dst: np.ndarray) -> None:
+        d = dst.reshape(n, k, 4 + w)
+        d[:, :, 4:] = src.reshape(n, k, w)
+        d[:, :, :4] = word
+        if null is not None:
+            d[:, :, :4][null] = _NULL_WORD
+
+    keep = None
+    if null is not None:
+        keep = np.ones((n, k, 4 + w), bool)
+        keep[:, :, 4:] = ~null[:, :, None]
+    layout.custom(k * (4 + w), write, keep)
+
+
+def encode_binary(rows: np.ndarray, fields: Sequence[Field], first_row: int = 0) -> bytes:
+    """Encode a block of FITS rows as binary COPY tuples (no file header/trailer).
+
+    Parameters
+    ----------
+    rows : numpy.ndarray
+        (n, NAXIS1) uint8 array of raw big-endian FITS records.
+    fields : sequence of Field
+        The output columns, in COPY column order.
+    first_row : int
+        0-based FITS row number of ``rows[0]`` (for ``rownum`` and error messages).
+    """
+    n = rows.shape[0]
+    layout = _Layout(n)
+    layout.const(struct.pack(">h", len(fields)))
+    for run in _runs(fields):
+        f = run[0]
+        if len(run) > 1 or _fusable(f):
+            _binary_run(layout, run, rows)
+        elif f.kind == "null":
+            layout.const(b"\xff\xff\xff\xff")
+        elif f.kind == "const":
+            layout.const(_const_binary(f))
+        elif f.kind == "rownum":
+            nums = (np.arange(n, dtype=np.int64) + first_row).astype(">i8")
+            _binary_scalar(layout, nums.view(np.uint8).reshape(n, 1, 8), None)
+        elif f.kind == "text":
+            if f.dims:
+                raise EncodeError(f"column {f.name!r}: string arrays are not supported")
+            _binary_text(layout, f, rows, first_row)
+        else:
+            elems, null = _binary_elements(rows, f, first_row)
+            if f.dims:
+                _binary_array(layout, f, elems, null)
+            else:
+                _binary_scalar(layout, elems, null)
+    if n == 0:
+        return b""
+    # every row starts with the same field count; _Layout repeats it per row
+    return layout.tobytes()
+
+
+# --------------------------------------------------------------------------- text
+
+_HEX = np.frombuffer(b"0123456789abcdef", np.uint8)
+_DIGITS = np.frombuffer(b"0123456789", np.uint8)
+
+
+def _text_ints(vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Integers (int64 or uint64, any shape) -> decimal chars (sign slot + 20 digits), keep mask."""
+    shape = vals.shape
+    flat = vals.reshape(-1)
+    if flat.dtype.kind == "i":
+        neg = flat < 0
+        mag = flat.view(np.uint64).copy()
+        mag[neg] = (~mag[neg]) + np.uint64(1)   # two's complement magnitude, safe for INT64_MIN
+    else:
+        neg = np.zeros(flat.size, bool)
+        mag = flat.astype(np.uint64)
+    digits = np.zeros((flat.size, 20), np.uint8)
+    ten = np.uint64(10)
+    for i in range(19, -1, -1):
+        digits[:, i] = mag % ten
+        mag //= ten
+        if not mag.any():
+            break
+    nonzero = digits != 0
+    first = np.where(nonzero.any(axis=1), nonzero.argmax(axis=1), 19)
+    chars = np.empty((flat.size, 21), np.uint8)
+    chars[:, 0] = ord("-")
+    chars[:, 1:] = digits + ord("0")
+    keep = np.arange(21) >= (first + 1)[:, None]
+    keep[:, 0] = neg
+    return chars.reshape(shape + (21,)), keep.reshape(shape + (21,))
+
+
+def _text_floats(vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Floats -> C99 hexadecimal strings (exact), 'Infinity'/'-Infinity'; NaN handled by caller.
+
+    Form: [-]0x1.<hex mantissa>p<+|-><decimal exponent>, or 0x0.<...>p-126/-1022 for
+    subnormals and zero.  glibc strtod/strtof (PostgreSQL's float8in/float4in) parse it
+    exactly, so every bit round-trips; tests check this against the server.
+    """
+    shape = vals.shape
+    flat = vals.reshape(-1)
+    if flat.dtype.itemsize == 4:
+        bits = flat.astype("=f4").view(np.uint32).astype(np.uint64)
+        mbits, ebits, bias = 23, 8, 127
+        mshift, nhex = 1, 6
+    else:
+        bits = flat.astype("=f8").view(np.uint64)
+        mbits, ebits, bias = 52, 11, 1023
+        mshift, nhex = 0, 13
+    sign = (bits >> np.uint64(mbits + ebits)) & np.uint64(1)
+    exp = ((bits >> np.uint64(mbits)) & np.uint64((1 << ebits) - 1)).astype(np.int64)
+    mant = (bits & np.uint64((1 << mbits) - 1)) << np.uint64(mshift)
+    sub = exp == 0
+    e = np.where(sub, np.where(mant == 0, 0, 1 - bias), exp - bias)
+    # layout: sign(1) '0x'(2) lead(1) '.'(1) hex(nhex) 'p'(1) esign(1) edigits(4)
+    width = 11 + nhex
+    chars = np.empty((flat.size, width), np.uint8)
+    chars[:, 0] = ord("-")
+    chars[:, 1] = ord("0")
+    chars[:, 2] = ord("x")
+    chars[:, 3] = np.where(sub, ord("0"), ord("1"))
+    chars[:, 4] = ord(".")
+    for i in range(nhex):
+        shift = np.uint64(4 * (nhex - 1 - i))
+        chars[:, 5 + i] = _HEX[((mant >> shift) & np.uint64(15)).astype(np.intp)]
+    p = 5 + nhex
+    chars[:, p] = ord("p")
+    chars[:, p + 1] = np.where(e < 0, ord("-"), ord("+"))
+    ae = np.abs(e)
+    for i in range(4):
+        chars[:, p + 5 - i] = _DIGITS[(ae // 10 ** i) % 10]
+    keep = np.ones((flat.size, width), bool)
+    keep[:, 0] = sign.astype(bool)
+    inf = exp == (1 << ebits) - 1
+    if inf.any():
+        # NaN never reaches here as a value (it is NULL); what is left is +/-Infinity
+        pos_inf = np.frombuffer(b"Infinity".ljust(width, b" "), np.uint8)
+        rows = np.nonzero(inf)[0]
+        chars[rows, 1:] = pos_inf[:width - 1]
+        keep[rows, 1:] = np.arange(1, width) <= 8
+    return chars.reshape(shape + (width,)), keep.reshape(shape + (width,))
+
+
+def _escape_text(chars: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Escape backslash, tab, newline and carriage return for text COPY (vectorised)."""
+    special = keep & ((chars == 92) | (chars == 9) | (chars == 10) | (chars == 13))
+    if not special.any():
+        return chars, keep
+    n, w = chars.shape
+    esc = np.zeros(256, np.uint8)
+    esc[92], esc[9], esc[10], esc[13] = ord("\\"), ord("t"), ord("n"), ord("r")
+    out = np.empty((n, w, 2), np.uint8)
+    out[:, :, 0] = np.where(special, ord("\\"), chars)
+    out[:, :, 1] = esc[chars]
+    k = np.empty((n, w, 2), bool)
+    k[:, :, 0] = keep
+    k[:, :, 1] = special
+    return out.reshape(n, 2 * w), k.reshape(n, 2 * w)
+
+
+def _text_elements(rows: np.ndarray, f: Field, first_row: int
+                   ) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+    """Element text (n, count, W), keep mask, null mask (n, count) or None."""
+    n = rows.shape[0]
+    if f.kind in ("float", "scaled"):
+        vals, null = _float_values(rows, f)
+        chars, keep = _text_floats(vals)
+        return chars, keep, null
+    if f.kind == "bool":
+        true, null = _bool_values(rows, f, first_row)
+        chars = np.where(true, ord("t"), ord("f")).astype(np.uint8)[..., None]
+        return chars, np.ones(chars.shape, bool), null
+    vals, null = _int_values(rows, f)
+    chars, keep = _text_ints(vals.reshape(n, f.count))
+    return chars, keep, null
+
+
+def _text_value(layout: _Layout, chars: np.ndarray, keep: np.ndarray,
+                null: Optional[np.ndarray], null_text: bytes) -> None:
+    n, w = chars.shape
+    if null is not None:
+        width = max(w, len(null_text))
+        c = np.zeros((n, width), np.uint8)
+        k = np.zeros((n, width), bool)
+        c[:, :w], k[:, :w] = chars, keep
+        nt = np.frombuffer(null_text, np.uint8)
+        c[null, :len(null_text)] = nt
+        k[null] = np.arange(width) < len(null_text)
+        chars, keep = c, k
+    layout.array(chars, None if keep.all() else keep)
+
+
+def _array_separators(dims: tuple) -> list[bytes]:
+    """Bytes written after element j of a row-major array literal (before the closing braces)."""
+    count = int(np.prod(dims))
+    seps = []
+    for j in range(count):
+        if j == count - 1:
+            seps.append(b"")
+            continue
+        closed, stride = 0, 1
+        for d in reversed(dims[1:]):
+            stride *= d
+            if (j + 1) % stride == 0:
+                closed += 1
+        seps.append(b"}" * closed + b"," + b"{" * closed)
+    return seps
+
+
+def _text_array(layout: _Layout, f: Field, chars: np.ndarray, keep: np.ndarray,
+                null: Optional[np.ndarray]) -> None:
+    n, count, w = chars.shape
+    dims = f.dims or (count,)
+    seps = _array_separators(dims)
+    sw = max(len(s) for s in seps)
+    width = max(w, 4) + sw
+    c = np.zeros((n, count, width), np.uint8)
+    k = np.zeros((n, count, width), bool)
+    c[:, :, :w], k[:, :, :w] = chars, keep
+    if null is not None:
+        c[:, :, :4][null] = np.frombuffer(b"NULL", np.uint8)
+        k[:, :, :max(w, 4)][null] = np.arange(max(w, 4)) < 4
+    for j, s in enumerate(seps):
+        if s:
+            c[:, j, width - sw:width - sw + len(s)] = np.frombuffer(s, np.uint8)
+            k[:, j, width - sw:width - sw + len(s)] = True
+    layout.const(b"{" * len(dims))
+    layout.array(c, k)
+    layout.const(b"}" * len(dims))
+
+
+def encode_text(rows: np.ndarray, fields: Sequence[Field], first_row: int = 0) -> bytes:
+    """Encode a block of FITS rows as text COPY lines (tab-separated, ``\\N`` for NULL)."""
+    n = rows.shape[0]
+    if n == 0:
+        return b""
+    layout = _Layout(n)
+    for i, f in enumerate(fields):
+        if f.kind == "null":
+            layout.const(b"\\N")
+        elif f.kind == "const":
+            if f.value is None:
+                layout.const(b"\\N")
+            else:
+                v = str(f.value).encode("utf-8")
+                c, k = _escape_text(np.frombuffer(v, np.uint8)[None, :], np.ones((1, len(v)), bool))
+                layout.const(c[k].tobytes())
+        elif f.kind == "rownum":
+            chars, keep = _text_ints(np.arange(n, dtype=np.int64) + first_row)
+            layout.array(chars, keep)
+        elif f.kind == "text":
+            if f.dims:
+                raise EncodeError(f"column {f.name!r}: string arrays are not supported")
+            chars = rows[:, f.offset:f.offset + f.width]
+            lengths = _string_lengths(chars)
+            _check_ascii(chars, lengths, f, first_row)
+            keep = np.arange(f.width) < lengths[:, None]
+            chars, keep = _escape_text(chars, keep)
+            layout.array(chars, None if keep.all() else keep)
+        else:
+            chars, keep, null = _text_elements(rows, f, first_row)
+            if f.dims:
+                _text_array(layout, f, chars, keep, null)
+            else:
+                _text_value(layout, chars.reshape(n, -1), keep.reshape(n, -1),
+                            None if null is None else null.reshape(n), b"\\N")
+        layout.const(b"\n" if i == len(fields) - 1 else b"\t")
+    return layout.tobytes()
+
+
+def encode_block(rows: np.ndarray, fields: Sequence[Field], fmt: str, first_row: int = 0) -> bytes:
+    """Encode a block in ``fmt`` ('binary' or 'text'); see encode_binary / encode_text."""
+    if fmt == "binary":
+        return encode_binary(rows, fields, first_row)
+    if fmt == "text":
+        return encode_text(rows, fields, first_row)
+    raise ValueError(f"unknown COPY format {fmt!r}: expected 'binary' or 'text'")

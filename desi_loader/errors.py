@@ -1,0 +1,41 @@
+"""Exceptions the library raises; the CLI turns them into one-line messages and exit codes."""
+from __future__ import annotations
+
+
+class LoaderError(Exception):
+    """A problem the user can fix; ``hint`` says how."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+class UsageError(LoaderError):
+    """Bad arguments, paths or configuration."""
+
+
+class SchemaError(LoaderError):
+    """FITS headers that cannot be mapped to PostgreSQL, or that conflict between files."""
+
+
+class BadFileError(LoaderError):
+    """A FITS file that cannot be read (names the file and the reason)."""
+
+    def __init__(self, path: str, reason: str, hint: str = "") -> None:
+        super().__init__(f"{path}: {reason}", hint)
+        self.path = path
+        self.reason = reason
+
+
+class DatabaseError(LoaderError):
+    """The database refused or failed (connection, permission, disk full ...)."""
+
+    exit_code = 3
+
+
+class LoadFailed(LoaderError):
+    """Some tasks failed; the published tables were not replaced."""
+
+    exit_code = 1

@@ -1,0 +1,161 @@
+"""The only module that opens FITS files: headers via astropy, rows as raw record bytes.
+
+Rows are read with plain positioned reads of the uncompressed data unit, so a worker
+holds only the block it is encoding, whatever the file size, and the bytes arrive in
+FITS big-endian order, which is what binary COPY wants.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+from .errors import BadFileError, SchemaError
+from .schema import FitsColumn, parse_tdim, parse_tform
+
+_COLUMN_KEYS = ("TTYPE", "TFORM", "TDIM", "TZERO", "TSCAL", "TNULL", "TUNIT", "TCOMM", "TDISP")
+
+
+@dataclass(frozen=True)
+class HduInfo:
+    """A binary-table HDU: where its rows are and what they hold."""
+
+    index: int
+    extname: Optional[str]
+    nrows: int
+    row_bytes: int
+    data_offset: int
+    columns: tuple[FitsColumn, ...]
+    cards: dict
+
+
+@dataclass(frozen=True)
+class FitsInfo:
+    """A FITS file's primary header and binary-table HDUs."""
+
+    path: str
+    name: str
+    size: int
+    primary: dict
+    hdus: tuple[HduInfo, ...]
+    checksum: str        # 'absent' | 'present' (verification is the coordinator's choice)
+
+    def hdu(self, extname: str) -> Optional[HduInfo]:
+        for h in self.hdus:
+            if (h.extname or "").upper() == extname.upper():
+                return h
+        return None
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    return str(value)
+
+
+def _cards(header: Any, skip_columns: bool) -> dict:
+    out = {}
+    for key, value in header.items():
+        if not key or key in ("COMMENT", "HISTORY"):
+            continue
+        if skip_columns and key.rstrip("0123456789") in _COLUMN_KEYS and key[-1].isdigit():
+            continue
+        out[key] = _jsonable(value)
+    return out
+
+
+def _columns(header: Any, where: str) -> tuple[FitsColumn, ...]:
+    cols = []
+    offset = 0
+    seen: dict[str, str] = {}
+    for i in range(1, int(header.get("TFIELDS", 0)) + 1):
+        name = str(header.get(f"TTYPE{i}", f"COL{i}")).strip()
+        tform = str(header[f"TFORM{i}"]).strip()
+        try:
+            repeat, code = parse_tform(tform)
+            dims = parse_tdim(header.get(f"TDIM{i}"), repeat, code)
+        except SchemaError as exc:
+            raise SchemaError(f"{where} column {name!r}: {exc}") from exc
+        low = name.lower()
+        if low in seen:
+            raise SchemaError(f"{where}: columns {seen[low]!r} and {name!r} differ only by case")
+        seen[low] = name
+        tnull = header.get(f"TNULL{i}")
+        col = FitsColumn(name=name, tform=tform, code=code, repeat=repeat, offset=offset, dims=dims,
+                         tzero=header.get(f"TZERO{i}"), tscal=header.get(f"TSCAL{i}"),
+                         tnull=int(tnull) if tnull is not None and code in "BIJK" else None,
+                         unit=header.get(f"TUNIT{i}") or None, comment=header.get(f"TCOMM{i}") or None)
+        cols.append(col)
+        offset += col.width
+    return tuple(cols)
+
+
+def read_info(path: str) -> FitsInfo:
+    """Read every header of a FITS file (no data) and check the file is complete.
+
+    Raises
+    ------
+    BadFileError
+        Not FITS, unreadable, or truncated.
+    """
+    from astropy.io import fits   # import here: workers that only read rows never need it
+
+    name = os.path.basename(path)
+    try:
+        size = os.path.getsize(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with fits.open(path, memmap=False, lazy_load_hdus=True,
+                           ignore_missing_simple=False) as hdul:
+                primary = _cards(hdul[0].header, skip_columns=False)
+                hdus = []
+                for idx, hdu in enumerate(hdul):
+                    header = hdu.header
+                    if idx == 0 or header.get("XTENSION", "").strip() != "BINTABLE":
+                        continue
+                    where = f"{name} HDU {idx} ({header.get('EXTNAME', 'no EXTNAME')})"
+                    nrows, row_bytes = int(header["NAXIS2"]), int(header["NAXIS1"])
+                    cols = _columns(header, where)
+                    if sum(c.width for c in cols) != row_bytes:
+                        raise BadFileError(path, f"HDU {idx}: NAXIS1={row_bytes} but the TFORMs add "
+                                           f"up to {sum(c.width for c in cols)} bytes")
+                    offset = hdu.fileinfo()["datLoc"]
+                    hdus.append(HduInfo(idx, (header.get("EXTNAME") or None), nrows, row_bytes,
+                                        offset, cols, _cards(header, skip_columns=True)))
+    except BadFileError:
+        raise
+    except SchemaError:
+        raise
+    except FileNotFoundError as exc:
+        raise BadFileError(path, "no such file") from exc
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+        raise BadFileError(path, f"not a readable FITS file ({exc})",
+                           "check that the download completed (compare its size and sha256)") from exc
+    for h in hdus:
+        end = h.data_offset + h.nrows * h.row_bytes
+        if end > size:
+            raise BadFileError(path, f"truncated: HDU {h.index} ({h.extname}) needs {end} bytes, "
+                               f"the file has {size}", "download the file again")
+    checksum = "present" if "CHECKSUM" in primary or any("DATASUM" in h.cards for h in hdus) else "absent"
+    return FitsInfo(path, name, size, primary, tuple(hdus), checksum)
+
+
+def read_rows(path: str, hdu: HduInfo, start: int, stop: int, fh: Optional[Any] = None) -> np.ndarray:
+    """Rows [start, stop) of an HDU as an (n, NAXIS1) uint8 array of raw record bytes."""
+    n = stop - start
+    buf = np.empty((n, hdu.row_bytes), np.uint8)
+    own = fh is None
+    f = open(path, "rb") if own else fh
+    try:
+        f.seek(hdu.data_offset + start * hdu.row_bytes)
+        got = f.readinto(memoryview(buf).cast("B"))
+    finally:
+        if own:
+            f.close()
+    if got != buf.nbytes:
+        raise BadFileError(path, f"HDU {hdu.index} ({hdu.extname}): short read at row {start + got // max(hdu.row_bytes, 1)}"
+                           f" (file truncated while loading?)")
+    return buf

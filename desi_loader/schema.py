@@ -1,0 +1,213 @@
+"""FITS column descriptions -> PostgreSQL column specs, table unions and encoder fields.
+
+Pure: no psycopg2, no fitsio.  read.py fills FitsColumn from headers; sqlgen.py turns
+TableSpec into DDL.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from typing import Optional, Sequence
+
+from .encode import Field
+from .errors import SchemaError
+
+_TFORM = re.compile(r"^\s*(\d*)([LXBIJKAEDCMPQ])(.*)$")
+_ELEM_BYTES = {"L": 1, "B": 1, "I": 2, "J": 4, "K": 8, "A": 1, "E": 4, "D": 8}
+
+#: columns every loaded table starts with
+FILE_ID, ROW_NUM = "file_id", "row_num"
+
+
+@dataclass(frozen=True)
+class FitsColumn:
+    """One column of one binary-table HDU, as its header describes it."""
+
+    name: str
+    tform: str
+    code: str
+    repeat: int
+    offset: int
+    dims: tuple = ()              # numpy order (slowest first); () for scalars
+    tzero: Optional[float] = None
+    tscal: Optional[float] = None
+    tnull: Optional[int] = None
+    unit: Optional[str] = None
+    comment: Optional[str] = None
+
+    @property
+    def width(self) -> int:
+        """Stored bytes of the whole cell."""
+        return self.repeat * _ELEM_BYTES[self.code]
+
+
+def parse_tform(tform: str) -> tuple[int, str]:
+    """'5E' -> (5, 'E'); raises SchemaError for unsupported codes."""
+    m = _TFORM.match(tform)
+    if not m:
+        raise SchemaError(f"unrecognised TFORM {tform!r}")
+    repeat = int(m.group(1)) if m.group(1) else 1
+    code = m.group(2)
+    if code in "PQ":
+        raise SchemaError(f"TFORM {tform!r}: variable-length arrays are not supported")
+    if code in "CM":
+        raise SchemaError(f"TFORM {tform!r}: complex columns are not supported")
+    if code == "X":
+        raise SchemaError(f"TFORM {tform!r}: bit columns are not supported")
+    return repeat, code
+
+
+def parse_tdim(tdim: Optional[str], repeat: int, code: str) -> tuple:
+    """TDIM '(5,2)' -> numpy/PostgreSQL dims (2, 5); scalars -> ()."""
+    if code == "A":
+        if tdim:
+            dims = tuple(int(x) for x in tdim.strip("() ").split(","))
+            return tuple(reversed(dims[1:]))  # first TDIM axis is the string length
+        return ()
+    if tdim:
+        dims = tuple(int(x) for x in tdim.strip("() ").split(","))
+        return tuple(reversed(dims))
+    return (repeat,) if repeat > 1 else ()
+
+
+@dataclass(frozen=True)
+class PgColumn:
+    """A column of a PostgreSQL table: name, type, comment, and how to encode it."""
+
+    name: str                      # lowercased FITS name (or a preset's column)
+    pgtype: str                    # element type: int2/int4/int8/float4/float8/bool/numeric/text
+    ndims: int = 0                 # 0 for scalars
+    comment: Optional[str] = None
+
+    @property
+    def sql_type(self) -> str:
+        base = {"int2": "smallint", "int4": "integer", "int8": "bigint", "float4": "real",
+                "float8": "double precision", "bool": "boolean", "numeric": "numeric(20,0)",
+                "text": "text"}[self.pgtype]
+        return base + "[]" * self.ndims
+
+
+def _is_int(x: Optional[float]) -> bool:
+    return x is None or float(x).is_integer()
+
+
+def classify(col: FitsColumn) -> tuple[str, str]:
+    """(encoder kind, PostgreSQL element type) for a FITS column, widening losslessly."""
+    code, tzero, tscal = col.code, col.tzero or 0, col.tscal if col.tscal is not None else 1
+    if code == "A":
+        return "text", "text"
+    if code == "L":
+        return "bool", "bool"
+    if code in "ED":
+        if tzero or tscal != 1:
+            return "scaled", "float8"
+        return "float", "float4" if code == "E" else "float8"
+    # integers
+    if tscal != 1 or not _is_int(tzero):
+        return "scaled", "float8"
+    if code == "B":
+        return "uint8", "int2"           # 0..255, or -128..127 with TZERO=-128
+    if code == "K" and tzero == 2 ** 63:
+        return "u64", "numeric"
+    if tzero == 0:
+        return "int", {"I": "int2", "J": "int4", "K": "int8"}[code]
+    if code == "I":
+        return "int", "int4"             # TZERO 32768: unsigned 16-bit
+    if code == "J":
+        return "int", "int8"             # TZERO 2**31: unsigned 32-bit
+    raise SchemaError(f"column {col.name!r}: TFORM K with TZERO {tzero} cannot be widened losslessly")
+
+
+def pg_column(col: FitsColumn, description: Optional[str] = None) -> PgColumn:
+    """The PostgreSQL column for a FITS column (comment = description [unit])."""
+    _, pgtype = classify(col)
+    parts = [description or col.comment or ""]
+    if col.unit:
+        parts.append(f"[{col.unit}]")
+    comment = " ".join(p for p in parts if p) or None
+    return PgColumn(col.name.lower(), pgtype, len(col.dims), comment)
+
+
+def encoder_field(col: FitsColumn) -> Field:
+    """The encoder Field that reads this column from a FITS row block."""
+    kind, pgtype = classify(col)
+    elem = _ELEM_BYTES[col.code]
+    if kind == "text":
+        return Field(col.name, kind, pgtype, col.offset, col.repeat, 1, col.dims)
+    count = col.repeat
+    src = ""
+    if kind == "scaled":
+        src = {"B": "u1", "I": ">i2", "J": ">i4", "K": ">i8", "E": ">f4", "D": ">f8"}[col.code]
+    return Field(col.name, kind, pgtype, col.offset, elem, count, col.dims,
+                 tzero=col.tzero or 0, tscal=col.tscal if col.tscal is not None else 1.0,
+                 tnull=col.tnull, src=src)
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A target table: its columns in order (file_id and row_num first)."""
+
+    name: str
+    columns: tuple[PgColumn, ...]
+    extra: tuple[PgColumn, ...] = ()     # file-level constant columns (e.g. algorithm, cap)
+    key: tuple[str, ...] = ()
+    indexes: tuple[tuple[str, ...], ...] = ()
+
+    @property
+    def all_columns(self) -> tuple[PgColumn, ...]:
+        head = (PgColumn(FILE_ID, "int8", 0, "key of load_files"),
+                PgColumn(ROW_NUM, "int8", 0, "0-based row in the FITS HDU"))
+        return head + self.extra + self.columns
+
+
+def union_columns(table: str, sources: Sequence[tuple[str, Sequence[PgColumn]]]) -> tuple[PgColumn, ...]:
+    """Union of the columns of several files' HDUs, in first-seen order.
+
+    Parameters
+    ----------
+    table : str
+        Target table name (for messages).
+    sources : sequence of (file name, columns)
+        Each file's columns for this table.
+
+    Raises
+    ------
+    SchemaError
+        When one column name has incompatible types in two files.
+    """
+    merged: dict[str, PgColumn] = {}
+    origin: dict[str, str] = {}
+    order: list[str] = []
+    for fname, cols in sources:
+        prev_idx = -1
+        for col in cols:
+            have = merged.get(col.name)
+            if have is None:
+                merged[col.name] = col
+                origin[col.name] = fname
+                # insert after the previous column of this file to keep FITS order
+                order.insert(prev_idx + 1, col.name)
+                prev_idx += 1
+                continue
+            if (have.pgtype, have.ndims) != (col.pgtype, col.ndims):
+                raise SchemaError(
+                    f"table {table}: column {col.name!r} is {have.sql_type} in {origin[col.name]} "
+                    f"but {col.sql_type} in {fname}; load these files into different tables "
+                    "(--prefix) or fix the files")
+            prev_idx = order.index(col.name)
+            if have.comment is None and col.comment:
+                merged[col.name] = replace(have, comment=col.comment)
+    return tuple(merged[n] for n in order)
+
+
+def row_fields(table: TableSpec, hdu_columns: Sequence[FitsColumn],
+               constants: dict[str, object], file_id: int) -> list[Field]:
+    """Encoder fields for one file's HDU loading into ``table`` (absent columns -> NULL)."""
+    by_name = {c.name.lower(): c for c in hdu_columns}
+    fields = [Field(FILE_ID, "const", "int8", value=file_id), Field(ROW_NUM, "rownum", "int8")]
+    for col in table.extra:
+        fields.append(Field(col.name, "const", col.pgtype, value=constants.get(col.name)))
+    for col in table.columns:
+        src = by_name.get(col.name)
+        fields.append(encoder_field(src) if src is not None else Field(col.name, "null"))
+    return fields
