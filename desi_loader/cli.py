@@ -1,0 +1,253 @@
+"""Command line: argparse + rich on top of the library; LoaderError -> one line and an exit code.
+
+Exit codes: 0 success; 1 load failed (some files/tasks failed, nothing published);
+2 user error (arguments, paths, files, catalog); 3 database error; 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from . import __version__
+
+EPILOG = """examples:
+  desi-loader load --sample                      generate sample FastSpecFit files and load them
+  desi-loader load /data/fastspecfit/ --workers 16 --dsn postgresql://me@dbhost/desi
+  desi-loader load files/*.fits --catalog generic --prefix mycat
+  desi-loader sql "SELECT count(*) FROM desi_dr1.fastspecfit_metadata"
+  desi-loader server stop
+
+Without --dsn (or DESI_LOADER_DSN, a [database] dsn in the config, PGHOST/PGSERVICE), the
+loader starts its own PostgreSQL server with data in ~/.local/share/desi-loader/pgdata.
+Passwords: use ~/.pgpass or PGPASSWORD; they are never printed."""
+
+
+def _target(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("database")
+    g.add_argument("--dsn", help="libpq connection string or URI of the target database")
+    g.add_argument("--data-dir", help="data directory of the embedded server "
+                   "(default ~/.local/share/desi-loader/pgdata)")
+    g.add_argument("--config", help="INI file with [database] and [catalog:NAME] sections")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="desi-loader", description="Load FITS catalogs (DESI DR1 FastSpecFit, DESIVAST, any FITS "
+        "binary tables) into PostgreSQL: parallel, exact, published atomically.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    top.add_argument("--version", action="version", version=f"desi-loader {__version__}")
+    top.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
+    sub = top.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("load", help="load FITS files into PostgreSQL",
+                       description="Load FITS files (or directories of them) into PostgreSQL tables.")
+    p.add_argument("paths", nargs="*", help="FITS files or directories holding them")
+    p.add_argument("--sample", action="store_true",
+                   help="load generated sample FastSpecFit files (made in the cache directory if missing)")
+    p.add_argument("--sample-rows", type=int, default=2000, help="rows per sample file (default 2000)")
+    p.add_argument("--sample-files", type=int, default=3, help="number of sample files (default 3)")
+    p.add_argument("-w", "--workers", type=int, default=min(os.cpu_count() or 2, 16),
+                   help="worker processes, each with its own connection (default: cores, at most 16)")
+    p.add_argument("--catalog", help="fastspecfit, generic, ... (default: detected from file names)")
+    p.add_argument("--prefix", help="table name prefix for --catalog generic (tables PREFIX_<extname>)")
+    p.add_argument("--schema", help="target schema (default desi_dr1)")
+    p.add_argument("--format", choices=("binary", "text"), default="binary", dest="fmt",
+                   help="COPY format (default binary, faster and exact; text for comparison)")
+    p.add_argument("--unlogged", action="store_true",
+                   help="skip SET LOGGED: faster, but a server crash empties the tables")
+    p.add_argument("--dry-run", action="store_true", help="read headers, print the plan, load nothing")
+    p.add_argument("--task-rows", type=int, help="rows per task (default: about 256 MB of FITS per task)")
+    p.add_argument("--summary-json", help="write the summary figures to this JSON file")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress or summary (errors still shown)")
+    _target(p)
+
+    s = sub.add_parser("sample", help="write sample FITS files with the real DESI DR1 layout")
+    s.add_argument("outdir")
+    s.add_argument("--catalog", choices=("fastspecfit",), default="fastspecfit")
+    s.add_argument("--rows", type=int, default=2000, help="rows per file (default 2000)")
+    s.add_argument("--files", type=int, default=3, help="number of files (default 3)")
+    s.add_argument("--seed", type=int, default=1)
+
+    q = sub.add_parser("sql", help="run SQL against the target database and print the result")
+    q.add_argument("query")
+    _target(q)
+
+    v = sub.add_parser("server", help="the embedded PostgreSQL server: start, stop, url, psql")
+    v.add_argument("action", choices=("start", "stop", "url", "psql"))
+    v.add_argument("--data-dir", help="data directory (default ~/.local/share/desi-loader/pgdata)")
+    return top
+
+
+def _dsn(args) -> str:
+    from .config import load_settings
+    from .db import resolve_dsn
+    settings = load_settings(getattr(args, "config", None))
+    dsn = resolve_dsn(args.dsn, settings.dsn)
+    if dsn is None:
+        from . import server
+        return server.start(Path(args.data_dir) if args.data_dir else None)
+    return dsn
+
+
+def _sample_dir(rows: int, files: int) -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "desi-loader", f"sample-fastspecfit-{rows}x{files}")
+
+
+def _ensure_sample(rows: int, files: int, console) -> str:
+    from .sample import write_fastspecfit_sample
+    outdir = _sample_dir(rows, files)
+    marker = os.path.join(outdir, ".complete")
+    if not os.path.exists(marker):
+        console.print(f"writing {files} sample FastSpecFit files of {rows} rows to {outdir} ...")
+        write_fastspecfit_sample(outdir, rows=rows, files=files)
+        Path(marker).touch()
+    return outdir
+
+
+def _print_summary(console, summary, dsn: str) -> None:
+    from rich.table import Table
+    from .db import mask_dsn
+    d = summary.as_dict()
+    t = Table(title=f"load {summary.load_id}: {summary.catalog} -> schema {summary.schema}")
+    t.add_column("table")
+    t.add_column("rows", justify="right")
+    for name, n in summary.rows.items():
+        t.add_row(name, f"{n:,}")
+    t.add_row("[bold]total", f"[bold]{d['total_rows']:,}")
+    console.print(t)
+    phases = "  ".join(f"{k} {v:.2f}s" for k, v in summary.phases.items())
+    console.print(f"files {summary.files}  FITS {summary.fits_bytes / 1e6:,.1f} MB  tasks {summary.tasks}  "
+                  f"workers {summary.workers}  format {summary.fmt}")
+    console.print(f"phases: {phases}")
+    if d["copy_rows_per_s"]:
+        console.print(f"copy: {d['copy_rows_per_s']:,.0f} rows/s, {d['copy_mb_per_s']:,.1f} MB/s of FITS")
+    console.print(("row counts verified against NAXIS2 per file and HDU; " if summary.verified else "") +
+                  ("tables are durable (LOGGED)" if summary.durable else
+                   "[yellow]tables are UNLOGGED: a server crash empties them[/yellow]"))
+    if summary.server:
+        console.print("server: " + ", ".join(f"{k}={v}" for k, v in summary.server.items()))
+    console.print(f"connection: {mask_dsn(dsn)}")
+    console.print(f'query it:   desi-loader sql "SELECT count(*) FROM {summary.schema}.'
+                  f'{next(iter(summary.rows), "load_files")}"')
+
+
+def _cmd_load(args, console) -> int:
+    from .progress import PlainReporter, QuietReporter, RichReporter
+    from .run import LoadOptions, run_load
+    from .errors import UsageError
+    if args.workers < 1:
+        raise UsageError("--workers must be at least 1")
+    paths = list(args.paths)
+    if args.sample:
+        paths.append(_ensure_sample(args.sample_rows, args.sample_files, console))
+    if not paths:
+        raise UsageError("no input given", "name FITS files or directories, or use --sample")
+    dsn = "" if args.dry_run else _dsn(args)
+    opts = LoadOptions(paths=tuple(paths), dsn=dsn, schema=args.schema, catalog=args.catalog,
+                       prefix=args.prefix, workers=args.workers, fmt=args.fmt, unlogged=args.unlogged,
+                       dry_run=args.dry_run, task_rows=args.task_rows, config=args.config)
+    if args.quiet:
+        reporter = QuietReporter()
+    elif console.is_terminal:
+        reporter = RichReporter(console)
+    else:
+        reporter = PlainReporter()
+    summary = run_load(opts, reporter)
+    if args.summary_json:
+        Path(args.summary_json).write_text(json.dumps(summary.as_dict(), indent=2, default=str))
+    if args.dry_run:
+        if not args.quiet:
+            for entry in summary.plan:
+                console.print(f"{summary.schema}.{entry['table']}: {entry['columns']} columns, "
+                              f"key ({', '.join(entry['key'])}), {summary.rows[entry['table']]:,} rows")
+            console.print(f"{summary.files} files, {summary.tasks} tasks; dry run: nothing loaded")
+        return 0
+    if not args.quiet:
+        _print_summary(console, summary, dsn)
+    return 0
+
+
+def _cmd_sql(args, console) -> int:
+    from rich.table import Table
+    from .db import connect
+    conn = connect(_dsn(args))
+    try:
+        with conn.cursor() as cur:
+            try:
+                cur.execute(args.query)
+            except Exception as exc:
+                from .errors import LoaderError
+                raise LoaderError(f"query failed: {str(exc).strip().splitlines()[0]}") from exc
+            if cur.description is None:
+                conn.commit()
+                console.print(cur.statusmessage)
+                return 0
+            t = Table(*[d.name for d in cur.description])
+            for row in cur.fetchall():
+                t.add_row(*["NULL" if v is None else str(v) for v in row])
+            console.print(t)
+    finally:
+        conn.close()
+    return 0
+
+
+def _cmd_server(args, console) -> int:
+    from . import server
+    data_dir = Path(args.data_dir) if args.data_dir else None
+    if args.action == "stop":
+        console.print("stopped" if server.stop(data_dir) else "not running")
+        return 0
+    uri = server.start(data_dir)
+    if args.action == "psql":
+        psql = server.psql_path()
+        os.execv(psql, [psql, uri])
+    console.print(uri)
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``desi-loader``; returns the exit code."""
+    from rich.console import Console
+    from .errors import LoaderError
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    console = Console(stderr=False)
+    err = Console(stderr=True)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        if args.command == "load":
+            return _cmd_load(args, console)
+        if args.command == "sample":
+            from .sample import write_fastspecfit_sample
+            paths = write_fastspecfit_sample(args.outdir, rows=args.rows, files=args.files, seed=args.seed)
+            for p in paths:
+                console.print(p)
+            return 0
+        if args.command == "sql":
+            return _cmd_sql(args, console)
+        if args.command == "server":
+            return _cmd_server(args, console)
+    except LoaderError as exc:
+        from rich.markup import escape
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+        if exc.hint:
+            err.print(f"  hint: {escape(exc.hint)}", highlight=False)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err.print("interrupted: staging tables are kept; the published tables are untouched")
+        return 130
+    return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Presets and settings: conf/*.ini -> frozen dataclasses."""
+from __future__ import annotations
+
+import configparser
+import fnmatch
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from .errors import UsageError
+
+PRESET_FILE = "desi_dr1.ini"
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """How the files of one catalog map to tables."""
+
+    name: str
+    description: str = ""
+    match: tuple[str, ...] = ()
+    hdus: tuple[str, ...] = ()
+    optional: tuple[str, ...] = ()
+    aligned: bool = False
+    tables: dict = field(default_factory=dict)        # EXTNAME -> table
+    keys: dict = field(default_factory=dict)          # EXTNAME -> key columns
+    indexes: dict = field(default_factory=dict)       # EXTNAME -> tuple of column tuples
+    descriptions: Optional[str] = None
+    constants: tuple[str, ...] = ()
+    filename_regex: Optional[str] = None
+    nulls: dict = field(default_factory=dict)         # EXTNAME -> {column: value}
+    prefix: Optional[str] = None                      # generic catalogs: table name prefix
+
+    def matches(self, filename: str) -> bool:
+        return any(fnmatch.fnmatch(filename, pat) for pat in self.match)
+
+    def table_for(self, extname: Optional[str], index: int) -> str:
+        if self.prefix is not None:
+            suffix = extname.lower() if extname else f"hdu{index}"
+            return f"{self.prefix}_{re.sub(r'[^a-z0-9_]', '_', suffix)}"
+        return self.tables[(extname or "").upper()]
+
+    def file_constants(self, filename: str) -> dict:
+        if not self.filename_regex:
+            return {}
+        m = re.search(self.filename_regex, filename)
+        if not m:
+            raise UsageError(f"{filename}: name does not match the {self.name} pattern "
+                             f"{self.filename_regex!r}", "rename the file as released")
+        return {k: v for k, v in m.groupdict().items() if k in self.constants}
+
+
+def generic(prefix: str) -> Catalog:
+    """Every binary-table HDU of every file into PREFIX_<extname>, keyed by (file_id, row_num)."""
+    if not re.match(r"^[a-z_][a-z0-9_]*$", prefix):
+        raise UsageError(f"--prefix {prefix!r} is not a plain lowercase name",
+                         "use letters, digits and underscores, e.g. --prefix mycat")
+    return Catalog(name="generic", description="any FITS binary tables", prefix=prefix)
+
+
+def _list(value: str, sep: str = None) -> tuple[str, ...]:
+    parts = value.split(sep) if sep else value.replace(",", " ").split()
+    return tuple(p.strip() for p in parts if p.strip())
+
+
+def _catalog(name: str, sec: configparser.SectionProxy) -> Catalog:
+    tables, keys, indexes, nulls = {}, {}, {}, {}
+    default_key = tuple(c.strip().lower() for c in sec.get("key", "").split(",") if c.strip())
+    for opt, value in sec.items():
+        if opt.startswith("table."):
+            tables[opt[6:].upper()] = value.strip()
+        elif opt.startswith("index."):
+            indexes[opt[6:].upper()] = tuple(
+                tuple(c.strip().lower() for c in ix.split(",") if c.strip()) for ix in value.split(";")
+                if ix.strip())
+        elif opt.startswith("key."):
+            keys[opt[4:].upper()] = tuple(c.strip().lower() for c in value.split(",") if c.strip())
+        elif opt.startswith("null."):
+            nulls[opt[5:].upper()] = {p.split(":")[0].strip().upper(): int(p.split(":")[1])
+                                      for p in value.split(",") if p.strip()}
+    for hdu in tables:
+        keys.setdefault(hdu, default_key)
+    return Catalog(name=name, description=sec.get("description", ""), match=_list(sec.get("match", "")),
+                   hdus=tuple(h.upper() for h in _list(sec.get("hdus", ""))),
+                   optional=tuple(h.upper() for h in _list(sec.get("optional", ""))),
+                   aligned=sec.getboolean("aligned", False), tables=tables, keys=keys, indexes=indexes,
+                   descriptions=sec.get("descriptions") or None, constants=_list(sec.get("constants", "")),
+                   filename_regex=sec.get("filename_regex") or None, nulls=nulls)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The merged configuration: presets, default schema, database DSN."""
+
+    catalogs: dict
+    schema: str
+    dsn: Optional[str]
+    source: str
+
+
+def preset_paths(extra: Optional[str]) -> list[Path]:
+    """Candidate preset files: --config, $DESI_LOADER_CONF, the repository's conf/, the installed copy."""
+    paths = []
+    if extra:
+        p = Path(extra)
+        if not p.is_file():
+            raise UsageError(f"config file {extra} does not exist", "give the path of an INI file")
+        paths.append(p)
+    if os.environ.get("DESI_LOADER_CONF"):
+        paths.append(Path(os.environ["DESI_LOADER_CONF"]))
+    here = Path(__file__).resolve().parent
+    for cand in (here.parent / "conf" / PRESET_FILE,
+                 Path(sys.prefix) / "share" / "desi-loader" / "conf" / PRESET_FILE):
+        if cand.is_file():
+            paths.append(cand)
+            break
+    return paths
+
+
+def load_settings(config: Optional[str] = None) -> Settings:
+    """Read the presets (and any user config given with --config, which overrides them)."""
+    parser = configparser.ConfigParser(interpolation=None)
+    found = preset_paths(config)
+    # read the shipped presets first, then user files, so user sections override
+    parser.read([str(p) for p in reversed(found)])
+    catalogs = {s.split(":", 1)[1]: _catalog(s.split(":", 1)[1], parser[s])
+                for s in parser.sections() if s.startswith("catalog:")}
+    dsn = parser.get("database", "dsn", fallback=None) if parser.has_section("database") else None
+    schema = parser.defaults().get("schema", "desi_dr1")
+    return Settings(catalogs, schema, dsn or None, ", ".join(str(p) for p in found))

@@ -1,0 +1,60 @@
+"""The only module that runs COPY: stream encoded blocks of one task part into staging."""
+from __future__ import annotations
+
+from typing import BinaryIO, Callable, Iterator, Sequence
+
+from psycopg2 import sql
+
+from .encode import BINARY_HEADER, BINARY_TRAILER, EncodeError, Field, encode_block
+from .errors import BadFileError
+from .read import HduInfo, read_rows
+
+#: FITS bytes read and encoded per block.  Measured on FASTSPEC rows (3.5 KB): 4-32 MB
+#: blocks encode at the same rate; below ~1 MB numpy's per-call overhead shows.  8 MB
+#: keeps a worker's peak memory (raw + encoded + mask, about 4x) near 40 MB.
+BLOCK_BYTES = 8 * 1024 * 1024
+
+
+class _Stream:
+    """File-like object psycopg2's copy_expert reads; each read() returns one encoded block."""
+
+    def __init__(self, blocks: Iterator[bytes]) -> None:
+        self._blocks = blocks
+
+    def read(self, size: int = -1) -> bytes:
+        return next(self._blocks, b"")
+
+    readline = read
+
+
+def copy_statement(schema: str, table: str, fields: Sequence[Field], fmt: str) -> sql.Composed:
+    cols = sql.SQL(", ").join(sql.Identifier(f.name.lower()) for f in fields)
+    return sql.SQL("COPY {}.{} ({}) FROM STDIN WITH (FORMAT {})").format(
+        sql.Identifier(schema), sql.Identifier(table), cols, sql.SQL(fmt))
+
+
+def _blocks(path: str, fh: BinaryIO, hdu: HduInfo, fields: Sequence[Field], start: int, stop: int,
+            fmt: str, on_block: Callable[[int, int], None]) -> Iterator[bytes]:
+    if fmt == "binary":
+        yield BINARY_HEADER
+    step = max(1, BLOCK_BYTES // max(hdu.row_bytes, 1))
+    for s in range(start, stop, step):
+        e = min(s + step, stop)
+        rows = read_rows(path, hdu, s, e, fh)
+        try:
+            data = encode_block(rows, fields, fmt, s)
+        except EncodeError as exc:
+            raise BadFileError(path, f"HDU {hdu.index} ({hdu.extname}): {exc}") from exc
+        on_block(e - s, rows.nbytes)
+        yield data
+    if fmt == "binary":
+        yield BINARY_TRAILER
+
+
+def copy_part(cur, schema: str, table: str, path: str, fh: BinaryIO, hdu: HduInfo,
+              fields: Sequence[Field], start: int, stop: int, fmt: str,
+              on_block: Callable[[int, int], None]) -> int:
+    """COPY rows [start, stop) of one HDU into ``schema.table``; returns the row count."""
+    stream = _Stream(_blocks(path, fh, hdu, fields, start, stop, fmt, on_block))
+    cur.copy_expert(copy_statement(schema, table, fields, fmt), stream, size=BLOCK_BYTES)
+    return stop - start

@@ -1,0 +1,78 @@
+"""Connections: where the data goes, connecting with clear errors, masking secrets."""
+from __future__ import annotations
+
+import os
+import re
+from typing import Optional
+
+import psycopg2
+import psycopg2.extensions
+
+from .errors import DatabaseError
+
+#: SQLSTATEs worth retrying: connection failures, server shutting down/starting,
+#: too many connections, deadlock, serialization failure, lock timeout.
+TRANSIENT_SQLSTATES = frozenset({"08000", "08003", "08006", "08001", "08004", "57P01", "57P02",
+                                 "57P03", "53300", "40P01", "40001", "55P03"})
+
+
+def mask_dsn(dsn: str) -> str:
+    """The DSN with any password replaced by '***' (URI and key=value forms)."""
+    dsn = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
+    dsn = re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", dsn, flags=re.I)
+    return re.sub(r"([?&]password=)[^&]*", r"\1***", dsn, flags=re.I)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors a retry can cure (classified by SQLSTATE, not message text)."""
+    code = getattr(exc, "pgcode", None)
+    if code is None:
+        return isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError))
+    return code in TRANSIENT_SQLSTATES
+
+
+def _hint_for(message: str) -> str:
+    low = message.lower()
+    if "password authentication failed" in low or "no password supplied" in low:
+        return "check the user and password (~/.pgpass or PGPASSWORD; never put it in logs)"
+    if "does not exist" in low and "database" in low:
+        return "create the database first (createdb NAME) or point --dsn at an existing one"
+    if "could not connect" in low or "connection refused" in low or "no such file" in low \
+            or "could not translate host" in low:
+        return "is the server running and reachable? check host/port in --dsn or PGHOST/PGPORT"
+    return "check --dsn (or DESI_LOADER_DSN / the [database] section / PG* variables)"
+
+
+def connect(dsn: str, application_name: str = "desi-loader") -> psycopg2.extensions.connection:
+    """Open a connection or raise DatabaseError with a one-line reason and a fix."""
+    try:
+        conn = psycopg2.connect(dsn, application_name=application_name)
+    except psycopg2.Error as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = mask_dsn(first)
+        raise DatabaseError(f"cannot connect to {mask_dsn(dsn)}: {first}", _hint_for(str(exc))) from exc
+    return conn
+
+
+def resolve_dsn(cli_dsn: Optional[str], config_dsn: Optional[str]) -> Optional[str]:
+    """The target, by precedence: --dsn, DESI_LOADER_DSN, config [database] dsn, libpq env.
+
+    Returns '' when libpq's own environment (PGHOST/PGSERVICE/PGDATABASE) should be used,
+    and None when nothing is configured (then the embedded server is used).
+    """
+    for value in (cli_dsn, os.environ.get("DESI_LOADER_DSN"), config_dsn):
+        if value:
+            return value
+    if any(os.environ.get(k) for k in ("PGHOST", "PGSERVICE", "PGDATABASE")):
+        return ""
+    return None
+
+
+def server_settings(conn: psycopg2.extensions.connection) -> dict:
+    """Settings that decide load speed and durability cost (reported in the summary)."""
+    names = ("server_version", "wal_level", "max_wal_size", "maintenance_work_mem",
+             "synchronous_commit", "max_connections", "shared_buffers")
+    with conn.cursor() as cur:
+        cur.execute("SELECT name, setting, unit FROM pg_settings WHERE name = ANY(%s)", (list(names),))
+        out = {n: (s + (u or "") if u and u not in ("8kB",) else s) for n, s, u in cur.fetchall()}
+    return out

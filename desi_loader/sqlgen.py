@@ -1,0 +1,43 @@
+"""TableSpec -> DDL, always through psycopg2.sql identifiers (names from FITS are data)."""
+from __future__ import annotations
+
+from psycopg2 import sql
+
+from .schema import TableSpec
+
+
+def create_staging(schema: str, name: str, spec: TableSpec) -> list:
+    """Statements creating the UNLOGGED staging table with column comments."""
+    cols = sql.SQL(", ").join(
+        sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.sql_type)) for c in spec.all_columns)
+    ident = sql.Identifier(schema, name)
+    out = [sql.SQL("DROP TABLE IF EXISTS {}").format(ident),
+           sql.SQL("CREATE UNLOGGED TABLE {} ({})").format(ident, cols)]
+    for c in spec.all_columns:
+        if c.comment:
+            out.append(sql.SQL("COMMENT ON COLUMN {}.{} IS {}").format(
+                ident, sql.Identifier(c.name), sql.Literal(c.comment)))
+    return out
+
+
+def index_name(table: str, cols: tuple) -> str:
+    """Deterministic index names (<= 63 bytes)."""
+    name = f"{table}_{'_'.join(cols)}_idx"
+    if len(name) > 63:
+        import hashlib
+        name = f"{table[:40]}_{hashlib.sha1(name.encode()).hexdigest()[:12]}_idx"
+    return name
+
+
+def create_indexes(schema: str, name: str, spec: TableSpec) -> list:
+    """Primary key on the natural key, unique (file_id, row_num), then the preset's indexes."""
+    ident = sql.Identifier(schema, name)
+    out = [sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({})").format(
+        ident, sql.Identifier(f"{name}_pkey"), sql.SQL(", ").join(map(sql.Identifier, spec.key)))]
+    if tuple(spec.key) != ("file_id", "row_num"):
+        out.append(sql.SQL("CREATE UNIQUE INDEX {} ON {} (file_id, row_num)").format(
+            sql.Identifier(index_name(name, ("file_id", "row_num"))), ident))
+    for cols in spec.indexes:
+        out.append(sql.SQL("CREATE INDEX {} ON {} ({})").format(
+            sql.Identifier(index_name(name, cols)), ident, sql.SQL(", ").join(map(sql.Identifier, cols))))
+    return out
