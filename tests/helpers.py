@@ -1,0 +1,81 @@
+"""Shared test helpers: FITS files with every type, loading, fetching."""
+import numpy as np
+from astropy.io import fits
+from astropy.table import Table
+
+from desi_loader.run import LoadOptions, run_load
+
+SPECIAL_STRINGS = [" lead", "back\\slash", "tab\there", "\\N", "q'uo\"te", "", "new\nline", "x"]
+
+
+def all_types_table(n=40, seed=0):
+    """An astropy Table with every supported FITS type and the awkward values."""
+    rng = np.random.default_rng(seed)
+    t = Table()
+    f8 = rng.standard_normal(n) * 1e10
+    f8[:6] = [np.nan, np.inf, -np.inf, -0.0, 5e-324, np.finfo(np.float64).max]
+    t["F8"] = f8
+    f4 = rng.standard_normal(n).astype(np.float32)
+    f4[:6] = [np.nan, np.inf, -np.inf, -0.0, 1e-45, np.finfo(np.float32).max]
+    t["F4"] = f4
+    i8 = rng.integers(-2 ** 63, 2 ** 63 - 1, n, dtype=np.int64)
+    i8[:2] = [-2 ** 63, 2 ** 63 - 1]
+    t["I8"] = i8
+    t["I4"] = rng.integers(-2 ** 31, 2 ** 31 - 1, n, dtype=np.int32)
+    t["I2"] = rng.integers(-2 ** 15, 2 ** 15 - 1, n, dtype=np.int16)
+    t["U1"] = rng.integers(0, 256, n, dtype=np.uint8)
+    u2 = rng.integers(0, 2 ** 16, n, dtype=np.uint16)
+    u2[:2] = [0, 65535]
+    t["U2"] = u2
+    u4 = rng.integers(0, 2 ** 32, n, dtype=np.uint64).astype(np.uint32)
+    u4[:2] = [0, 2 ** 32 - 1]
+    t["U4"] = u4
+    u8 = rng.integers(0, 2 ** 64 - 1, n, dtype=np.uint64)
+    u8[:2] = [0, 2 ** 64 - 1]
+    t["U8"] = u8
+    t["L"] = rng.random(n) < 0.5
+    t["S"] = np.array([SPECIAL_STRINGS[i % len(SPECIAL_STRINGS)] for i in range(n)], "S12")
+    arr = rng.standard_normal((n, 5)).astype(np.float32)
+    arr[1, 2] = np.nan
+    arr[2, 0] = -0.0
+    t["ARR5"] = arr
+    t["ARR23"] = rng.integers(-100, 100, (n, 2, 3)).astype(np.int32)
+    t["TN"] = rng.integers(0, 1000, n).astype(np.int32)
+    return t
+
+
+def write_all_types(path, n=40, seed=0):
+    """Write the table with a TNULL on TN (value 999 at rows 3 and 7) and a null logical at row 5."""
+    t = all_types_table(n, seed)
+    t["TN"][3] = 999
+    t["TN"][7] = 999
+    hdu = fits.BinTableHDU(t, name="THINGS")
+    idx = t.colnames.index("TN") + 1
+    hdu.header[f"TNULL{idx}"] = 999
+    hdu.header[f"TUNIT{t.colnames.index('F8') + 1}"] = "Mpc h-1"
+    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(path, overwrite=True)
+    # a FITS null logical (0x00) at row 5: patch the byte in place
+    with fits.open(path) as h:
+        off = h[1].fileinfo()["datLoc"]
+        row_bytes = h[1].header["NAXIS1"]
+    with open(path, "r+b") as f:
+        f.seek(off + 5 * row_bytes + _offset(path, "L"))
+        f.write(b"\x00")
+    return path
+
+
+def _offset(path, name):
+    with fits.open(path) as h:
+        cols = h[1].columns
+        off = 0
+        for c in cols:
+            if c.name == name:
+                return off
+            off += h[1].data.dtype[c.name].itemsize
+    raise KeyError(name)
+
+
+def load(pg_uri, schema, paths, **kw):
+    kw.setdefault("workers", 2)
+    opts = LoadOptions(paths=tuple(str(p) for p in paths), dsn=pg_uri, schema=schema, **kw)
+    return run_load(opts)

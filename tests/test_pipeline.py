@@ -1,0 +1,103 @@
+"""FastSpecFit samples end to end: schema union, task splitting, swap, manifest."""
+import threading
+import time
+
+import psycopg2
+import pytest
+
+from desi_loader.sample import write_fastspecfit_file
+from helpers import load
+
+MAIN = "fastspec-iron-main-bright-nside1-hp02.fits"
+SV3 = "fastspec-iron-sv3-bright.fits"
+
+
+@pytest.fixture(scope="module")
+def fsf_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("fsf")
+    return [write_fastspecfit_file(str(d / MAIN), 300, seed=1), write_fastspecfit_file(str(d / SV3), 200, seed=2)]
+
+
+def scalar(db, sql, args=()):
+    with db.cursor() as cur:
+        cur.execute(sql, args)
+        v = cur.fetchone()[0]
+    db.commit()
+    return v
+
+
+def test_union_of_54_and_67_metadata_columns(fsf_files, pg_uri, schema, db):
+    summary = load(pg_uri, schema, fsf_files)
+    assert summary.catalog == "fastspecfit"
+    assert summary.rows == {"fastspecfit_metadata": 500, "fastspecfit_specphot": 500, "fastspecfit_fastspec": 500}
+    ncols = scalar(db, "SELECT count(*) FROM information_schema.columns WHERE table_schema = %s "
+                       "AND table_name = 'fastspecfit_metadata'", (schema,))
+    assert ncols == 67 + 2                      # union of 54 and 67, plus file_id, row_num
+    # sv-only columns are NULL for main rows, set for sv3 rows
+    nulls = scalar(db, f'SELECT count(*) FROM "{schema}".fastspecfit_metadata m JOIN "{schema}".load_files f '
+                       "USING (file_id) WHERE f.filename = %s AND m.sv3_desi_target IS NULL", (MAIN,))
+    assert nulls == 300
+    assert scalar(db, f'SELECT count(*) FROM "{schema}".fastspecfit_metadata WHERE survey = %s '
+                      "AND sv3_desi_target IS NOT NULL", ("sv3",)) == 200
+    # keys, durability, comments, manifest
+    assert scalar(db, "SELECT relpersistence FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                      "WHERE nspname = %s AND relname = 'fastspecfit_fastspec'", (schema,)) == "p"
+    pk = scalar(db, "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = "
+                    f"'\"{schema}\".fastspecfit_metadata'::regclass AND contype = 'p'")
+    assert pk == "PRIMARY KEY (targetid, survey, program)"
+    assert scalar(db, f'SELECT count(*) FROM "{schema}".load_files WHERE published') == 2
+    assert scalar(db, f"""SELECT header->>'SPECPROD' FROM "{schema}".load_files WHERE filename = %s""", (MAIN,)) == "iron"
+    # rows of the three HDUs are aligned: same targetid at the same (file_id, row_num)
+    assert scalar(db, f'SELECT count(*) FROM "{schema}".fastspecfit_metadata m JOIN "{schema}".fastspecfit_fastspec f '
+                      "USING (file_id, row_num) WHERE m.targetid = f.targetid") == 500
+
+
+def test_file_split_into_many_tasks_loads_every_row_once(fsf_files, pg_uri, schema, db):
+    summary = load(pg_uri, schema, fsf_files, task_rows=37, fmt="text")
+    assert summary.tasks == 9 + 6                  # ceil(300/37) + ceil(200/37)
+    for t in ("fastspecfit_metadata", "fastspecfit_specphot", "fastspecfit_fastspec"):
+        assert scalar(db, f'SELECT count(*) FROM "{schema}".{t}') == 500
+        assert scalar(db, f'SELECT count(DISTINCT (file_id, row_num)) FROM "{schema}".{t}') == 500
+    assert scalar(db, f"SELECT count(*) FROM \"{schema}\".loader_tasks WHERE status = 'done'") == 15
+
+
+def test_previous_table_readable_until_swap_commits(fsf_files, pg_uri, schema, db):
+    load(pg_uri, schema, fsf_files[:1])
+    first_ids = scalar(db, f'SELECT array_agg(DISTINCT file_id) FROM "{schema}".fastspecfit_metadata')
+    errors, seen = [], set()
+    stop = threading.Event()
+
+    def reader():
+        conn = psycopg2.connect(pg_uri)
+        conn.autocommit = True
+        while not stop.is_set():
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(f'SELECT count(*) FROM "{schema}".fastspecfit_metadata')
+                    seen.add(cur.fetchone()[0])
+            except psycopg2.Error as exc:
+                errors.append(exc)
+        conn.close()
+
+    # a long-running reader holds the published table during the whole second load
+    holder = psycopg2.connect(pg_uri)
+    hc = holder.cursor()
+    hc.execute(f'SELECT count(*) FROM "{schema}".fastspecfit_metadata')
+    assert hc.fetchone()[0] == 300
+    th = threading.Thread(target=reader)
+    th.start()
+    released = threading.Timer(3.0, holder.commit)   # the swap must wait for this reader, then succeed
+    released.start()
+    load(pg_uri, schema, fsf_files)
+    stop.set()
+    th.join()
+    released.join()
+    holder.close()
+    assert not errors
+    assert seen <= {300, 500} and 500 in seen       # old table or new one, never partial
+    assert scalar(db, f'SELECT count(*) FROM "{schema}".fastspecfit_metadata') == 500
+    assert scalar(db, f'SELECT count(*) FROM "{schema}".load_files') == 2     # old load's rows replaced
+    new_ids = scalar(db, f'SELECT array_agg(DISTINCT file_id) FROM "{schema}".fastspecfit_metadata')
+    assert not set(first_ids) & set(new_ids)
+    assert scalar(db, "SELECT count(*) FROM pg_tables WHERE schemaname = %s AND tablename ~ '__(load|old)[0-9]+$'",
+                  (schema,)) == 0

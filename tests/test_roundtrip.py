@@ -1,0 +1,78 @@
+"""Every FITS type written by astropy comes back from PostgreSQL exactly, in both formats."""
+import decimal
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from helpers import load, write_all_types
+
+FLOAT_SEND = {">f4": "float4send", ">f8": "float8send"}
+
+
+def fetch(db, sql):
+    with db.cursor() as cur:
+        cur.execute(sql)
+        rows = cur.fetchall()
+    db.commit()
+    return rows
+
+
+@pytest.mark.parametrize("fmt", ["binary", "text"])
+def test_every_type_round_trips_exactly(tmp_path, pg_uri, schema, db, fmt):
+    path = write_all_types(tmp_path / "things.fits")
+    summary = load(pg_uri, schema, [path], catalog="generic", prefix="cat", fmt=fmt, workers=1)
+    assert summary.rows == {"cat_things": 40}
+    with fits.open(path) as h:
+        data = h[1].data
+        raw = np.frombuffer(open(path, "rb").read()[h[1].fileinfo()["datLoc"]:][:40 * h[1].header["NAXIS1"]],
+                            np.uint8)
+    tbl = f'"{schema}".cat_things'
+    n = 40
+    # floats: compare the exact bits via float4send/float8send; NaN must be NULL
+    for col, dt in (("f8", ">f8"), ("f4", ">f4")):
+        got = fetch(db, f"SELECT {FLOAT_SEND[dt]}({col}) FROM {tbl} ORDER BY row_num")
+        want = data[col.upper()].astype(dt)
+        for r in range(n):
+            if np.isnan(want[r]):
+                assert got[r][0] is None, (col, r)
+            else:
+                assert bytes(got[r][0]) == want[r:r + 1].tobytes(), (col, r)
+    # integers, widened unsigned, numeric(20,0) for uint64
+    rows = fetch(db, f"SELECT i8, i4, i2, u1, u2, u4, u8, l, s, tn, pg_typeof(u2)::text, pg_typeof(u4)::text, "
+                     f"pg_typeof(u8)::text, pg_typeof(f4)::text, pg_typeof(u1)::text FROM {tbl} ORDER BY row_num")
+    assert rows[0][10:] == ("integer", "bigint", "numeric", "real", "smallint")
+    for r, row in enumerate(rows):
+        assert row[0] == int(data["I8"][r]) and row[1] == int(data["I4"][r]) and row[2] == int(data["I2"][r])
+        assert row[3] == int(data["U1"][r]) and row[4] == int(data["U2"][r]) and row[5] == int(data["U4"][r])
+        assert row[6] == decimal.Decimal(int(data["U8"][r]))
+        assert row[7] == (None if r == 5 else bool(data["L"][r]))
+        assert row[8] == data["S"][r]                   # astropy strips trailing padding too
+        assert row[9] == (None if r in (3, 7) else int(data["TN"][r]))
+    # arrays: shape as astropy reports; NaN elements NULL; exact element bits
+    arr = fetch(db, f"SELECT array_dims(arr5), array_dims(arr23), arr23, "
+                    f"(SELECT array_agg(float4send(e) ORDER BY o) FROM unnest(arr5) WITH ORDINALITY u(e, o)) "
+                    f"FROM {tbl} ORDER BY row_num")
+    for r, (d5, d23, a23, a5) in enumerate(arr):
+        assert d5 == "[1:5]" and d23 == "[1:2][1:3]"
+        assert a23 == data["ARR23"][r].tolist()
+        want = data["ARR5"][r].astype(">f4")
+        for i in range(5):
+            if np.isnan(want[i]):
+                assert a5[i] is None
+            else:
+                assert bytes(a5[i]) == want[i:i + 1].tobytes()
+    # column comment carries the unit
+    (comment,) = fetch(db, f"SELECT col_description('{tbl}'::regclass, "
+                           f"(SELECT attnum FROM pg_attribute WHERE attrelid = '{tbl}'::regclass AND attname='f8'))")[0]
+    assert "Mpc h-1" in comment
+
+
+def test_hostile_column_name_is_just_a_name(tmp_path, pg_uri, schema, db):
+    from astropy.table import Table
+    t = Table({'x"; DROP TABLE y; --': np.arange(3, dtype=np.int32)})
+    path = tmp_path / "hostile.fits"
+    t.write(path)
+    load(pg_uri, schema, [path], catalog="generic", prefix="h")
+    rows = fetch(db, f'SELECT "x""; drop table y; --" FROM "{schema}".h_hdu1 ORDER BY row_num')
+    assert [r[0] for r in rows] == [0, 1, 2]
