@@ -239,9 +239,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _cmd_server(args, console)
     except LoaderError as exc:
         from rich.markup import escape
-        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         if exc.hint:
-            err.print(f"  hint: {escape(exc.hint)}", highlight=False)
+            err.print(f"  hint: {escape(exc.hint)}", highlight=False, soft_wrap=True)
         return exc.exit_code
     except KeyboardInterrupt:
         err.print("interrupted: staging tables are kept; the published tables are untouched")

@@ -1,0 +1,93 @@
+"""CLI: user errors are one line with a hint and a non-zero exit; the main job runs."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from desi_loader.cli import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(err):
+    assert "Traceback" not in err
+    lines = [l for l in err.strip().splitlines() if l.strip() and " phase " not in l]
+    assert len(lines) in (1, 2), lines
+    assert lines[0].startswith("error: ")
+    assert len(lines) == 1 or lines[1].startswith("  hint: ")
+
+
+def test_missing_path(capsys, pg_uri):
+    code, _, err = run_cli(capsys, "load", "/no/such/dir", "--dsn", pg_uri)
+    assert code == 2
+    assert "/no/such/dir: no such file or directory" in err
+    assert_one_line_error(err)
+
+
+def test_directory_without_fits(capsys, tmp_path, pg_uri):
+    (tmp_path / "notes.txt").write_text("hi")
+    code, _, err = run_cli(capsys, "load", str(tmp_path), "--dsn", pg_uri)
+    assert code == 2 and "no FITS files found" in err
+    assert_one_line_error(err)
+
+
+def test_not_a_fits_file(capsys, tmp_path, pg_uri):
+    bad = tmp_path / "fastspec-iron-main-bright-nside1-hp00.fits"
+    bad.write_bytes(b"this is not FITS" * 100)
+    code, _, err = run_cli(capsys, "load", str(bad), "--dsn", pg_uri)
+    assert code == 2 and "hp00.fits: not a readable FITS file" in err
+    assert_one_line_error(err)
+
+
+def test_unknown_catalog(capsys, tmp_path, pg_uri):
+    from astropy.table import Table
+    Table({"A": [1]}).write(tmp_path / "x.fits")
+    code, _, err = run_cli(capsys, "load", str(tmp_path / "x.fits"), "--catalog", "nosuch", "--dsn", pg_uri)
+    assert code == 2 and "unknown catalog 'nosuch'" in err and "fastspecfit" in err
+    assert_one_line_error(err)
+
+
+def test_unreachable_server_and_password_masked(capsys, tmp_path):
+    from astropy.table import Table
+    Table({"A": [1]}).write(tmp_path / "x.fits")
+    dsn = "postgresql://someone:s3cret-pw@127.0.0.1:1/desi"
+    code, out, err = run_cli(capsys, "load", str(tmp_path / "x.fits"), "--prefix", "x", "--dsn", dsn)
+    assert code == 3 and "cannot connect" in err
+    assert "s3cret-pw" not in err + out
+    assert_one_line_error(err)
+
+
+def test_dry_run_prints_plan_without_database(capsys, tmp_path):
+    from desi_loader.sample import write_fastspecfit_sample
+    write_fastspecfit_sample(str(tmp_path), rows=20, files=3)
+    code, out, _ = run_cli(capsys, "load", str(tmp_path), "--dry-run", "--dsn", "host=/nonexistent")
+    assert code == 0
+    assert "fastspecfit_metadata: 69 columns, key (targetid, survey, program), 60 rows" in out.replace("\n", " ") \
+        or "fastspecfit_metadata: 69 columns" in out
+    assert "dry run: nothing loaded" in out
+
+
+def test_main_job_script_on_sample(tmp_path, pg_uri):
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
+    js = tmp_path / "summary.json"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "load.py"), "--sample",
+                           "--sample-rows", "50", "--sample-files", "2", "--workers", "2", "--dsn", pg_uri,
+                           "--schema", "cli_main", "--summary-json", str(js)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "fastspecfit_fastspec" in proc.stdout and "verified" in proc.stdout
+    summary = json.loads(js.read_text())
+    assert summary["total_rows"] == 300 and summary["verified"] and summary["durable"]
+    assert set(summary["phases"]) >= {"plan", "copy", "verify", "index", "durable", "swap"}
+    code = subprocess.run([sys.executable, "-m", "desi_loader.cli", "sql",
+                           "SELECT count(*) FROM cli_main.fastspecfit_metadata", "--dsn", pg_uri],
+                          capture_output=True, text=True, timeout=60)
+    assert code.returncode == 0 and "100" in code.stdout
