@@ -48,9 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Load FITS files (or directories of them) into PostgreSQL tables.")
     p.add_argument("paths", nargs="*", help="FITS files or directories holding them")
     p.add_argument("--sample", action="store_true",
-                   help="load generated sample FastSpecFit files (made in the cache directory if missing)")
-    p.add_argument("--sample-rows", type=int, default=2000, help="rows per sample file (default 2000)")
-    p.add_argument("--sample-files", type=int, default=3, help="number of sample files (default 3)")
+                   help="load generated sample files: FastSpecFit (main and sv3) and the 8 DESIVAST files "
+                   "(made in the cache directory if missing)")
+    p.add_argument("--sample-rows", type=int, default=2000,
+                   help="rows per sample FastSpecFit file (default 2000)")
+    p.add_argument("--sample-files", type=int, default=3, help="number of sample FastSpecFit files (default 3)")
+    p.add_argument("--sample-scale", type=float, default=None,
+                   help="DESIVAST sample size as a fraction of the real row counts (default 0.002)")
     p.add_argument("-w", "--workers", type=int, default=min(os.cpu_count() or 2, 16),
                    help="worker processes, each with its own connection (default: cores, at most 16)")
     p.add_argument("--catalog", help="fastspecfit, generic, ... (default: detected from file names)")
@@ -66,11 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress or summary (errors still shown)")
     _target(p)
 
-    s = sub.add_parser("sample", help="write sample FITS files with the real DESI DR1 layout")
+    s = sub.add_parser("sample", help="write sample FITS files with the real DESI DR1 layout",
+                       description="Write sample files. With --catalog all, FastSpecFit goes to OUTDIR/fastspecfit "
+                       "and DESIVAST to OUTDIR/desivast, with DESIVAST GALZONE.TARGET taken from the "
+                       "FastSpecFit main-bright TARGETIDs so the two catalogs join.")
     s.add_argument("outdir")
-    s.add_argument("--catalog", choices=("fastspecfit",), default="fastspecfit")
-    s.add_argument("--rows", type=int, default=2000, help="rows per file (default 2000)")
-    s.add_argument("--files", type=int, default=3, help="number of files (default 3)")
+    s.add_argument("--catalog", choices=("fastspecfit", "desivast", "all"), default="fastspecfit")
+    s.add_argument("--rows", type=int, default=2000, help="FastSpecFit rows per file (default 2000)")
+    s.add_argument("--files", type=int, default=3, help="number of FastSpecFit files (default 3)")
+    s.add_argument("--scale", type=float, default=None,
+                   help="DESIVAST rows as a fraction of the real counts (default 0.002; 1 = real size)")
     s.add_argument("--seed", type=int, default=1)
 
     q = sub.add_parser("sql", help="run SQL against the target database and print the result")
@@ -94,20 +103,30 @@ def _dsn(args) -> str:
     return dsn
 
 
-def _sample_dir(rows: int, files: int) -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "desi-loader", f"sample-fastspecfit-{rows}x{files}")
-
-
-def _ensure_sample(rows: int, files: int, console) -> str:
+def write_samples(outdir: str, catalog: str, rows: int, files: int, scale: Optional[float],
+                  seed: int = 1) -> list:
+    """Write sample files of one catalog or both (DESIVAST targets from FastSpecFit main-bright)."""
     from .sample import write_fastspecfit_sample
-    outdir = _sample_dir(rows, files)
+    from .sample_vast import DEFAULT_SCALE, fastspecfit_targets, write_desivast_sample
+    scale = DEFAULT_SCALE if scale is None else scale
+    if catalog == "fastspecfit":
+        return write_fastspecfit_sample(outdir, rows=rows, files=files, seed=seed)
+    if catalog == "desivast":
+        return write_desivast_sample(outdir, scale=scale, seed=seed, targets=fastspecfit_targets(outdir))
+    fsf = write_fastspecfit_sample(os.path.join(outdir, "fastspecfit"), rows=rows, files=files, seed=seed)
+    targets = fastspecfit_targets(os.path.join(outdir, "fastspecfit"))
+    return fsf + write_desivast_sample(os.path.join(outdir, "desivast"), scale=scale, seed=seed, targets=targets)
+
+
+def _ensure_sample(rows: int, files: int, scale: Optional[float], console) -> list:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    outdir = os.path.join(base, "desi-loader", f"sample-{rows}x{files}-{scale or 'default'}")
     marker = os.path.join(outdir, ".complete")
     if not os.path.exists(marker):
-        console.print(f"writing {files} sample FastSpecFit files of {rows} rows to {outdir} ...")
-        write_fastspecfit_sample(outdir, rows=rows, files=files)
+        console.print(f"writing sample files (FastSpecFit {files} x {rows} rows, DESIVAST 8 files) to {outdir} ...")
+        write_samples(outdir, "all", rows, files, scale)
         Path(marker).touch()
-    return outdir
+    return [os.path.join(outdir, "fastspecfit"), os.path.join(outdir, "desivast")]
 
 
 def _print_summary(console, summary, dsn: str) -> None:
@@ -139,13 +158,13 @@ def _print_summary(console, summary, dsn: str) -> None:
 
 def _cmd_load(args, console) -> int:
     from .progress import PlainReporter, QuietReporter, RichReporter
-    from .run import LoadOptions, run_load
+    from .run import LoadOptions, run_loads
     from .errors import UsageError
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")
     paths = list(args.paths)
     if args.sample:
-        paths.append(_ensure_sample(args.sample_rows, args.sample_files, console))
+        paths.extend(_ensure_sample(args.sample_rows, args.sample_files, args.sample_scale, console))
     if not paths:
         raise UsageError("no input given", "name FITS files or directories, or use --sample")
     dsn = "" if args.dry_run else _dsn(args)
@@ -158,18 +177,21 @@ def _cmd_load(args, console) -> int:
         reporter = RichReporter(console)
     else:
         reporter = PlainReporter()
-    summary = run_load(opts, reporter)
+    summaries = run_loads(opts, reporter)
     if args.summary_json:
-        Path(args.summary_json).write_text(json.dumps(summary.as_dict(), indent=2, default=str))
-    if args.dry_run:
-        if not args.quiet:
+        loads = [s.as_dict() for s in summaries]
+        Path(args.summary_json).write_text(json.dumps(
+            {"loads": loads, "total_rows": sum(d["total_rows"] for d in loads)}, indent=2, default=str))
+    if args.quiet:
+        return 0
+    for summary in summaries:
+        if args.dry_run:
             for entry in summary.plan:
                 console.print(f"{summary.schema}.{entry['table']}: {entry['columns']} columns, "
                               f"key ({', '.join(entry['key'])}), {summary.rows[entry['table']]:,} rows")
-            console.print(f"{summary.files} files, {summary.tasks} tasks; dry run: nothing loaded")
-        return 0
-    if not args.quiet:
-        _print_summary(console, summary, dsn)
+            console.print(f"{summary.catalog}: {summary.files} files, {summary.tasks} tasks; dry run: nothing loaded")
+        else:
+            _print_summary(console, summary, dsn)
     return 0
 
 
@@ -228,8 +250,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "load":
             return _cmd_load(args, console)
         if args.command == "sample":
-            from .sample import write_fastspecfit_sample
-            paths = write_fastspecfit_sample(args.outdir, rows=args.rows, files=args.files, seed=args.seed)
+            paths = write_samples(args.outdir, args.catalog, args.rows, args.files, args.scale, args.seed)
             for p in paths:
                 console.print(p)
             return 0

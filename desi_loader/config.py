@@ -33,6 +33,17 @@ class Catalog:
     filename_regex: Optional[str] = None
     nulls: dict = field(default_factory=dict)         # EXTNAME -> {column: value}
     prefix: Optional[str] = None                      # generic catalogs: table name prefix
+    requires: dict = field(default_factory=dict)      # constant value (lowercase) -> required EXTNAMEs
+    scope: tuple[str, ...] = ()                       # columns prepended to every foreign key
+    fkeys: dict = field(default_factory=dict)         # EXTNAME -> ((column, EXTNAME, column), ...)
+    views: dict = field(default_factory=dict)         # view name -> SELECT with {schema}
+
+    def required_hdus(self, constants: dict) -> tuple[str, ...]:
+        """HDUs a file must have: require.<value of one of its constants>, else hdus - optional."""
+        for value in constants.values():
+            if str(value).lower() in self.requires:
+                return self.requires[str(value).lower()]
+        return tuple(h for h in self.hdus if h not in self.optional)
 
     def matches(self, filename: str) -> bool:
         return any(fnmatch.fnmatch(filename, pat) for pat in self.match)
@@ -67,7 +78,7 @@ def _list(value: str, sep: str = None) -> tuple[str, ...]:
 
 
 def _catalog(name: str, sec: configparser.SectionProxy) -> Catalog:
-    tables, keys, indexes, nulls = {}, {}, {}, {}
+    tables, keys, indexes, nulls, requires, fkeys, views = {}, {}, {}, {}, {}, {}, {}
     default_key = tuple(c.strip().lower() for c in sec.get("key", "").split(",") if c.strip())
     for opt, value in sec.items():
         if opt.startswith("table."):
@@ -78,6 +89,12 @@ def _catalog(name: str, sec: configparser.SectionProxy) -> Catalog:
                 if ix.strip())
         elif opt.startswith("key."):
             keys[opt[4:].upper()] = tuple(c.strip().lower() for c in value.split(",") if c.strip())
+        elif opt.startswith("require."):
+            requires[opt[8:].lower()] = tuple(h.upper() for h in _list(value))
+        elif opt.startswith("fk."):
+            fkeys[opt[3:].upper()] = tuple(_fkey(fk) for fk in value.split(";") if fk.strip())
+        elif opt.startswith("view."):
+            views[opt[5:].lower()] = " ".join(value.split())
         elif opt.startswith("null."):
             nulls[opt[5:].upper()] = {p.split(":")[0].strip().upper(): int(p.split(":")[1])
                                       for p in value.split(",") if p.strip()}
@@ -88,7 +105,17 @@ def _catalog(name: str, sec: configparser.SectionProxy) -> Catalog:
                    optional=tuple(h.upper() for h in _list(sec.get("optional", ""))),
                    aligned=sec.getboolean("aligned", False), tables=tables, keys=keys, indexes=indexes,
                    descriptions=sec.get("descriptions") or None, constants=_list(sec.get("constants", "")),
-                   filename_regex=sec.get("filename_regex") or None, nulls=nulls)
+                   filename_regex=sec.get("filename_regex") or None, nulls=nulls, requires=requires,
+                   scope=tuple(c.strip().lower() for c in sec.get("scope", "").split(",") if c.strip()),
+                   fkeys=fkeys, views=views)
+
+
+def _fkey(text: str) -> tuple[str, str, str]:
+    """'void0 -> VOIDS(void)' -> ('void0', 'VOIDS', 'void')."""
+    m = re.match(r"^\s*(\w+)\s*->\s*(\w+)\s*\(\s*(\w+)\s*\)\s*$", text)
+    if not m:
+        raise UsageError(f"bad foreign key {text.strip()!r} in the presets", "write: column -> HDU(column)")
+    return m.group(1).lower(), m.group(2).upper(), m.group(3).lower()
 
 
 @dataclass(frozen=True)

@@ -45,23 +45,25 @@ def find_files(paths: Sequence[str]) -> list[str]:
     return uniq
 
 
-def detect_catalog(files: Sequence[str], settings: Settings, name: Optional[str],
-                   prefix: Optional[str]) -> Catalog:
-    """The catalog named by --catalog, or the one whose patterns match every file."""
+def group_by_catalog(files: Sequence[str], settings: Settings, name: Optional[str],
+                     prefix: Optional[str]) -> list[tuple[Catalog, list[str]]]:
+    """(catalog, files) groups: the catalog named by --catalog, or each file's detected one."""
     if name == "generic" or (name is None and prefix):
-        return generic(prefix or "fits")
+        return [(generic(prefix or "fits"), list(files))]
     if name:
         if name not in settings.catalogs:
             raise UsageError(f"unknown catalog {name!r}",
                              f"choose one of: {', '.join(sorted(settings.catalogs) + ['generic'])}")
-        return settings.catalogs[name]
-    base = [os.path.basename(f) for f in files]
-    for cat in settings.catalogs.values():
-        if all(cat.matches(b) for b in base):
-            return cat
-    raise UsageError("cannot tell which catalog these files are (" + ", ".join(base[:3]) +
-                     (", ..." if len(base) > 3 else "") + ")",
-                     "give --catalog NAME, or --catalog generic --prefix NAME for any FITS tables")
+        return [(settings.catalogs[name], list(files))]
+    groups: dict = {}
+    for f in files:
+        base = os.path.basename(f)
+        cat = next((c for c in settings.catalogs.values() if c.matches(base)), None)
+        if cat is None:
+            raise UsageError(f"cannot tell which catalog {base} belongs to",
+                             "give --catalog NAME, or --catalog generic --prefix NAME for any FITS tables")
+        groups.setdefault(cat.name, (cat, []))[1].append(f)
+    return list(groups.values())
 
 
 @dataclass(frozen=True)
@@ -148,22 +150,23 @@ def build_plan(infos: Sequence, catalog: Catalog, schema: str,
     extra: dict[str, tuple] = {}
     for info in infos:
         tables = {}
+        constants = catalog.file_constants(info.name)
         if catalog.prefix is not None:
             hdus = list(info.hdus)
         else:
+            required = catalog.required_hdus(constants)
             hdus = []
             for ext in catalog.hdus:
                 h = info.hdu(ext)
                 if h is None:
-                    if ext in catalog.optional:
+                    if ext not in required:
                         continue
-                    raise BadFileError(info.path, f"missing HDU {ext} (the {catalog.name} catalog has "
-                                       f"{', '.join(catalog.hdus)})", "is this the right file / --catalog?")
+                    raise BadFileError(info.path, f"missing HDU {ext} (expected {', '.join(required)})",
+                                       "is this the right file / --catalog? download it again")
                 hdus.append(h)
             if catalog.aligned and len({h.nrows for h in hdus}) > 1:
                 counts = ", ".join(f"{h.extname}={h.nrows}" for h in hdus)
                 raise BadFileError(info.path, f"HDUs should be row-aligned but have {counts} rows")
-        constants = catalog.file_constants(info.name)
         for h in hdus:
             table = catalog.table_for(h.extname, h.index)
             tables[h.index] = table
@@ -223,4 +226,17 @@ def encoder_plan(plan: Plan, staging: dict) -> dict:
             fields = row_fields(plan.tables[table], cols, fp.constants, fp.file_id)
             per_hdu[h.index] = (h, staging[table], fields)
         out[fp.file_id] = (fp.info.path, per_hdu)
+    return out
+
+
+def foreign_keys(plan: Plan) -> list[tuple[str, tuple, str, tuple]]:
+    """(child table, columns, parent table, columns) for the preset's foreign keys among loaded tables."""
+    cat = plan.catalog
+    out = []
+    for ext, fks in cat.fkeys.items():
+        child = cat.tables.get(ext)
+        for col, pext, pcol in fks:
+            parent = cat.tables.get(pext)
+            if child in plan.tables and parent in plan.tables:
+                out.append((child, cat.scope + (col,), parent, cat.scope + (pcol,)))
     return out

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 import psycopg2
 from psycopg2 import sql
@@ -65,11 +65,52 @@ def build_indexes(conn, schema: str, staging: str, spec) -> None:
     conn.commit()
 
 
+def add_foreign_keys(conn, schema: str, staging: dict, fkeys: list) -> int:
+    """Create and validate foreign keys between the staging tables; returns how many."""
+    with conn.cursor() as cur:
+        for child, cols, parent, pcols in fkeys:
+            name = f"{staging[child]}_{'_'.join(cols[-1:])}_fkey"
+            try:
+                cur.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} ({})").format(
+                    sql.Identifier(schema, staging[child]), sql.Identifier(name[:63]),
+                    sql.SQL(", ").join(map(sql.Identifier, cols)), sql.Identifier(schema, staging[parent]),
+                    sql.SQL(", ").join(map(sql.Identifier, pcols))))
+            except psycopg2.errors.ForeignKeyViolation as exc:
+                conn.rollback()
+                detail = (exc.diag.message_detail or "").strip()
+                raise LoaderError(f"{child}.{cols[-1]} references a missing {parent}.{pcols[-1]}: {detail}",
+                                  "the files are inconsistent; nothing was published") from exc
+    conn.commit()
+    return len(fkeys)
+
+
 def make_logged(conn, schema: str, staging: str) -> None:
     """SET LOGGED: rewrites the table (WAL-logged unless wal_level=minimal)."""
     with conn.cursor() as cur:
         cur.execute(sql.SQL("ALTER TABLE {} SET LOGGED").format(sql.Identifier(schema, staging)))
     conn.commit()
+
+
+def _rename_constraints(cur, schema: str, table: str, old_prefix: str) -> None:
+    cur.execute("SELECT conname FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'f'",
+                (f'"{schema}"."{table}"',))
+    for (name,) in cur.fetchall():
+        if name.startswith(old_prefix):
+            cur.execute(sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}").format(
+                sql.Identifier(schema, table), sql.Identifier(name),
+                sql.Identifier((table + name[len(old_prefix):])[:63])))
+
+
+def _create_views(cur, schema: str, views: dict) -> None:
+    for name, select in views.items():
+        cur.execute("SAVEPOINT view")
+        try:
+            cur.execute(sql.SQL("CREATE VIEW {} AS ").format(sql.Identifier(schema, name)) +
+                        sql.SQL(select.replace("{schema}", "{s}")).format(s=sql.Identifier(schema)))
+            cur.execute("RELEASE SAVEPOINT view")
+        except psycopg2.errors.UndefinedTable:
+            cur.execute("ROLLBACK TO SAVEPOINT view")   # this load lacks a table the view needs
+            log.info("view %s not created: its tables are not all loaded", name)
 
 
 def _rename_indexes(cur, schema: str, table: str, old_prefix: str) -> None:
@@ -83,7 +124,7 @@ def _rename_indexes(cur, schema: str, table: str, old_prefix: str) -> None:
                 sql.Identifier(schema, name), sql.Identifier(new[:63])))
 
 
-def swap(conn, schema: str, staging: dict, load_id: int, catalog: str,
+def swap(conn, schema: str, staging: dict, load_id: int, catalog: str, views: Optional[dict] = None,
          sleep: Callable[[float], None] = time.sleep) -> int:
     """Publish every staging table in one short transaction; returns attempts used.
 
@@ -95,18 +136,25 @@ def swap(conn, schema: str, staging: dict, load_id: int, catalog: str,
         try:
             with conn.cursor() as cur:
                 cur.execute("SET LOCAL lock_timeout = %s", (SWAP_LOCK_TIMEOUT,))
+                for name in views or {}:
+                    cur.execute(sql.SQL("DROP VIEW IF EXISTS {}").format(sql.Identifier(schema, name)))
+                olds = []
                 for table, stage in staging.items():
                     old = f"{table}__old{load_id}"
                     cur.execute("SELECT to_regclass(%s)", (f'"{schema}"."{table}"',))
-                    exists = cur.fetchone()[0] is not None
-                    if exists:
+                    if cur.fetchone()[0] is not None:
                         cur.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(
                             sql.Identifier(schema, table), sql.Identifier(old)))
+                        olds.append(old)
                     cur.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(
                         sql.Identifier(schema, stage), sql.Identifier(table)))
-                    if exists:
-                        cur.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(schema, old)))
+                if olds:   # one statement: old tables may reference each other
+                    cur.execute(sql.SQL("DROP TABLE {}").format(
+                        sql.SQL(", ").join(sql.Identifier(schema, o) for o in olds)))
+                for table, stage in staging.items():
                     _rename_indexes(cur, schema, table, stage)
+                    _rename_constraints(cur, schema, table, stage)
+                _create_views(cur, schema, views or {})
                 tables = list(staging)
                 cur.execute(sql.SQL(
                     "UPDATE {s}.loader_loads SET status = 'replaced' WHERE status = 'published' "

@@ -21,9 +21,9 @@ from . import __version__, ledger
 from .config import load_settings
 from .copy import copy_part
 from .db import connect, is_transient, mask_dsn, server_settings
-from .discover import TASK_BYTES, build_plan, detect_catalog, encoder_plan, find_files
+from .discover import TASK_BYTES, build_plan, encoder_plan, find_files, foreign_keys, group_by_catalog
 from .errors import DatabaseError, LoaderError, LoadFailed
-from .finalize import build_indexes, expected_counts, make_logged, swap, verify_counts
+from .finalize import add_foreign_keys, build_indexes, expected_counts, make_logged, swap, verify_counts
 from .read import read_info
 from .sqlgen import create_staging
 
@@ -172,14 +172,16 @@ def _run_one(box, dsn, worker_id, name, schema, load_id, fmt, enc_plan, messages
 
 # --------------------------------------------------------------------------- coordinator
 
-def plan_load(opts: LoadOptions):
-    """Find files, read headers and build the plan (no database needed)."""
+def plan_loads(opts: LoadOptions) -> list:
+    """Find files, read headers and build one plan per catalog (no database needed)."""
     settings = load_settings(opts.config)
     files = find_files(opts.paths)
-    catalog = detect_catalog(files, settings, opts.catalog, opts.prefix)
-    infos = [read_info(f) for f in files]
     schema = opts.schema or settings.schema
-    return build_plan(infos, catalog, schema, opts.task_bytes, opts.task_rows)
+    plans = []
+    for catalog, group in group_by_catalog(files, settings, opts.catalog, opts.prefix):
+        infos = [read_info(f) for f in group]
+        plans.append(build_plan(infos, catalog, schema, opts.task_bytes, opts.task_rows))
+    return plans
 
 
 def _timed(summary: Summary, reporter, name: str):
@@ -260,13 +262,29 @@ def _copy_phase(opts: LoadOptions, plan, load_id: int, enc_plan: dict, reporter,
         raise DatabaseError(fatal, "staging tables are kept; fix the cause and rerun")
 
 
-def run_load(opts: LoadOptions, reporter=None) -> Summary:
-    """Run a whole load; raises LoaderError subclasses for anything the user must fix."""
+def run_loads(opts: LoadOptions, reporter=None) -> list:
+    """Plan, then load each catalog found among the paths; one Summary per catalog."""
     reporter = reporter or NullReporter()
+    t0 = time.perf_counter()
+    reporter.phase("plan")
+    plans = plan_loads(opts)
+    plan_s = round(time.perf_counter() - t0, 3)
+    return [_run_plan(opts, plan, reporter, plan_s / len(plans)) for plan in plans]
+
+
+def run_load(opts: LoadOptions, reporter=None) -> Summary:
+    """Load files of a single catalog (see run_loads for several)."""
+    summaries = run_loads(opts, reporter)
+    if len(summaries) != 1:
+        raise LoaderError(f"the paths hold {len(summaries)} catalogs; use run_loads")
+    return summaries[0]
+
+
+def _run_plan(opts: LoadOptions, plan, reporter, plan_s: float) -> Summary:
+    """Run a whole load of one plan; raises LoaderError subclasses for anything the user must fix."""
     summary = Summary(workers=opts.workers, fmt=opts.fmt, durable=not opts.unlogged,
                       dsn=mask_dsn(opts.dsn or ""))
-    with _timed(summary, reporter, "plan"):
-        plan = plan_load(opts)
+    summary.phases["plan"] = plan_s
     summary.catalog, summary.schema = plan.catalog.name, plan.schema
     summary.files, summary.fits_bytes, summary.tasks = len(plan.files), plan.total_bytes, len(plan.tasks)
     summary.plan = [{"table": t, "columns": len(s.all_columns), "key": list(s.key)} for t, s in plan.tables.items()]
@@ -308,12 +326,14 @@ def run_load(opts: LoadOptions, reporter=None) -> Summary:
         with _timed(summary, reporter, "index"):
             for t, spec in plan.tables.items():
                 build_indexes(conn, plan.schema, staging[t], spec)
+            if foreign_keys(plan):
+                add_foreign_keys(conn, plan.schema, staging, foreign_keys(plan))
         if not opts.unlogged:
             with _timed(summary, reporter, "durable"):
                 for t in plan.tables:
                     make_logged(conn, plan.schema, staging[t])
         with _timed(summary, reporter, "swap"):
-            swap(conn, plan.schema, staging, load_id, plan.catalog.name)
+            swap(conn, plan.schema, staging, load_id, plan.catalog.name, plan.catalog.views)
         return summary
     finally:
         conn.close()

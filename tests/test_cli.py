@@ -85,8 +85,10 @@ def test_main_job_script_on_sample(tmp_path, pg_uri):
     assert proc.returncode == 0, proc.stderr
     assert "fastspecfit_fastspec" in proc.stdout and "verified" in proc.stdout
     summary = json.loads(js.read_text())
-    assert summary["total_rows"] == 300 and summary["verified"] and summary["durable"]
-    assert set(summary["phases"]) >= {"plan", "copy", "verify", "index", "durable", "swap"}
+    fsf = [l for l in summary["loads"] if l["catalog"] == "fastspecfit"][0]
+    assert fsf["total_rows"] == 300 and fsf["verified"] and fsf["durable"]
+    assert set(fsf["phases"]) >= {"plan", "copy", "verify", "index", "durable", "swap"}
+    assert {l["catalog"] for l in summary["loads"]} == {"fastspecfit", "desivast"}
     code = subprocess.run([sys.executable, "-m", "desi_loader.cli", "sql",
                            "SELECT count(*) FROM cli_main.fastspecfit_metadata", "--dsn", pg_uri],
                           capture_output=True, text=True, timeout=60)
