@@ -1,7 +1,8 @@
 """Command line: argparse + rich on top of the library; LoaderError -> one line and an exit code.
 
 Exit codes: 0 success; 1 load failed (some files/tasks failed, nothing published);
-2 user error (arguments, paths, files, catalog); 3 database error; 130 interrupted.
+2 user error (arguments, paths, catalog); 3 database error; 4 published without some
+files (--allow-partial); 130 interrupted.
 """
 from __future__ import annotations
 
@@ -66,6 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip SET LOGGED: faster, but a server crash empties the tables")
     p.add_argument("--dry-run", action="store_true", help="read headers, print the plan, load nothing")
     p.add_argument("--task-rows", type=int, help="rows per task (default: about 256 MB of FITS per task)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--resume", action="store_const", const=True, dest="resume",
+                   help="continue the unfinished load of these tables (also the default when one exists)")
+    g.add_argument("--restart", action="store_const", const=False, dest="resume",
+                   help="discard the unfinished load of these tables and start over")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="publish even if some files failed (they are listed; exit code 4)")
+    p.add_argument("--no-verify-checksum", action="store_false", dest="verify_checksum",
+                   help="do not check CHECKSUM/DATASUM cards (checked by default, at no extra read)")
     p.add_argument("--summary-json", help="write the summary figures to this JSON file")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress or summary (errors still shown)")
     _target(p)
@@ -85,6 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("sql", help="run SQL against the target database and print the result")
     q.add_argument("query")
     _target(q)
+
+    st = sub.add_parser("status", help="list loads and their tasks (done, pending, failed)")
+    st.add_argument("--schema", default=None, help="schema of the loads (default desi_dr1)")
+    _target(st)
+
+    ab = sub.add_parser("abort", help="drop an unfinished load's staging tables")
+    ab.add_argument("load_id", type=int)
+    ab.add_argument("--schema", default=None, help="schema of the load (default desi_dr1)")
+    _target(ab)
 
     v = sub.add_parser("server", help="the embedded PostgreSQL server: start, stop, url, psql")
     v.add_argument("action", choices=("start", "stop", "url", "psql"))
@@ -146,9 +165,14 @@ def _print_summary(console, summary, dsn: str) -> None:
     console.print(f"phases: {phases}")
     if d["copy_rows_per_s"]:
         console.print(f"copy: {d['copy_rows_per_s']:,.0f} rows/s, {d['copy_mb_per_s']:,.1f} MB/s of FITS")
-    console.print(("row counts verified against NAXIS2 per file and HDU; " if summary.verified else "") +
+    console.print(f"checksums {summary.checksums}; " +
+                  ("row counts verified against NAXIS2 per file and HDU; " if summary.verified else "") +
                   ("tables are durable (LOGGED)" if summary.durable else
                    "[yellow]tables are UNLOGGED: a server crash empties them[/yellow]"))
+    if summary.resumed:
+        console.print(summary.resumed)
+    for name, reason in summary.missing:
+        console.print(f"[yellow]published WITHOUT {name}[/yellow]: {reason}")
     if summary.server:
         console.print("server: " + ", ".join(f"{k}={v}" for k, v in summary.server.items()))
     console.print(f"connection: {mask_dsn(dsn)}")
@@ -170,7 +194,9 @@ def _cmd_load(args, console) -> int:
     dsn = "" if args.dry_run else _dsn(args)
     opts = LoadOptions(paths=tuple(paths), dsn=dsn, schema=args.schema, catalog=args.catalog,
                        prefix=args.prefix, workers=args.workers, fmt=args.fmt, unlogged=args.unlogged,
-                       dry_run=args.dry_run, task_rows=args.task_rows, config=args.config)
+                       dry_run=args.dry_run, task_rows=args.task_rows, config=args.config,
+                       verify_checksum=args.verify_checksum, allow_partial=args.allow_partial,
+                       resume=args.resume)
     if args.quiet:
         reporter = QuietReporter()
     elif console.is_terminal:
@@ -182,8 +208,9 @@ def _cmd_load(args, console) -> int:
         loads = [s.as_dict() for s in summaries]
         Path(args.summary_json).write_text(json.dumps(
             {"loads": loads, "total_rows": sum(d["total_rows"] for d in loads)}, indent=2, default=str))
+    code = 4 if any(s.missing for s in summaries) and not args.dry_run else 0
     if args.quiet:
-        return 0
+        return code
     for summary in summaries:
         if args.dry_run:
             for entry in summary.plan:
@@ -192,7 +219,7 @@ def _cmd_load(args, console) -> int:
             console.print(f"{summary.catalog}: {summary.files} files, {summary.tasks} tasks; dry run: nothing loaded")
         else:
             _print_summary(console, summary, dsn)
-    return 0
+    return code
 
 
 def _cmd_sql(args, console) -> int:
@@ -216,6 +243,49 @@ def _cmd_sql(args, console) -> int:
             console.print(t)
     finally:
         conn.close()
+    return 0
+
+
+def _schema(args) -> str:
+    from .config import load_settings
+    return args.schema or load_settings(getattr(args, "config", None)).schema
+
+
+def _cmd_status(args, console) -> int:
+    from rich.table import Table
+    from . import ledger
+    from .db import connect
+    schema = _schema(args)
+    conn = connect(_dsn(args))
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT to_regclass(%s)", (f'"{schema}".loader_loads',))
+            if cur.fetchone()[0] is None:
+                console.print(f"no loads in schema {schema}")
+                return 0
+        t = Table("load", "catalog", "status", "started", "finished", "host", "done", "pending", "failed",
+                  title=f"loads in schema {schema}")
+        for row in ledger.loads(conn, schema):
+            t.add_row(*[("" if v is None else str(v)[:19]) for v in row[:9]])
+        console.print(t)
+    finally:
+        conn.close()
+    return 0
+
+
+def _cmd_abort(args, console) -> int:
+    from . import ledger
+    from .db import connect
+    schema = _schema(args)
+    conn = connect(_dsn(args))
+    try:
+        if not ledger.try_lock(conn, args.load_id):
+            from .errors import UsageError
+            raise UsageError(f"load {args.load_id} is being run by another process", "stop it first")
+        dropped = ledger.abort(conn, schema, args.load_id)
+    finally:
+        conn.close()
+    console.print(f"load {args.load_id} aborted; dropped {', '.join(dropped) or 'no staging tables'}")
     return 0
 
 
@@ -258,6 +328,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _cmd_sql(args, console)
         if args.command == "server":
             return _cmd_server(args, console)
+        if args.command == "status":
+            return _cmd_status(args, console)
+        if args.command == "abort":
+            return _cmd_abort(args, console)
     except LoaderError as exc:
         from rich.markup import escape
         err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
@@ -265,7 +339,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             err.print(f"  hint: {escape(exc.hint)}", highlight=False, soft_wrap=True)
         return exc.exit_code
     except KeyboardInterrupt:
-        err.print("interrupted: staging tables are kept; the published tables are untouched")
+        err.print("interrupted: the published tables are untouched and staging is kept; "
+                  "rerun the same command to resume", soft_wrap=True)
         return 130
     return 2
 

@@ -1,10 +1,11 @@
 """The only module that runs COPY: stream encoded blocks of one task part into staging."""
 from __future__ import annotations
 
-from typing import BinaryIO, Callable, Iterator, Sequence
+from typing import BinaryIO, Callable, Iterator, Optional, Sequence
 
 from psycopg2 import sql
 
+from .checksum import combine, partial_sum
 from .encode import BINARY_HEADER, BINARY_TRAILER, EncodeError, Field, encode_block
 from .errors import BadFileError
 from .read import HduInfo, read_rows
@@ -34,13 +35,15 @@ def copy_statement(schema: str, table: str, fields: Sequence[Field], fmt: str) -
 
 
 def _blocks(path: str, fh: BinaryIO, hdu: HduInfo, fields: Sequence[Field], start: int, stop: int,
-            fmt: str, on_block: Callable[[int, int], None]) -> Iterator[bytes]:
+            fmt: str, on_block: Callable[[int, int], None], sums: Optional[list]) -> Iterator[bytes]:
     if fmt == "binary":
         yield BINARY_HEADER
     step = max(1, BLOCK_BYTES // max(hdu.row_bytes, 1))
     for s in range(start, stop, step):
         e = min(s + step, stop)
         rows = read_rows(path, hdu, s, e, fh)
+        if sums is not None:
+            sums.append(partial_sum(rows, s * hdu.row_bytes))
         try:
             data = encode_block(rows, fields, fmt, s)
         except EncodeError as exc:
@@ -53,8 +56,13 @@ def _blocks(path: str, fh: BinaryIO, hdu: HduInfo, fields: Sequence[Field], star
 
 def copy_part(cur, schema: str, table: str, path: str, fh: BinaryIO, hdu: HduInfo,
               fields: Sequence[Field], start: int, stop: int, fmt: str,
-              on_block: Callable[[int, int], None]) -> int:
-    """COPY rows [start, stop) of one HDU into ``schema.table``; returns the row count."""
-    stream = _Stream(_blocks(path, fh, hdu, fields, start, stop, fmt, on_block))
+              on_block: Callable[[int, int], None], checksum: bool = True) -> Optional[int]:
+    """COPY rows [start, stop) of one HDU into ``schema.table``.
+
+    Returns the ones'-complement sum of the bytes loaded (for DATASUM), or None when
+    ``checksum`` is off.
+    """
+    sums: Optional[list] = [] if checksum else None
+    stream = _Stream(_blocks(path, fh, hdu, fields, start, stop, fmt, on_block, sums))
     cur.copy_expert(copy_statement(schema, table, fields, fmt), stream, size=BLOCK_BYTES)
-    return stop - start
+    return combine(sums) if sums is not None else None

@@ -104,6 +104,7 @@ class Plan:
     tables: dict                       # table name -> TableSpec
     files: list
     tasks: list = field(default_factory=list)
+    rejected: list = field(default_factory=list)    # (path, reason) of files that cannot load
 
     @property
     def total_rows(self) -> int:
@@ -146,27 +147,17 @@ def build_plan(infos: Sequence, catalog: Catalog, schema: str,
     """
     descs = _descriptions(catalog)
     files: list[FilePlan] = []
+    rejected: list[tuple[str, str]] = []
     sources: dict[str, list] = {}
     extra: dict[str, tuple] = {}
     for info in infos:
+        try:
+            constants = catalog.file_constants(info.name)
+            hdus = _file_hdus(info, catalog, constants)
+        except (BadFileError, UsageError) as exc:
+            rejected.append((info.path, exc.reason if isinstance(exc, BadFileError) else str(exc)))
+            continue
         tables = {}
-        constants = catalog.file_constants(info.name)
-        if catalog.prefix is not None:
-            hdus = list(info.hdus)
-        else:
-            required = catalog.required_hdus(constants)
-            hdus = []
-            for ext in catalog.hdus:
-                h = info.hdu(ext)
-                if h is None:
-                    if ext not in required:
-                        continue
-                    raise BadFileError(info.path, f"missing HDU {ext} (expected {', '.join(required)})",
-                                       "is this the right file / --catalog? download it again")
-                hdus.append(h)
-            if catalog.aligned and len({h.nrows for h in hdus}) > 1:
-                counts = ", ".join(f"{h.extname}={h.nrows}" for h in hdus)
-                raise BadFileError(info.path, f"HDUs should be row-aligned but have {counts} rows")
         for h in hdus:
             table = catalog.table_for(h.extname, h.index)
             tables[h.index] = table
@@ -175,7 +166,7 @@ def build_plan(infos: Sequence, catalog: Catalog, schema: str,
             h_desc = descs.get(ext, {})
             pg = [pg_column(c, h_desc.get(c.name.lower())) for c in cols]
             sources.setdefault(table, []).append((info.name, pg))
-            extra[table] = tuple(PgColumn(k, "text", 0, f"from the file name") for k in catalog.constants)
+            extra[table] = tuple(PgColumn(k, "text", 0, "from the file name") for k in catalog.constants)
         files.append(FilePlan(info, tables, constants))
     specs = {}
     for table, srcs in sources.items():
@@ -184,9 +175,32 @@ def build_plan(infos: Sequence, catalog: Catalog, schema: str,
         key = catalog.keys.get(ext, ()) if ext else ()
         specs[table] = TableSpec(table, cols, extra[table], key or ("file_id", "row_num"),
                                  catalog.indexes.get(ext, ()) if ext else ())
-    plan = Plan(catalog, schema, specs, files)
+    plan = Plan(catalog, schema, specs, files, rejected=rejected)
     plan.tasks = split_tasks(plan, task_bytes, task_rows)
     return plan
+
+
+def _file_hdus(info, catalog: Catalog, constants: dict) -> list:
+    """The HDUs of one file to load; BadFileError when the file does not fit the catalog."""
+    if catalog.prefix is not None:
+        return list(info.hdus)
+    required = catalog.required_hdus(constants)
+    hdus = []
+    for ext in catalog.hdus:
+        h = info.hdu(ext)
+        if h is None:
+            if ext not in required:
+                continue
+            raise BadFileError(info.path, f"missing HDU {ext} (expected {', '.join(required)})",
+                               "is this the right file / --catalog? download it again")
+        hdus.append(h)
+    if not hdus:
+        raise BadFileError(info.path, f"none of the HDUs {', '.join(catalog.hdus)} of the "
+                           f"{catalog.name} catalog", "is this the right file / --catalog?")
+    if catalog.aligned and len({h.nrows for h in hdus}) > 1:
+        counts = ", ".join(f"{h.extname}={h.nrows}" for h in hdus)
+        raise BadFileError(info.path, f"HDUs should be row-aligned but have {counts} rows")
+    return hdus
 
 
 def _ranges(nrows: int, step: int) -> list[tuple[int, int]]:

@@ -10,7 +10,7 @@ from psycopg2 import sql
 
 from .db import is_transient
 from .errors import DatabaseError, LoaderError
-from .sqlgen import create_indexes
+from .sqlgen import create_indexes, create_staging
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +50,38 @@ def verify_counts(conn, schema: str, staging: dict, expected: dict) -> dict:
     return report
 
 
+def prepare_staging(conn, schema: str, staging: dict, specs: dict) -> None:
+    """Create missing UNLOGGED staging tables; add columns a resumed load's new files bring."""
+    with conn.cursor() as cur:
+        for table, spec in specs.items():
+            stage = staging[table]
+            cur.execute("SELECT column_name, data_type FROM information_schema.columns "
+                        "WHERE table_schema = %s AND table_name = %s", (schema, stage))
+            have = dict(cur.fetchall())
+            if not have:
+                for stmt in create_staging(schema, stage, spec):
+                    cur.execute(stmt)
+                continue
+            for col in spec.all_columns:
+                if col.name not in have:
+                    cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
+                        sql.Identifier(schema, stage), sql.Identifier(col.name), sql.SQL(col.sql_type)))
+    conn.commit()
+
+
+def _constraint_exists(cur, schema: str, table: str, name: str) -> bool:
+    cur.execute("SELECT 1 FROM pg_constraint WHERE conrelid = %s::regclass AND conname = %s",
+                (f'"{schema}"."{table}"', name))
+    return cur.fetchone() is not None
+
+
 def build_indexes(conn, schema: str, staging: str, spec) -> None:
     """Primary key, unique (file_id, row_num) and the preset's indexes, then ANALYZE."""
     with conn.cursor() as cur:
-        for stmt in create_indexes(schema, staging, spec):
+        stmts = create_indexes(schema, staging, spec)
+        if _constraint_exists(cur, schema, staging, f"{staging}_pkey"):
+            stmts = stmts[1:]          # a resumed load built it already
+        for stmt in stmts:
             try:
                 cur.execute(stmt)
             except psycopg2.errors.UniqueViolation as exc:
@@ -69,7 +97,9 @@ def add_foreign_keys(conn, schema: str, staging: dict, fkeys: list) -> int:
     """Create and validate foreign keys between the staging tables; returns how many."""
     with conn.cursor() as cur:
         for child, cols, parent, pcols in fkeys:
-            name = f"{staging[child]}_{'_'.join(cols[-1:])}_fkey"
+            name = f"{staging[child]}_{'_'.join(cols[-1:])}_fkey"[:63]
+            if _constraint_exists(cur, schema, staging[child], name):
+                continue
             try:
                 cur.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} ({})").format(
                     sql.Identifier(schema, staging[child]), sql.Identifier(name[:63]),

@@ -57,9 +57,12 @@ CREATE TABLE IF NOT EXISTS {s}.loader_tasks (
     attempts    integer NOT NULL DEFAULT 0,
     worker      text,
     error       text,
+    datasums    jsonb,                 -- hdu index -> ones'-complement sum of the bytes loaded
     done_at     timestamptz,
     PRIMARY KEY (load_id, task_id)
 );
+CREATE INDEX IF NOT EXISTS loader_tasks_pending_idx ON {s}.loader_tasks (load_id, task_id)
+    WHERE status = 'pending';
 """
 
 
@@ -67,7 +70,9 @@ def ensure_tables(conn, schema: str) -> None:
     """Create the schema and the ledger tables if missing (serialised by an advisory lock)."""
     with conn.cursor() as cur:
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SETUP_LOCK,))
-        cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+        cur.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,))
+        if cur.fetchone() is None:   # CREATE SCHEMA needs CREATE on the database: only when missing
+            cur.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
         cur.execute(sql.SQL(DDL).format(s=sql.Identifier(schema)))
     conn.commit()
 
@@ -87,6 +92,8 @@ def register_files(conn, schema: str, load_id: int, catalog: str, files: list) -
     """Insert the manifest rows (unpublished) and set each FilePlan.file_id."""
     with conn.cursor() as cur:
         for fp in files:
+            if fp.file_id:
+                continue
             info = fp.info
             loaded = [h for h in info.hdus if h.index in fp.tables]
             nrows = {(h.extname or f"HDU{h.index}"): h.nrows for h in loaded}
@@ -101,19 +108,28 @@ def register_files(conn, schema: str, load_id: int, catalog: str, files: list) -
     conn.commit()
 
 
-def insert_tasks(conn, schema: str, load_id: int, plan) -> None:
-    """Write the task list of the plan into loader_tasks (all pending)."""
+def insert_tasks(conn, schema: str, load_id: int, plan, files: Optional[set] = None) -> int:
+    """Write the plan's tasks (of the file indexes in ``files``, default all) as pending; returns how many."""
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("SELECT coalesce(max(task_id) + 1, 0) FROM {}.loader_tasks WHERE load_id = %s")
+                    .format(sql.Identifier(schema)), (load_id,))
+        next_id = cur.fetchone()[0]
     rows = []
     for t in plan.tasks:
+        if files is not None and t.file_index not in files:
+            continue
         fp = plan.files[t.file_index]
         parts = [[p.hdu, p.table, p.start, p.stop] for p in t.parts]
-        rows.append((load_id, t.task_id, fp.file_id, json.dumps(parts), t.rows))
+        rows.append((load_id, next_id + len(rows), fp.file_id, json.dumps(parts), t.rows))
+    if not rows:
+        return 0
     with conn.cursor() as cur:
         from psycopg2.extras import execute_values
         execute_values(cur, sql.SQL("INSERT INTO {}.loader_tasks (load_id, task_id, file_id, parts, nrows) "
                                     "VALUES %s").format(sql.Identifier(schema)).as_string(cur), rows,
                        template="(%s, %s, %s, %s::jsonb, %s)", page_size=1000)
     conn.commit()
+    return len(rows)
 
 
 def claim_task(cur, schema: str, load_id: int) -> Optional[tuple]:
@@ -124,11 +140,12 @@ def claim_task(cur, schema: str, load_id: int) -> Optional[tuple]:
     return cur.fetchone()
 
 
-def finish_task(cur, schema: str, load_id: int, task_id: int, worker: str) -> None:
+def finish_task(cur, schema: str, load_id: int, task_id: int, worker: str, datasums: dict) -> None:
     """Mark a task done, in the transaction that holds its rows."""
     cur.execute(sql.SQL("UPDATE {}.loader_tasks SET status = 'done', done_at = now(), worker = %s, "
-                        "attempts = attempts + 1 WHERE load_id = %s AND task_id = %s")
-                .format(sql.Identifier(schema)), (worker, load_id, task_id))
+                        "attempts = attempts + 1, error = NULL, datasums = %s "
+                        "WHERE load_id = %s AND task_id = %s")
+                .format(sql.Identifier(schema)), (worker, Json(datasums), load_id, task_id))
 
 
 def fail_task(conn, schema: str, load_id: int, task_id: int, worker: str, error: str) -> None:
@@ -167,3 +184,136 @@ def set_status(conn, schema: str, load_id: int, status: str) -> None:
         cur.execute(sql.SQL("UPDATE {}.loader_loads SET status = %s, finished_at = now() WHERE load_id = %s")
                     .format(sql.Identifier(schema)), (status, load_id))
     conn.commit()
+
+
+#: advisory lock namespace of loads: the coordinator running load N holds (LOCK_NS, N)
+LOCK_NS = 0x6465_7369
+
+
+def try_lock(conn, load_id: int) -> bool:
+    """Take the session lock that marks this process as the load's coordinator."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_try_advisory_lock(%s, %s)", (LOCK_NS, load_id))
+        ok = cur.fetchone()[0]
+    conn.commit()
+    return ok
+
+
+def find_unfinished(conn, schema: str, catalog: str, tables: list) -> Optional[int]:
+    """The newest load of these tables that was neither published nor aborted."""
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("SELECT load_id FROM {}.loader_loads WHERE catalog = %s AND tables = %s "
+                            "AND status IN ('running', 'failed') ORDER BY load_id DESC LIMIT 1")
+                    .format(sql.Identifier(schema)), (catalog, sorted(tables)))
+        row = cur.fetchone()
+    conn.commit()
+    return row[0] if row else None
+
+
+def registered_files(conn, schema: str, load_id: int) -> dict:
+    """filename -> (file_id, size_bytes) of a load's manifest rows."""
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("SELECT filename, file_id, size_bytes FROM {}.load_files WHERE load_id = %s")
+                    .format(sql.Identifier(schema)), (load_id,))
+        out = {f: (i, s) for f, i, s in cur.fetchall()}
+    conn.commit()
+    return out
+
+
+def remove_files(conn, schema: str, load_id: int, file_ids: list, staging: dict) -> None:
+    """Forget files of a load: their rows in staging, their tasks and manifest rows."""
+    if not file_ids:
+        return
+    with conn.cursor() as cur:
+        for stage in staging.values():
+            cur.execute("SELECT to_regclass(%s)", (f'"{schema}"."{stage}"',))
+            if cur.fetchone()[0] is not None:
+                cur.execute(sql.SQL("DELETE FROM {} WHERE file_id = ANY(%s)").format(
+                    sql.Identifier(schema, stage)), (list(file_ids),))
+        cur.execute(sql.SQL("DELETE FROM {}.loader_tasks WHERE load_id = %s AND file_id = ANY(%s)")
+                    .format(sql.Identifier(schema)), (load_id, list(file_ids)))
+        cur.execute(sql.SQL("DELETE FROM {}.load_files WHERE load_id = %s AND file_id = ANY(%s)")
+                    .format(sql.Identifier(schema)), (load_id, list(file_ids)))
+    conn.commit()
+
+
+def reset_failed(conn, schema: str, load_id: int) -> int:
+    """Make failed tasks pending again (a rerun retries them); returns how many."""
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("UPDATE {}.loader_tasks SET status = 'pending', attempts = 0 WHERE load_id = %s "
+                            "AND status = 'failed'").format(sql.Identifier(schema)), (load_id,))
+        n = cur.rowcount
+        cur.execute(sql.SQL("UPDATE {}.loader_loads SET status = 'running', finished_at = NULL "
+                            "WHERE load_id = %s").format(sql.Identifier(schema)), (load_id,))
+    conn.commit()
+    return n
+
+
+def record_death(conn, schema: str, load_id: int, task_id: int, reason: str, max_attempts: int) -> bool:
+    """Count a worker death against its task; True when the task is now failed for good."""
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("UPDATE {}.loader_tasks SET attempts = attempts + 1, error = %s, "
+                            "status = CASE WHEN attempts + 1 >= %s THEN 'failed' ELSE status END "
+                            "WHERE load_id = %s AND task_id = %s AND status = 'pending' RETURNING status")
+                    .format(sql.Identifier(schema)), (reason, max_attempts, load_id, task_id))
+        row = cur.fetchone()
+    conn.commit()
+    return bool(row and row[0] == "failed")
+
+
+def datasums(conn, schema: str, load_id: int) -> dict:
+    """(file_id, hdu index) -> list of partial sums recorded by the done tasks."""
+    out: dict = {}
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("SELECT file_id, datasums FROM {}.loader_tasks WHERE load_id = %s "
+                            "AND status = 'done' AND datasums IS NOT NULL").format(sql.Identifier(schema)),
+                    (load_id,))
+        for file_id, sums in cur.fetchall():
+            for hdu, values in sums.items():
+                out.setdefault((file_id, int(hdu)), []).extend(values)
+    conn.commit()
+    return out
+
+
+def loads(conn, schema: str) -> list:
+    """Every load with its task counts (for `desi-loader status`)."""
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL(
+            "SELECT l.load_id, l.catalog, l.status, l.started_at, l.finished_at, l.host, "
+            "count(t.*) FILTER (WHERE t.status = 'done'), count(t.*) FILTER (WHERE t.status = 'pending'), "
+            "count(t.*) FILTER (WHERE t.status = 'failed'), l.tables "
+            "FROM {s}.loader_loads l LEFT JOIN {s}.loader_tasks t USING (load_id) "
+            "GROUP BY l.load_id ORDER BY l.load_id").format(s=sql.Identifier(schema)))
+        rows = cur.fetchall()
+    conn.commit()
+    return rows
+
+
+def abort(conn, schema: str, load_id: int) -> list:
+    """Drop a load's staging tables and mark it aborted; returns the tables dropped."""
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("SELECT tables, status FROM {}.loader_loads WHERE load_id = %s")
+                    .format(sql.Identifier(schema)), (load_id,))
+        row = cur.fetchone()
+        if row is None:
+            from .errors import UsageError
+            raise UsageError(f"no load {load_id} in schema {schema}", "see desi-loader status")
+        tables, status = row
+        if status == "published":
+            from .errors import UsageError
+            raise UsageError(f"load {load_id} is published; nothing to abort")
+        dropped = []
+        for t in tables:
+            stage = f"{t}__load{load_id}"
+            cur.execute("SELECT to_regclass(%s)", (f'"{schema}"."{stage}"',))
+            if cur.fetchone()[0] is not None:
+                dropped.append(stage)
+        if dropped:
+            cur.execute(sql.SQL("DROP TABLE {} CASCADE").format(
+                sql.SQL(", ").join(sql.Identifier(schema, d) for d in dropped)))
+        cur.execute(sql.SQL("UPDATE {}.loader_loads SET status = 'aborted', finished_at = now() WHERE load_id = %s")
+                    .format(sql.Identifier(schema)), (load_id,))
+        cur.execute(sql.SQL("DELETE FROM {}.load_files WHERE load_id = %s").format(sql.Identifier(schema)),
+                    (load_id,))
+    conn.commit()
+    return dropped

@@ -33,6 +33,9 @@ class RichReporter(NullReporter):
         if name != "copy":
             self.console.print(f"[bold]{name}[/bold] ...")
 
+    def info(self, message: str) -> None:
+        self.console.print(message)
+
     def start_copy(self, total_rows: int, total_bytes: int, workers: int) -> None:
         self.total_bytes = total_bytes
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -90,6 +93,9 @@ class PlainReporter(NullReporter):
 
     def phase(self, name: str) -> None:
         self._line(f"phase {name}")
+
+    def info(self, message: str) -> None:
+        self._line(message)
 
     def start_copy(self, total_rows: int, total_bytes: int, workers: int) -> None:
         self.total = total_rows

@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from .checksum import checksum_ok, partial_sum
 from .errors import BadFileError, SchemaError
 from .schema import FitsColumn, parse_tdim, parse_tform
 
@@ -30,6 +31,16 @@ class HduInfo:
     data_offset: int
     columns: tuple[FitsColumn, ...]
     cards: dict
+    header_sum: int = 0            # ones'-complement sum of the header bytes (CHECKSUM check)
+
+    @property
+    def datasum(self) -> Optional[int]:
+        """The DATASUM card as an integer, or None when absent."""
+        value = self.cards.get("DATASUM")
+        try:
+            return int(str(value).strip()) if value is not None else None
+        except ValueError:
+            return None
 
 
 @dataclass(frozen=True)
@@ -42,6 +53,7 @@ class FitsInfo:
     primary: dict
     hdus: tuple[HduInfo, ...]
     checksum: str        # 'absent' | 'present' (verification is the coordinator's choice)
+    primary_checksum_ok: Optional[bool] = None   # None when the PRIMARY HDU has no CHECKSUM
 
     def hdu(self, extname: str) -> Optional[HduInfo]:
         for h in self.hdus:
@@ -122,9 +134,12 @@ def read_info(path: str) -> FitsInfo:
                     if sum(c.width for c in cols) != row_bytes:
                         raise BadFileError(path, f"HDU {idx}: NAXIS1={row_bytes} but the TFORMs add "
                                            f"up to {sum(c.width for c in cols)} bytes")
-                    offset = hdu.fileinfo()["datLoc"]
+                    loc = hdu.fileinfo()
+                    offset = loc["datLoc"]
                     hdus.append(HduInfo(idx, (header.get("EXTNAME") or None), nrows, row_bytes,
-                                        offset, cols, _cards(header, skip_columns=True)))
+                                        offset, cols, _cards(header, skip_columns=True),
+                                        _header_sum(path, loc["hdrLoc"], offset)))
+                primary_end = hdul[0].fileinfo()["datLoc"]
     except BadFileError:
         raise
     except SchemaError:
@@ -140,7 +155,17 @@ def read_info(path: str) -> FitsInfo:
             raise BadFileError(path, f"truncated: HDU {h.index} ({h.extname}) needs {end} bytes, "
                                f"the file has {size}", "download the file again")
     checksum = "present" if "CHECKSUM" in primary or any("DATASUM" in h.cards for h in hdus) else "absent"
-    return FitsInfo(path, name, size, primary, tuple(hdus), checksum)
+    primary_ok = None
+    if "CHECKSUM" in primary:
+        primary_ok = checksum_ok(_header_sum(path, 0, primary_end), 0)
+    return FitsInfo(path, name, size, primary, tuple(hdus), checksum, primary_ok)
+
+
+def _header_sum(path: str, start: int, stop: int) -> int:
+    with open(path, "rb") as f:
+        f.seek(start)
+        data = np.frombuffer(f.read(stop - start), np.uint8)
+    return partial_sum(data, 0)
 
 
 def read_rows(path: str, hdu: HduInfo, start: int, stop: int, fh: Optional[Any] = None) -> np.ndarray:

@@ -1,9 +1,10 @@
-"""The coordinator and its worker processes.
+"""The coordinator: plan, open or resume a load, run the workers, check, finalize, publish.
 
 Coordinator: headers -> plan -> ledger + staging tables -> start workers -> watch
-progress and worker health -> verify -> indexes, ANALYZE, SET LOGGED -> swap.
-Workers: open their own connection after they start, claim tasks from the ledger,
-read row blocks, encode, COPY, and mark the task done in the same transaction.
+progress and worker health -> checksums, row counts -> indexes, foreign keys, ANALYZE,
+SET LOGGED -> swap.  The load's state lives in the database (loader_loads,
+loader_tasks, load_files), so rerunning the same command after any interruption
+continues where the last run stopped.
 """
 from __future__ import annotations
 
@@ -13,26 +14,25 @@ import os
 import queue as queue_mod
 import time
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
-
-import psycopg2
+from typing import Optional
 
 from . import __version__, ledger
+from .checksum import checksum_ok, combine
 from .config import load_settings
-from .copy import copy_part
-from .db import connect, is_transient, mask_dsn, server_settings
+from .db import connect, mask_dsn, server_settings
 from .discover import TASK_BYTES, build_plan, encoder_plan, find_files, foreign_keys, group_by_catalog
-from .errors import DatabaseError, LoaderError, LoadFailed
-from .finalize import add_foreign_keys, build_indexes, expected_counts, make_logged, swap, verify_counts
+from .errors import BadFileError, DatabaseError, LoaderError, LoadFailed, UsageError
+from .finalize import (add_foreign_keys, build_indexes, expected_counts, make_logged, prepare_staging, swap,
+                       verify_counts)
 from .read import read_info
-from .sqlgen import create_staging
+from .worker import WorkerConfig, worker_main
 
 log = logging.getLogger(__name__)
 
-#: How often a worker may die (signal, crash) before the coordinator stops replacing it.
-MAX_WORKER_RESTARTS = 3
-#: Retries of a task after transient database errors (connection lost, server restart ...).
-TRANSIENT_RETRIES = 5
+#: How often workers may die (signal, crash) in one run before no new one is started.
+MAX_WORKER_RESTARTS = 8
+#: A task whose worker died this many times is failed (it may be what kills them).
+MAX_TASK_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,9 @@ class LoadOptions:
     task_rows: Optional[int] = None
     task_bytes: int = TASK_BYTES
     config: Optional[str] = None
+    verify_checksum: bool = True
+    allow_partial: bool = False
+    resume: Optional[bool] = None        # None: resume when possible; True: must resume; False: --restart
 
 
 @dataclass
@@ -69,6 +72,9 @@ class Summary:
     fmt: str = ""
     durable: bool = True
     verified: bool = False
+    checksums: str = ""
+    resumed: Optional[str] = None
+    missing: list = field(default_factory=list)      # (file, reason) left out by --allow-partial
     dsn: str = ""
     server: dict = field(default_factory=dict)
     plan: list = field(default_factory=list)
@@ -86,6 +92,7 @@ class NullReporter:
     """Progress sink interface; the CLI passes a rich or plain-text implementation."""
 
     def phase(self, name: str) -> None: ...
+    def info(self, message: str) -> None: ...
     def start_copy(self, total_rows: int, total_bytes: int, workers: int) -> None: ...
     def advance(self, worker: int, rows: int, nbytes: int) -> None: ...
     def rewind(self, worker: int, rows: int, nbytes: int) -> None: ...
@@ -94,83 +101,7 @@ class NullReporter:
     def warn(self, message: str) -> None: ...
 
 
-# --------------------------------------------------------------------------- worker
-
-def _worker_main(worker_id: int, dsn: str, schema: str, load_id: int, fmt: str,
-                 enc_plan: dict, messages) -> None:
-    """Body of a worker process: claim, COPY, mark done, until no task is left."""
-    name = f"{os.uname().nodename}:{os.getpid()}"
-    conn = None
-    handles: dict = {}
-    try:
-        box = [connect(dsn, f"desi-loader worker {worker_id}")]
-        conn = box
-        while _run_one(box, dsn, worker_id, name, schema, load_id, fmt, enc_plan, messages, handles):
-            pass
-        messages.put(("exit", worker_id, None))
-    except DatabaseError as exc:
-        messages.put(("fatal", worker_id, str(exc)))
-    finally:
-        for fh in handles.values():
-            fh.close()
-        if conn is not None and not conn[0].closed:
-            conn[0].close()
-
-
-def _run_one(box, dsn, worker_id, name, schema, load_id, fmt, enc_plan, messages, handles) -> bool:
-    """Claim and load one task; False when none is left.  box[0] is the connection."""
-    for attempt in range(TRANSIENT_RETRIES + 1):
-        conn = box[0]
-        sent = [0, 0]
-
-        def on_block(rows: int, nbytes: int) -> None:
-            sent[0] += rows
-            sent[1] += nbytes
-            messages.put(("rows", worker_id, (rows, nbytes)))
-
-        try:
-            with conn.cursor() as cur:
-                row = ledger.claim_task(cur, schema, load_id)
-                if row is None:
-                    conn.rollback()
-                    return False
-                task_id, file_id, parts, nrows = row
-                path, per_hdu = enc_plan[file_id]
-                fh = handles.get(path) or handles.setdefault(path, open(path, "rb"))
-                messages.put(("task", worker_id, (task_id, os.path.basename(path))))
-                try:
-                    for hdu_index, _table, start, stop in parts:
-                        hdu, stage, fields = per_hdu[hdu_index]
-                        copy_part(cur, schema, stage, path, fh, hdu, fields, start, stop, fmt, on_block)
-                except LoaderError as exc:
-                    conn.rollback()
-                    messages.put(("rewind", worker_id, tuple(sent)))
-                    ledger.fail_task(conn, schema, load_id, task_id, name, str(exc))
-                    messages.put(("failed", worker_id, (task_id, str(exc))))
-                    return True
-                ledger.finish_task(cur, schema, load_id, task_id, name)
-            conn.commit()
-            messages.put(("done", worker_id, (task_id, nrows)))
-            return True
-        except psycopg2.Error as exc:
-            messages.put(("rewind", worker_id, tuple(sent)))
-            try:
-                conn.rollback()
-            except psycopg2.Error:
-                pass
-            if not is_transient(exc) or attempt == TRANSIENT_RETRIES:
-                raise DatabaseError(f"worker {worker_id}: {str(exc).strip().splitlines()[0]} "
-                                    f"(SQLSTATE {exc.pgcode})") from exc
-            time.sleep(min(0.5 * 2 ** attempt, 10))
-            if conn.closed:
-                try:
-                    box[0] = connect(dsn, f"desi-loader worker {worker_id}")
-                except DatabaseError:
-                    continue
-    return False
-
-
-# --------------------------------------------------------------------------- coordinator
+# --------------------------------------------------------------------------- planning
 
 def plan_loads(opts: LoadOptions) -> list:
     """Find files, read headers and build one plan per catalog (no database needed)."""
@@ -179,87 +110,22 @@ def plan_loads(opts: LoadOptions) -> list:
     schema = opts.schema or settings.schema
     plans = []
     for catalog, group in group_by_catalog(files, settings, opts.catalog, opts.prefix):
-        infos = [read_info(f) for f in group]
-        plans.append(build_plan(infos, catalog, schema, opts.task_bytes, opts.task_rows))
-    return plans
-
-
-def _timed(summary: Summary, reporter, name: str):
-    class _T:
-        def __enter__(self):
-            reporter.phase(name)
-            self.t = time.perf_counter()
-
-        def __exit__(self, *exc):
-            summary.phases[name] = round(summary.phases.get(name, 0) + time.perf_counter() - self.t, 3)
-    return _T()
-
-
-def _copy_phase(opts: LoadOptions, plan, load_id: int, enc_plan: dict, reporter, summary) -> None:
-    ctx = mp.get_context("spawn")   # never fork a process holding a connection
-    messages = ctx.Queue()
-    nworkers = max(1, min(opts.workers, len(plan.tasks)))
-    args = (opts.dsn, plan.schema, load_id, opts.fmt, enc_plan, messages)
-    procs = {w: ctx.Process(target=_worker_main, args=(w,) + args, daemon=True) for w in range(nworkers)}
-    for p in procs.values():
-        p.start()
-    reporter.start_copy(plan.total_rows, sum(fp.info.size for fp in plan.files), nworkers)
-    inflight = {w: [0, 0] for w in procs}
-    exited: set = set()
-    restarts = 0
-    fatal: Optional[str] = None
-    try:
-        while len(exited) < len(procs):
+        infos, rejected = [], []
+        for f in group:
             try:
-                kind, w, payload = messages.get(timeout=0.5)
-            except queue_mod.Empty:
-                kind = None
-            if kind == "rows":
-                inflight[w][0] += payload[0]
-                inflight[w][1] += payload[1]
-                reporter.advance(w, *payload)
-            elif kind == "rewind":
-                reporter.rewind(w, *payload)
-                inflight[w] = [0, 0]
-            elif kind in ("done",):
-                inflight[w] = [0, 0]
-            elif kind == "task":
-                reporter.worker_state(w, f"task {payload[0]} {payload[1]}")
-            elif kind == "failed":
-                inflight[w] = [0, 0]
-                reporter.warn(f"task {payload[0]} failed: {payload[1]}")
-            elif kind == "exit":
-                exited.add(w)
-                reporter.worker_state(w, "finished")
-            elif kind == "fatal":
-                exited.add(w)
-                fatal = fatal or payload
-                reporter.worker_state(w, "stopped")
-            for w, p in list(procs.items()):
-                if w in exited or p.is_alive():
-                    continue
-                p.join()
-                # died without saying goodbye (killed, crashed): its transaction rolled back
-                reporter.rewind(w, *inflight[w])
-                inflight[w] = [0, 0]
-                if restarts < MAX_WORKER_RESTARTS and fatal is None:
-                    restarts += 1
-                    reporter.warn(f"worker {w} died (exit code {p.exitcode}); starting a new one")
-                    procs[w] = ctx.Process(target=_worker_main, args=(w,) + args, daemon=True)
-                    procs[w].start()
-                else:
-                    exited.add(w)
-                    reporter.warn(f"worker {w} died (exit code {p.exitcode})")
-    except KeyboardInterrupt:
-        for p in procs.values():
-            p.terminate()
-        raise
-    finally:
-        for p in procs.values():
-            p.join(timeout=5)
-        reporter.stop_copy()
-    if fatal:
-        raise DatabaseError(fatal, "staging tables are kept; fix the cause and rerun")
+                info = read_info(f)
+            except BadFileError as exc:
+                rejected.append((f, exc.reason))
+                continue
+            if opts.verify_checksum and info.primary_checksum_ok is False:
+                rejected.append((f, "CHECKSUM of the PRIMARY HDU does not match its header (file corrupt; "
+                                    "download it again, or --no-verify-checksum)"))
+                continue
+            infos.append(info)
+        plan = build_plan(infos, catalog, schema, opts.task_bytes, opts.task_rows)
+        plan.rejected[:0] = rejected
+        plans.append(plan)
+    return plans
 
 
 def run_loads(opts: LoadOptions, reporter=None) -> list:
@@ -280,47 +146,237 @@ def run_load(opts: LoadOptions, reporter=None) -> Summary:
     return summaries[0]
 
 
+def _timed(summary: Summary, reporter, name: str):
+    class _T:
+        def __enter__(self):
+            reporter.phase(name)
+            self.t = time.perf_counter()
+
+        def __exit__(self, *exc):
+            summary.phases[name] = round(summary.phases.get(name, 0) + time.perf_counter() - self.t, 3)
+    return _T()
+
+
+def _reasons(items) -> str:
+    return "".join(f"\n  {os.path.basename(p)}: {r}" for p, r in items)
+
+
+# --------------------------------------------------------------------------- the load
+
+def _open_load(conn, opts: LoadOptions, plan, reporter, summary) -> tuple[int, dict]:
+    """Start a new load or resume the unfinished one of these tables; lock it; register files."""
+    tables = sorted(plan.tables)
+    old = ledger.find_unfinished(conn, plan.schema, plan.catalog.name, tables)
+    if old is not None and not ledger.try_lock(conn, old):
+        raise UsageError(f"load {old} of {plan.catalog.name} is being run by another process",
+                         "wait for it, or stop it and rerun (desi-loader status shows loads)")
+    if opts.resume is True and old is None:
+        raise UsageError(f"no unfinished load of {plan.catalog.name} in schema {plan.schema} to resume",
+                         "run without --resume to start one")
+    staging_of = lambda lid: {t: f"{t}__load{lid}" for t in plan.tables}   # noqa: E731
+    if old is not None and opts.resume is False:
+        ledger.abort(conn, plan.schema, old)
+        reporter.info(f"--restart: discarded unfinished load {old}")
+        old = None
+    if old is not None:
+        staging = staging_of(old)
+        kept = _reconcile(conn, plan, old, staging)
+        retried = ledger.reset_failed(conn, plan.schema, old)
+        counts = ledger.task_counts(conn, plan.schema, old)
+        summary.resumed = (f"resuming load {old}: {counts['done']} tasks done, {counts['pending']} to do"
+                           + (f" ({retried} failed before, retried)" if retried else "")
+                           + (f"; {kept} files kept" if kept else ""))
+        reporter.info(summary.resumed)
+        return old, staging
+    load_id = ledger.start_load(conn, plan.schema, plan.catalog.name, tables,
+                                {"format": opts.fmt, "workers": opts.workers,
+                                 "paths": [fp.info.path for fp in plan.files]})
+    ledger.try_lock(conn, load_id)
+    staging = staging_of(load_id)
+    ledger.register_files(conn, plan.schema, load_id, plan.catalog.name, plan.files)
+    prepare_staging(conn, plan.schema, staging, plan.tables)
+    ledger.insert_tasks(conn, plan.schema, load_id, plan)
+    return load_id, staging
+
+
+def _reconcile(conn, plan, load_id: int, staging: dict) -> int:
+    """Match the plan's files with the unfinished load: keep, drop and add files."""
+    known = ledger.registered_files(conn, plan.schema, load_id)
+    current = {fp.info.name: fp for fp in plan.files}
+    gone = [fid for name, (fid, size) in known.items()
+            if name not in current or current[name].info.size != size]
+    ledger.remove_files(conn, plan.schema, load_id, gone, staging)
+    new = set()
+    for i, fp in enumerate(plan.files):
+        entry = known.get(fp.info.name)
+        if entry and entry[1] == fp.info.size:
+            fp.file_id = entry[0]
+        else:
+            new.add(i)
+    ledger.register_files(conn, plan.schema, load_id, plan.catalog.name, [plan.files[i] for i in new])
+    prepare_staging(conn, plan.schema, staging, plan.tables)
+    ledger.insert_tasks(conn, plan.schema, load_id, plan, new)
+    return len(plan.files) - len(new)
+
+
+def _copy_phase(opts: LoadOptions, plan, load_id: int, enc_plan: dict, conn, reporter) -> None:
+    pending = ledger.task_counts(conn, plan.schema, load_id)["pending"]
+    if not pending:
+        return
+    ctx = mp.get_context("spawn")   # never fork a process holding a connection
+    messages = ctx.Queue()
+    cfg = WorkerConfig(opts.dsn, plan.schema, load_id, opts.fmt, opts.verify_checksum, enc_plan, os.getpid())
+    nworkers = max(1, min(opts.workers, pending))
+
+    def spawn(w: int):
+        p = ctx.Process(target=worker_main, args=(w, cfg, messages), daemon=True)
+        p.start()
+        return p
+
+    procs = {w: spawn(w) for w in range(nworkers)}
+    todo = sum(t.rows for t in plan.tasks)   # an upper bound on resume; exact on a new load
+    reporter.start_copy(todo, sum(fp.info.size for fp in plan.files), nworkers)
+    inflight = {w: [0, 0] for w in procs}
+    current: dict = {}
+    exited: set = set()
+    restarts = 0
+    fatal: Optional[str] = None
+    try:
+        while len(exited) < len(procs):
+            try:
+                kind, w, payload = messages.get(timeout=0.5)
+            except queue_mod.Empty:
+                kind = None
+            if kind == "rows":
+                inflight[w][0] += payload[0]
+                inflight[w][1] += payload[1]
+                reporter.advance(w, *payload)
+            elif kind == "rewind":
+                reporter.rewind(w, *payload)
+                inflight[w] = [0, 0]
+            elif kind == "done":
+                inflight[w] = [0, 0]
+                current.pop(w, None)
+            elif kind == "task":
+                current[w] = payload[0]
+                reporter.worker_state(w, f"task {payload[0]} {payload[1]}")
+            elif kind == "retry":
+                reporter.warn(f"worker {w}: {payload}")
+            elif kind == "failed":
+                inflight[w] = [0, 0]
+                current.pop(w, None)
+                reporter.warn(f"task {payload[0]} failed: {payload[1]}")
+            elif kind == "exit":
+                exited.add(w)
+                reporter.worker_state(w, "finished")
+            elif kind == "fatal":
+                exited.add(w)
+                fatal = fatal or payload
+                reporter.worker_state(w, "stopped")
+            for w, p in list(procs.items()):
+                if w in exited or p.is_alive():
+                    continue
+                p.join()
+                # died without a word (killed, crashed): its transaction rolled back
+                reporter.rewind(w, *inflight[w])
+                inflight[w] = [0, 0]
+                task = current.pop(w, None)
+                why = f"worker died (exit code {p.exitcode}) while loading this task"
+                if task is not None and ledger.record_death(conn, plan.schema, load_id, task, why,
+                                                            MAX_TASK_ATTEMPTS):
+                    reporter.warn(f"task {task} failed: its worker died {MAX_TASK_ATTEMPTS} times")
+                if restarts < MAX_WORKER_RESTARTS and fatal is None:
+                    restarts += 1
+                    reporter.warn(f"worker {w} died (exit code {p.exitcode}); task {task} goes back to "
+                                  "the queue, starting a new worker")
+                    procs[w] = spawn(w)
+                else:
+                    exited.add(w)
+                    reporter.warn(f"worker {w} died (exit code {p.exitcode})")
+    except KeyboardInterrupt:
+        for p in procs.values():
+            p.terminate()
+        raise
+    finally:
+        for p in procs.values():
+            p.join(timeout=10)
+        reporter.stop_copy()
+    if fatal:
+        raise DatabaseError(fatal, "staging tables are kept; fix the cause and rerun the same command "
+                            "to resume")
+
+
+def _checksum_failures(conn, plan, load_id: int) -> list:
+    """(path, reason) of files whose loaded bytes disagree with DATASUM/CHECKSUM."""
+    sums = ledger.datasums(conn, plan.schema, load_id)
+    bad = []
+    for fp in plan.files:
+        for h in fp.info.hdus:
+            if h.index not in fp.tables or h.datasum is None:
+                continue
+            got = combine(sums.get((fp.file_id, h.index), []))
+            if got != h.datasum:
+                bad.append((fp.info.path, f"HDU {h.index} ({h.extname}): DATASUM is {h.datasum} but the data "
+                            f"sum to {got} (file corrupt; download it again, or --no-verify-checksum)"))
+            elif "CHECKSUM" in h.cards and not checksum_ok(h.header_sum, got):
+                bad.append((fp.info.path, f"HDU {h.index} ({h.extname}): CHECKSUM does not match "
+                            "(header or data corrupt; download it again, or --no-verify-checksum)"))
+    return bad
+
+
+def _settle_failures(conn, opts, plan, load_id: int, staging: dict, summary) -> None:
+    """Refuse to publish with failed files, or (--allow-partial) take them out and go on."""
+    bad = list(plan.rejected)
+    failed = ledger.failed_tasks(conn, plan.schema, load_id)
+    names = {fp.info.name: fp for fp in plan.files}
+    bad += [(names[fn].info.path if fn in names else fn, err) for fn, err in failed]
+    counts = ledger.task_counts(conn, plan.schema, load_id)
+    if counts["pending"]:
+        bad.append(("(tasks)", f"{counts['pending']} tasks were not run (workers kept dying)"))
+    if opts.verify_checksum:
+        bad += _checksum_failures(conn, plan, load_id)
+    if not bad:
+        return
+    uniq = list(dict.fromkeys(bad))
+    loaded = {os.path.basename(p) for p, _ in uniq} & set(names)
+    if not opts.allow_partial or counts["pending"] or len(loaded) == len(plan.files):
+        ledger.set_status(conn, plan.schema, load_id, "failed")
+        raise LoadFailed(f"{len({p for p, _ in uniq})} file(s) could not be loaded; the published tables "
+                         f"were not replaced (load {load_id} is kept for resume):" + _reasons(uniq),
+                         "fix or re-download the named files and rerun the same command "
+                         "(or --allow-partial to publish without them)")
+    ledger.remove_files(conn, plan.schema, load_id, [names[n].file_id for n in loaded], staging)
+    plan.files = [fp for fp in plan.files if fp.info.name not in loaded]
+    summary.missing = [(os.path.basename(p), r) for p, r in uniq]
+
+
 def _run_plan(opts: LoadOptions, plan, reporter, plan_s: float) -> Summary:
-    """Run a whole load of one plan; raises LoaderError subclasses for anything the user must fix."""
+    """Run the load of one plan; raises LoaderError subclasses for anything the user must fix."""
     summary = Summary(workers=opts.workers, fmt=opts.fmt, durable=not opts.unlogged,
-                      dsn=mask_dsn(opts.dsn or ""))
+                      dsn=mask_dsn(opts.dsn or ""), catalog=plan.catalog.name, schema=plan.schema)
     summary.phases["plan"] = plan_s
-    summary.catalog, summary.schema = plan.catalog.name, plan.schema
     summary.files, summary.fits_bytes, summary.tasks = len(plan.files), plan.total_bytes, len(plan.tasks)
     summary.plan = [{"table": t, "columns": len(s.all_columns), "key": list(s.key)} for t, s in plan.tables.items()]
+    summary.checksums = "verified" if opts.verify_checksum else "not verified (--no-verify-checksum)"
+    if not plan.files:
+        raise LoadFailed(f"no {plan.catalog.name} file could be loaded:" + _reasons(plan.rejected),
+                         "fix or re-download the named files")
     if opts.dry_run:
-        summary.rows = {t: sum(n for per in [expected_counts(plan)[t]] for n in per.values())
-                        for t in plan.tables}
+        summary.rows = {t: sum(per.values()) for t, per in expected_counts(plan).items()}
+        summary.missing = [(os.path.basename(p), r) for p, r in plan.rejected]
         return summary
 
     conn = connect(opts.dsn)
     try:
         summary.server = server_settings(conn)
         ledger.ensure_tables(conn, plan.schema)
-        load_id = ledger.start_load(conn, plan.schema, plan.catalog.name, sorted(plan.tables),
-                                    {"format": opts.fmt, "workers": opts.workers,
-                                     "paths": [fp.info.path for fp in plan.files]})
+        load_id, staging = _open_load(conn, opts, plan, reporter, summary)
         summary.load_id = load_id
-        ledger.register_files(conn, plan.schema, load_id, plan.catalog.name, plan.files)
-        staging = {t: f"{t}__load{load_id}" for t in plan.tables}
-        with conn.cursor() as cur:
-            for t, spec in plan.tables.items():
-                for stmt in create_staging(plan.schema, staging[t], spec):
-                    cur.execute(stmt)
-        conn.commit()
-        ledger.insert_tasks(conn, plan.schema, load_id, plan)
-
         with _timed(summary, reporter, "copy"):
-            _copy_phase(opts, plan, load_id, encoder_plan(plan, staging), reporter, summary)
-        counts = ledger.task_counts(conn, plan.schema, load_id)
-        if counts["failed"] or counts["pending"]:
-            failed = ledger.failed_tasks(conn, plan.schema, load_id)
-            ledger.set_status(conn, plan.schema, load_id, "failed")
-            lines = sorted({f"{fn}: {err}" for fn, err in failed})
-            raise LoadFailed(f"{counts['failed']} task(s) failed, {counts['pending']} not run; "
-                             "the published tables were not replaced" + "".join("\n  " + l for l in lines),
-                             "fix or remove the named files and rerun")
+            _copy_phase(opts, plan, load_id, encoder_plan(plan, staging), conn, reporter)
         with _timed(summary, reporter, "verify"):
+            _settle_failures(conn, opts, plan, load_id, staging, summary)
+            summary.files = len(plan.files)
             summary.rows = verify_counts(conn, plan.schema, staging, expected_counts(plan))
             summary.verified = True
         with _timed(summary, reporter, "index"):
@@ -334,6 +390,17 @@ def _run_plan(opts: LoadOptions, plan, reporter, plan_s: float) -> Summary:
                     make_logged(conn, plan.schema, staging[t])
         with _timed(summary, reporter, "swap"):
             swap(conn, plan.schema, staging, load_id, plan.catalog.name, plan.catalog.views)
+        for name, reason in summary.missing:
+            reporter.warn(f"published without {name}: {reason}")
         return summary
+    except LoaderError:
+        raise
+    except Exception as exc:
+        import psycopg2
+        if isinstance(exc, psycopg2.Error):
+            raise DatabaseError(f"{str(exc).strip().splitlines()[0]}"
+                                + (f" (SQLSTATE {exc.pgcode})" if exc.pgcode else ""),
+                                "staging tables are kept; rerun the same command to resume") from exc
+        raise
     finally:
         conn.close()

@@ -11,8 +11,7 @@ def create_staging(schema: str, name: str, spec: TableSpec) -> list:
     cols = sql.SQL(", ").join(
         sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.sql_type)) for c in spec.all_columns)
     ident = sql.Identifier(schema, name)
-    out = [sql.SQL("DROP TABLE IF EXISTS {}").format(ident),
-           sql.SQL("CREATE UNLOGGED TABLE {} ({})").format(ident, cols)]
+    out = [sql.SQL("CREATE UNLOGGED TABLE {} ({})").format(ident, cols)]
     for c in spec.all_columns:
         if c.comment:
             out.append(sql.SQL("COMMENT ON COLUMN {}.{} IS {}").format(
@@ -35,9 +34,9 @@ def create_indexes(schema: str, name: str, spec: TableSpec) -> list:
     out = [sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({})").format(
         ident, sql.Identifier(f"{name}_pkey"), sql.SQL(", ").join(map(sql.Identifier, spec.key)))]
     if tuple(spec.key) != ("file_id", "row_num"):
-        out.append(sql.SQL("CREATE UNIQUE INDEX {} ON {} (file_id, row_num)").format(
+        out.append(sql.SQL("CREATE UNIQUE INDEX IF NOT EXISTS {} ON {} (file_id, row_num)").format(
             sql.Identifier(index_name(name, ("file_id", "row_num"))), ident))
     for cols in spec.indexes:
-        out.append(sql.SQL("CREATE INDEX {} ON {} ({})").format(
+        out.append(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({})").format(
             sql.Identifier(index_name(name, cols)), ident, sql.SQL(", ").join(map(sql.Identifier, cols))))
     return out

@@ -100,12 +100,12 @@ def test_void_galaxies_view_on_a_hand_built_case(tmp_path, pg_uri, schema, db):
 
 
 def test_missing_required_hdu_is_named(tmp_path, pg_uri, schema):
-    from desi_loader.errors import BadFileError
+    from desi_loader.errors import LoadFailed
     path = tmp_path / file_name("VoidFinder", "NGC")
     write_desivast_file(str(path), "VoidFinder", "NGC", scale=0.001)
     with fits.open(path) as h:
         fits.HDUList([h[0].copy(), h[1].copy()]).writeto(path, overwrite=True)   # drop HOLES
-    with pytest.raises(BadFileError, match="VoidFinder_NGC.fits: missing HDU HOLES"):
+    with pytest.raises(LoadFailed, match="VoidFinder_NGC.fits: missing HDU HOLES"):
         load(pg_uri, schema, [path])
 
 
