@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not check CHECKSUM/DATASUM cards (checked by default, at no extra read)")
     p.add_argument("--summary-json", help="write the summary figures to this JSON file")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress or summary (errors still shown)")
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="log details to stderr")
     _target(p)
 
     s = sub.add_parser("sample", help="write sample FITS files with the real DESI DR1 layout",
@@ -311,7 +313,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    console = Console(stderr=False)
+    # batch logs and pipes: wide enough that tables and summaries do not wrap
+    console = Console(stderr=False) if sys.stdout.isatty() else Console(stderr=False, width=200)
     err = Console(stderr=True)
     if args.command is None:
         parser.print_help()

@@ -12,6 +12,7 @@ import logging
 import multiprocessing as mp
 import os
 import queue as queue_mod
+import signal
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -219,7 +220,9 @@ def _reconcile(conn, plan, load_id: int, staging: dict) -> int:
     return len(plan.files) - len(new)
 
 
-def _copy_phase(opts: LoadOptions, plan, load_id: int, enc_plan: dict, conn, reporter) -> None:
+def _copy_phase(opts: LoadOptions, plan, load_id: int, enc_plan: dict, box: list, reporter) -> None:
+    """Run workers until no task is pending; box[0] is the coordinator's connection (may be renewed)."""
+    conn = box[0]
     pending = ledger.task_counts(conn, plan.schema, load_id)["pending"]
     if not pending:
         return
@@ -229,19 +232,33 @@ def _copy_phase(opts: LoadOptions, plan, load_id: int, enc_plan: dict, conn, rep
     nworkers = max(1, min(opts.workers, pending))
 
     def spawn(w: int):
-        p = ctx.Process(target=worker_main, args=(w, cfg, messages), daemon=True)
-        p.start()
-        return p
+        # Children start with SIGINT blocked (the mask survives exec) and ignore it from
+        # worker_main on: Ctrl-C is the coordinator's business.  Here a Ctrl-C is only noted
+        # while a child is being started (an interrupt in the middle of writing its pickled
+        # arguments would leave it half-started), then raised.
+        noted: list = []
+        handler = signal.signal(signal.SIGINT, lambda *_: noted.append(True))
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            procs[w] = ctx.Process(target=worker_main, args=(w, cfg, messages), daemon=True)
+            procs[w].start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            signal.signal(signal.SIGINT, handler)
+        if noted:
+            raise KeyboardInterrupt
 
-    procs = {w: spawn(w) for w in range(nworkers)}
+    procs: dict = {}
     todo = sum(t.rows for t in plan.tasks)   # an upper bound on resume; exact on a new load
-    reporter.start_copy(todo, sum(fp.info.size for fp in plan.files), nworkers)
-    inflight = {w: [0, 0] for w in procs}
+    inflight = {w: [0, 0] for w in range(nworkers)}
     current: dict = {}
     exited: set = set()
     restarts = 0
     fatal: Optional[str] = None
     try:
+        for w in range(nworkers):
+            spawn(w)
+        reporter.start_copy(todo, sum(fp.info.size for fp in plan.files), nworkers)
         while len(exited) < len(procs):
             try:
                 kind, w, payload = messages.get(timeout=0.5)
@@ -282,6 +299,7 @@ def _copy_phase(opts: LoadOptions, plan, load_id: int, enc_plan: dict, conn, rep
                 inflight[w] = [0, 0]
                 task = current.pop(w, None)
                 why = f"worker died (exit code {p.exitcode}) while loading this task"
+                conn = box[0] = _fresh(conn, opts.dsn, load_id)
                 if task is not None and ledger.record_death(conn, plan.schema, load_id, task, why,
                                                             MAX_TASK_ATTEMPTS):
                     reporter.warn(f"task {task} failed: its worker died {MAX_TASK_ATTEMPTS} times")
@@ -289,21 +307,47 @@ def _copy_phase(opts: LoadOptions, plan, load_id: int, enc_plan: dict, conn, rep
                     restarts += 1
                     reporter.warn(f"worker {w} died (exit code {p.exitcode}); task {task} goes back to "
                                   "the queue, starting a new worker")
-                    procs[w] = spawn(w)
+                    spawn(w)
                 else:
                     exited.add(w)
                     reporter.warn(f"worker {w} died (exit code {p.exitcode})")
     except KeyboardInterrupt:
         for p in procs.values():
-            p.terminate()
+            if p.pid is not None:
+                p.terminate()
         raise
     finally:
         for p in procs.values():
-            p.join(timeout=10)
+            if p.pid is not None:
+                p.join(timeout=10)
         reporter.stop_copy()
     if fatal:
         raise DatabaseError(fatal, "staging tables are kept; fix the cause and rerun the same command "
                             "to resume")
+
+
+def _fresh(conn, dsn: str, load_id: int):
+    """The coordinator's connection, re-opened (and the load re-locked) if the server dropped it."""
+    import psycopg2
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1")
+        conn.commit()
+        return conn
+    except psycopg2.Error:
+        try:
+            conn.close()
+        except psycopg2.Error:
+            pass
+    for attempt in range(8):
+        try:
+            new = connect(dsn)
+            if not ledger.try_lock(new, load_id):
+                raise UsageError(f"load {load_id} was taken over by another process while the server restarted")
+            return new
+        except DatabaseError:
+            time.sleep(min(0.5 * 2 ** attempt, 16))
+    return connect(dsn)
 
 
 def _checksum_failures(conn, plan, load_id: int) -> list:
@@ -372,8 +416,10 @@ def _run_plan(opts: LoadOptions, plan, reporter, plan_s: float) -> Summary:
         ledger.ensure_tables(conn, plan.schema)
         load_id, staging = _open_load(conn, opts, plan, reporter, summary)
         summary.load_id = load_id
+        box = [conn]
         with _timed(summary, reporter, "copy"):
-            _copy_phase(opts, plan, load_id, encoder_plan(plan, staging), conn, reporter)
+            _copy_phase(opts, plan, load_id, encoder_plan(plan, staging), box, reporter)
+        conn = _fresh(box[0], opts.dsn, load_id)
         with _timed(summary, reporter, "verify"):
             _settle_failures(conn, opts, plan, load_id, staging, summary)
             summary.files = len(plan.files)

