@@ -1,8 +1,11 @@
 """The only module that runs COPY: stream encoded blocks of one task part into staging."""
 from __future__ import annotations
 
+import queue
+import threading
 from typing import BinaryIO, Callable, Iterator, Optional, Sequence
 
+import psycopg2
 from psycopg2 import sql
 
 from .checksum import combine, partial_sum
@@ -16,16 +19,54 @@ from .read import HduInfo, read_rows
 BLOCK_BYTES = 8 * 1024 * 1024
 
 
+#: Encoded blocks prepared ahead of the one being sent.  One is enough to keep the
+#: server busy while the next block is read and encoded (numpy and libpq both release
+#: the GIL); more only costs memory.
+PREFETCH = 2
+
+
 class _Stream:
-    """File-like object psycopg2's copy_expert reads; each read() returns one encoded block."""
+    """File-like object psycopg2's copy_expert reads; each read() returns one encoded block.
+
+    A thread reads and encodes the next blocks while the current one is being sent, so
+    client work overlaps the server's.  Exceptions in the thread reach read(), which
+    makes psycopg2 abort the COPY with that error.
+    """
 
     def __init__(self, blocks: Iterator[bytes]) -> None:
-        self._blocks = blocks
+        self._queue: queue.Queue = queue.Queue(maxsize=PREFETCH)
+        self.error: Optional[BaseException] = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._fill, args=(blocks,), daemon=True)
+        self._thread.start()
+
+    def _fill(self, blocks: Iterator[bytes]) -> None:
+        try:
+            for block in blocks:
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(block, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+            self._queue.put(b"")
+        except BaseException as exc:          # delivered to the reading thread
+            self._queue.put(exc)
 
     def read(self, size: int = -1) -> bytes:
-        return next(self._blocks, b"")
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            self.error = item        # psycopg2 replaces it by QueryCanceled; copy_part restores it
+            raise item
+        return item
 
     readline = read
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def copy_statement(schema: str, table: str, fields: Sequence[Field], fmt: str) -> sql.Composed:
@@ -64,5 +105,12 @@ def copy_part(cur, schema: str, table: str, path: str, fh: BinaryIO, hdu: HduInf
     """
     sums: Optional[list] = [] if checksum else None
     stream = _Stream(_blocks(path, fh, hdu, fields, start, stop, fmt, on_block, sums))
-    cur.copy_expert(copy_statement(schema, table, fields, fmt), stream, size=BLOCK_BYTES)
+    try:
+        cur.copy_expert(copy_statement(schema, table, fields, fmt), stream, size=BLOCK_BYTES)
+    except psycopg2.Error:
+        if stream.error is not None:     # our reader failed (bad data), not the database
+            raise stream.error from None
+        raise
+    finally:
+        stream.close()
     return combine(sums) if sums is not None else None

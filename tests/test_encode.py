@@ -150,3 +150,13 @@ def test_property_random_blocks_round_trip(seed):
         else:
             assert np.array(a, ">f4").tobytes() == f4[r:r + 1].tobytes()
         assert b == i8[r] and c == f8[r]
+
+
+def test_mixed_int_float_run_nan_only_for_floats():
+    # an int32 column whose bit pattern is a float NaN must stay an integer, not NULL
+    f4 = np.array([np.nan, 2.0], ">f4")
+    i4 = np.array([0x7FC00000, 5], ">i4")
+    rows = rows_of(f4, i4)
+    got = encode_binary(rows, [Field("a", "float", "float4", 0, 4), Field("b", "int", "int4", 4, 4)])
+    want = (tup(fld(None), fld(i4[0:1].tobytes())) + tup(fld(f4[1:2].tobytes()), fld(i4[1:2].tobytes())))
+    assert got == want

@@ -76,3 +76,25 @@ def test_hostile_column_name_is_just_a_name(tmp_path, pg_uri, schema, db):
     load(pg_uri, schema, [path], catalog="generic", prefix="h")
     rows = fetch(db, f'SELECT "x""; drop table y; --" FROM "{schema}".h_hdu1 ORDER BY row_num')
     assert [r[0] for r in rows] == [0, 1, 2]
+
+
+def test_bad_value_rejects_its_file_and_names_column_and_row(tmp_path, pg_uri, schema, db):
+    from astropy.table import Table
+    from desi_loader.errors import LoadFailed
+    good = tmp_path / "a_good.fits"
+    Table({"FLAG": np.array([True, False])}).write(good)
+    bad = tmp_path / "b_bad.fits"
+    Table({"FLAG": np.array([True, False, True])}).write(bad)
+    with fits.open(bad) as h:
+        off = h[1].fileinfo()["datLoc"]
+    with open(bad, "r+b") as f:                       # row 2 holds 'X', not T/F/0
+        f.seek(off + 2)
+        f.write(b"X")
+    with pytest.raises(LoadFailed) as info:
+        load(pg_uri, schema, [good, bad], catalog="generic", prefix="g", verify_checksum=False)
+    msg = str(info.value)
+    assert "b_bad.fits: " in msg and "column 'FLAG' row 2" in msg and "a_good.fits" not in msg
+    # the good file is in staging, waiting: --allow-partial publishes it alone
+    summary = load(pg_uri, schema, [good, bad], catalog="generic", prefix="g", verify_checksum=False,
+                   allow_partial=True)
+    assert summary.rows == {"g_hdu1": 2} and [m[0] for m in summary.missing] == ["b_bad.fits"]
