@@ -13,6 +13,8 @@ from typing import Optional
 from .errors import UsageError
 
 PRESET_FILE = "desi_dr1.ini"
+#: operations a preset may use to derive a column (see encode.derive)
+DERIVE_OPS = ("inv_sqrt",)
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,11 @@ class Catalog:
     scope: tuple[str, ...] = ()                       # columns prepended to every foreign key
     fkeys: dict = field(default_factory=dict)         # EXTNAME -> ((column, EXTNAME, column), ...)
     views: dict = field(default_factory=dict)         # view name -> SELECT with {schema}
+    columns: dict = field(default_factory=dict)       # EXTNAME -> selected column names (default all)
+    derived: dict = field(default_factory=dict)       # column -> (op, EXTNAME, source column)
+    join: Optional[str] = None                        # one table for all HDUs (row-aligned)
+    detect: bool = True                               # chosen by file-name detection
+    constant_types: dict = field(default_factory=dict)  # constant -> int2/int4/int8/text
 
     def required_hdus(self, constants: dict) -> tuple[str, ...]:
         """HDUs a file must have: require.<value of one of its constants>, else hdus - optional."""
@@ -49,6 +56,8 @@ class Catalog:
         return any(fnmatch.fnmatch(filename, pat) for pat in self.match)
 
     def table_for(self, extname: Optional[str], index: int) -> str:
+        if self.join:
+            return self.join
         if self.prefix is not None:
             suffix = extname.lower() if extname else f"hdu{index}"
             return f"{self.prefix}_{re.sub(r'[^a-z0-9_]', '_', suffix)}"
@@ -61,7 +70,15 @@ class Catalog:
         if not m:
             raise UsageError(f"{filename}: name does not match the {self.name} pattern "
                              f"{self.filename_regex!r}", "rename the file as released")
-        return {k: v for k, v in m.groupdict().items() if k in self.constants}
+        out = {}
+        for k, v in m.groupdict().items():
+            if k in self.constants:
+                typ = self.constant_types.get(k, "text")
+                out[k] = int(v) if (v is not None and typ != "text") else v
+        return out
+
+    def table_names(self) -> list:
+        return [self.join] if self.join else sorted(set(self.tables.values()))
 
 
 def generic(prefix: str) -> Catalog:
@@ -79,6 +96,15 @@ def _list(value: str, sep: str = None) -> tuple[str, ...]:
 
 def _catalog(name: str, sec: configparser.SectionProxy) -> Catalog:
     tables, keys, indexes, nulls, requires, fkeys, views = {}, {}, {}, {}, {}, {}, {}
+    columns, derived = {}, {}
+    constants, constant_types = [], {}
+    for item in _list(sec.get("constants", "")):
+        const, _, typ = item.partition(":")
+        constants.append(const)
+        if typ:
+            if typ not in ("text", "int2", "int4", "int8"):
+                raise UsageError(f"constant {const}: type {typ!r} is not text, int2, int4 or int8")
+            constant_types[const] = typ
     default_key = tuple(c.strip().lower() for c in sec.get("key", "").split(",") if c.strip())
     for opt, value in sec.items():
         if opt.startswith("table."):
@@ -95,16 +121,28 @@ def _catalog(name: str, sec: configparser.SectionProxy) -> Catalog:
             fkeys[opt[3:].upper()] = tuple(_fkey(fk) for fk in value.split(";") if fk.strip())
         elif opt.startswith("view."):
             views[opt[5:].lower()] = " ".join(value.split())
+        elif opt.startswith("columns."):
+            columns[opt[8:].upper()] = tuple(c.upper() for c in _list(value))
+        elif opt.startswith("derive."):
+            m = re.match(r"^\s*(\w+)\s*\(\s*(\w+)\.(\w+)\s*\)\s*$", value)
+            if not m or m.group(1) not in DERIVE_OPS:
+                raise UsageError(f"bad derived column {opt[7:]} = {value.strip()!r} in the presets",
+                                 f"write: op(HDU.COLUMN) with op one of {', '.join(DERIVE_OPS)}")
+            derived[opt[7:].lower()] = (m.group(1), m.group(2).upper(), m.group(3).upper())
         elif opt.startswith("null."):
             nulls[opt[5:].upper()] = {p.split(":")[0].strip().upper(): int(p.split(":")[1])
                                       for p in value.split(",") if p.strip()}
     for hdu in tables:
         keys.setdefault(hdu, default_key)
+    if sec.get("join"):
+        keys.setdefault("", default_key)       # the joined table's key
     return Catalog(name=name, description=sec.get("description", ""), match=_list(sec.get("match", "")),
                    hdus=tuple(h.upper() for h in _list(sec.get("hdus", ""))),
                    optional=tuple(h.upper() for h in _list(sec.get("optional", ""))),
                    aligned=sec.getboolean("aligned", False), tables=tables, keys=keys, indexes=indexes,
-                   descriptions=sec.get("descriptions") or None, constants=_list(sec.get("constants", "")),
+                   descriptions=sec.get("descriptions") or None, constants=tuple(constants),
+                   constant_types=constant_types, columns=columns, derived=derived,
+                   join=sec.get("join") or None, detect=sec.getboolean("detect", True),
                    filename_regex=sec.get("filename_regex") or None, nulls=nulls, requires=requires,
                    scope=tuple(c.strip().lower() for c in sec.get("scope", "").split(",") if c.strip()),
                    fkeys=fkeys, views=views)

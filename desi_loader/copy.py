@@ -5,6 +5,7 @@ import queue
 import threading
 from typing import BinaryIO, Callable, Iterator, Optional, Sequence
 
+import numpy as np
 import psycopg2
 from psycopg2 import sql
 
@@ -58,7 +59,7 @@ class _Stream:
     def read(self, size: int = -1) -> bytes:
         item = self._queue.get()
         if isinstance(item, BaseException):
-            self.error = item        # psycopg2 replaces it by QueryCanceled; copy_part restores it
+            self.error = item        # psycopg2 replaces it by QueryCanceled; copy_rows restores it
             raise item
         return item
 
@@ -75,36 +76,43 @@ def copy_statement(schema: str, table: str, fields: Sequence[Field], fmt: str) -
         sql.Identifier(schema), sql.Identifier(table), cols, sql.SQL(fmt))
 
 
-def _blocks(path: str, fh: BinaryIO, hdu: HduInfo, fields: Sequence[Field], start: int, stop: int,
-            fmt: str, on_block: Callable[[int, int], None], sums: Optional[list]) -> Iterator[bytes]:
+def _blocks(path: str, fh: BinaryIO, hdus: Sequence[HduInfo], fields: Sequence[Field], start: int,
+            stop: int, fmt: str, on_block: Callable[[int, int], None], sums: Optional[dict]
+            ) -> Iterator[bytes]:
     if fmt == "binary":
         yield BINARY_HEADER
-    step = max(1, BLOCK_BYTES // max(hdu.row_bytes, 1))
+    width = sum(h.row_bytes for h in hdus)
+    step = max(1, BLOCK_BYTES // max(width, 1))
     for s in range(start, stop, step):
         e = min(s + step, stop)
-        rows = read_rows(path, hdu, s, e, fh)
-        if sums is not None:
-            sums.append(partial_sum(rows, s * hdu.row_bytes))
+        blocks = []
+        for h in hdus:
+            rows = read_rows(path, h, s, e, fh)
+            if sums is not None:
+                sums.setdefault(h.index, []).append(partial_sum(rows, s * h.row_bytes))
+            blocks.append(rows)
+        rows = blocks[0] if len(blocks) == 1 else np.hstack(blocks)   # a joined table's rows
         try:
             data = encode_block(rows, fields, fmt, s)
         except EncodeError as exc:
-            raise BadFileError(path, f"HDU {hdu.index} ({hdu.extname}): {exc}") from exc
+            where = " + ".join(f"HDU {h.index} ({h.extname})" for h in hdus)
+            raise BadFileError(path, f"{where}: {exc}") from exc
         on_block(e - s, rows.nbytes)
         yield data
     if fmt == "binary":
         yield BINARY_TRAILER
 
 
-def copy_part(cur, schema: str, table: str, path: str, fh: BinaryIO, hdu: HduInfo,
+def copy_rows(cur, schema: str, table: str, path: str, fh: BinaryIO, hdus: Sequence[HduInfo],
               fields: Sequence[Field], start: int, stop: int, fmt: str,
-              on_block: Callable[[int, int], None], checksum: bool = True) -> Optional[int]:
-    """COPY rows [start, stop) of one HDU into ``schema.table``.
+              on_block: Callable[[int, int], None], checksum: bool = True) -> dict:
+    """COPY rows [start, stop) of one HDU (or of row-aligned HDUs side by side) into a table.
 
-    Returns the ones'-complement sum of the bytes loaded (for DATASUM), or None when
-    ``checksum`` is off.
+    Returns {hdu index: ones'-complement sum of the bytes loaded} for the DATASUM check
+    (empty when ``checksum`` is off).
     """
-    sums: Optional[list] = [] if checksum else None
-    stream = _Stream(_blocks(path, fh, hdu, fields, start, stop, fmt, on_block, sums))
+    sums: Optional[dict] = {} if checksum else None
+    stream = _Stream(_blocks(path, fh, hdus, fields, start, stop, fmt, on_block, sums))
     try:
         cur.copy_expert(copy_statement(schema, table, fields, fmt), stream, size=BLOCK_BYTES)
     except psycopg2.Error:
@@ -113,4 +121,4 @@ def copy_part(cur, schema: str, table: str, path: str, fh: BinaryIO, hdu: HduInf
         raise
     finally:
         stream.close()
-    return combine(sums) if sums is not None else None
+    return {i: combine(v) for i, v in (sums or {}).items()}

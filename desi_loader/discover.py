@@ -58,7 +58,7 @@ def group_by_catalog(files: Sequence[str], settings: Settings, name: Optional[st
     groups: dict = {}
     for f in files:
         base = os.path.basename(f)
-        cat = next((c for c in settings.catalogs.values() if c.matches(base)), None)
+        cat = next((c for c in settings.catalogs.values() if c.detect and c.matches(base)), None)
         if cat is None:
             raise UsageError(f"cannot tell which catalog {base} belongs to",
                              "give --catalog NAME, or --catalog generic --prefix NAME for any FITS tables")
@@ -134,6 +134,21 @@ def _apply_nulls(cols: tuple[FitsColumn, ...], nulls: dict) -> tuple[FitsColumn,
     return tuple(replace(c, tnull=nulls[c.name.upper()]) if c.name.upper() in nulls else c for c in cols)
 
 
+def selected_columns(h, catalog: Catalog) -> tuple[FitsColumn, ...]:
+    """The HDU's columns the preset loads (all by default), with its NULL sentinels applied."""
+    ext = (h.extname or "").upper()
+    cols = _apply_nulls(h.columns, catalog.nulls.get(ext, {}))
+    wanted = catalog.columns.get(ext)
+    if wanted is None:
+        return cols
+    by_name = {c.name.upper(): c for c in cols}
+    missing = [w for w in wanted if w not in by_name]
+    if missing:
+        raise BadFileError(h.extname or "", f"HDU {ext} lacks column(s) {', '.join(missing)} that the "
+                           f"{catalog.name} preset selects")
+    return tuple(by_name[w] for w in wanted)
+
+
 def build_plan(infos: Sequence, catalog: Catalog, schema: str,
                task_bytes: int = TASK_BYTES, task_rows: Optional[int] = None) -> Plan:
     """Check every file against the catalog and build the tables (column unions) and tasks.
@@ -158,23 +173,37 @@ def build_plan(infos: Sequence, catalog: Catalog, schema: str,
             rejected.append((info.path, exc.reason if isinstance(exc, BadFileError) else str(exc)))
             continue
         tables = {}
-        for h in hdus:
-            table = catalog.table_for(h.extname, h.index)
-            tables[h.index] = table
-            ext = (h.extname or "").upper()
-            cols = _apply_nulls(h.columns, catalog.nulls.get(ext, {}))
-            h_desc = descs.get(ext, {})
-            pg = [pg_column(c, h_desc.get(c.name.lower())) for c in cols]
+        joined: dict = {}
+        try:
+            for h in hdus:
+                table = catalog.table_for(h.extname, h.index)
+                tables[h.index] = table
+                ext = (h.extname or "").upper()
+                cols = selected_columns(h, catalog)
+                h_desc = descs.get(ext, {})
+                joined.setdefault(table, []).extend(pg_column(c, h_desc.get(c.name.lower())) for c in cols)
+        except BadFileError as exc:
+            rejected.append((info.path, exc.reason))
+            continue
+        for table, pg in joined.items():
+            if table == catalog.join:
+                pg = pg + [PgColumn(name, "float4", 0, f"{op}({ext}.{col})")
+                           for name, (op, ext, col) in catalog.derived.items()]
             sources.setdefault(table, []).append((info.name, pg))
-            extra[table] = tuple(PgColumn(k, "text", 0, "from the file name") for k in catalog.constants)
+            extra[table] = tuple(PgColumn(k, catalog.constant_types.get(k, "text"), 0, "from the file name")
+                                 for k in catalog.constants)
         files.append(FilePlan(info, tables, constants))
     specs = {}
     for table, srcs in sources.items():
         cols = union_columns(table, srcs)
-        ext = next((k for k, v in catalog.tables.items() if v == table), None)
-        key = catalog.keys.get(ext, ()) if ext else ()
-        specs[table] = TableSpec(table, cols, extra[table], key or ("file_id", "row_num"),
-                                 catalog.indexes.get(ext, ()) if ext else ())
+        if table == catalog.join:          # the joined table: key and indexes of all its HDUs
+            key = catalog.keys.get("", ())
+            indexes = tuple(ix for ixs in catalog.indexes.values() for ix in ixs)
+        else:
+            ext = next((k for k, v in catalog.tables.items() if v == table), None)
+            key = catalog.keys.get(ext, ()) if ext else ()
+            indexes = catalog.indexes.get(ext, ()) if ext else ()
+        specs[table] = TableSpec(table, cols, extra[table], key or ("file_id", "row_num"), indexes)
     plan = Plan(catalog, schema, specs, files, rejected=rejected)
     plan.tasks = split_tasks(plan, task_bytes, task_rows)
     return plan
@@ -227,19 +256,44 @@ def split_tasks(plan: Plan, task_bytes: int, task_rows: Optional[int]) -> list[T
 
 
 def encoder_plan(plan: Plan, staging: dict) -> dict:
-    """Per file_id: path and, per HDU, (HduInfo, staging table, encoder fields)."""
+    """Per file_id: path and, per table, (staging table, HDUs in row-block order, encoder fields).
+
+    A joined table reads the same rows of several row-aligned HDUs side by side; its
+    columns' offsets are shifted into that concatenated row.
+    """
     out = {}
     for fp in plan.files:
-        per_hdu = {}
+        per_table: dict = {}
         for h in fp.info.hdus:
             if h.index not in fp.tables:
                 continue
-            table = fp.tables[h.index]
-            ext = (h.extname or "").upper()
-            cols = _apply_nulls(h.columns, plan.catalog.nulls.get(ext, {}))
-            fields = row_fields(plan.tables[table], cols, fp.constants, fp.file_id)
-            per_hdu[h.index] = (h, staging[table], fields)
-        out[fp.file_id] = (fp.info.path, per_hdu)
+            per_table.setdefault(fp.tables[h.index], []).append(h)
+        entry = {}
+        for table, hdus in per_table.items():
+            cols, shift = [], 0
+            for h in hdus:
+                cols.extend(replace(c, offset=c.offset + shift) for c in selected_columns(h, plan.catalog))
+                shift += h.row_bytes
+            derived = {}
+            if table == plan.catalog.join:
+                derived = _derived_sources(hdus, plan.catalog)
+            fields = row_fields(plan.tables[table], cols, fp.constants, fp.file_id, derived)
+            entry[table] = (staging[table], tuple(hdus), fields)
+        out[fp.file_id] = (fp.info.path, entry)
+    return out
+
+
+def _derived_sources(hdus, catalog: Catalog) -> dict:
+    """derived column -> (op, FitsColumn with offset in the concatenated row)."""
+    out, shift = {}, 0
+    offsets = {}
+    for h in hdus:
+        offsets[(h.extname or "").upper()] = (h, shift)
+        shift += h.row_bytes
+    for name, (op, ext, col) in catalog.derived.items():
+        h, base = offsets[ext]
+        src = next(c for c in h.columns if c.name.upper() == col)
+        out[name] = (op, replace(src, offset=src.offset + base))
     return out
 
 

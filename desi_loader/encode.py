@@ -44,6 +44,7 @@ class Field:
 
     kind is one of:
     ``int`` (signed integer, optional integer TZERO), ``uint8`` (FITS 'B'),
+    ``derived`` (float32 computed from a float32 column: value names the operation),
     ``float`` (E/D), ``scaled`` (TSCAL/TZERO to double precision), ``u64`` (K with
     TZERO 2**63, to numeric), ``bool`` (L), ``text`` (A), ``null`` (column absent
     from this file), ``const`` (a file-level value), ``rownum`` (0-based FITS row).
@@ -173,8 +174,21 @@ def _int_values(rows: np.ndarray, f: Field) -> tuple[np.ndarray, Optional[np.nda
     return vals, null
 
 
+def _derive(rows: np.ndarray, f: Field) -> np.ndarray:
+    """A derived float32 column; invalid inputs give NaN (hence NULL)."""
+    src = _float_raw(rows, f).astype(np.float32)
+    if f.value == "inv_sqrt":                 # 1/sqrt(IVAR): the error, NULL where IVAR <= 0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(src > 0, np.float32(1) / np.sqrt(src), np.float32(np.nan)).astype(np.float32)
+    raise EncodeError(f"column {f.name!r}: unknown derivation {f.value!r}")
+
+
 def _float_values(rows: np.ndarray, f: Field) -> tuple[np.ndarray, Optional[np.ndarray]]:
     """Float or scaled column -> (float values (n, count) native, NaN mask or None)."""
+    if f.kind == "derived":
+        vals = _derive(rows, f)
+        nan = np.isnan(vals)
+        return vals, (nan if nan.any() else None)
     if f.kind == "scaled":
         src = rows[:, f.offset:f.offset + f.width * f.count]
         src_dtype = np.dtype(f.src)
@@ -241,6 +255,9 @@ def _binary_elements(rows: np.ndarray, f: Field, first_row: int) -> tuple[np.nda
     if f.kind == "scaled":
         vals, null = _float_values(rows, f)
         return vals.astype(">f8").view(np.uint8).reshape(n, f.count, 8), null
+    if f.kind == "derived":
+        vals, null = _float_values(rows, f)
+        return vals.astype(">f4").view(np.uint8).reshape(n, f.count, 4), null
     if f.kind == "bool":
         true, null = _bool_values(rows, f, first_row)
         return true.astype(np.uint8).reshape(n, f.count, 1), null
@@ -594,7 +611,7 @@ def _text_elements(rows: np.ndarray, f: Field, first_row: int
                    ) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
     """Element text (n, count, W), keep mask, null mask (n, count) or None."""
     n = rows.shape[0]
-    if f.kind in ("float", "scaled"):
+    if f.kind in ("float", "scaled", "derived"):
         vals, null = _float_values(rows, f)
         chars, keep = _text_floats(vals)
         return chars, keep, null

@@ -201,13 +201,24 @@ def union_columns(table: str, sources: Sequence[tuple[str, Sequence[PgColumn]]])
 
 
 def row_fields(table: TableSpec, hdu_columns: Sequence[FitsColumn],
-               constants: dict[str, object], file_id: int) -> list[Field]:
-    """Encoder fields for one file's HDU loading into ``table`` (absent columns -> NULL)."""
+               constants: dict[str, object], file_id: int, derived: Optional[dict] = None) -> list[Field]:
+    """Encoder fields for one file's HDU(s) loading into ``table`` (absent columns -> NULL).
+
+    ``derived`` maps a column name to (op, source FitsColumn), e.g. ('inv_sqrt', *_IVAR).
+    """
     by_name = {c.name.lower(): c for c in hdu_columns}
+    derived = derived or {}
     fields = [Field(FILE_ID, "const", "int8", value=file_id), Field(ROW_NUM, "rownum", "int8")]
     for col in table.extra:
         fields.append(Field(col.name, "const", col.pgtype, value=constants.get(col.name)))
     for col in table.columns:
         src = by_name.get(col.name)
-        fields.append(encoder_field(src) if src is not None else Field(col.name, "null"))
+        if col.name in derived:
+            op, dsrc = derived[col.name]
+            if dsrc.code != "E" or dsrc.repeat != 1:
+                raise SchemaError(f"derived column {col.name}: {op} needs a scalar float32 source, "
+                                  f"{dsrc.name} is {dsrc.tform}")
+            fields.append(Field(col.name, "derived", "float4", dsrc.offset, 4, value=op))
+        else:
+            fields.append(encoder_field(src) if src is not None else Field(col.name, "null"))
     return fields

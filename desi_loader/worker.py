@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import psycopg2
 
 from . import ledger
-from .copy import copy_part
+from .copy import copy_rows
 from .db import connect, is_transient
 from .errors import DatabaseError, LoaderError
 
@@ -106,17 +106,20 @@ class _State:
                 self.conn.rollback()
                 return False
             task_id, file_id, parts, _nrows = row
-            path, per_hdu = cfg.enc_plan[file_id]
+            path, per_table = cfg.enc_plan[file_id]
             self.messages.put(("task", self.id, (task_id, os.path.basename(path))))
             sums: dict = {}
+            ranges = {}
+            for _hdu, table, start, stop in parts:      # a joined table has one part per HDU
+                ranges[table] = (start, stop)
             try:
                 fh = self.handles.get(path) or self.handles.setdefault(path, open(path, "rb"))
-                for hdu_index, _table, start, stop in parts:
-                    hdu, stage, fields = per_hdu[hdu_index]
-                    s = copy_part(cur, cfg.schema, stage, path, fh, hdu, fields, start, stop, cfg.fmt,
-                                  self.on_block, cfg.checksum)
-                    if s is not None:
-                        sums.setdefault(str(hdu_index), []).append(s)
+                for table, (start, stop) in ranges.items():
+                    stage, hdus, fields = per_table[table]
+                    got = copy_rows(cur, cfg.schema, stage, path, fh, hdus, fields, start, stop, cfg.fmt,
+                                    self.on_block, cfg.checksum)
+                    for hdu_index, value in got.items():
+                        sums.setdefault(str(hdu_index), []).append(value)
             except (LoaderError, OSError) as exc:
                 self.conn.rollback()
                 self.messages.put(("rewind", self.id, tuple(self.sent)))

@@ -202,7 +202,7 @@ def test_server_restart_mid_load(good, tmp_path):
         wait_for_done(dsn, "restart_s", 2, proc)
         server.restart(data_dir)
         out, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err
+        assert proc.returncode == 0, (proc.returncode, err[-2000:])
         assert "retry" in err + out
         assert_exact(dsn, "restart_s", 800)
     finally:
