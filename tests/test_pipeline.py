@@ -101,3 +101,38 @@ def test_previous_table_readable_until_swap_commits(fsf_files, pg_uri, schema, d
     assert not set(first_ids) & set(new_ids)
     assert scalar(db, "SELECT count(*) FROM pg_tables WHERE schemaname = %s AND tablename ~ '__(load|old)[0-9]+$'",
                   (schema,)) == 0
+
+
+def test_original_script_preset_selects_joins_and_derives(fsf_files, pg_uri, schema, db):
+    import numpy as np
+    from astropy.io import fits
+    summary = load(pg_uri, schema, fsf_files, catalog="fastspecfit-original", fmt="text")
+    assert summary.rows == {"fastspecfit_original": 500}
+    with db.cursor() as cur:
+        cur.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND "
+                    "table_name = 'fastspecfit_original' ORDER BY ordinal_position", (schema,))
+        cols = [r[0] for r in cur.fetchall()]
+    db.commit()
+    assert cols == ["file_id", "row_num", "healpix", "targetid", "ra", "dec", "z", "logmstar", "sfr", "age",
+                    "zzsun", "dn4000", "logmstar_err", "sfr_err"]
+    for path in fsf_files:
+        name = path.rsplit("/", 1)[1]
+        with fits.open(path) as h:
+            meta, sp = h["METADATA"].data, h["SPECPHOT"].data
+        with db.cursor() as cur:
+            cur.execute(f'SELECT o.healpix, o.targetid, float8send(o.ra), float4send(o.logmstar), '
+                        f'float4send(o.logmstar_err), float4send(o.sfr_err) FROM "{schema}".fastspecfit_original o '
+                        f'JOIN "{schema}".load_files f USING (file_id) WHERE f.filename = %s ORDER BY row_num', (name,))
+            rows = cur.fetchall()
+        db.commit()
+        assert len(rows) == len(meta)
+        for r, (hp, tid, ra, lm, lm_err, sfr_err) in enumerate(rows):
+            assert hp == (2 if "hp02" in name else None)
+            assert tid == meta["TARGETID"][r] and bytes(ra) == meta["RA"][r:r + 1].astype(">f8").tobytes()
+            assert bytes(lm) == sp["LOGMSTAR"][r:r + 1].astype(">f4").tobytes()
+            for got, ivar in ((lm_err, sp["LOGMSTAR_IVAR"][r]), (sfr_err, sp["SFR_IVAR"][r])):
+                if ivar <= 0:
+                    assert got is None
+                else:
+                    want = np.array([np.float32(1) / np.sqrt(np.float32(ivar))], ">f4")
+                    assert bytes(got) == want.tobytes()
