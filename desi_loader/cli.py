@@ -167,6 +167,9 @@ def _print_summary(console, summary, dsn: str) -> None:
     console.print(f"phases: {phases}")
     if d["copy_rows_per_s"]:
         console.print(f"copy: {d['copy_rows_per_s']:,.0f} rows/s, {d['copy_mb_per_s']:,.1f} MB/s of FITS")
+    if summary.memory:
+        console.print("peak memory: " + ", ".join(f"{k.replace('_peak_mb', '')} {v:,.0f} MB"
+                                                 for k, v in summary.memory.items()))
     console.print(f"checksums {summary.checksums}; " +
                   ("row counts verified against NAXIS2 per file and HDU; " if summary.verified else "") +
                   ("tables are durable (LOGGED)" if summary.durable else

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence
 
 from .config import Catalog, Settings, generic
+from .encode import Codec
 from .errors import BadFileError, UsageError
 from .schema import FitsColumn, PgColumn, TableSpec, pg_column, row_fields, union_columns
 
@@ -277,7 +278,7 @@ def encoder_plan(plan: Plan, staging: dict) -> dict:
             derived = {}
             if table == plan.catalog.join:
                 derived = _derived_sources(hdus, plan.catalog)
-            fields = row_fields(plan.tables[table], cols, fp.constants, fp.file_id, derived)
+            fields = Codec(row_fields(plan.tables[table], cols, fp.constants, fp.file_id, derived))
             entry[table] = (staging[table], tuple(hdus), fields)
         out[fp.file_id] = (fp.info.path, entry)
     return out

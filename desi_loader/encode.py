@@ -478,7 +478,8 @@ def encode_binary(rows: np.ndarray, fields: Sequence[Field], first_row: int = 0)
     n = rows.shape[0]
     layout = _Layout(n)
     layout.const(struct.pack(">h", len(fields)))
-    for run in _runs(fields):
+    runs = fields.runs if isinstance(fields, Codec) else _runs(fields)
+    for run in runs:
         f = run[0]
         if len(run) > 1 or _fusable(f):
             _binary_run(layout, run, rows)
@@ -715,6 +716,20 @@ def encode_text(rows: np.ndarray, fields: Sequence[Field], first_row: int = 0) -
                             None if null is None else null.reshape(n), b"\\N")
         layout.const(b"\n" if i == len(fields) - 1 else b"\t")
     return layout.tobytes()
+
+
+class Codec(tuple):
+    """Fields with their column runs worked out once (the per-block loop then skips it).
+
+    Behaves as the tuple of fields; pass it wherever a sequence of Field is accepted.
+    Grouping ~900 FASTSPEC columns into runs costs ~3 ms in Python, as much as encoding
+    a 1 MB block, so workers compile their fields once per file and table.
+    """
+
+    def __new__(cls, fields: Sequence[Field]) -> "Codec":
+        self = super().__new__(cls, fields)
+        self.runs = _runs(self)
+        return self
 
 
 def encode_block(rows: np.ndarray, fields: Sequence[Field], fmt: str, first_row: int = 0) -> bytes:

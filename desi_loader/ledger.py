@@ -61,6 +61,8 @@ CREATE TABLE IF NOT EXISTS {s}.loader_tasks (
     done_at     timestamptz,
     PRIMARY KEY (load_id, task_id)
 );
+-- ledgers written by earlier versions
+ALTER TABLE {s}.loader_tasks ADD COLUMN IF NOT EXISTS datasums jsonb;
 CREATE INDEX IF NOT EXISTS loader_tasks_pending_idx ON {s}.loader_tasks (load_id, task_id)
     WHERE status = 'pending';
 """

@@ -149,7 +149,7 @@ def _primary_header(fname: str, nside1: Optional[int]):
 
 
 def write_fastspecfit_file(path: str, nrows: int, seed: int = 0,
-                           targetids: Optional[np.ndarray] = None) -> str:
+                           targetids: Optional[np.ndarray] = None, like: Optional[str] = None) -> str:
     """Write one FastSpecFit Iron v3.0 file named like the real one (basename of ``path``).
 
     Parameters
@@ -162,11 +162,13 @@ def write_fastspecfit_file(path: str, nrows: int, seed: int = 0,
         Random seed.
     targetids : numpy.ndarray, optional
         TARGETIDs to use for the first rows (so other samples can join on them).
+    like : str, optional
+        The real file name whose layout to use when ``path`` has another name.
     """
     from astropy.io import fits
 
     dm = datamodel("fastspecfit")
-    fname = os.path.basename(path)
+    fname = like or os.path.basename(path)
     meta = {f[0]: f for f in dm["files"]}
     if fname not in meta:
         raise ValueError(f"{fname} is not a FastSpecFit Iron v3.0 file name")

@@ -9,6 +9,8 @@ failed transaction rolled back, so a retry never duplicates rows.
 from __future__ import annotations
 
 import os
+import pickle
+import resource
 import signal
 import time
 from dataclasses import dataclass
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 import psycopg2
 
 from . import ledger
-from .copy import copy_rows
+from .copy import copy_parts
 from .db import connect, is_transient
 from .errors import DatabaseError, LoaderError
 
@@ -42,16 +44,23 @@ class WorkerConfig:
     parent_pid: int
 
 
-def worker_main(worker_id: int, cfg: WorkerConfig, messages) -> None:
-    """Body of a worker process."""
+def worker_main(worker_id: int, cfg_path: str, messages) -> None:
+    """Body of a worker process; its WorkerConfig is pickled in ``cfg_path``.
+
+    The configuration (with every column's encoder fields) comes from a file rather than
+    through the spawn pipe, so starting a worker does not wait for the previous one to
+    boot: all workers start in parallel.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)          # Ctrl-C is the coordinator's business
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    with open(cfg_path, "rb") as f:
+        cfg = pickle.load(f)
     state = _State(worker_id, cfg, messages)
     try:
         state.conn = connect(cfg.dsn, f"desi-loader worker {worker_id}")
         while os.getppid() == cfg.parent_pid and state.run_one():
             pass
-        messages.put(("exit", worker_id, None))
+        messages.put(("exit", worker_id, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
     except DatabaseError as exc:
         messages.put(("fatal", worker_id, str(exc)))
     except KeyboardInterrupt:
@@ -114,12 +123,11 @@ class _State:
                 ranges[table] = (start, stop)
             try:
                 fh = self.handles.get(path) or self.handles.setdefault(path, open(path, "rb"))
-                for table, (start, stop) in ranges.items():
-                    stage, hdus, fields = per_table[table]
-                    got = copy_rows(cur, cfg.schema, stage, path, fh, hdus, fields, start, stop, cfg.fmt,
-                                    self.on_block, cfg.checksum)
-                    for hdu_index, value in got.items():
-                        sums.setdefault(str(hdu_index), []).append(value)
+                work = [(per_table[t][0], per_table[t][1], per_table[t][2], start, stop)
+                        for t, (start, stop) in ranges.items()]
+                got = copy_parts(cur, cfg.schema, path, fh, work, cfg.fmt, self.on_block, cfg.checksum)
+                for hdu_index, value in got.items():
+                    sums.setdefault(str(hdu_index), []).append(value)
             except (LoaderError, OSError) as exc:
                 self.conn.rollback()
                 self.messages.put(("rewind", self.id, tuple(self.sent)))

@@ -1,0 +1,464 @@
+#!/usr/bin/env python
+"""Benchmark desi-loader against the server's ceiling and the usual alternatives, in one run.
+
+    python scripts/bench.py                       # embedded server, default sizes
+    python scripts/bench.py --dsn postgresql://me@dbhost/desi --workers 16 --rows 20000
+
+On sample FastSpecFit files (all columns of METADATA, SPECPHOT, FASTSPEC) it measures,
+against one server, rows/s (a row = one galaxy: its row in each of the three tables)
+and MB/s (FITS bytes):
+
+- ceiling: the same rows pre-encoded as binary COPY, loaded by server-side
+  ``COPY ... FROM 'file'`` with 1 and W backends (COPY FROM STDIN of in-memory bytes
+  when the server is not local or the role may not read server files); text too;
+- desi-loader, binary and text, workers 1..W: copy phase and whole load;
+- the original scripts' approach: astropy -> pandas -> to_csv(StringIO) -> copy_expert;
+- pandas.to_sql, method=None and method="multi", on a capped subset;
+- the original FastSpecFit script's 12-column table: its approach vs desi-loader's preset;
+- cost growth with file size and per-file overhead; peak memory on a large file.
+
+Everything goes into UNLOGGED tables in throw-away schemas.  Prints a table, writes
+bench-out/bench.json and bench-out/bench.png.  Needs the bench extra:
+``pip install -e '.[bench]'``.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from desi_loader import server  # noqa: E402
+from desi_loader.config import load_settings  # noqa: E402
+from desi_loader.db import connect, mask_dsn, server_settings  # noqa: E402
+from desi_loader.discover import build_plan, encoder_plan  # noqa: E402
+from desi_loader.encode import BINARY_HEADER, BINARY_TRAILER, encode_block  # noqa: E402
+from desi_loader.read import read_info, read_rows  # noqa: E402
+from desi_loader.run import LoadOptions, run_loads  # noqa: E402
+from desi_loader.sample import write_fastspecfit_file  # noqa: E402
+from desi_loader.sqlgen import create_staging  # noqa: E402
+
+MAIN = "fastspec-iron-main-bright-nside1-hp{:02d}.fits"
+HDUS = ("METADATA", "SPECPHOT", "FASTSPEC")
+
+
+# --------------------------------------------------------------------------- data
+
+def make_files(directory: Path, nfiles: int, nrows: int) -> list:
+    """Sample FastSpecFit files (cached by size)."""
+    d = directory / f"fsf-{nfiles}x{nrows}"
+    if not (d / ".complete").exists():
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(nfiles):
+            real = MAIN.format(i % 12)
+            name = real if i < 12 else real.replace(".fits", f"-copy{i // 12}.fits")
+            write_fastspecfit_file(str(d / name), nrows, seed=100 + i, like=real)
+        (d / ".complete").touch()
+    return sorted(str(p) for p in d.glob("*.fits"))
+
+
+def fits_bytes(files) -> int:
+    return sum(os.path.getsize(f) for f in files)
+
+
+def galaxies(files) -> int:
+    return sum(read_info(f).hdu("METADATA").nrows for f in files)
+
+
+# --------------------------------------------------------------------------- schema helpers
+
+def fresh_schema(dsn: str, name: str) -> None:
+    conn = connect(dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE; CREATE SCHEMA "{name}"')
+    conn.close()
+
+
+def plan_for(files, catalog="fastspecfit", schema="bench"):
+    plan = build_plan([read_info(f) for f in files], load_settings().catalogs[catalog], schema)
+    for i, fp in enumerate(plan.files, start=1):
+        fp.file_id = i
+    return plan
+
+
+def create_tables(dsn: str, schema: str, plan) -> None:
+    fresh_schema(dsn, schema)
+    conn = connect(dsn)
+    with conn.cursor() as cur:
+        for t, spec in plan.tables.items():
+            for stmt in create_staging(schema, t, spec):
+                cur.execute(stmt)
+    conn.commit()
+    conn.close()
+
+
+# --------------------------------------------------------------------------- ceiling
+
+CHUNK_ROWS = 2000
+
+
+def pre_encode(files, fmt: str, outdir: Path) -> list:
+    """(table, path of a COPY file) chunks, encoded by desi-loader's encoder."""
+    plan = plan_for(files)
+    enc = encoder_plan(plan, {t: t for t in plan.tables})
+    chunks = []
+    for fp in plan.files:
+        path, per_table = enc[fp.file_id]
+        for table, (_, hdus, fields) in per_table.items():
+            h = hdus[0]
+            for s in range(0, h.nrows, CHUNK_ROWS):
+                e = min(s + CHUNK_ROWS, h.nrows)
+                data = encode_block(read_rows(path, h, s, e), fields, fmt, s)
+                if fmt == "binary":
+                    data = BINARY_HEADER + data + BINARY_TRAILER
+                out = outdir / f"{fp.file_id}-{table}-{s}.{fmt}"
+                out.write_bytes(data)
+                os.chmod(out, 0o644)
+                chunks.append((table, str(out), [f.name.lower() for f in fields]))
+    return plan, chunks
+
+
+def can_read_server_files(dsn: str) -> bool:
+    conn = connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT rolsuper OR pg_has_role(current_user, 'pg_read_server_files', 'member') "
+                        "FROM pg_roles WHERE rolname = current_user")
+            ok = cur.fetchone()[0]
+            cur.execute("SELECT inet_server_addr()")
+            local = cur.fetchone()[0] in (None, "127.0.0.1", "::1")
+        return bool(ok and local)
+    finally:
+        conn.close()
+
+
+def ceiling(dsn: str, plan, chunks, fmt: str, backends: int, server_side: bool) -> float:
+    """Seconds to COPY all pre-encoded chunks with ``backends`` concurrent connections."""
+    create_tables(dsn, "bench_ceiling", plan)
+    parts = [chunks[i::backends] for i in range(backends)]
+    conns = [connect(dsn) for _ in range(backends)]
+    payload = {} if server_side else {c[1]: Path(c[1]).read_bytes() for c in chunks}
+
+    def run(conn, mine):
+        with conn.cursor() as cur:
+            for table, path, cols in mine:
+                collist = ", ".join(f'"{c}"' for c in cols)
+                if server_side:
+                    cur.execute(f"COPY bench_ceiling.{table} ({collist}) FROM %s WITH (FORMAT {fmt})", (path,))
+                else:
+                    cur.copy_expert(f"COPY bench_ceiling.{table} ({collist}) FROM STDIN WITH (FORMAT {fmt})",
+                                    io.BytesIO(payload[path]))
+        conn.commit()
+
+    threads = [threading.Thread(target=run, args=(c, m)) for c, m in zip(conns, parts)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    secs = time.perf_counter() - t0
+    for c in conns:
+        c.close()
+    return secs
+
+
+# --------------------------------------------------------------------------- desi-loader
+
+def loader(dsn: str, files, fmt: str, workers: int, catalog=None) -> dict:
+    schema = "bench_loader"
+    fresh_schema(dsn, schema)
+    opts = LoadOptions(paths=tuple(files), dsn=dsn, schema=schema, workers=workers, fmt=fmt, catalog=catalog)
+    t0 = time.perf_counter()
+    (summary,) = run_loads(opts)
+    whole = time.perf_counter() - t0
+    return {"copy": summary.phases["copy"], "copy_stream": summary.phases.get("copy_stream"),
+            "whole": whole, "phases": summary.phases, "memory": summary.memory}
+
+
+# --------------------------------------------------------------------------- the alternatives
+
+def _frame(path: str, hdu: str, columns=None):
+    """astropy Table -> pandas DataFrame, the array column split as the original scripts must."""
+    from astropy.table import Table
+    t = Table.read(path, hdu=hdu, format="fits", character_as_bytes=False)
+    if columns is not None:
+        t = t[columns]
+    for name in list(t.colnames):
+        if t[name].ndim > 1:
+            for i in range(t[name].shape[1]):
+                t[f"{name}_{i}"] = t[name][:, i]
+            t.remove_column(name)
+    return t.to_pandas()
+
+
+def pandas_csv(dsn: str, files, limit=None) -> tuple[float, int]:
+    """astropy -> pandas -> to_csv(StringIO) -> copy_expert: seconds and galaxies loaded."""
+    fresh_schema(dsn, "bench_pandas")
+    conn = connect(dsn)
+    created, n = set(), 0
+    t0 = time.perf_counter()
+    for path in files:
+        for hdu in HDUS:
+            df = _frame(path, hdu)
+            if limit is not None:
+                df = df.iloc[:limit]
+            table = f"bench_pandas.{hdu.lower()}"
+            with conn.cursor() as cur:
+                if table not in created:
+                    cols = ", ".join(f'"{c.lower()}" {_pg(df[c].dtype)}' for c in df.columns)
+                    cur.execute(f"CREATE UNLOGGED TABLE {table} ({cols})")
+                    created.add(table)
+                buf = io.StringIO()
+                df.to_csv(buf, index=False, header=False)
+                buf.seek(0)
+                cur.copy_expert(f"COPY {table} FROM STDIN WITH (FORMAT csv)", buf)
+            conn.commit()
+        n += len(df)
+    secs = time.perf_counter() - t0
+    conn.close()
+    return secs, n
+
+
+def _pg(dtype) -> str:
+    kind, size = getattr(dtype, "kind", "O"), getattr(dtype, "itemsize", 8)
+    if kind == "f":
+        return "real" if size == 4 else "double precision"
+    if kind in "iu":
+        return {1: "smallint", 2: "smallint", 4: "integer"}.get(size, "bigint")
+    if kind == "b":
+        return "boolean"
+    return "text"
+
+
+def to_sql(dsn: str, files, rows: int, method) -> float:
+    """pandas.to_sql on the first ``rows`` galaxies of the first file (all three tables)."""
+    import sqlalchemy
+    fresh_schema(dsn, "bench_tosql")
+    engine = sqlalchemy.create_engine(_sqlalchemy_url(dsn))
+    frames = {hdu: _frame(files[0], hdu).iloc[:rows] for hdu in HDUS}
+    t0 = time.perf_counter()
+    for hdu, df in frames.items():
+        # PostgreSQL allows 65535 parameters per statement: multi-row inserts of 887 columns
+        chunk = max(1, 65535 // len(df.columns) - 1) if method == "multi" else None
+        df.to_sql(hdu.lower(), engine, schema="bench_tosql", index=False, method=method, chunksize=chunk)
+    secs = time.perf_counter() - t0
+    engine.dispose()
+    return secs
+
+
+def _sqlalchemy_url(dsn: str) -> str:
+    if dsn.startswith("postgresql://"):
+        return "postgresql+psycopg2://" + dsn[len("postgresql://"):]
+    from psycopg2.extensions import parse_dsn
+    p = parse_dsn(dsn)
+    auth = p.get("user", "") + (":" + p["password"] if p.get("password") else "")
+    return (f"postgresql+psycopg2://{auth}@{p.get('host', '') if not p.get('host', '').startswith('/') else ''}"
+            f":{p.get('port', 5432)}/{p.get('dbname', 'postgres')}"
+            + (f"?host={p['host']}" if p.get("host", "").startswith("/") else ""))
+
+
+def original_script(dsn: str, files) -> float:
+    """The original FastSpecFit script's 12 columns: astropy + numpy + pandas + to_csv + COPY."""
+    from astropy.table import Table
+    fresh_schema(dsn, "bench_orig")
+    conn = connect(dsn)
+    with conn.cursor() as cur:
+        cur.execute("CREATE UNLOGGED TABLE bench_orig.fastspecfit (targetid bigint, ra double precision, "
+                    "dec double precision, z double precision, logmstar real, sfr real, age real, zzsun real, "
+                    "dn4000 real, logmstar_err real, sfr_err real, healpix integer)")
+    conn.commit()
+    t0 = time.perf_counter()
+    for path in files:
+        meta = Table.read(path, hdu="METADATA", format="fits")
+        sp = Table.read(path, hdu="SPECPHOT", format="fits")
+        df = meta["TARGETID", "RA", "DEC", "Z"].to_pandas()
+        for c in ("LOGMSTAR", "SFR", "AGE", "ZZSUN", "DN4000"):
+            df[c] = np.asarray(sp[c])
+        for c in ("LOGMSTAR", "SFR"):
+            ivar = np.asarray(sp[c + "_IVAR"])
+            with np.errstate(divide="ignore", invalid="ignore"):
+                df[c + "_ERR"] = np.where(ivar > 0, 1 / np.sqrt(ivar), np.nan)
+        name = os.path.basename(path)
+        df["HEALPIX"] = int(name.split("-hp")[1][:2]) if "-hp" in name else None
+        buf = io.StringIO()
+        df.to_csv(buf, index=False, header=False)
+        buf.seek(0)
+        with conn.cursor() as cur:
+            cur.copy_expert("COPY bench_orig.fastspecfit FROM STDIN WITH (FORMAT csv)", buf)
+        conn.commit()
+    secs = time.perf_counter() - t0
+    conn.close()
+    return secs
+
+
+# --------------------------------------------------------------------------- main
+
+def machine(dsn: str) -> dict:
+    conn = connect(dsn)
+    try:
+        settings = server_settings(conn)
+    finally:
+        conn.close()
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
+    return {"cores": os.cpu_count(), "memory_gb": round(mem, 1), "python": platform.python_version(),
+            "platform": platform.platform(), "numpy": np.__version__, "server": settings, "dsn": mask_dsn(dsn)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dsn", help="target database (default: the embedded server)")
+    ap.add_argument("--data-dir", help="embedded server data directory")
+    ap.add_argument("--workers", "-w", type=int, default=min(os.cpu_count() or 2, 16),
+                    help="largest worker / backend count (default: cores)")
+    ap.add_argument("--files", type=int, default=4, help="sample files (default 4)")
+    ap.add_argument("--rows", type=int, default=5000, help="galaxies per file (default 5000)")
+    ap.add_argument("--to-sql-rows", type=int, default=300, help="galaxies for pandas.to_sql (default 300)")
+    ap.add_argument("--growth", default="2000,10000,30000",
+                    help="rows per file for the cost-growth runs, comma separated ('' to skip)")
+    ap.add_argument("--small-files", type=int, default=200, help="files of 500 rows for per-file overhead (0 skips)")
+    ap.add_argument("--rss-rows", type=int, default=0,
+                    help="rows of one large file for the peak-memory run (341000 makes 1.5 GB; 0 skips)")
+    ap.add_argument("--out", default="bench-out", help="output directory (default bench-out)")
+    ap.add_argument("--quick", action="store_true", help="smallest configuration (for tests)")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.files, args.rows, args.to_sql_rows, args.growth, args.small_files = 2, 200, 20, "", 0
+        args.workers = min(args.workers, 2)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = out / "data"
+    dsn = args.dsn or server.start(Path(args.data_dir) if args.data_dir else None)
+    W = max(1, args.workers)
+    results = {"machine": machine(dsn), "config": vars(args), "methods": []}
+
+    def record(method: str, workers, secs: float, n: int, nbytes: int, **extra):
+        row = {"method": method, "workers": workers, "seconds": round(secs, 3), "rows": n,
+               "rows_per_s": round(n / secs, 1), "mb_per_s": round(nbytes / 1e6 / secs, 2), **extra}
+        results["methods"].append(row)
+        print(f"{method:44s} w={str(workers):3s} {row['rows_per_s']:>12,.0f} rows/s {row['mb_per_s']:>9,.1f} MB/s"
+              f"  ({secs:.2f}s)", flush=True)
+        return row
+
+    files = make_files(cache, args.files, args.rows)
+    n, nb = galaxies(files), fits_bytes(files)
+    print(f"{len(files)} files, {n:,} galaxies, {nb / 1e6:,.1f} MB of FITS; server {results['machine']['server']}")
+
+    # ceiling
+    tmp = Path(tempfile.mkdtemp(prefix="desi-bench-", dir="/tmp"))
+    os.chmod(tmp, 0o755)
+    server_side = can_read_server_files(dsn)
+    how = "server-side COPY FROM file" if server_side else "COPY FROM STDIN, pre-encoded in memory"
+    try:
+        plan, chunks = pre_encode(files, "binary", tmp)
+        c1 = record(f"ceiling binary ({how})", 1, ceiling(dsn, plan, chunks, "binary", 1, server_side), n, nb)
+        cw = record(f"ceiling binary ({how})", W, ceiling(dsn, plan, chunks, "binary", W, server_side), n, nb)
+        plan, tchunks = pre_encode(files, "text", tmp)
+        record(f"ceiling text ({how})", 1, ceiling(dsn, plan, tchunks, "text", 1, server_side), n, nb)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    # desi-loader
+    best = {}
+    for fmt in ("binary", "text"):
+        for w in sorted({1, W} | ({2} if W >= 2 else set())):
+            r = loader(dsn, files, fmt, w)
+            stream = r["copy_stream"] or r["copy"]
+            best[(fmt, w)] = record(f"desi-loader {fmt}: copy phase (streaming)", w, stream, n, nb,
+                                    copy_with_startup=r["copy"], phases=r["phases"], memory=r["memory"])
+            record(f"desi-loader {fmt}: whole load (index, durable, swap)", w, r["whole"], n, nb)
+
+    # alternatives
+    secs, np_rows = pandas_csv(dsn, files)
+    pandas_row = record("astropy -> pandas -> to_csv -> copy_expert", 1, secs, np_rows, nb)
+    try:
+        none_row = record("pandas.to_sql(method=None)", 1, to_sql(dsn, files, args.to_sql_rows, None),
+                          args.to_sql_rows, nb * args.to_sql_rows / n)
+        multi_row = record("pandas.to_sql(method='multi')", 1, to_sql(dsn, files, args.to_sql_rows, "multi"),
+                           args.to_sql_rows, nb * args.to_sql_rows / n)
+    except ImportError as exc:
+        print(f"skipping to_sql: {exc}")
+        none_row = multi_row = None
+
+    # the original script's 12 columns
+    orig = record("original script, 12 columns (pandas)", 1, original_script(dsn, files), n, nb)
+    r = loader(dsn, files, "binary", W, catalog="fastspecfit-original")
+    mine12 = record("desi-loader fastspecfit-original, 12 columns", W, r["copy_stream"] or r["copy"], n, nb,
+                    copy_with_startup=r["copy"])
+
+    # cost growth and per-file overhead
+    growth = []
+    for rows in [int(x) for x in args.growth.split(",") if x.strip()]:
+        gf = make_files(cache, 2, rows)
+        r = loader(dsn, gf, "binary", W)
+        g = galaxies(gf)
+        growth.append(record(f"growth: 2 files x {rows} rows, copy phase", W, r["copy_stream"] or r["copy"], g,
+                             fits_bytes(gf), whole_s=round(r["whole"], 2)))
+    if args.small_files:
+        sf = make_files(cache, args.small_files, 500)
+        r = loader(dsn, sf, "binary", W)
+        g = galaxies(sf)
+        growth.append(record(f"overhead: {args.small_files} files x 500 rows, copy phase", W,
+                             r["copy_stream"] or r["copy"], g, fits_bytes(sf), whole_s=round(r["whole"], 2)))
+    if args.rss_rows:
+        big = make_files(cache, 1, args.rss_rows)
+        r = loader(dsn, big, "binary", W)
+        record(f"memory: 1 file of {fits_bytes(big) / 1e9:.2f} GB, copy phase", W, r["copy_stream"] or r["copy"],
+               galaxies(big), fits_bytes(big), memory=r["memory"])
+        results["peak_memory_mb"] = r["memory"]
+
+    ratios = {
+        "binary_w1_vs_ceiling_1_backend": best[("binary", 1)]["rows_per_s"] / c1["rows_per_s"],
+        f"binary_w{W}_vs_ceiling_{W}_backends": best[("binary", W)]["rows_per_s"] / cw["rows_per_s"],
+        "binary_vs_pandas_to_csv": best[("binary", W)]["rows_per_s"] / pandas_row["rows_per_s"],
+        "text_vs_pandas_to_csv": best[("text", W)]["rows_per_s"] / pandas_row["rows_per_s"],
+        "original_12_columns_vs_original_script": mine12["rows_per_s"] / orig["rows_per_s"],
+    }
+    if none_row:
+        ratios["binary_vs_to_sql_none"] = best[("binary", W)]["rows_per_s"] / none_row["rows_per_s"]
+        ratios["binary_vs_to_sql_multi"] = best[("binary", W)]["rows_per_s"] / multi_row["rows_per_s"]
+    results["ratios"] = {k: round(v, 2) for k, v in ratios.items()}
+    print("\nratios (measured in this run):")
+    for k, v in results["ratios"].items():
+        print(f"  {k:45s} {v:8.2f}")
+    (out / "bench.json").write_text(json.dumps(results, indent=2, default=str))
+    _chart(results, out / "bench.png")
+    print(f"\nwrote {out / 'bench.json'} and {out / 'bench.png'}")
+    return 0
+
+
+def _chart(results: dict, path: Path) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    rows = [m for m in results["methods"] if not m["method"].startswith(("growth", "overhead", "memory"))]
+    labels = [f"{m['method']} (w={m['workers']})" for m in rows]
+    fig, ax = plt.subplots(figsize=(10, 0.38 * len(rows) + 1.5))
+    ax.barh(labels, [m["rows_per_s"] for m in rows], color="tab:blue")
+    ax.set_xscale("log")
+    ax.set_xlabel("galaxies per second (log scale)")
+    ax.invert_yaxis()
+    m = results["machine"]
+    ax.set_title(f"FastSpecFit rows into PostgreSQL {m['server'].get('server_version')}, {m['cores']} cores")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
