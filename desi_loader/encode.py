@@ -73,11 +73,18 @@ class Field:
 # --------------------------------------------------------------------------- layout
 
 class _Layout:
-    """Rows assembled from fixed-width pieces, compacted once by a keep mask."""
+    """Rows assembled from fixed-width pieces, compacted once by a keep mask.
+
+    Pieces written as 32-bit words (column runs) are 4x slower when their destination is
+    not 4-byte aligned (measured: 4.2 against 1.1 us per FASTSPEC row), and a binary COPY
+    tuple starts with a 2-byte field count.  So rows are built in a buffer whose row
+    stride is a multiple of 8, shifted so that the widest word piece is aligned; the
+    shift is dropped by the copy into bytes that has to happen anyway.
+    """
 
     def __init__(self, n: int) -> None:
         self.n = n
-        self.pieces: list[tuple[int, Callable[[np.ndarray], None], Optional[np.ndarray]]] = []
+        self.pieces: list[tuple[int, Callable[[np.ndarray], None], Optional[np.ndarray], bool]] = []
 
     def const(self, data: bytes) -> None:
         if not data:
@@ -87,7 +94,7 @@ class _Layout:
         def write(dst: np.ndarray) -> None:
             dst[:] = arr
 
-        self.pieces.append((len(data), write, None))
+        self.pieces.append((len(data), write, None, False))
 
     def array(self, data: np.ndarray, keep: Optional[np.ndarray] = None) -> None:
         """Add a (n, ...) uint8 array flattened per row, with an optional keep mask."""
@@ -98,18 +105,29 @@ class _Layout:
         def write(dst: np.ndarray) -> None:
             dst[:] = data
 
-        self.pieces.append((data.shape[1], write, keep))
+        self.pieces.append((data.shape[1], write, keep, False))
 
     def custom(self, width: int, write: Callable[[np.ndarray], None],
-               keep: Optional[np.ndarray] = None) -> None:
-        self.pieces.append((width, write, keep))
+               keep: Optional[np.ndarray] = None, words: bool = False) -> None:
+        self.pieces.append((width, write, keep, words))
+
+    def _lead(self) -> int:
+        pos, best, lead = 0, 0, 0
+        for width, _, _, words in self.pieces:
+            if words and width > best:
+                best, lead = width, (-pos) % 4
+            pos += width
+        return lead
 
     def tobytes(self) -> bytes:
-        total = sum(w for w, _, _ in self.pieces)
-        out = np.empty((self.n, total), np.uint8)
+        total = sum(w for w, _, _, _ in self.pieces)
+        lead = self._lead()
+        stride = (lead + total + 7) // 8 * 8
+        buf = np.empty((self.n, stride), np.uint8)
+        out = buf[:, lead:lead + total]
         mask = None
         pos = 0
-        for width, write, keep in self.pieces:
+        for width, write, keep, _ in self.pieces:
             write(out[:, pos:pos + width])
             if keep is not None:
                 if mask is None:
@@ -412,19 +430,28 @@ def _binary_run(layout: _Layout, run: list[Field], rows: np.ndarray) -> None:
     if floats.any():
         null = _nan_words(src, w, floats)
     word = np.frombuffer(struct.pack(">i", w), np.uint32)[0]
+    slot = _SLOT4 if w == 4 else _SLOT8
+    values = src[:, :, 0] if w == 4 else src.reshape(n, k * nw).view(np.uint64)
 
     def write(dst: np.ndarray) -> None:
-        d = dst.view(np.uint32).reshape(n, k, 1 + nw)
-        d[:, :, 1:] = src
-        d[:, :, 0] = word
+        # 2-D (rows x columns) assignments: numpy's inner loop then runs over the columns,
+        # not over a length-1 axis (3x faster than (n, k, 1) views)
+        d = dst.view(slot)
+        d["value"] = values
+        d["length"] = word
         if null is not None:
-            d[:, :, 0][null] = 0xFFFFFFFF
+            d["length"][null] = 0xFFFFFFFF
 
     keep = None
     if null is not None:
         keep = np.ones((n, k, 4 + w), bool)
         keep[:, :, 4:] = ~null[:, :, None]
-    layout.custom(k * (4 + w), write, keep)
+    layout.custom(k * (4 + w), write, keep, words=True)
+
+
+#: one binary COPY field of a 4- or 8-byte value: length word then value, packed
+_SLOT4 = np.dtype({"names": ["length", "value"], "formats": ["u4", "u4"], "offsets": [0, 4], "itemsize": 8})
+_SLOT8 = np.dtype({"names": ["length", "value"], "formats": ["u4", "u8"], "offsets": [0, 4], "itemsize": 12})
 
 
 def _binary_run_bytes(layout: _Layout, run: list[Field], rows: np.ndarray) -> None:

@@ -412,6 +412,27 @@ def _settle_failures(conn, opts, plan, load_id: int, staging: dict, summary) -> 
     summary.missing = [(os.path.basename(p), r) for p, r in uniq]
 
 
+def _per_table(opts: LoadOptions, plan, step) -> None:
+    """Run ``step(connection, table)`` for every table, tables in parallel (one connection each).
+
+    Index builds, ANALYZE and SET LOGGED are one-backend operations per table; the
+    tables of a catalog are independent, so on a many-core server they overlap.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(table: str) -> None:
+        c = connect(opts.dsn, "desi-loader finalize")
+        try:
+            step(c, table)
+        finally:
+            c.close()
+
+    tables = sorted(plan.tables, key=lambda t: -len(plan.tables[t].all_columns))   # widest first
+    with ThreadPoolExecutor(max_workers=max(1, min(len(tables), opts.workers))) as pool:
+        for future in [pool.submit(one, t) for t in tables]:
+            future.result()
+
+
 def _run_plan(opts: LoadOptions, plan, reporter, plan_s: float) -> Summary:
     """Run the load of one plan; raises LoaderError subclasses for anything the user must fix."""
     summary = Summary(workers=opts.workers, fmt=opts.fmt, durable=not opts.unlogged,
@@ -444,14 +465,14 @@ def _run_plan(opts: LoadOptions, plan, reporter, plan_s: float) -> Summary:
             summary.rows = verify_counts(conn, plan.schema, staging, expected_counts(plan))
             summary.verified = True
         with _timed(summary, reporter, "index"):
-            for t, spec in plan.tables.items():
-                build_indexes(conn, plan.schema, staging[t], spec)
-            if foreign_keys(plan):
-                add_foreign_keys(conn, plan.schema, staging, foreign_keys(plan))
+            _per_table(opts, plan, lambda c, t: build_indexes(c, plan.schema, staging[t], plan.tables[t]))
         if not opts.unlogged:
+            # before the foreign keys: a logged table may not reference an unlogged one
             with _timed(summary, reporter, "durable"):
-                for t in plan.tables:
-                    make_logged(conn, plan.schema, staging[t])
+                _per_table(opts, plan, lambda c, t: make_logged(c, plan.schema, staging[t]))
+        if foreign_keys(plan):
+            with _timed(summary, reporter, "foreign_keys"):
+                add_foreign_keys(conn, plan.schema, staging, foreign_keys(plan))
         with _timed(summary, reporter, "swap"):
             swap(conn, plan.schema, staging, load_id, plan.catalog.name, plan.catalog.views)
         for name, reason in summary.missing:
