@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("query")
     _target(q)
 
+    b = sub.add_parser("bench", help="benchmark against the server's ceiling and pandas (scripts/bench.py)",
+                       add_help=False)
+    b.add_argument("args", nargs=argparse.REMAINDER, help="arguments of scripts/bench.py (--help for them)")
+
     st = sub.add_parser("status", help="list loads and their tasks (done, pending, failed)")
     st.add_argument("--schema", default=None, help="schema of the loads (default desi_dr1)")
     _target(st)
@@ -294,6 +298,22 @@ def _cmd_abort(args, console) -> int:
     return 0
 
 
+def _cmd_bench(argv: list) -> int:
+    """Run scripts/bench.py of the source tree (it needs pandas, which the package does not)."""
+    import runpy
+    from .errors import UsageError
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench.py"
+    if not script.is_file():
+        raise UsageError("the benchmark lives in scripts/bench.py of the source tree",
+                         "clone the repository, pip install -e '.[bench]', then desi-loader bench")
+    sys.argv = [str(script)] + list(argv)
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
 def _cmd_server(args, console) -> int:
     from . import server
     data_dir = Path(args.data_dir) if args.data_dir else None
@@ -336,6 +356,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _cmd_server(args, console)
         if args.command == "status":
             return _cmd_status(args, console)
+        if args.command == "bench":
+            return _cmd_bench(args.args)
         if args.command == "abort":
             return _cmd_abort(args, console)
     except LoaderError as exc:

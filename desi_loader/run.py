@@ -13,7 +13,6 @@ import multiprocessing as mp
 import os
 import pickle
 import queue as queue_mod
-import resource
 import signal
 import tempfile
 import time
@@ -29,7 +28,7 @@ from .errors import BadFileError, DatabaseError, LoaderError, LoadFailed, UsageE
 from .finalize import (add_foreign_keys, build_indexes, expected_counts, make_logged, prepare_staging, swap,
                        verify_counts)
 from .read import read_info
-from .worker import WorkerConfig, worker_main
+from .worker import WorkerConfig, peak_rss_kb, worker_main
 
 log = logging.getLogger(__name__)
 
@@ -477,8 +476,7 @@ def _run_plan(opts: LoadOptions, plan, reporter, plan_s: float) -> Summary:
             swap(conn, plan.schema, staging, load_id, plan.catalog.name, plan.catalog.views)
         for name, reason in summary.missing:
             reporter.warn(f"published without {name}: {reason}")
-        summary.memory["coordinator_peak_mb"] = round(
-            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        summary.memory["coordinator_peak_mb"] = round(peak_rss_kb() / 1024, 1)
         return summary
     except LoaderError:
         raise

@@ -60,13 +60,29 @@ def worker_main(worker_id: int, cfg_path: str, messages) -> None:
         state.conn = connect(cfg.dsn, f"desi-loader worker {worker_id}")
         while os.getppid() == cfg.parent_pid and state.run_one():
             pass
-        messages.put(("exit", worker_id, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+        messages.put(("exit", worker_id, peak_rss_kb()))
     except DatabaseError as exc:
         messages.put(("fatal", worker_id, str(exc)))
     except KeyboardInterrupt:
         pass
     finally:
         state.close()
+
+
+def peak_rss_kb() -> int:
+    """Peak resident memory of this process in kB.
+
+    VmHWM of /proc/self/status where there is one: getrusage's ru_maxrss would report
+    the parent's size for a spawned child (Linux carries it over fork and exec).
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 class _State:

@@ -1,0 +1,23 @@
+"""The benchmark's smallest configuration runs end to end and writes its JSON and chart."""
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_bench_quick_writes_json_and_chart(tmp_path, pg_uri):
+    out = tmp_path / "bench"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "bench.py"), "--quick", "--dsn", pg_uri,
+                           "--out", str(out)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "bench.json").read_text())
+    methods = {m["method"].split(" (")[0] for m in result["methods"]}
+    assert {"ceiling binary", "desi-loader binary: copy phase", "astropy -> pandas -> to_csv -> copy_expert",
+            "pandas.to_sql(method=None)", "original script, 12 columns"} <= methods
+    assert all(m["rows_per_s"] > 0 for m in result["methods"])
+    assert set(result["ratios"]) >= {"binary_w1_vs_ceiling_1_backend", "binary_vs_pandas_to_csv",
+                                     "text_vs_pandas_to_csv", "original_12_columns_vs_original_script"}
+    assert result["machine"]["cores"] and result["machine"]["server"]["server_version"]
+    assert (out / "bench.png").stat().st_size > 1000
