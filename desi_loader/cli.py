@@ -165,7 +165,9 @@ def _print_summary(console, summary, dsn: str) -> None:
         t.add_row(name, f"{n:,}")
     t.add_row("[bold]total", f"[bold]{d['total_rows']:,}")
     console.print(t)
-    phases = "  ".join(f"{k} {v:.2f}s" for k, v in summary.phases.items())
+    phases = "  ".join(f"{k} {v:.2f}s" for k, v in summary.phases.items() if k != "copy_stream")
+    if "copy_stream" in summary.phases:
+        phases += f"  (copy streaming {summary.phases['copy_stream']:.2f}s, the rest is worker start-up)"
     console.print(f"files {summary.files}  FITS {summary.fits_bytes / 1e6:,.1f} MB  tasks {summary.tasks}  "
                   f"workers {summary.workers}  format {summary.fmt}")
     console.print(f"phases: {phases}")

