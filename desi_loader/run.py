@@ -22,7 +22,7 @@ from typing import Optional
 from . import __version__, ledger
 from .checksum import checksum_ok, combine
 from .config import load_settings
-from .db import connect, mask_dsn, server_settings
+from .db import connect, is_transient, mask_dsn, server_settings
 from .discover import TASK_BYTES, build_plan, encoder_plan, find_files, foreign_keys, group_by_catalog
 from .errors import BadFileError, DatabaseError, LoaderError, LoadFailed, UsageError
 from .finalize import (add_foreign_keys, build_indexes, expected_counts, make_logged, prepare_staging, swap,
@@ -367,6 +367,27 @@ def _fresh(conn, dsn: str, load_id: int):
     return connect(dsn)
 
 
+def _transient(exc: BaseException) -> bool:
+    import psycopg2
+    if isinstance(exc, DatabaseError) and isinstance(exc.__cause__, psycopg2.Error):
+        exc = exc.__cause__                  # connect() failed while the server restarts
+    return isinstance(exc, psycopg2.Error) and is_transient(exc)
+
+
+def _resilient(box: list, opts: LoadOptions, load_id: int, step, attempts: int = 7):
+    """Run ``step(connection)``; after a transient error (server restart, lost connection)
+    reconnect, re-lock the load and run it again.  Every finalize step is idempotent."""
+    for attempt in range(attempts):
+        try:
+            return step(box[0])
+        except (Exception, DatabaseError) as exc:
+            if not _transient(exc) or attempt == attempts - 1:
+                raise
+            log.warning("finalize step interrupted (%s); retrying", str(exc).strip().splitlines()[0])
+            time.sleep(min(0.5 * 2 ** attempt, 16))
+            box[0] = _fresh(box[0], opts.dsn, load_id)
+
+
 def _checksum_failures(conn, plan, load_id: int) -> list:
     """(path, reason) of files whose loaded bytes disagree with DATASUM/CHECKSUM."""
     sums = ledger.datasums(conn, plan.schema, load_id)
@@ -449,31 +470,36 @@ def _run_plan(opts: LoadOptions, plan, reporter, plan_s: float) -> Summary:
         return summary
 
     conn = connect(opts.dsn)
+    box = [conn]          # the coordinator's connection; renewed after a server restart
     try:
         summary.server = server_settings(conn)
         ledger.ensure_tables(conn, plan.schema)
         load_id, staging = _open_load(conn, opts, plan, reporter, summary)
         summary.load_id = load_id
-        box = [conn]
         with _timed(summary, reporter, "copy"):
             _copy_phase(opts, plan, load_id, encoder_plan(plan, staging), box, reporter, summary)
-        conn = _fresh(box[0], opts.dsn, load_id)
+        box[0] = _fresh(box[0], opts.dsn, load_id)
         with _timed(summary, reporter, "verify"):
-            _settle_failures(conn, opts, plan, load_id, staging, summary)
+            _resilient(box, opts, load_id, lambda c: _settle_failures(c, opts, plan, load_id, staging, summary))
             summary.files = len(plan.files)
-            summary.rows = verify_counts(conn, plan.schema, staging, expected_counts(plan))
+            summary.rows = _resilient(box, opts, load_id, lambda c: verify_counts(
+                c, plan.schema, staging, expected_counts(plan)))
             summary.verified = True
         with _timed(summary, reporter, "index"):
-            _per_table(opts, plan, lambda c, t: build_indexes(c, plan.schema, staging[t], plan.tables[t]))
+            _resilient(box, opts, load_id, lambda _: _per_table(
+                opts, plan, lambda c, t: build_indexes(c, plan.schema, staging[t], plan.tables[t])))
         if not opts.unlogged:
             # before the foreign keys: a logged table may not reference an unlogged one
             with _timed(summary, reporter, "durable"):
-                _per_table(opts, plan, lambda c, t: make_logged(c, plan.schema, staging[t]))
+                _resilient(box, opts, load_id, lambda _: _per_table(
+                    opts, plan, lambda c, t: make_logged(c, plan.schema, staging[t])))
         if foreign_keys(plan):
             with _timed(summary, reporter, "foreign_keys"):
-                add_foreign_keys(conn, plan.schema, staging, foreign_keys(plan))
+                _resilient(box, opts, load_id, lambda c: add_foreign_keys(c, plan.schema, staging,
+                                                                         foreign_keys(plan)))
         with _timed(summary, reporter, "swap"):
-            swap(conn, plan.schema, staging, load_id, plan.catalog.name, plan.catalog.views)
+            _resilient(box, opts, load_id, lambda c: swap(c, plan.schema, staging, load_id, plan.catalog.name,
+                                                          plan.catalog.views))
         for name, reason in summary.missing:
             reporter.warn(f"published without {name}: {reason}")
         summary.memory["coordinator_peak_mb"] = round(peak_rss_kb() / 1024, 1)
@@ -488,4 +514,6 @@ def _run_plan(opts: LoadOptions, plan, reporter, plan_s: float) -> Summary:
                                 "staging tables are kept; rerun the same command to resume") from exc
         raise
     finally:
-        conn.close()
+        for c in (conn, box[0]):
+            if not c.closed:
+                c.close()
