@@ -6,7 +6,7 @@ TableSpec into DDL.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
 from .encode import Field

@@ -1,5 +1,4 @@
 """Test fixtures: one real PostgreSQL server for the session, started by the suite itself."""
-import os
 import uuid
 
 import psycopg2

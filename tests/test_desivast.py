@@ -1,5 +1,4 @@
 """DESIVAST: 8 files, 7 related tables, exact values, keys, foreign keys, the membership view."""
-import os
 
 import numpy as np
 import pytest

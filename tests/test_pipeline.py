@@ -1,6 +1,5 @@
 """FastSpecFit samples end to end: schema union, task splitting, swap, manifest."""
 import threading
-import time
 
 import psycopg2
 import pytest
