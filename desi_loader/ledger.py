@@ -159,6 +159,16 @@ def fail_task(conn, schema: str, load_id: int, task_id: int, worker: str, error:
     conn.commit()
 
 
+def pending_rows(conn, schema: str, load_id: int) -> int:
+    """Rows still to load (for the progress bar of a resumed load)."""
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("SELECT coalesce(sum(nrows), 0) FROM {}.loader_tasks WHERE load_id = %s "
+                            "AND status = 'pending'").format(sql.Identifier(schema)), (load_id,))
+        n = int(cur.fetchone()[0])
+    conn.commit()
+    return n
+
+
 def task_counts(conn, schema: str, load_id: int) -> dict:
     """{'done': n, 'pending': n, 'failed': n} for a load."""
     with conn.cursor() as cur:

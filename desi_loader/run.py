@@ -257,7 +257,7 @@ def _copy_phase(opts: LoadOptions, plan, load_id: int, enc_plan: dict, box: list
 
     procs: dict = {}
     first_rows: Optional[float] = None
-    todo = sum(t.rows for t in plan.tasks)   # an upper bound on resume; exact on a new load
+    todo = ledger.pending_rows(conn, plan.schema, load_id)
     inflight = {w: [0, 0] for w in range(nworkers)}
     current: dict = {}
     exited: set = set()
