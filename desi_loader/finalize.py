@@ -44,7 +44,8 @@ def verify_counts(conn, schema: str, staging: dict, expected: dict) -> dict:
             if bad or extra:
                 f, (want, have) = next(iter(bad.items())) if bad else (next(iter(extra)), (0, got[next(iter(extra))]))
                 raise LoaderError(f"verification failed for {table}: file_id {f} has {have} rows, "
-                                  f"expected {want}", "nothing was published; rerun the load")
+                                  f"expected {want}", "nothing was published; rerun with --restart to "
+                                  "load these files from scratch")
             report[table] = sum(got.values())
     conn.commit()
     return report

@@ -222,6 +222,20 @@ def find_unfinished(conn, schema: str, catalog: str, tables: list) -> Optional[i
     return row[0] if row else None
 
 
+def staging_complete(conn, schema: str, load_id: int) -> bool:
+    """True when every staging table of the load still exists."""
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("SELECT tables FROM {}.loader_loads WHERE load_id = %s")
+                    .format(sql.Identifier(schema)), (load_id,))
+        tables = cur.fetchone()[0]
+        ok = True
+        for t in tables:
+            cur.execute("SELECT to_regclass(%s)", (f'"{schema}"."{t}__load{load_id}"',))
+            ok = ok and cur.fetchone()[0] is not None
+    conn.commit()
+    return ok
+
+
 def registered_files(conn, schema: str, load_id: int) -> dict:
     """filename -> (file_id, size_bytes) of a load's manifest rows."""
     with conn.cursor() as cur:

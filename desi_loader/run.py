@@ -182,6 +182,15 @@ def _open_load(conn, opts: LoadOptions, plan, reporter, summary) -> tuple[int, d
         ledger.abort(conn, plan.schema, old)
         reporter.info(f"--restart: discarded unfinished load {old}")
         old = None
+    if old is not None and not ledger.staging_complete(conn, plan.schema, old):
+        # someone dropped a staging table: its done tasks are gone, and re-running them
+        # would duplicate rows in the other tables of the same tasks
+        ledger.abort(conn, plan.schema, old)
+        reporter.warn(f"staging tables of unfinished load {old} are missing; starting a new load")
+        if opts.resume is True:
+            raise UsageError(f"load {old} cannot be resumed: its staging tables are missing",
+                             "rerun without --resume to load from scratch")
+        old = None
     if old is not None:
         staging = staging_of(old)
         kept = _reconcile(conn, plan, old, staging)

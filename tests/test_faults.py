@@ -245,3 +245,17 @@ def test_server_restart_during_finalize(good, tmp_path):
         assert q(dsn, "SELECT status FROM restart_f.loader_loads") == [("published",)]
     finally:
         server.stop(data_dir)
+
+
+def test_rerun_after_staging_table_dropped_starts_over(good, pg_uri, schema):
+    proc = start_load([good], pg_uri, schema)
+    wait_for_done(pg_uri, schema, 3, proc)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    time.sleep(1.0)                                  # orphaned workers finish their task and leave
+    (load_id,), = q(pg_uri, f'SELECT load_id FROM "{schema}".loader_loads')
+    q(pg_uri, f'DROP TABLE "{schema}".fastspecfit_specphot__load{load_id}')
+    code, out, err = run_load([good], pg_uri, schema)
+    assert code == 0, err
+    assert "missing; starting a new load" in out + err
+    assert_exact(pg_uri, schema, 800)
