@@ -156,22 +156,6 @@ def _float_raw(rows: np.ndarray, f: Field) -> np.ndarray:
     return sl.view(_be("float", f.width))
 
 
-def _nan_mask(block: np.ndarray, width: int) -> np.ndarray:
-    """NaN test on raw big-endian float bytes, (n, k*width) -> (n, k), no byteswap."""
-    if width == 4:
-        exp, mant = 0x7F800000, 0x007FFFFF
-        native = np.dtype("=u4")
-        big = np.dtype(">u4")
-    else:
-        exp, mant = 0x7FF0000000000000, 0x000FFFFFFFFFFFFF
-        native = np.dtype("=u8")
-        big = np.dtype(">u8")
-    words = np.ascontiguousarray(block).view(native)
-    e = np.array([exp], big).view(native)[0]
-    m = np.array([mant], big).view(native)[0]
-    return ((words & e) == e) & ((words & m) != 0)
-
-
 def _int_values(rows: np.ndarray, f: Field) -> tuple[np.ndarray, Optional[np.ndarray]]:
     """Integer column -> (int64 or uint64 values (n, count), null mask or None)."""
     if f.kind == "uint8":
@@ -268,8 +252,8 @@ def _binary_elements(rows: np.ndarray, f: Field, first_row: int) -> tuple[np.nda
     n = rows.shape[0]
     if f.kind == "float":
         sl = rows[:, f.offset:f.offset + f.width * f.count]
-        nan = _nan_mask(sl, f.width)
-        return sl.reshape(n, f.count, f.width), (nan if nan.any() else None)
+        words = sl.view(np.uint32).reshape(n, f.count, f.width // 4)
+        return sl.reshape(n, f.count, f.width), _nan_words(words, f.width, np.ones(f.count, bool))
     if f.kind == "scaled":
         vals, null = _float_values(rows, f)
         return vals.astype(">f8").view(np.uint8).reshape(n, f.count, 8), null
