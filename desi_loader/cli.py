@@ -265,13 +265,12 @@ def _schema(args) -> str:
 def _cmd_status(args, console) -> int:
     from rich.table import Table
     from . import ledger
-    from .db import connect
+    from .db import connect, relation_exists
     schema = _schema(args)
     conn = connect(_dsn(args))
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT to_regclass(%s)", (f'"{schema}".loader_loads',))
-            if cur.fetchone()[0] is None:
+            if not relation_exists(cur, schema, "loader_loads"):
                 console.print(f"no loads in schema {schema}")
                 return 0
         t = Table("load", "catalog", "status", "started", "finished", "host", "done", "pending", "failed",

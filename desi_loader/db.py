@@ -68,6 +68,12 @@ def resolve_dsn(cli_dsn: Optional[str], config_dsn: Optional[str]) -> Optional[s
     return None
 
 
+def relation_exists(cur, schema: str, name: str) -> bool:
+    """True when schema.name is a table or view (names taken literally, any characters)."""
+    cur.execute("SELECT to_regclass(format('%%I.%%I', %s::text, %s::text))", (schema, name))
+    return cur.fetchone()[0] is not None
+
+
 def server_settings(conn: psycopg2.extensions.connection) -> dict:
     """Settings that decide load speed and durability cost (reported in the summary)."""
     names = ("server_version", "wal_level", "max_wal_size", "maintenance_work_mem",

@@ -8,7 +8,7 @@ from typing import Callable, Optional
 import psycopg2
 from psycopg2 import sql
 
-from .db import is_transient
+from .db import is_transient, relation_exists
 from .errors import DatabaseError, LoaderError
 from .sqlgen import create_indexes, create_staging
 
@@ -172,8 +172,7 @@ def swap(conn, schema: str, staging: dict, load_id: int, catalog: str, views: Op
                 olds = []
                 for table, stage in staging.items():
                     old = f"{table}__old{load_id}"
-                    cur.execute("SELECT to_regclass(%s)", (f'"{schema}"."{table}"',))
-                    if cur.fetchone()[0] is not None:
+                    if relation_exists(cur, schema, table):
                         cur.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(
                             sql.Identifier(schema, table), sql.Identifier(old)))
                         olds.append(old)

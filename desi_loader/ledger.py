@@ -15,6 +15,7 @@ from psycopg2 import sql
 from psycopg2.extras import Json
 
 from . import __version__
+from .db import relation_exists
 
 #: key of the advisory lock serialising DDL of the ledger tables between loaders
 _SETUP_LOCK = 0x6465_7369  # 'desi'
@@ -66,6 +67,15 @@ ALTER TABLE {s}.loader_tasks ADD COLUMN IF NOT EXISTS datasums jsonb;
 CREATE INDEX IF NOT EXISTS loader_tasks_pending_idx ON {s}.loader_tasks (load_id, task_id)
     WHERE status = 'pending';
 """
+
+
+def _run(conn, schema: str, text: str, args: tuple = ()) -> Optional[list]:
+    """One statement in its own transaction (``{s}`` is the schema); its rows, if any."""
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL(text).format(s=sql.Identifier(schema)), args)
+        rows = cur.fetchall() if cur.description else None
+    conn.commit()
+    return rows
 
 
 def ensure_tables(conn, schema: str) -> None:
@@ -152,50 +162,34 @@ def finish_task(cur, schema: str, load_id: int, task_id: int, worker: str, datas
 
 def fail_task(conn, schema: str, load_id: int, task_id: int, worker: str, error: str) -> None:
     """Record a failed task (its own transaction; the data transaction was rolled back)."""
-    with conn.cursor() as cur:
-        cur.execute(sql.SQL("UPDATE {}.loader_tasks SET status = 'failed', error = %s, worker = %s, "
-                            "attempts = attempts + 1 WHERE load_id = %s AND task_id = %s")
-                    .format(sql.Identifier(schema)), (error, worker, load_id, task_id))
-    conn.commit()
+    _run(conn, schema, "UPDATE {s}.loader_tasks SET status = 'failed', error = %s, worker = %s, "
+         "attempts = attempts + 1 WHERE load_id = %s AND task_id = %s", (error, worker, load_id, task_id))
 
 
 def pending_rows(conn, schema: str, load_id: int) -> int:
     """Rows still to load (for the progress bar of a resumed load)."""
-    with conn.cursor() as cur:
-        cur.execute(sql.SQL("SELECT coalesce(sum(nrows), 0) FROM {}.loader_tasks WHERE load_id = %s "
-                            "AND status = 'pending'").format(sql.Identifier(schema)), (load_id,))
-        n = int(cur.fetchone()[0])
-    conn.commit()
-    return n
+    rows = _run(conn, schema, "SELECT coalesce(sum(nrows), 0) FROM {s}.loader_tasks WHERE load_id = %s "
+                "AND status = 'pending'", (load_id,))
+    return int(rows[0][0])
 
 
 def task_counts(conn, schema: str, load_id: int) -> dict:
     """{'done': n, 'pending': n, 'failed': n} for a load."""
-    with conn.cursor() as cur:
-        cur.execute(sql.SQL("SELECT status, count(*) FROM {}.loader_tasks WHERE load_id = %s GROUP BY 1")
-                    .format(sql.Identifier(schema)), (load_id,))
-        out = {"done": 0, "pending": 0, "failed": 0}
-        out.update(dict(cur.fetchall()))
-    conn.commit()
+    out = {"done": 0, "pending": 0, "failed": 0}
+    out.update(dict(_run(conn, schema, "SELECT status, count(*) FROM {s}.loader_tasks WHERE load_id = %s "
+                         "GROUP BY 1", (load_id,))))
     return out
 
 
 def failed_tasks(conn, schema: str, load_id: int) -> list:
     """(file name, error) of failed tasks."""
-    with conn.cursor() as cur:
-        cur.execute(sql.SQL("SELECT f.filename, t.error FROM {s}.loader_tasks t JOIN {s}.load_files f "
-                            "USING (file_id) WHERE t.load_id = %s AND t.status = 'failed' ORDER BY t.task_id")
-                    .format(s=sql.Identifier(schema)), (load_id,))
-        rows = cur.fetchall()
-    conn.commit()
-    return rows
+    return _run(conn, schema, "SELECT f.filename, t.error FROM {s}.loader_tasks t JOIN {s}.load_files f "
+                "USING (file_id) WHERE t.load_id = %s AND t.status = 'failed' ORDER BY t.task_id", (load_id,))
 
 
 def set_status(conn, schema: str, load_id: int, status: str) -> None:
-    with conn.cursor() as cur:
-        cur.execute(sql.SQL("UPDATE {}.loader_loads SET status = %s, finished_at = now() WHERE load_id = %s")
-                    .format(sql.Identifier(schema)), (status, load_id))
-    conn.commit()
+    _run(conn, schema, "UPDATE {s}.loader_loads SET status = %s, finished_at = now() WHERE load_id = %s",
+         (status, load_id))
 
 
 #: advisory lock namespace of loads: the coordinator running load N holds (LOCK_NS, N)
@@ -213,37 +207,25 @@ def try_lock(conn, load_id: int) -> bool:
 
 def find_unfinished(conn, schema: str, catalog: str, tables: list) -> Optional[int]:
     """The newest load of these tables that was neither published nor aborted."""
-    with conn.cursor() as cur:
-        cur.execute(sql.SQL("SELECT load_id FROM {}.loader_loads WHERE catalog = %s AND tables = %s "
-                            "AND status IN ('running', 'failed') ORDER BY load_id DESC LIMIT 1")
-                    .format(sql.Identifier(schema)), (catalog, sorted(tables)))
-        row = cur.fetchone()
-    conn.commit()
-    return row[0] if row else None
+    rows = _run(conn, schema, "SELECT load_id FROM {s}.loader_loads WHERE catalog = %s AND tables = %s "
+                "AND status IN ('running', 'failed') ORDER BY load_id DESC LIMIT 1", (catalog, sorted(tables)))
+    return rows[0][0] if rows else None
 
 
 def staging_complete(conn, schema: str, load_id: int) -> bool:
     """True when every staging table of the load still exists."""
+    (tables,), = _run(conn, schema, "SELECT tables FROM {s}.loader_loads WHERE load_id = %s", (load_id,))
     with conn.cursor() as cur:
-        cur.execute(sql.SQL("SELECT tables FROM {}.loader_loads WHERE load_id = %s")
-                    .format(sql.Identifier(schema)), (load_id,))
-        tables = cur.fetchone()[0]
-        ok = True
-        for t in tables:
-            cur.execute("SELECT to_regclass(%s)", (f'"{schema}"."{t}__load{load_id}"',))
-            ok = ok and cur.fetchone()[0] is not None
+        ok = all(relation_exists(cur, schema, f"{t}__load{load_id}") for t in tables)
     conn.commit()
     return ok
 
 
 def registered_files(conn, schema: str, load_id: int) -> dict:
     """filename -> (file_id, size_bytes) of a load's manifest rows."""
-    with conn.cursor() as cur:
-        cur.execute(sql.SQL("SELECT filename, file_id, size_bytes FROM {}.load_files WHERE load_id = %s")
-                    .format(sql.Identifier(schema)), (load_id,))
-        out = {f: (i, s) for f, i, s in cur.fetchall()}
-    conn.commit()
-    return out
+    rows = _run(conn, schema, "SELECT filename, file_id, size_bytes FROM {s}.load_files WHERE load_id = %s",
+                (load_id,))
+    return {name: (file_id, size) for name, file_id, size in rows}
 
 
 def remove_files(conn, schema: str, load_id: int, file_ids: list, staging: dict) -> None:
@@ -252,8 +234,7 @@ def remove_files(conn, schema: str, load_id: int, file_ids: list, staging: dict)
         return
     with conn.cursor() as cur:
         for stage in staging.values():
-            cur.execute("SELECT to_regclass(%s)", (f'"{schema}"."{stage}"',))
-            if cur.fetchone()[0] is not None:
+            if relation_exists(cur, schema, stage):
                 cur.execute(sql.SQL("DELETE FROM {} WHERE file_id = ANY(%s)").format(
                     sql.Identifier(schema, stage)), (list(file_ids),))
         cur.execute(sql.SQL("DELETE FROM {}.loader_tasks WHERE load_id = %s AND file_id = ANY(%s)")
@@ -277,42 +258,31 @@ def reset_failed(conn, schema: str, load_id: int) -> int:
 
 def record_death(conn, schema: str, load_id: int, task_id: int, reason: str, max_attempts: int) -> bool:
     """Count a worker death against its task; True when the task is now failed for good."""
-    with conn.cursor() as cur:
-        cur.execute(sql.SQL("UPDATE {}.loader_tasks SET attempts = attempts + 1, error = %s, "
-                            "status = CASE WHEN attempts + 1 >= %s THEN 'failed' ELSE status END "
-                            "WHERE load_id = %s AND task_id = %s AND status = 'pending' RETURNING status")
-                    .format(sql.Identifier(schema)), (reason, max_attempts, load_id, task_id))
-        row = cur.fetchone()
-    conn.commit()
-    return bool(row and row[0] == "failed")
+    rows = _run(conn, schema, "UPDATE {s}.loader_tasks SET attempts = attempts + 1, error = %s, "
+                "status = CASE WHEN attempts + 1 >= %s THEN 'failed' ELSE status END "
+                "WHERE load_id = %s AND task_id = %s AND status = 'pending' RETURNING status",
+                (reason, max_attempts, load_id, task_id))
+    return bool(rows and rows[0][0] == "failed")
 
 
 def datasums(conn, schema: str, load_id: int) -> dict:
     """(file_id, hdu index) -> list of partial sums recorded by the done tasks."""
     out: dict = {}
-    with conn.cursor() as cur:
-        cur.execute(sql.SQL("SELECT file_id, datasums FROM {}.loader_tasks WHERE load_id = %s "
-                            "AND status = 'done' AND datasums IS NOT NULL").format(sql.Identifier(schema)),
-                    (load_id,))
-        for file_id, sums in cur.fetchall():
-            for hdu, values in sums.items():
-                out.setdefault((file_id, int(hdu)), []).extend(values)
-    conn.commit()
+    for file_id, sums in _run(conn, schema, "SELECT file_id, datasums FROM {s}.loader_tasks WHERE load_id = %s "
+                              "AND status = 'done' AND datasums IS NOT NULL", (load_id,)):
+        for hdu, values in sums.items():
+            out.setdefault((file_id, int(hdu)), []).extend(values)
     return out
 
 
 def loads(conn, schema: str) -> list:
     """Every load with its task counts (for `desi-loader status`)."""
-    with conn.cursor() as cur:
-        cur.execute(sql.SQL(
-            "SELECT l.load_id, l.catalog, l.status, l.started_at, l.finished_at, l.host, "
-            "count(t.*) FILTER (WHERE t.status = 'done'), count(t.*) FILTER (WHERE t.status = 'pending'), "
-            "count(t.*) FILTER (WHERE t.status = 'failed'), l.tables "
-            "FROM {s}.loader_loads l LEFT JOIN {s}.loader_tasks t USING (load_id) "
-            "GROUP BY l.load_id ORDER BY l.load_id").format(s=sql.Identifier(schema)))
-        rows = cur.fetchall()
-    conn.commit()
-    return rows
+    return _run(conn, schema,
+                "SELECT l.load_id, l.catalog, l.status, l.started_at, l.finished_at, l.host, "
+                "count(t.*) FILTER (WHERE t.status = 'done'), count(t.*) FILTER (WHERE t.status = 'pending'), "
+                "count(t.*) FILTER (WHERE t.status = 'failed'), l.tables "
+                "FROM {s}.loader_loads l LEFT JOIN {s}.loader_tasks t USING (load_id) "
+                "GROUP BY l.load_id ORDER BY l.load_id")
 
 
 def abort(conn, schema: str, load_id: int) -> list:
@@ -331,8 +301,7 @@ def abort(conn, schema: str, load_id: int) -> list:
         dropped = []
         for t in tables:
             stage = f"{t}__load{load_id}"
-            cur.execute("SELECT to_regclass(%s)", (f'"{schema}"."{stage}"',))
-            if cur.fetchone()[0] is not None:
+            if relation_exists(cur, schema, stage):
                 dropped.append(stage)
         if dropped:
             cur.execute(sql.SQL("DROP TABLE {} CASCADE").format(
