@@ -264,37 +264,36 @@ def _schema(args) -> str:
 
 def _cmd_status(args, console) -> int:
     from rich.table import Table
-    from . import ledger
-    from .db import connect, relation_exists
+    from .ledger import Ledger
     schema = _schema(args)
-    conn = connect(_dsn(args))
+    ledger = Ledger(_dsn(args), schema, "status")
     try:
-        with conn.cursor() as cur:
-            if not relation_exists(cur, schema, "loader_loads"):
-                console.print(f"no loads in schema {schema}")
-                return 0
+        if not ledger.exists():
+            console.print(f"no loads in schema {schema}")
+            return 0
         t = Table("load", "catalog", "status", "started", "finished", "host", "done", "pending", "failed",
                   title=f"loads in schema {schema}")
-        for row in ledger.loads(conn, schema):
+        for row in ledger.loads():
             t.add_row(*[("" if v is None else str(v)[:19]) for v in row[:9]])
         console.print(t)
     finally:
-        conn.close()
+        ledger.close()
     return 0
 
 
 def _cmd_abort(args, console) -> int:
-    from . import ledger
-    from .db import connect
+    from .errors import UsageError
+    from .ledger import Ledger
     schema = _schema(args)
-    conn = connect(_dsn(args))
+    ledger = Ledger(_dsn(args), schema, "abort")
     try:
-        if not ledger.try_lock(conn, args.load_id):
-            from .errors import UsageError
+        if not ledger.exists():
+            raise UsageError(f"no loads in schema {schema}", "see desi-loader status")
+        if not ledger.bind(args.load_id).try_lock():
             raise UsageError(f"load {args.load_id} is being run by another process", "stop it first")
-        dropped = ledger.abort(conn, schema, args.load_id)
+        dropped = ledger.abort()
     finally:
-        conn.close()
+        ledger.close()
     console.print(f"load {args.load_id} aborted; dropped {', '.join(dropped) or 'no staging tables'}")
     return 0
 

@@ -43,15 +43,46 @@ def _hint_for(message: str) -> str:
     return "check --dsn (or DESI_LOADER_DSN / the [database] section / PG* variables)"
 
 
+#: TCP keepalives on every connection: a server session whose client host vanished
+#: without a FIN (a crashed HPC node) ends after about idle + interval * count = 30 s,
+#: releasing its claimed tasks and locks.  Same-host kills close the socket at once.
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 15, "keepalives_interval": 5, "keepalives_count": 3}
+
+#: PostgreSQL 14+ checks during long statements (CREATE INDEX, ANALYZE, lock waits) that
+#: the client is still there, and cancels the statement when it is not.  Without it a
+#: killed loader's session finishes minutes of work nobody waits for, holding locks.
+CLIENT_CHECK_INTERVAL = "5s"
+
+
 def connect(dsn: str, application_name: str = "desi-loader") -> psycopg2.extensions.connection:
-    """Open a connection or raise DatabaseError with a one-line reason and a fix."""
+    """Open a connection or raise DatabaseError with a one-line reason and a fix.
+
+    Every connection has TCP keepalives, ``client_connection_check_interval`` where the
+    server has it, and an ``application_name`` saying which loader process it serves.
+    """
     try:
-        conn = psycopg2.connect(dsn, application_name=application_name)
+        conn = psycopg2.connect(dsn, application_name=application_name[:63], **KEEPALIVES)
+        if conn.server_version >= 140000:
+            with conn.cursor() as cur:
+                cur.execute("SET client_connection_check_interval = %s", (CLIENT_CHECK_INTERVAL,))
+            conn.commit()
     except psycopg2.Error as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         first = mask_dsn(first)
         raise DatabaseError(f"cannot connect to {mask_dsn(dsn)}: {first}", _hint_for(str(exc))) from exc
     return conn
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (psycopg2 adds DETAIL/HINT lines)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def as_database_error(exc: BaseException, hint: str) -> DatabaseError:
+    """A psycopg2 error as the library's DatabaseError (first line and SQLSTATE)."""
+    code = getattr(exc, "pgcode", None)
+    return DatabaseError(first_line(exc) + (f" (SQLSTATE {code})" if code else ""), hint)
 
 
 def resolve_dsn(cli_dsn: Optional[str], config_dsn: Optional[str]) -> Optional[str]:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence
 
 from .config import Catalog, Settings, generic
+from .datamodel import datamodel
 from .encode import Codec
 from .errors import BadFileError, UsageError
 from .schema import FitsColumn, PgColumn, TableSpec, pg_column, row_fields, union_columns
@@ -119,7 +120,6 @@ class Plan:
 def _descriptions(catalog: Catalog) -> dict:
     if not catalog.descriptions:
         return {}
-    from .sample import datamodel      # the shipped data model json (pure data)
     dm = datamodel(catalog.descriptions)
     out: dict = {}
     groups = dm["hdus"].items() if "hdus" in dm else (
@@ -256,8 +256,25 @@ def split_tasks(plan: Plan, task_bytes: int, task_rows: Optional[int]) -> list[T
     return tasks
 
 
-def encoder_plan(plan: Plan, staging: dict) -> dict:
-    """Per file_id: path and, per table, (staging table, HDUs in row-block order, encoder fields).
+@dataclass(frozen=True)
+class TableEncoding:
+    """How one file's rows become one table's COPY data."""
+
+    staging: str                       # staging table the rows go to
+    hdus: tuple                        # read.HduInfo, row blocks concatenated in this order
+    fields: Codec                      # encoder fields, compiled once
+
+
+@dataclass(frozen=True)
+class FileEncoding:
+    """Everything a worker needs to stream any task of one file."""
+
+    path: str
+    tables: dict                       # table name -> TableEncoding
+
+
+def encoder_plan(plan: Plan, staging: dict) -> dict[int, FileEncoding]:
+    """Per file_id: its path and, per table, the staging table, HDUs and encoder fields.
 
     A joined table reads the same rows of several row-aligned HDUs side by side; its
     columns' offsets are shifted into that concatenated row.
@@ -279,8 +296,8 @@ def encoder_plan(plan: Plan, staging: dict) -> dict:
             if table == plan.catalog.join:
                 derived = _derived_sources(hdus, plan.catalog)
             fields = Codec(row_fields(plan.tables[table], cols, fp.constants, fp.file_id, derived))
-            entry[table] = (staging[table], tuple(hdus), fields)
-        out[fp.file_id] = (fp.info.path, entry)
+            entry[table] = TableEncoding(staging[table], tuple(hdus), fields)
+        out[fp.file_id] = FileEncoding(fp.info.path, entry)
     return out
 
 
@@ -298,8 +315,18 @@ def _derived_sources(hdus, catalog: Catalog) -> dict:
     return out
 
 
-def foreign_keys(plan: Plan) -> list[tuple[str, tuple, str, tuple]]:
-    """(child table, columns, parent table, columns) for the preset's foreign keys among loaded tables."""
+@dataclass(frozen=True)
+class ForeignKey:
+    """A preset's foreign key between two loaded tables."""
+
+    child: str
+    columns: tuple
+    parent: str
+    parent_columns: tuple
+
+
+def foreign_keys(plan: Plan) -> list[ForeignKey]:
+    """The preset's foreign keys among the loaded tables."""
     cat = plan.catalog
     out = []
     for ext, fks in cat.fkeys.items():
@@ -307,5 +334,5 @@ def foreign_keys(plan: Plan) -> list[tuple[str, tuple, str, tuple]]:
         for col, pext, pcol in fks:
             parent = cat.tables.get(pext)
             if child in plan.tables and parent in plan.tables:
-                out.append((child, cat.scope + (col,), parent, cat.scope + (pcol,)))
+                out.append(ForeignKey(child, cat.scope + (col,), parent, cat.scope + (pcol,)))
     return out

@@ -97,7 +97,8 @@ def build_indexes(conn, schema: str, staging: str, spec) -> None:
 def add_foreign_keys(conn, schema: str, staging: dict, fkeys: list) -> int:
     """Create and validate foreign keys between the staging tables; returns how many."""
     with conn.cursor() as cur:
-        for child, cols, parent, pcols in fkeys:
+        for fk in fkeys:
+            child, cols, parent, pcols = fk.child, fk.columns, fk.parent, fk.parent_columns
             name = f"{staging[child]}_{'_'.join(cols[-1:])}_fkey"[:63]
             if _constraint_exists(cur, schema, staging[child], name):
                 continue

@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
-from .run import NullReporter
+from .report import NullReporter
 
 #: seconds between plain progress lines when stderr is not a terminal (SLURM logs)
 PLAIN_INTERVAL = 5.0

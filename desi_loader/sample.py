@@ -8,14 +8,13 @@ from desi_loader/data/fastspecfit.json (derived from the project's data model no
 """
 from __future__ import annotations
 
-import json
 import os
 import re
-from functools import lru_cache
-from importlib import resources
 from typing import Optional, Sequence
 
 import numpy as np
+
+from .datamodel import datamodel
 
 _NUMPY = {"K": ">i8", "J": ">i4", "I": ">i2", "E": ">f4", "D": ">f8", "L": "?", "B": "u1"}
 
@@ -23,13 +22,6 @@ _NUMPY = {"K": ">i8", "J": ">i4", "I": ">i2", "E": ">f4", "D": ">f8", "L": "?", 
 DEFAULT_FILES = ("fastspec-iron-main-bright-nside1-hp02.fits",
                  "fastspec-iron-main-bright-nside1-hp06.fits",
                  "fastspec-iron-sv3-bright.fits")
-
-
-@lru_cache(maxsize=None)
-def datamodel(catalog: str) -> dict:
-    """The compact data model shipped with the package ('fastspecfit' or 'desivast')."""
-    text = resources.files("desi_loader").joinpath(f"data/{catalog}.json").read_text()
-    return json.loads(text)
 
 
 def _dtype(columns: Sequence[list], widths: dict) -> np.dtype:

@@ -13,7 +13,7 @@ from typing import Optional
 
 import numpy as np
 
-from .sample import datamodel
+from .datamodel import datamodel
 
 ALGORITHMS = ("VoidFinder", "REVOLVER", "VIDE", "ZOBOV")
 CAPS = ("NGC", "SGC")

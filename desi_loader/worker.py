@@ -14,13 +14,15 @@ import resource
 import signal
 import time
 from dataclasses import dataclass
+from typing import Optional
 
 import psycopg2
 
-from . import ledger
-from .copy import copy_parts
-from .db import connect, is_transient
+from .copy import copy_statement, send
+from .db import first_line, is_transient
 from .errors import DatabaseError, LoaderError
+from .ledger import Ledger
+from .stream import PartSource, ReadAhead, copy_out_paths, task_blocks, task_sums, tee
 
 #: Retries of one task after transient database errors; with the backoff below the
 #: last retry comes about a minute after the first failure (a server restart fits).
@@ -35,29 +37,36 @@ BLOCK_DELAY = float(os.environ.get("DESI_LOADER_TEST_BLOCK_DELAY", "0") or 0)
 class WorkerConfig:
     """What every worker of a load gets (pickled once at spawn)."""
 
-    dsn: str
     schema: str
     load_id: int
     fmt: str
     checksum: bool
-    enc_plan: dict        # file_id -> (path, {hdu index: (HduInfo, staging table, fields)})
+    encodings: dict       # file_id -> discover.FileEncoding
     parent_pid: int
+    copy_out: Optional[str] = None    # directory for the exact COPY bytes of every task (debugging)
 
 
-def worker_main(worker_id: int, cfg_path: str, messages) -> None:
+#: Signals that stop a load: the coordinator handles them and stops its workers.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def worker_main(worker_id: int, dsn: str, cfg_path: str, messages) -> None:
     """Body of a worker process; its WorkerConfig is pickled in ``cfg_path``.
 
     The configuration (with every column's encoder fields) comes from a file rather than
     through the spawn pipe, so starting a worker does not wait for the previous one to
-    boot: all workers start in parallel.
+    boot: all workers start in parallel.  The DSN (it may hold a password) comes through
+    the pipe and never touches a disk.
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)          # Ctrl-C is the coordinator's business
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    for sig in STOP_SIGNALS:                 # Ctrl-C, scancel, hang-up: the coordinator's business
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, set(STOP_SIGNALS))
     with open(cfg_path, "rb") as f:
         cfg = pickle.load(f)
+    messages.put(("ready", worker_id, None))
     state = _State(worker_id, cfg, messages)
     try:
-        state.conn = connect(cfg.dsn, f"desi-loader worker {worker_id}")
+        state.ledger = Ledger(dsn, cfg.schema, f"worker{worker_id}").bind(cfg.load_id)
         while os.getppid() == cfg.parent_pid and state.run_one():
             pass
         messages.put(("exit", worker_id, peak_rss_kb()))
@@ -89,15 +98,19 @@ class _State:
     def __init__(self, worker_id: int, cfg: WorkerConfig, messages) -> None:
         self.id, self.cfg, self.messages = worker_id, cfg, messages
         self.name = f"{os.uname().nodename}:{os.getpid()}"
-        self.conn = None
+        self.ledger: Optional[Ledger] = None
         self.handles: dict = {}
         self.sent = [0, 0]
+
+    @property
+    def conn(self):
+        return self.ledger.conn
 
     def close(self) -> None:
         for fh in self.handles.values():
             fh.close()
-        if self.conn is not None and not self.conn.closed:
-            self.conn.close()
+        if self.ledger is not None:
+            self.ledger.close()
 
     def on_block(self, rows: int, nbytes: int) -> None:
         if BLOCK_DELAY:
@@ -117,41 +130,54 @@ class _State:
                 self._rollback()
                 if not is_transient(exc) or attempt == TRANSIENT_RETRIES:
                     code = f" (SQLSTATE {exc.pgcode})" if exc.pgcode else ""
-                    raise DatabaseError(f"worker {self.id}: {_first_line(exc)}{code}") from exc
-                self.messages.put(("retry", self.id, f"{_first_line(exc)}; retry {attempt + 1}"))
+                    raise DatabaseError(f"worker {self.id}: {first_line(exc)}{code}") from exc
+                self.messages.put(("retry", self.id, f"{first_line(exc)}; retry {attempt + 1}"))
                 time.sleep(min(BACKOFF_START * 2 ** attempt, BACKOFF_MAX))
-                self._reconnect(exc)
+                self._reconnect()
         return False
 
-    def _attempt(self) -> bool:
+    def _sources(self, file_id: int, parts: list) -> tuple[str, list]:
+        """The task's parts as stream sources (a joined table has one part per HDU: one source)."""
+        enc = self.cfg.encodings[file_id]
+        ranges = {table: (start, stop) for _hdu, table, start, stop in parts}
+        return enc.path, [PartSource(enc.tables[t].staging, enc.tables[t].hdus, enc.tables[t].fields, a, b)
+                          for t, (a, b) in ranges.items()]
+
+    def _copy(self, cur, task_id: int, path: str, sources: list) -> dict:
+        """Stream the task's parts into staging; {hdu index: [partial sum]} of the bytes loaded."""
         cfg = self.cfg
+        fh = self.handles.get(path) or self.handles.setdefault(path, open(path, "rb"))
+        sums: Optional[dict] = {} if cfg.checksum else None
+        blocks = task_blocks(path, fh, sources, cfg.fmt, self.on_block, sums)
+        if cfg.copy_out:
+            blocks = tee(blocks, copy_out_paths(cfg.copy_out, task_id, sources, cfg.fmt))
+        reader = ReadAhead(blocks)
+        try:
+            send(cur, [copy_statement(cfg.schema, p.table, [f.name for f in p.fields], cfg.fmt)
+                       for p in sources], reader)
+        finally:
+            reader.close()
+        return {str(i): [v] for i, v in task_sums(sums or {}).items()}
+
+    def _attempt(self) -> bool:
         with self.conn.cursor() as cur:
-            row = ledger.claim_task(cur, cfg.schema, cfg.load_id)
+            row = self.ledger.claim(cur)
             if row is None:
                 self.conn.rollback()
                 return False
             task_id, file_id, parts, _nrows = row
-            path, per_table = cfg.enc_plan[file_id]
+            path, sources = self._sources(file_id, parts)
             self.messages.put(("task", self.id, (task_id, os.path.basename(path))))
-            sums: dict = {}
-            ranges = {}
-            for _hdu, table, start, stop in parts:      # a joined table has one part per HDU
-                ranges[table] = (start, stop)
             try:
-                fh = self.handles.get(path) or self.handles.setdefault(path, open(path, "rb"))
-                work = [(per_table[t][0], per_table[t][1], per_table[t][2], start, stop)
-                        for t, (start, stop) in ranges.items()]
-                got = copy_parts(cur, cfg.schema, path, fh, work, cfg.fmt, self.on_block, cfg.checksum)
-                for hdu_index, value in got.items():
-                    sums.setdefault(str(hdu_index), []).append(value)
+                sums = self._copy(cur, task_id, path, sources)
             except (LoaderError, OSError) as exc:
                 self.conn.rollback()
                 self.messages.put(("rewind", self.id, tuple(self.sent)))
                 reason = str(exc) if isinstance(exc, LoaderError) else f"{path}: {exc}"
-                ledger.fail_task(self.conn, cfg.schema, cfg.load_id, task_id, self.name, reason)
+                self.ledger.fail(task_id, self.name, reason)
                 self.messages.put(("failed", self.id, (task_id, reason)))
                 return True
-            ledger.finish_task(cur, cfg.schema, cfg.load_id, task_id, self.name, sums)
+            self.ledger.finish(cur, task_id, self.name, sums)
         self.conn.commit()
         self.messages.put(("done", self.id, task_id))
         return True
@@ -162,17 +188,11 @@ class _State:
         except psycopg2.Error:
             pass
 
-    def _reconnect(self, exc: BaseException) -> None:
-        lost = isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)) and exc.pgcode is None
-        if self.conn is None or self.conn.closed or lost:
-            try:
-                self.conn.close()
-            except Exception:
-                pass
-            try:
-                self.conn = connect(self.cfg.dsn, f"desi-loader worker {self.id}")
-            except DatabaseError:
-                self.conn = _Closed()
+    def _reconnect(self) -> None:
+        try:
+            self.ledger.reconnect()
+        except DatabaseError:
+            self.ledger.conn = _Closed()
 
 
 class _Closed:
@@ -188,8 +208,3 @@ class _Closed:
 
     def close(self) -> None:
         pass
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -116,9 +116,9 @@ def pre_encode(files, fmt: str, outdir: Path) -> list:
     enc = encoder_plan(plan, {t: t for t in plan.tables})
     chunks = []
     for fp in plan.files:
-        path, per_table = enc[fp.file_id]
-        for table, (_, hdus, fields) in per_table.items():
-            h = hdus[0]
+        path = enc[fp.file_id].path
+        for table, te in enc[fp.file_id].tables.items():
+            h, fields = te.hdus[0], te.fields
             for s in range(0, h.nrows, CHUNK_ROWS):
                 e = min(s + CHUNK_ROWS, h.nrows)
                 data = encode_block(read_rows(path, h, s, e), fields, fmt, s)

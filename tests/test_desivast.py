@@ -68,7 +68,7 @@ def test_eight_files_load_exactly_with_keys_and_foreign_keys(samples, pg_uri, sc
 
 def _tiny_revolver(path):
     """3 voids, 4 zones, 6 galaxies: the membership is known by hand."""
-    from desi_loader.sample import datamodel
+    from desi_loader.datamodel import datamodel
     dm = datamodel("desivast")["algorithms"]["REVOLVER"]
     values = {
         "VOIDS": {"VOID": [0, 1, 2]},

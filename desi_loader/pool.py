@@ -1,0 +1,210 @@
+"""The worker pool of one coordinator: spawn, listen, reap and replace, stop.
+
+Workers are spawned (never forked with an open connection) with the stop signals
+blocked, so a Ctrl-C or a scheduler's SIGTERM reaches only the coordinator, which then
+stops them.  Their configuration goes through a private temporary file that is removed
+as soon as every worker has read it; the DSN goes through the spawn pipe only.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import pickle
+import queue as queue_mod
+import signal
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from .report import NullReporter
+from .worker import STOP_SIGNALS, WorkerConfig, worker_main
+
+#: How often workers may die (signal, crash) in one run before no new one is started.
+MAX_WORKER_RESTARTS = 8
+#: Seconds between checks of worker health while no message arrives.
+POLL_SECONDS = 0.5
+
+
+@dataclass
+class PoolResult:
+    """What the pool's run tells the coordinator."""
+
+    fatal: Optional[str] = None              # a worker's permanent database error
+    worker_peak_kb: int = 0
+    first_rows_at: Optional[float] = None    # perf_counter of the first rows (start-up excluded)
+    rows: int = 0
+
+
+@dataclass
+class _Slot:
+    proc: object = None
+    task: Optional[int] = None
+    inflight: list = field(default_factory=lambda: [0, 0])
+    exited: bool = False
+    ready: bool = False          # it has read the configuration file
+
+
+class WorkerPool:
+    """``size`` worker processes copying tasks of one load until none is left.
+
+    ``on_death(task_id, reason)`` is called when a worker dies holding a task; it returns
+    True when that task has now failed for good (the coordinator counts deaths in the ledger).
+    """
+
+    def __init__(self, dsn: str, cfg: WorkerConfig, size: int, reporter: NullReporter,
+                 on_death: Callable[[int, str], bool]) -> None:
+        self.dsn, self.cfg, self.size = dsn, cfg, size
+        self.reporter, self.on_death = reporter, on_death
+        self.ctx = mp.get_context("spawn")
+        self.messages = self.ctx.Queue()
+        self.slots = {w: _Slot() for w in range(size)}
+        self.restarts = 0
+        self.result = PoolResult()
+        self._cfg_path: Optional[str] = None
+        self._unread = 0
+        self.handlers = {"rows": self._on_rows, "rewind": self._on_rewind, "done": self._on_done,
+                         "task": self._on_task, "retry": self._on_retry, "failed": self._on_failed,
+                         "exit": self._on_exit, "fatal": self._on_fatal, "ready": self._on_ready}
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def run(self, total_rows: int, total_bytes: int) -> PoolResult:
+        """Start the workers and serve them until every one has exited."""
+        try:
+            for w in self.slots:
+                self._spawn(w)
+            self.reporter.start_copy(total_rows, total_bytes, self.size)
+            while not all(s.exited for s in self.slots.values()):
+                try:
+                    kind, w, payload = self.messages.get(timeout=POLL_SECONDS)
+                    self.handlers[kind](w, payload)
+                except queue_mod.Empty:
+                    pass
+                self._reap()
+        except BaseException:
+            self.stop()
+            raise
+        finally:
+            self._join()
+            self._remove_cfg()
+            self.reporter.stop_copy()
+        return self.result
+
+    def _spawn(self, w: int) -> None:
+        """Start worker ``w`` with the stop signals blocked (the mask survives exec).
+
+        A stop signal arriving while the child is being started (in the middle of writing
+        its pickled arguments it would leave it half-started) is noted, then re-raised.
+        """
+        if self._cfg_path is None:
+            self._write_cfg()
+        noted: list = []
+        handlers = {sig: signal.signal(sig, lambda s, _f: noted.append(s)) for sig in STOP_SIGNALS}
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, set(STOP_SIGNALS))
+        try:
+            slot = self.slots[w]
+            slot.proc = self.ctx.Process(target=worker_main, args=(w, self.dsn, self._cfg_path, self.messages),
+                                         daemon=True)
+            slot.proc.start()
+            slot.exited, slot.ready, slot.task, slot.inflight = False, False, None, [0, 0]
+            self._unread += 1
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+        if noted:
+            signal.raise_signal(noted[0])
+
+    def _reap(self) -> None:
+        """Replace workers that died without a word (killed, crashed): their transaction rolled back."""
+        for w, slot in self.slots.items():
+            if slot.exited or slot.proc.is_alive():
+                continue
+            slot.proc.join()
+            code = slot.proc.exitcode
+            self.reporter.rewind(w, *slot.inflight)
+            task, slot.task, slot.inflight = slot.task, None, [0, 0]
+            if not slot.ready:
+                self._unread -= 1
+            if task is not None and self.on_death(task, f"worker died (exit code {code}) while loading this task"):
+                self.reporter.warn(f"task {task} failed: its worker died too often")
+            if self.restarts < MAX_WORKER_RESTARTS and self.result.fatal is None:
+                self.restarts += 1
+                self.reporter.warn(f"worker {w} died (exit code {code}); task {task} goes back to the "
+                                   "queue, starting a new worker")
+                self._spawn(w)
+            else:
+                slot.exited = True
+                self.reporter.warn(f"worker {w} died (exit code {code})")
+
+    def stop(self) -> None:
+        """Kill the workers: their open transactions roll back, nothing half-loaded stays."""
+        for slot in self.slots.values():
+            if slot.proc is not None and slot.proc.pid is not None and slot.proc.is_alive():
+                slot.proc.kill()
+
+    def _join(self) -> None:
+        for slot in self.slots.values():
+            if slot.proc is not None and slot.proc.pid is not None:
+                slot.proc.join(timeout=10)
+
+    def _write_cfg(self) -> None:
+        fd, self._cfg_path = tempfile.mkstemp(prefix="desi-loader-", suffix=".pickle")
+        with os.fdopen(fd, "wb") as f:                  # private (0600), no secrets in it
+            pickle.dump(self.cfg, f, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def _remove_cfg(self) -> None:
+        if self._cfg_path is not None:
+            try:
+                os.unlink(self._cfg_path)
+            except FileNotFoundError:
+                pass
+            self._cfg_path = None
+
+    # ----------------------------------------------------------------- messages
+
+    def _on_ready(self, w: int, _payload) -> None:
+        self.slots[w].ready = True
+        self._unread -= 1
+        if self._unread <= 0:
+            self._remove_cfg()       # every worker has it: nothing stays on a node-local disk
+
+    def _on_rows(self, w: int, payload) -> None:
+        if self.result.first_rows_at is None:
+            self.result.first_rows_at = time.perf_counter()
+        slot = self.slots[w]
+        slot.inflight[0] += payload[0]
+        slot.inflight[1] += payload[1]
+        self.reporter.advance(w, *payload)
+
+    def _on_rewind(self, w: int, payload) -> None:
+        self.reporter.rewind(w, *payload)
+        self.slots[w].inflight = [0, 0]
+
+    def _on_done(self, w: int, _task) -> None:
+        slot = self.slots[w]
+        self.result.rows += slot.inflight[0]
+        slot.inflight, slot.task = [0, 0], None
+
+    def _on_task(self, w: int, payload) -> None:
+        self.slots[w].task = payload[0]
+        self.reporter.worker_state(w, f"task {payload[0]} {payload[1]}")
+
+    def _on_retry(self, w: int, payload) -> None:
+        self.reporter.warn(f"worker {w}: {payload}")
+
+    def _on_failed(self, w: int, payload) -> None:
+        slot = self.slots[w]
+        slot.inflight, slot.task = [0, 0], None
+        self.reporter.warn(f"task {payload[0]} failed: {payload[1]}")
+
+    def _on_exit(self, w: int, peak_kb: int) -> None:
+        self.slots[w].exited = True
+        self.result.worker_peak_kb = max(self.result.worker_peak_kb, peak_kb)
+        self.reporter.worker_state(w, "finished")
+
+    def _on_fatal(self, w: int, message: str) -> None:
+        self.slots[w].exited = True
+        self.result.fatal = self.result.fatal or message
+        self.reporter.worker_state(w, "stopped")

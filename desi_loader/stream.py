@@ -1,0 +1,156 @@
+"""A task as a stream of COPY bytes: read FITS rows ahead, checksum them, encode them.
+
+This is the formatter side of psycopg's copy seam: it never sees a connection.
+copy.py sends what it yields.  One stream covers every part of a task (one COPY
+statement per part); each part's blocks end with ``b""`` (end of that COPY's data).
+"""
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from dataclasses import dataclass
+from typing import BinaryIO, Callable, Iterable, Iterator, Optional, Sequence
+
+import numpy as np
+
+from .checksum import combine, partial_sum
+from .encode import BINARY_HEADER, BINARY_TRAILER, Codec, EncodeError, encode_block
+from .errors import BadFileError
+from .read import HduInfo, read_rows
+
+#: FITS bytes read and encoded per block.  Small blocks let encoding overlap the
+#: server's work (the pipeline fills and drains at every COPY statement): measured on
+#: 4 x 5,000 FastSpecFit rows, 1 worker, 2 cores: 8 MB 11.9k, 2 MB 13.3k, 1 MB 13.5k,
+#: 0.5 MB 13.9k galaxies/s (ceiling 18.5k), before reading ahead across tables.
+#: Encoding speed per byte is flat down to ~0.25 MB (numpy call overhead below that).
+BLOCK_BYTES = 1024 * 1024
+
+#: Encoded blocks prepared ahead of the one being sent.  One is enough to keep the
+#: server busy while the next block is read and encoded (numpy and libpq both release
+#: the GIL); more only costs memory.
+PREFETCH = 2
+
+#: Progress callback: (rows, FITS bytes) of each block as it is encoded.
+OnBlock = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class PartSource:
+    """Rows [start, stop) of one HDU (or of row-aligned HDUs side by side) for one table."""
+
+    table: str                    # the staging table the rows go to
+    hdus: tuple                   # read.HduInfo, in the order their rows are concatenated
+    fields: Codec                 # encoder fields of the table's columns
+    start: int
+    stop: int
+
+
+def part_blocks(path: str, fh: BinaryIO, part: PartSource, fmt: str, on_block: OnBlock,
+                sums: Optional[dict]) -> Iterator[bytes]:
+    """COPY data of one part, block by block; adds partial sums per HDU to ``sums``."""
+    if fmt == "binary":
+        yield BINARY_HEADER
+    hdus: Sequence[HduInfo] = part.hdus
+    width = sum(h.row_bytes for h in hdus)
+    step = max(1, BLOCK_BYTES // max(width, 1))
+    for s in range(part.start, part.stop, step):
+        e = min(s + step, part.stop)
+        blocks = []
+        for h in hdus:
+            rows = read_rows(path, h, s, e, fh)
+            if sums is not None:
+                sums.setdefault(h.index, []).append(partial_sum(rows, s * h.row_bytes))
+            blocks.append(rows)
+        rows = blocks[0] if len(blocks) == 1 else np.hstack(blocks)   # a joined table's rows
+        try:
+            data = encode_block(rows, part.fields, fmt, s)
+        except EncodeError as exc:
+            where = " + ".join(f"HDU {h.index} ({h.extname})" for h in hdus)
+            raise BadFileError(path, f"{where}: {exc}") from exc
+        on_block(e - s, rows.nbytes)
+        yield data
+    if fmt == "binary":
+        yield BINARY_TRAILER
+
+
+def task_blocks(path: str, fh: BinaryIO, parts: Sequence[PartSource], fmt: str, on_block: OnBlock,
+                sums: Optional[dict]) -> Iterator[bytes]:
+    """The COPY data of every part of a task, each part ended by ``b""``."""
+    for part in parts:
+        yield from part_blocks(path, fh, part, fmt, on_block, sums)
+        yield b""
+
+
+def task_sums(sums: dict) -> dict:
+    """{hdu index: ones'-complement sum} of the bytes a task streamed."""
+    return {i: combine(v) for i, v in sums.items()}
+
+
+def copy_out_paths(directory: str, task_id: int, parts: Sequence[PartSource], fmt: str) -> list:
+    """Where ``--copy-out`` writes each part: DIR/<table>.task<ID>.<n>.copy-<fmt>."""
+    return [os.path.join(directory, f"{p.table}.task{task_id:06d}.{n}.copy-{fmt}") for n, p in enumerate(parts)]
+
+
+def tee(blocks: Iterable[bytes], paths: Sequence[str]) -> Iterator[bytes]:
+    """Pass blocks through, writing each part's bytes (up to its ``b""``) to its own file."""
+    it = iter(paths)
+    out = open(next(it), "wb")
+    try:
+        for block in blocks:
+            if block:
+                out.write(block)
+            else:
+                out.close()
+                nxt = next(it, None)
+                out = open(nxt, "wb") if nxt else open(os.devnull, "wb")
+            yield block
+    finally:
+        out.close()
+
+
+class ReadAhead:
+    """A file-like reader over a block iterator that a thread runs ahead of the consumer.
+
+    ``read()`` returns the next block (``b""`` ends a part's COPY).  Because one thread
+    runs through all parts, encoding the next table's first block overlaps the server's
+    work on the previous one.  An exception in the thread reaches ``read()`` (psycopg2
+    then aborts the COPY) and stays in ``error`` so the caller can re-raise the original.
+    """
+
+    def __init__(self, blocks: Iterator[bytes]) -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=PREFETCH)
+        self._stop = threading.Event()
+        self.error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._fill, args=(blocks,), daemon=True)
+        self._thread.start()
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _fill(self, blocks: Iterator[bytes]) -> None:
+        try:
+            for block in blocks:
+                if not self._put(block):
+                    return
+        except BaseException as exc:          # delivered to the reading thread
+            self._put(exc)
+
+    def read(self, size: int = -1) -> bytes:
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            self.error = item
+            raise item
+        return item
+
+    readline = read
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
