@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-verify-checksum", action="store_false", dest="verify_checksum",
                    help="do not check CHECKSUM/DATASUM cards (checked by default, at no extra read)")
     p.add_argument("--summary-json", help="write the summary figures to this JSON file")
+    p.add_argument("--copy-out", metavar="DIR",
+                   help="debugging: also write the exact COPY bytes of every task to DIR "
+                   "(one file per task and table; replay with psql \\copy ... FROM FILE WITH (FORMAT ...))")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress or summary (errors still shown)")
     p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                    help="log details to stderr")
@@ -207,7 +210,7 @@ def _cmd_load(args, console) -> int:
                        prefix=args.prefix, workers=args.workers, fmt=args.fmt, unlogged=args.unlogged,
                        dry_run=args.dry_run, task_rows=args.task_rows, config=args.config,
                        verify_checksum=args.verify_checksum, allow_partial=args.allow_partial,
-                       resume=args.resume)
+                       resume=args.resume, copy_out=args.copy_out)
     if args.quiet:
         reporter = QuietReporter()
     elif console.is_terminal:

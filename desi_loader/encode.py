@@ -27,9 +27,24 @@ import numpy as np
 BINARY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 BINARY_TRAILER = b"\xff\xff"
 
-#: PostgreSQL type OIDs of array elements (binary array header).
-OID = {"int2": 21, "int4": 23, "int8": 20, "float4": 700, "float8": 701,
-       "bool": 16, "numeric": 1700, "text": 25}
+@dataclass(frozen=True)
+class PgType:
+    """A PostgreSQL element type the encoder writes."""
+
+    name: str            # internal name, as in pg_type.typname
+    sql: str             # the column type in DDL
+    oid: int             # element OID in binary array headers
+    width: int           # bytes of one value in binary COPY; 0 for variable (text)
+
+
+#: The one table of PostgreSQL types: DDL name, array element OID, binary width.
+#: numeric(20,0) values are written as 4 base-10000 digits + header (18 bytes).
+PG_TYPES = {t.name: t for t in (
+    PgType("int2", "smallint", 21, 2), PgType("int4", "integer", 23, 4), PgType("int8", "bigint", 20, 8),
+    PgType("float4", "real", 700, 4), PgType("float8", "double precision", 701, 8),
+    PgType("bool", "boolean", 16, 1), PgType("numeric", "numeric(20,0)", 1700, 18),
+    PgType("text", "text", 25, 0))}
+OID = {name: t.oid for name, t in PG_TYPES.items()}
 
 _NULL_WORD = np.frombuffer(b"\xff\xff\xff\xff", np.uint8)
 
@@ -66,8 +81,8 @@ class Field:
     @property
     def out_width(self) -> int:
         """Bytes per element in binary COPY."""
-        return {"int2": 2, "int4": 4, "int8": 8, "float4": 4, "float8": 8,
-                "bool": 1, "numeric": 18}.get(self.pgtype, self.width)
+        t = PG_TYPES.get(self.pgtype)
+        return t.width if t is not None and t.width else self.width
 
 
 # --------------------------------------------------------------------------- layout

@@ -9,11 +9,34 @@ import re
 from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
-from .encode import Field
+from .encode import PG_TYPES, Field
 from .errors import SchemaError
 
 _TFORM = re.compile(r"^\s*(\d*)([LXBIJKAEDCMPQ])(.*)$")
-_ELEM_BYTES = {"L": 1, "B": 1, "I": 2, "J": 4, "K": 8, "A": 1, "E": 4, "D": 8}
+
+
+@dataclass(frozen=True)
+class FitsType:
+    """A FITS binary-table element type (TFORM code) and how it loads when unscaled."""
+
+    code: str
+    nbytes: int          # stored bytes per element
+    stored: str          # numpy dtype of the stored (big-endian) element
+    kind: str            # encoder kind (encode.Field.kind)
+    pgtype: str          # PostgreSQL element type (key of encode.PG_TYPES)
+
+
+#: The one table of FITS types.  Integer TZERO and TSCAL go through the rules below.
+FITS_TYPES = {t.code: t for t in (
+    FitsType("L", 1, "S1", "bool", "bool"), FitsType("B", 1, "u1", "uint8", "int2"),
+    FitsType("I", 2, ">i2", "int", "int2"), FitsType("J", 4, ">i4", "int", "int4"),
+    FitsType("K", 8, ">i8", "int", "int8"), FitsType("A", 1, "S1", "text", "text"),
+    FitsType("E", 4, ">f4", "float", "float4"), FitsType("D", 8, ">f8", "float", "float8"))}
+
+#: Integer columns with the FITS unsigned convention's TZERO, widened losslessly:
+#: (code, TZERO) -> (encoder kind, PostgreSQL type).  Any other non-zero integer TZERO
+#: or TSCAL != 1 loads as double precision (scaled); K with another TZERO cannot.
+UNSIGNED = {("I", 2 ** 15): ("int", "int4"), ("J", 2 ** 31): ("int", "int8"), ("K", 2 ** 63): ("u64", "numeric")}
 
 #: columns every loaded table starts with
 FILE_ID, ROW_NUM = "file_id", "row_num"
@@ -38,7 +61,7 @@ class FitsColumn:
     @property
     def width(self) -> int:
         """Stored bytes of the whole cell."""
-        return self.repeat * _ELEM_BYTES[self.code]
+        return self.repeat * FITS_TYPES[self.code].nbytes
 
 
 def parse_tform(tform: str) -> tuple[int, str]:
@@ -81,10 +104,7 @@ class PgColumn:
 
     @property
     def sql_type(self) -> str:
-        base = {"int2": "smallint", "int4": "integer", "int8": "bigint", "float4": "real",
-                "float8": "double precision", "bool": "boolean", "numeric": "numeric(20,0)",
-                "text": "text"}[self.pgtype]
-        return base + "[]" * self.ndims
+        return PG_TYPES[self.pgtype].sql + "[]" * self.ndims
 
 
 def _is_int(x: Optional[float]) -> bool:
@@ -93,29 +113,22 @@ def _is_int(x: Optional[float]) -> bool:
 
 def classify(col: FitsColumn) -> tuple[str, str]:
     """(encoder kind, PostgreSQL element type) for a FITS column, widening losslessly."""
-    code, tzero, tscal = col.code, col.tzero or 0, col.tscal if col.tscal is not None else 1
-    if code == "A":
-        return "text", "text"
-    if code == "L":
-        return "bool", "bool"
-    if code in "ED":
-        if tzero or tscal != 1:
-            return "scaled", "float8"
-        return "float", "float4" if code == "E" else "float8"
-    # integers
-    if tscal != 1 or not _is_int(tzero):
+    t = FITS_TYPES[col.code]
+    tzero, tscal = col.tzero or 0, col.tscal if col.tscal is not None else 1
+    if col.code in "AL" or (col.code == "B" and tscal == 1 and _is_int(tzero)):
+        return t.kind, t.pgtype          # B: 0..255, or -128..127 with TZERO=-128, fit smallint
+    if tscal != 1 or not _is_int(tzero) or (col.code in "ED" and tzero):
         return "scaled", "float8"
-    if code == "B":
-        return "uint8", "int2"           # 0..255, or -128..127 with TZERO=-128
-    if code == "K" and tzero == 2 ** 63:
-        return "u64", "numeric"
     if tzero == 0:
-        return "int", {"I": "int2", "J": "int4", "K": "int8"}[code]
-    if code == "I":
-        return "int", "int4"             # TZERO 32768: unsigned 16-bit
-    if code == "J":
-        return "int", "int8"             # TZERO 2**31: unsigned 32-bit
-    raise SchemaError(f"column {col.name!r}: TFORM K with TZERO {tzero} cannot be widened losslessly")
+        return t.kind, t.pgtype
+    if (col.code, tzero) in UNSIGNED:
+        return UNSIGNED[(col.code, tzero)]
+    if col.code == "I" and abs(tzero) < 2 ** 31 - 2 ** 15:
+        return "int", "int4"             # another integer TZERO: the widest value still fits
+    if col.code in "IJ" and abs(tzero) < 2 ** 63 - 2 ** 31:
+        return "int", "int8"
+    raise SchemaError(f"column {col.name!r}: TFORM {col.tform} with TZERO {tzero} cannot be widened "
+                      "losslessly", "load it with --catalog generic after fixing TZERO, or leave the column out")
 
 
 def pg_column(col: FitsColumn, description: Optional[str] = None) -> PgColumn:
@@ -131,14 +144,11 @@ def pg_column(col: FitsColumn, description: Optional[str] = None) -> PgColumn:
 def encoder_field(col: FitsColumn) -> Field:
     """The encoder Field that reads this column from a FITS row block."""
     kind, pgtype = classify(col)
-    elem = _ELEM_BYTES[col.code]
+    t = FITS_TYPES[col.code]
     if kind == "text":
         return Field(col.name, kind, pgtype, col.offset, col.repeat, 1, col.dims)
-    count = col.repeat
-    src = ""
-    if kind == "scaled":
-        src = {"B": "u1", "I": ">i2", "J": ">i4", "K": ">i8", "E": ">f4", "D": ">f8"}[col.code]
-    return Field(col.name, kind, pgtype, col.offset, elem, count, col.dims,
+    src = t.stored if kind == "scaled" else ""
+    return Field(col.name, kind, pgtype, col.offset, t.nbytes, col.repeat, col.dims,
                  tzero=col.tzero or 0, tscal=col.tscal if col.tscal is not None else 1.0,
                  tnull=col.tnull, src=src)
 

@@ -92,3 +92,21 @@ def test_main_job_script_on_sample(tmp_path, pg_uri):
                            "SELECT count(*) FROM cli_main.fastspecfit_metadata", "--dsn", pg_uri],
                           capture_output=True, text=True, timeout=60)
     assert code.returncode == 0 and "100" in code.stdout
+
+
+def test_every_cli_option_is_in_the_readme():
+    import argparse
+    from pathlib import Path
+    from desi_loader.cli import build_parser
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    parser = build_parser()
+    missing = []
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in [("", parser), *subs.choices.items()]:
+        if name and f"desi-loader {name}" not in readme:
+            missing.append(f"command {name}")
+        for action in sub._actions:
+            for opt in action.option_strings:
+                if opt.startswith("--") and opt != "--help" and opt not in readme:
+                    missing.append(f"{name} {opt}")
+    assert not missing, f"options missing from README.md: {missing}"

@@ -1,4 +1,7 @@
 """FastSpecFit samples end to end: schema union, task splitting, swap, manifest."""
+import os
+import subprocess
+import sys
 import threading
 
 import psycopg2
@@ -7,6 +10,7 @@ import pytest
 from desi_loader.sample import write_fastspecfit_file
 from helpers import load
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = "fastspec-iron-main-bright-nside1-hp02.fits"
 SV3 = "fastspec-iron-sv3-bright.fits"
 
@@ -78,19 +82,31 @@ def test_previous_table_readable_until_swap_commits(fsf_files, pg_uri, schema, d
                 errors.append(exc)
         conn.close()
 
-    # a long-running reader holds the published table during the whole second load
+    # a long-running reader holds the published table; the second load must queue behind it at
+    # the swap (seen in pg_locks: its lock request on the table is not granted) and finish only
+    # after the reader commits -- no sleeps: every step waits for an observed state
     holder = psycopg2.connect(pg_uri)
     hc = holder.cursor()
     hc.execute(f'SELECT count(*) FROM "{schema}".fastspecfit_metadata')
     assert hc.fetchone()[0] == 300
     th = threading.Thread(target=reader)
     th.start()
-    released = threading.Timer(3.0, holder.commit)   # the swap must wait for this reader, then succeed
-    released.start()
-    load(pg_uri, schema, fsf_files)
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "scripts", "load.py"), *fsf_files, "--dsn", pg_uri,
+                             "--schema", schema, "--workers", "2", "-q"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    waiting = f"""SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+                  WHERE NOT l.granted AND l.relation = '"{schema}".fastspecfit_metadata'::regclass
+                  AND a.application_name LIKE 'desi-loader coordinator%%'"""
+    while not scalar(db, waiting):
+        assert proc.poll() is None, proc.communicate()
+    assert proc.poll() is None                        # the swap waits for the reader ...
+    assert scalar(db, f'SELECT count(*) FROM "{schema}".fastspecfit_metadata WHERE file_id = ANY(%s)',
+                  (first_ids,)) == 300               # ... which still has the old table
+    holder.commit()                                   # the reader ends: the swap goes through
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
     stop.set()
     th.join()
-    released.join()
     holder.close()
     assert not errors
     assert seen <= {300, 500} and 500 in seen       # old table or new one, never partial

@@ -1,0 +1,208 @@
+"""Pure stages, table-driven: config, discover, schema, checksum (no database, no files read)."""
+import os
+
+import numpy as np
+import pytest
+
+from desi_loader.checksum import checksum_ok, combine, fold, partial_sum
+from desi_loader.config import generic, load_settings
+from desi_loader.discover import FilePlan, Plan, find_files, group_by_catalog, split_tasks
+from desi_loader.errors import SchemaError, UsageError
+from desi_loader.read import HduInfo
+from desi_loader.schema import FitsColumn, PgColumn, TableSpec, classify, parse_tdim, parse_tform, union_columns
+
+# ----------------------------------------------------------------------------- schema
+
+TYPE_CASES = [
+    # code, tzero, tscal -> encoder kind, PostgreSQL element type
+    ("L", None, None, "bool", "bool"),
+    ("A", None, None, "text", "text"),
+    ("B", None, None, "uint8", "int2"),
+    ("B", -128, None, "uint8", "int2"),
+    ("I", None, None, "int", "int2"),
+    ("I", 32768, None, "int", "int4"),
+    ("J", None, None, "int", "int4"),
+    ("J", 2 ** 31, None, "int", "int8"),
+    ("K", None, None, "int", "int8"),
+    ("K", 2 ** 63, None, "u64", "numeric"),
+    ("I", 100, None, "int", "int4"),
+    ("J", 7, None, "int", "int8"),
+    ("E", None, None, "float", "float4"),
+    ("D", None, None, "float", "float8"),
+    ("E", 1.0, None, "scaled", "float8"),
+    ("I", None, 0.5, "scaled", "float8"),
+    ("J", 0.5, None, "scaled", "float8"),
+]
+
+
+@pytest.mark.parametrize("code,tzero,tscal,kind,pgtype", TYPE_CASES)
+def test_type_table(code, tzero, tscal, kind, pgtype):
+    col = FitsColumn("X", f"1{code}", code, 1, 0, tzero=tzero, tscal=tscal)
+    assert classify(col) == (kind, pgtype)
+
+
+def test_k_with_odd_tzero_is_refused_with_the_column_name():
+    with pytest.raises(SchemaError, match="'X'.*TZERO"):
+        classify(FitsColumn("X", "1K", "K", 1, 0, tzero=5))
+
+
+@pytest.mark.parametrize("tform,want", [("E", (1, "E")), ("5E", (5, "E")), ("24A", (24, "A")),
+                                        (" 3K ", (3, "K"))])
+def test_parse_tform(tform, want):
+    assert parse_tform(tform) == want
+
+
+@pytest.mark.parametrize("tform,message", [("1PE(5)", "variable-length"), ("1C", "complex"),
+                                           ("8X", "bit"), ("Z", "unrecognised")])
+def test_parse_tform_refuses(tform, message):
+    with pytest.raises(SchemaError, match=message):
+        parse_tform(tform)
+
+
+@pytest.mark.parametrize("tdim,repeat,code,dims", [(None, 1, "E", ()), (None, 5, "E", (5,)),
+                                                   ("(3,2)", 6, "J", (2, 3)), ("(8,2)", 16, "A", (2,)),
+                                                   (None, 8, "A", ())])
+def test_parse_tdim(tdim, repeat, code, dims):
+    assert parse_tdim(tdim, repeat, code) == dims
+
+
+def test_union_keeps_order_and_refuses_conflicts():
+    a = [PgColumn("x", "int4"), PgColumn("z", "float4")]
+    b = [PgColumn("x", "int4"), PgColumn("y", "text"), PgColumn("z", "float4")]
+    assert [c.name for c in union_columns("t", [("a", a), ("b", b)])] == ["x", "y", "z"]
+    with pytest.raises(SchemaError, match="column 'x' is integer in a but bigint in c"):
+        union_columns("t", [("a", a), ("c", [PgColumn("x", "int8")])])
+
+
+def test_sql_types_from_the_one_table():
+    assert [PgColumn("c", t, n).sql_type for t, n in (("float4", 0), ("numeric", 0), ("int2", 2))] == \
+        ["real", "numeric(20,0)", "smallint[][]"]
+
+
+# ----------------------------------------------------------------------------- config
+
+def test_shipped_presets():
+    s = load_settings()
+    fsf = s.catalogs["fastspecfit"]
+    assert s.schema == "desi_dr1"
+    assert fsf.table_names() == ["fastspecfit_fastspec", "fastspecfit_metadata", "fastspecfit_specphot"]
+    assert fsf.keys["METADATA"] == ("targetid", "survey", "program") and fsf.aligned
+    vast = s.catalogs["desivast"]
+    assert vast.file_constants("DESIVAST_BGS_VOLLIM_V2_REVOLVER_NGC.fits") == {"algorithm": "REVOLVER", "cap": "NGC"}
+    assert vast.required_hdus({"algorithm": "ZOBOV"}) == ("VOIDS", "ZONEVOID", "GALZONE")
+    assert vast.fkeys["ZONEVOID"] == (("void0", "VOIDS", "void"), ("void1", "VOIDS", "void"))
+    orig = s.catalogs["fastspecfit-original"]
+    assert orig.file_constants("fastspec-iron-main-dark-nside1-hp07.fits") == {"healpix": 7}
+    assert orig.file_constants("fastspec-iron-sv3-bright.fits") == {"healpix": None}
+
+
+@pytest.mark.parametrize("text,message", [
+    ("derive.x = sqrt(SPECPHOT.A)", "bad derived column"),
+    ("fk.HOLES = void => MAXIMALS(void)", "bad foreign key"),
+    ("constants = a:float", "not text, int2, int4 or int8"),
+])
+def test_bad_preset_lines_are_named(tmp_path, text, message):
+    ini = tmp_path / "c.ini"
+    ini.write_text(f"[catalog:bad]\nmatch = x*.fits\nhdus = A\ntable.A = a\n{text}\n")
+    with pytest.raises(UsageError, match=message):
+        load_settings(str(ini))
+
+
+def test_user_config_overrides_and_adds(tmp_path):
+    ini = tmp_path / "c.ini"
+    ini.write_text("[database]\ndsn = host=x\n[catalog:mine]\nmatch = mine_*.fits\nhdus = T\ntable.T = mine_t\n")
+    s = load_settings(str(ini))
+    assert s.dsn == "host=x" and "mine" in s.catalogs and "fastspecfit" in s.catalogs
+
+
+@pytest.mark.parametrize("prefix,ok", [("mycat", True), ("my_cat2", True), ("MyCat", False), ("x;y", False)])
+def test_generic_prefix(prefix, ok):
+    if ok:
+        assert generic(prefix).table_for("THINGS", 1) == f"{prefix}_things"
+        assert generic(prefix).table_for(None, 2) == f"{prefix}_hdu2"
+    else:
+        with pytest.raises(UsageError):
+            generic(prefix)
+
+
+# ----------------------------------------------------------------------------- discover
+
+@pytest.mark.parametrize("names,catalogs", [
+    (["fastspec-iron-main-bright-nside1-hp00.fits"], ["fastspecfit"]),
+    (["DESIVAST_BGS_VOLLIM_VoidFinder_NGC.fits", "fastspec-iron-sv3-dark.fits"], ["desivast", "fastspecfit"]),
+])
+def test_catalog_detection(names, catalogs):
+    groups = group_by_catalog(names, load_settings(), None, None)
+    assert sorted(c.name for c, _ in groups) == catalogs
+
+
+def test_undetectable_file_needs_catalog():
+    with pytest.raises(UsageError, match="cannot tell which catalog"):
+        group_by_catalog(["other.fits"], load_settings(), None, None)
+
+
+def test_find_files(tmp_path):
+    (tmp_path / "b.fits").write_bytes(b"")
+    (tmp_path / "a.fit").write_bytes(b"")
+    (tmp_path / "notes.txt").write_bytes(b"")
+    assert [os.path.basename(f) for f in find_files([str(tmp_path)])] == ["a.fit", "b.fits"]
+    with pytest.raises(UsageError, match="no such file"):
+        find_files([str(tmp_path / "missing")])
+    gz = tmp_path / "gz"
+    gz.mkdir()
+    (gz / "x.fits.gz").write_bytes(b"")
+    with pytest.raises(UsageError, match="only compressed"):
+        find_files([str(gz)])
+
+
+class _Info:
+    def __init__(self, hdus):
+        self.hdus = hdus
+
+
+def _hdu(index, nrows, row_bytes):
+    return HduInfo(index=index, extname=f"H{index}", nrows=nrows, row_bytes=row_bytes, data_offset=0,
+                   columns=(), cards={}, header_sum=0)
+
+
+@pytest.mark.parametrize("aligned,nrows,task_rows,want", [
+    (True, 10, 4, [(0, 4), (4, 8), (8, 10)]),
+    (True, 0, 4, [(0, 0)]),
+    (False, 5, 5, [(0, 5), (0, 5)]),
+])
+def test_split_tasks(aligned, nrows, task_rows, want):
+    cat = load_settings().catalogs["fastspecfit"]
+    cat = type(cat)(**{**cat.__dict__, "aligned": aligned})
+    fp = FilePlan(_Info([_hdu(1, nrows, 100), _hdu(2, nrows, 50)]), {1: "a", 2: "b"}, {})
+    plan = Plan(cat, "s", {"a": TableSpec("a", ()), "b": TableSpec("b", ())}, [fp])
+    tasks = split_tasks(plan, 1 << 20, task_rows)
+    assert [(t.parts[0].start, t.parts[0].stop) for t in tasks] == want
+    assert all(len(t.parts) == (2 if aligned else 1) for t in tasks)
+
+
+# ----------------------------------------------------------------------------- checksum
+
+@pytest.mark.parametrize("data,want", [
+    (b"", 0),
+    (b"\x00\x00\x00\x01", 1),
+    (b"\xff\xff\xff\xff\x00\x00\x00\x01", 1),           # carry folds back: ones'-complement
+    (b"\x01", 0x01000000),
+    (b"\x00\x00\x00\x01\x02", 0x02000001),
+])
+def test_partial_sum_words(data, want):
+    assert partial_sum(np.frombuffer(data, np.uint8), 0) == want
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_partial_sums_combine_over_any_split(seed):
+    rng = np.random.default_rng(seed)
+    data = rng.integers(0, 256, int(rng.integers(1, 5000)), dtype=np.uint8)
+    whole = partial_sum(data, 0)
+    cuts = sorted(rng.integers(0, data.size, 4))
+    pieces = [(a, data[a:b]) for a, b in zip([0, *cuts], [*cuts, data.size])]
+    assert combine(partial_sum(p, off) for off, p in pieces) == whole
+
+
+def test_checksum_ok_is_negative_zero():
+    assert fold(0x1_0000_0000) == 1
+    assert checksum_ok(0xFFFF0000, 0x0000FFFF) and not checksum_ok(0xFFFF0000, 0x0000FFFE)
