@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -72,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the unfinished load of these tables (also the default when one exists)")
     g.add_argument("--restart", action="store_const", const=False, dest="resume",
                    help="discard the unfinished load of these tables and start over")
+    p.add_argument("--join", action="store_true",
+                   help="only join a load of these files that other processes (other nodes) are running")
+    p.add_argument("--wait-timeout", type=float, default=3600, metavar="SECONDS",
+                   help="longest wait for other processes of the same load: tasks they hold, their "
+                   "finalize (default 3600)")
     p.add_argument("--allow-partial", action="store_true",
                    help="publish even if some files failed (they are listed; exit code 4)")
     p.add_argument("--no-verify-checksum", action="store_false", dest="verify_checksum",
@@ -185,6 +191,11 @@ def _print_summary(console, summary, dsn: str) -> None:
                    "[yellow]tables are UNLOGGED: a server crash empties them[/yellow]"))
     if summary.resumed:
         console.print(summary.resumed)
+    if summary.node_rows and summary.node_seconds:
+        console.print(f"this process ({summary.process}): {summary.node_rows:,} rows at "
+                      f"{summary.node_rows / summary.node_seconds:,.0f} rows/s")
+    if summary.published_by and not summary.finalized:
+        console.print(f"published by {summary.published_by} (this process copied and waited)")
     for name, reason in summary.missing:
         console.print(f"[yellow]published WITHOUT {name}[/yellow]: {reason}")
     if summary.server:
@@ -210,7 +221,8 @@ def _cmd_load(args, console) -> int:
                        prefix=args.prefix, workers=args.workers, fmt=args.fmt, unlogged=args.unlogged,
                        dry_run=args.dry_run, task_rows=args.task_rows, config=args.config,
                        verify_checksum=args.verify_checksum, allow_partial=args.allow_partial,
-                       resume=args.resume, copy_out=args.copy_out)
+                       resume=args.resume, copy_out=args.copy_out, join=args.join,
+                       wait_timeout=args.wait_timeout)
     if args.quiet:
         reporter = QuietReporter()
     elif console.is_terminal:
@@ -274,14 +286,36 @@ def _cmd_status(args, console) -> int:
         if not ledger.exists():
             console.print(f"no loads in schema {schema}")
             return 0
-        t = Table("load", "catalog", "status", "started", "finished", "host", "done", "pending", "failed",
+        t = Table("load", "catalog", "status", "phase", "started", "finished", "host", "done", "pending", "failed",
                   title=f"loads in schema {schema}")
+        running = []
         for row in ledger.loads():
-            t.add_row(*[("" if v is None else str(v)[:19]) for v in row[:9]])
+            load_id, catalog, status, started, finished, host, done, pending, failed, _tables, phase = row
+            t.add_row(*[("" if v is None else str(v)[:19]) for v in
+                        (load_id, catalog, status, phase, started, finished, host, done, pending, failed)])
+            if status == "running":
+                running.append(load_id)
         console.print(t)
+        for load_id in running:
+            _print_processes(console, ledger.bind(load_id))
     finally:
         ledger.close()
     return 0
+
+
+def _print_processes(console, ledger) -> None:
+    """Who works on a running load now, and how far each host got."""
+    from rich.table import Table
+    from .ledger import client_alive
+    t = Table("host:pid", "role", "session", "since", "holds the load", "client",
+              title=f"load {ledger.load_id}: processes now")
+    for _pid, _tag, role, host, cpid, state, since, holds in sorted(ledger.sessions(), key=lambda r: r[3:5]):
+        alive = {True: "running", False: "gone (session orphaned)", None: "other host"}[client_alive(host, cpid)]
+        t.add_row(f"{host}:{cpid}", role, state or "", str(since)[:19], holds or "", alive)
+    console.print(t)
+    done = ledger.progress_by_host()
+    if done:
+        console.print("done so far: " + "; ".join(f"{h}: {n} tasks, {r:,} rows" for h, n, r in done))
 
 
 def _cmd_abort(args, console) -> int:
@@ -331,6 +365,18 @@ def _cmd_server(args, console) -> int:
     return 0
 
 
+def _stop_on_signals() -> None:
+    """SIGTERM (a batch scheduler's time limit, scancel) and SIGHUP stop the load like Ctrl-C."""
+    from .errors import Interrupted
+
+    def stop(signum, _frame):
+        raise Interrupted(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is not signal.SIG_IGN:    # nohup: keep ignoring hang-ups
+            signal.signal(sig, stop)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``desi-loader``; returns the exit code."""
     from rich.console import Console
@@ -345,6 +391,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    _stop_on_signals()
     try:
         if args.command == "load":
             return _cmd_load(args, console)
@@ -369,10 +416,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if exc.hint:
             err.print(f"  hint: {escape(exc.hint)}", highlight=False, soft_wrap=True)
         return exc.exit_code
-    except KeyboardInterrupt:
-        err.print("interrupted: the published tables are untouched and staging is kept; "
-                  "rerun the same command to resume", soft_wrap=True)
-        return 130
+    except KeyboardInterrupt as exc:
+        sig = getattr(exc, "signum", signal.SIGINT)
+        err.print(f"interrupted ({signal.Signals(sig).name}): nothing was published half-way and staging is "
+                  "kept; rerun the same command to resume", soft_wrap=True)
+        return 128 + sig
     return 2
 
 

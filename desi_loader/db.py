@@ -105,6 +105,29 @@ def relation_exists(cur, schema: str, name: str) -> bool:
     return cur.fetchone()[0] is not None
 
 
+def free_connections(conn: psycopg2.extensions.connection) -> int:
+    """Connection slots a non-superuser can still open on the server (and as this role, database).
+
+    max_connections minus the reserved slots (superuser_reserved_connections, and
+    reserved_connections on PostgreSQL 16+) minus the client sessions open now; the
+    role's and the database's CONNECTION LIMIT cap it further.
+    """
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT current_setting('max_connections')::int "
+            "- current_setting('superuser_reserved_connections')::int "
+            "- coalesce(current_setting('reserved_connections', true)::int, 0) "
+            "- (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'), "
+            "(SELECT CASE WHEN rolconnlimit < 0 THEN NULL ELSE rolconnlimit - (SELECT count(*) FROM "
+            " pg_stat_activity WHERE usename = current_user) END FROM pg_roles WHERE rolname = current_user), "
+            "(SELECT CASE WHEN datconnlimit < 0 THEN NULL ELSE datconnlimit - (SELECT count(*) FROM "
+            " pg_stat_activity WHERE datname = current_database()) END FROM pg_database "
+            " WHERE datname = current_database())")
+        free = min(v for v in cur.fetchone() if v is not None)
+    conn.commit()
+    return max(0, int(free))
+
+
 def server_settings(conn: psycopg2.extensions.connection) -> dict:
     """Settings that decide load speed and durability cost (reported in the summary)."""
     names = ("server_version", "wal_level", "max_wal_size", "maintenance_work_mem",

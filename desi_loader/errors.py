@@ -39,3 +39,15 @@ class LoadFailed(LoaderError):
     """Some tasks failed; the published tables were not replaced."""
 
     exit_code = 1
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop signal (SIGINT, SIGTERM from a batch scheduler, SIGHUP) reached the coordinator."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum           # the shell's convention: 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP

@@ -9,7 +9,7 @@ import psycopg2
 from psycopg2 import sql
 
 from .db import is_transient, relation_exists
-from .errors import DatabaseError, LoaderError
+from .errors import DatabaseError, LoadFailed
 from .sqlgen import create_indexes, create_staging
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def verify_counts(conn, schema: str, staging: dict, expected: dict) -> dict:
             extra = set(got) - set(per_file)
             if bad or extra:
                 f, (want, have) = next(iter(bad.items())) if bad else (next(iter(extra)), (0, got[next(iter(extra))]))
-                raise LoaderError(f"verification failed for {table}: file_id {f} has {have} rows, "
+                raise LoadFailed(f"verification failed for {table}: file_id {f} has {have} rows, "
                                   f"expected {want}", "nothing was published; rerun with --restart to "
                                   "load these files from scratch")
             report[table] = sum(got.values())
@@ -52,7 +52,9 @@ def verify_counts(conn, schema: str, staging: dict, expected: dict) -> dict:
 
 
 def prepare_staging(conn, schema: str, staging: dict, specs: dict) -> None:
-    """Create missing UNLOGGED staging tables; add columns a resumed load's new files bring."""
+    """Create missing UNLOGGED staging tables; add columns a resumed load's new files bring.
+
+    Runs in the caller's transaction (the opening of a load commits it with the plan)."""
     with conn.cursor() as cur:
         for table, spec in specs.items():
             stage = staging[table]
@@ -67,7 +69,7 @@ def prepare_staging(conn, schema: str, staging: dict, specs: dict) -> None:
                 if col.name not in have:
                     cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
                         sql.Identifier(schema, stage), sql.Identifier(col.name), sql.SQL(col.sql_type)))
-    conn.commit()
+
 
 
 def _constraint_exists(cur, schema: str, table: str, name: str) -> bool:
@@ -88,7 +90,7 @@ def build_indexes(conn, schema: str, staging: str, spec) -> None:
             except psycopg2.errors.UniqueViolation as exc:
                 conn.rollback()
                 detail = (exc.diag.message_detail or "").strip()
-                raise LoaderError(f"table {spec.name}: key ({', '.join(spec.key)}) is not unique: {detail}",
+                raise LoadFailed(f"table {spec.name}: key ({', '.join(spec.key)}) is not unique: {detail}",
                                   "two files hold the same rows? load each file once") from exc
         cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, staging)))
     conn.commit()
@@ -110,7 +112,7 @@ def add_foreign_keys(conn, schema: str, staging: dict, fkeys: list) -> int:
             except psycopg2.errors.ForeignKeyViolation as exc:
                 conn.rollback()
                 detail = (exc.diag.message_detail or "").strip()
-                raise LoaderError(f"{child}.{cols[-1]} references a missing {parent}.{pcols[-1]}: {detail}",
+                raise LoadFailed(f"{child}.{cols[-1]} references a missing {parent}.{pcols[-1]}: {detail}",
                                   "the files are inconsistent; nothing was published") from exc
     conn.commit()
     return len(fkeys)

@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import time
-from typing import Callable, Optional, TypeVar
+from contextlib import contextmanager
+from typing import Callable, Iterator, Optional, TypeVar
 
 import psycopg2
 from psycopg2 import sql
@@ -27,6 +29,9 @@ T = TypeVar("T")
 
 #: key of the advisory lock serialising DDL of the ledger tables between loaders
 _SETUP_LOCK = 0x6465_7369  # 'desi'
+
+#: advisory-lock sub-key serialising the opening of loads in one schema (load ids start at 1)
+_OPEN = 0
 
 DDL = """
 CREATE TABLE IF NOT EXISTS {s}.loader_loads (
@@ -72,6 +77,9 @@ CREATE TABLE IF NOT EXISTS {s}.loader_tasks (
 );
 -- ledgers written by earlier versions
 ALTER TABLE {s}.loader_tasks ADD COLUMN IF NOT EXISTS datasums jsonb;
+ALTER TABLE {s}.loader_loads ADD COLUMN IF NOT EXISTS phase text;        -- what its finalizer does now
+ALTER TABLE {s}.loader_loads ADD COLUMN IF NOT EXISTS finalizer text;    -- host:pid that finalizes it
+ALTER TABLE {s}.loader_loads ADD COLUMN IF NOT EXISTS error text;        -- why it failed
 CREATE INDEX IF NOT EXISTS loader_tasks_pending_idx ON {s}.loader_tasks (load_id, task_id)
     WHERE status = 'pending';
 """
@@ -83,13 +91,37 @@ CREATE INDEX IF NOT EXISTS loader_tasks_pending_idx ON {s}.loader_tasks (load_id
 RECONNECT_ATTEMPTS = 8
 
 
+def process_name() -> str:
+    """host:pid of this process, as it appears in application_name and the ledger."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 def app_name(role: str, tag: str = "-") -> str:
-    """``application_name`` of a loader connection: role, load tag, host and pid.
+    """``application_name`` of a loader connection: load tag, role, host:pid.
 
     A later run reads it in pg_stat_activity to tell which sessions belong to a load and
-    whether their client process still exists.
+    whether their client process still exists (same host: does the pid exist?).
     """
-    return f"desi-loader {role} {tag} {socket.gethostname()}:{os.getpid()}"[:63]
+    return f"desi-loader {tag} {role} {process_name()}"[:63]
+
+
+def parse_app_name(name: str) -> Optional[tuple[str, str, str, int]]:
+    """(tag, role, host, pid) of a loader's application_name; None for anything else."""
+    m = re.match(r"^desi-loader (\S+) (\S+) (.+):(\d+)$", name or "")
+    return (m.group(1), m.group(2), m.group(3), int(m.group(4))) if m else None
+
+
+def client_alive(host: str, pid: int) -> Optional[bool]:
+    """Whether the loader process host:pid exists: True/False on this host, None elsewhere."""
+    if host != socket.gethostname():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def staging_name(table: str, load_id: int) -> str:
@@ -109,7 +141,9 @@ class Ledger:
         self.dsn, self.schema, self.role = dsn, schema, role
         self.load_id: Optional[int] = None
         self.locked = False
+        self.joined = False
         self._oid: Optional[int] = None
+        self._in_transaction = False
         self.conn = connect(dsn, app_name(role))
 
     # ----------------------------------------------------------------- plumbing
@@ -118,12 +152,32 @@ class Ledger:
         if not self.conn.closed:
             self.conn.close()
 
+    def _commit(self) -> None:
+        if not self._in_transaction:
+            self.conn.commit()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Statements inside commit together (the methods' own commits are deferred)."""
+        self._in_transaction = True
+        try:
+            yield
+            self._in_transaction = False
+            self.conn.commit()
+        except BaseException:
+            self._in_transaction = False
+            try:
+                self.conn.rollback()
+            except psycopg2.Error:
+                pass
+            raise
+
     def _run(self, text: str, args: tuple = ()) -> Optional[list]:
         """One statement in its own transaction (``{s}`` is the schema); its rows, if any."""
         with self.conn.cursor() as cur:
             cur.execute(sql.SQL(text).format(s=sql.Identifier(self.schema)), args)
             rows = cur.fetchall() if cur.description else None
-        self.conn.commit()
+        self._commit()
         return rows
 
     @property
@@ -131,15 +185,19 @@ class Ledger:
         """Short name of the load for application_name: L<load id>@<oid of loader_loads>."""
         return f"L{self.load_id}@{self._oid}" if self.load_id is not None else "-"
 
+    def _key(self, n: int) -> int:
+        key = (self._oid << 32) | (n & 0xFFFF_FFFF)
+        return key - (1 << 64) if key >= 1 << 63 else key
+
     @property
     def lock_key(self) -> int:
         """The load's advisory-lock key, unique on the server.
 
         Advisory locks are per database; the OID of this schema's ``loader_loads`` is
         unique within the database, so (oid, load id) names one load of one schema.
+        Every process working on the load holds it shared; its finalizer holds it alone.
         """
-        key = (self._oid << 32) | (self.load_id & 0xFFFF_FFFF)
-        return key - (1 << 64) if key >= 1 << 63 else key
+        return self._key(self.load_id)
 
     def ensure_tables(self) -> None:
         """Create the schema and the ledger tables if missing (serialised by an advisory lock)."""
@@ -149,14 +207,14 @@ class Ledger:
             if cur.fetchone() is None:   # CREATE SCHEMA needs CREATE on the database: only when missing
                 cur.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(self.schema)))
             cur.execute(sql.SQL(DDL).format(s=sql.Identifier(self.schema)))
-        self.conn.commit()
+        self._commit()
         self._load_oid()
 
     def _load_oid(self) -> bool:
         with self.conn.cursor() as cur:
             cur.execute("SELECT to_regclass(format('%%I.loader_loads', %s::text))::oid", (self.schema,))
             self._oid = cur.fetchone()[0]
-        self.conn.commit()
+        self._commit()
         return self._oid is not None
 
     def exists(self) -> bool:
@@ -170,7 +228,7 @@ class Ledger:
         self.load_id = load_id
         with self.conn.cursor() as cur:
             cur.execute("SET application_name = %s", (app_name(self.role, self.tag),))
-        self.conn.commit()
+        self._commit()
         return self
 
     def reconnect(self) -> None:
@@ -196,6 +254,9 @@ class Ledger:
         if self.locked and not self._try_lock():
             raise UsageError(f"load {self.load_id} was taken over by another process while the "
                              "server restarted")
+        if self.joined:
+            self.joined = False
+            self.join()
 
     def resilient(self, step: Callable[[], T], what: str = "step", attempts: int = 7) -> T:
         """Run ``step()``; after a transient error (server restart, lost connection, lock
@@ -229,28 +290,107 @@ class Ledger:
         self.bind(load_id)
         return load_id
 
+    def lock_open(self) -> None:
+        """Serialise opening loads in this schema until the current transaction ends.
+
+        Finding an unfinished load and starting a new one then happen atomically: two
+        processes started at the same moment never create two loads of the same tables.
+        """
+        with self.conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (self._key(_OPEN),))
+
     def _try_lock(self) -> bool:
         with self.conn.cursor() as cur:
             cur.execute("SELECT pg_try_advisory_lock(%s)", (self.lock_key,))
             ok = cur.fetchone()[0]
-        self.conn.commit()
+        self._commit()
         return ok
 
     def try_lock(self) -> bool:
-        """Take the session lock that makes this process the load's coordinator."""
+        """Take the load's lock alone: no other process works on it (finalize, resume, abort)."""
         self.locked = self._try_lock() or self.locked
         return self.locked
 
-    def set_status(self, status: str) -> None:
-        self._run("UPDATE {s}.loader_loads SET status = %s, finished_at = now() WHERE load_id = %s",
-                  (status, self.load_id))
+    def unlock(self) -> None:
+        """Give up the exclusive lock taken by try_lock."""
+        if self.locked:
+            self._run("SELECT pg_advisory_unlock(%s)", (self.lock_key,))
+            self.locked = False
+
+    def join(self) -> bool:
+        """Take the load's lock shared (a process that copies); False while a finalizer holds it."""
+        (ok,), = self._run("SELECT pg_try_advisory_lock_shared(%s)", (self.lock_key,))
+        self.joined = self.joined or ok
+        return ok
+
+    def leave(self) -> None:
+        """Release every shared hold of the load's lock taken by join."""
+        while self.joined and self._run("SELECT pg_advisory_unlock_shared(%s)", (self.lock_key,))[0][0]:
+            pass
+        self.joined = False
+
+    def sessions(self) -> list:
+        """Server sessions of this load's processes: (pid, tag, role, host, client pid, state, since, holds)."""
+        hi, lo = (self.lock_key >> 32) & 0xFFFF_FFFF, self.lock_key & 0xFFFF_FFFF
+        rows = self._run(
+            "SELECT a.pid, a.application_name, a.state, a.state_change, "
+            "(SELECT string_agg(l.mode, ',') FROM pg_locks l WHERE l.pid = a.pid AND l.locktype = 'advisory' "
+            " AND l.granted AND l.classid = %s::bigint::oid AND l.objid = %s::bigint::oid AND l.objsubid = 1) "
+            "FROM pg_stat_activity a WHERE a.application_name LIKE %s AND a.pid <> pg_backend_pid()",
+            (hi, lo, f"desi-loader {self.tag} %"))
+        out = []
+        for pid, name, state, since, holds in rows:
+            parsed = parse_app_name(name)
+            if parsed:
+                out.append((pid, *parsed, state, since, holds))
+        return out
+
+    def end_orphans(self) -> list:
+        """End the server sessions of this load whose client process provably died.
+
+        A killed loader's session lives on until it next talks to its client: a finalize
+        statement (ANALYZE, CREATE INDEX) or a lock wait can keep it, and its locks, for
+        minutes.  Sessions of a process on this host that no longer exists are ended
+        (``pg_terminate_backend`` needs only the same role); others are left alone.
+        Returns the host:pid of the processes whose sessions were ended.
+        """
+        ended = []
+        for pid, _tag, _role, host, cpid, _state, _since, _holds in self.sessions():
+            if client_alive(host, cpid) is False:
+                try:
+                    self._run("SELECT pg_terminate_backend(%s, 5000)", (pid,))
+                except psycopg2.Error as exc:        # not ours to end (another role): leave it
+                    self.conn.rollback()
+                    log.info("could not end session %s of %s:%s: %s", pid, host, cpid, exc)
+                    continue
+                ended.append(f"{host}:{cpid}")
+        return sorted(set(ended))
+
+    def holders(self) -> list:
+        """'host:pid (role)' of the processes whose sessions hold this load's lock."""
+        return sorted({f"{host}:{cpid} ({role})" for _p, _t, role, host, cpid, _s, _since, holds
+                       in self.sessions() if holds})
+
+    def state(self) -> tuple:
+        """(status, phase, finalizer, error) of the load."""
+        (row,) = self._run("SELECT status, phase, finalizer, error FROM {s}.loader_loads WHERE load_id = %s",
+                           (self.load_id,))
+        return row
+
+    def set_phase(self, phase: Optional[str], finalizer: Optional[str] = None) -> None:
+        self._run("UPDATE {s}.loader_loads SET phase = %s, finalizer = coalesce(%s, finalizer) "
+                  "WHERE load_id = %s", (phase, finalizer, self.load_id))
+
+    def set_status(self, status: str, error: Optional[str] = None) -> None:
+        self._run("UPDATE {s}.loader_loads SET status = %s, error = %s, finished_at = now() WHERE load_id = %s",
+                  (status, error, self.load_id))
 
     def staging_complete(self) -> bool:
         """True when every staging table of the load still exists."""
         (tables,), = self._run("SELECT tables FROM {s}.loader_loads WHERE load_id = %s", (self.load_id,))
         with self.conn.cursor() as cur:
             ok = all(relation_exists(cur, self.schema, staging_name(t, self.load_id)) for t in tables)
-        self.conn.commit()
+        self._commit()
         return ok
 
     def loads(self) -> list:
@@ -258,7 +398,7 @@ class Ledger:
         return self._run(
             "SELECT l.load_id, l.catalog, l.status, l.started_at, l.finished_at, l.host, "
             "count(t.*) FILTER (WHERE t.status = 'done'), count(t.*) FILTER (WHERE t.status = 'pending'), "
-            "count(t.*) FILTER (WHERE t.status = 'failed'), l.tables "
+            "count(t.*) FILTER (WHERE t.status = 'failed'), l.tables, l.phase "
             "FROM {s}.loader_loads l LEFT JOIN {s}.loader_tasks t USING (load_id) "
             "GROUP BY l.load_id ORDER BY l.load_id")
 
@@ -282,7 +422,7 @@ class Ledger:
                                 "WHERE load_id = %s").format(sql.Identifier(self.schema)), (self.load_id,))
             cur.execute(sql.SQL("DELETE FROM {}.load_files WHERE load_id = %s")
                         .format(sql.Identifier(self.schema)), (self.load_id,))
-        self.conn.commit()
+        self._commit()
         return dropped
 
     # ----------------------------------------------------------------- files
@@ -304,7 +444,7 @@ class Ledger:
                     (self.load_id, catalog, info.name, info.path, info.size, Json(nrows), Json(info.primary),
                      Json(hdrs), info.checksum, __version__))
                 fp.file_id = cur.fetchone()[0]
-        self.conn.commit()
+        self._commit()
 
     def registered_files(self) -> dict:
         """filename -> (file_id, size_bytes) of the load's manifest rows."""
@@ -325,7 +465,7 @@ class Ledger:
             for table in ("loader_tasks", "load_files"):
                 cur.execute(sql.SQL("DELETE FROM {} WHERE load_id = %s AND file_id = ANY(%s)").format(
                     sql.Identifier(self.schema, table)), (self.load_id, ids))
-        self.conn.commit()
+        self._commit()
 
     def datasums(self) -> dict:
         """(file_id, hdu index) -> list of partial sums recorded by the done tasks."""
@@ -355,7 +495,7 @@ class Ledger:
             execute_values(cur, sql.SQL("INSERT INTO {}.loader_tasks (load_id, task_id, file_id, parts, "
                                         "nrows) VALUES %s").format(sql.Identifier(self.schema)).as_string(cur),
                            rows, template="(%s, %s, %s, %s::jsonb, %s)", page_size=1000)
-        self.conn.commit()
+        self._commit()
         return len(rows)
 
     def claim(self, cur) -> Optional[tuple]:
@@ -407,6 +547,25 @@ class Ledger:
         out.update(dict(self._run("SELECT status, count(*) FROM {s}.loader_tasks WHERE load_id = %s "
                                   "GROUP BY 1", (self.load_id,))))
         return out
+
+    def claimable(self) -> bool:
+        """True when a pending task is not held by any process right now."""
+        with self.conn.cursor() as cur:
+            row = self.claim(cur)
+        self.conn.rollback()
+        return row is not None
+
+    def rows_by_table(self) -> dict:
+        """Rows of the done tasks per table (what the load holds, whoever loaded it)."""
+        rows = self._run("SELECT p->>1, sum((p->>3)::bigint - (p->>2)::bigint) FROM {s}.loader_tasks t, "
+                         "jsonb_array_elements(t.parts) p WHERE t.load_id = %s AND t.status = 'done' GROUP BY 1 "
+                         "ORDER BY 1", (self.load_id,))
+        return {table: int(n) for table, n in rows}
+
+    def progress_by_host(self) -> list:
+        """(host, tasks done, rows done) of the load, per loading host."""
+        return self._run("SELECT split_part(worker, ':', 1), count(*), sum(nrows) FROM {s}.loader_tasks "
+                         "WHERE load_id = %s AND status = 'done' GROUP BY 1 ORDER BY 1", (self.load_id,))
 
     def failed_tasks(self) -> list:
         """(file name, error) of failed tasks."""

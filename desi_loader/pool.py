@@ -33,7 +33,8 @@ class PoolResult:
     fatal: Optional[str] = None              # a worker's permanent database error
     worker_peak_kb: int = 0
     first_rows_at: Optional[float] = None    # perf_counter of the first rows (start-up excluded)
-    rows: int = 0
+    rows: int = 0                            # rows of the tasks its workers committed
+    gave_up: bool = False                    # workers kept dying: no new one was started
 
 
 @dataclass
@@ -136,6 +137,7 @@ class WorkerPool:
                 self._spawn(w)
             else:
                 slot.exited = True
+                self.result.gave_up = self.result.fatal is None
                 self.reporter.warn(f"worker {w} died (exit code {code})")
 
     def stop(self) -> None:

@@ -18,13 +18,14 @@ import psycopg2
 from . import __version__
 from .checksum import checksum_ok, combine
 from .config import load_settings
-from .db import as_database_error, connect, mask_dsn, server_settings
+from .db import as_database_error, connect, free_connections, mask_dsn, server_settings
 from .discover import (TASK_BYTES, Plan, build_plan, encoder_plan, find_files, foreign_keys,
                        group_by_catalog)
 from .errors import BadFileError, DatabaseError, LoaderError, LoadFailed, UsageError
 from .finalize import (add_foreign_keys, build_indexes, expected_counts, make_logged, prepare_staging, swap,
                        verify_counts)
-from .ledger import Ledger, app_name, staging_name
+from .ledger import Ledger, app_name, process_name
+from .opening import open_load
 from .pool import WorkerPool
 from .read import read_info
 from .report import NullReporter
@@ -34,6 +35,13 @@ log = logging.getLogger(__name__)
 
 #: A task whose worker died this many times is failed (it may be what kills them).
 MAX_TASK_ATTEMPTS = 3
+#: Seconds between looks at the ledger while other processes hold the load's tasks or
+#: finalize it (one cheap query each).
+WAIT_POLL = 1.0
+#: Finalize statements wait at most this long for a table lock, then the phase is
+#: retried: no session of a load queues indefinitely behind another (issue: orphaned
+#: sessions of killed runs chained behind each other's ANALYZE for minutes).
+FINALIZE_LOCK_TIMEOUT = "10s"
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,8 @@ class LoadOptions:
     allow_partial: bool = False
     resume: Optional[bool] = None        # None: resume when possible; True: must resume; False: --restart
     copy_out: Optional[str] = None       # write each task's exact COPY bytes into this directory too
+    join: bool = False                   # only join a load that other processes run
+    wait_timeout: float = 3600.0         # longest wait for other processes of the same load (s)
 
 
 @dataclass
@@ -81,6 +91,12 @@ class Summary:
     server: dict = field(default_factory=dict)
     plan: list = field(default_factory=list)
     memory: dict = field(default_factory=dict)       # peak RSS in MB: coordinator, largest worker
+    role: str = ""                   # started | resumed | joined | finalizing (how this process opened it)
+    finalized: bool = False          # this process verified, indexed and published the load
+    published_by: Optional[str] = None   # host:pid of the process that published it
+    process: str = field(default_factory=process_name)
+    node_rows: int = 0               # rows this process's workers loaded (galaxies x tables)
+    node_seconds: float = 0.0        # time its worker pools ran
 
     def as_dict(self) -> dict:
         copy_s = self.phases.get("copy", 0) or 0
@@ -156,6 +172,7 @@ class Coordinator:
     def __init__(self, opts: LoadOptions, plan: Plan, reporter: NullReporter) -> None:
         self.opts, self.plan, self.reporter = opts, plan, reporter
         self.ledger: Optional[Ledger] = None
+        self.finalizer = False
         self.staging: dict = {}
         self.fkeys = foreign_keys(plan)
         self.summary = Summary(workers=opts.workers, fmt=opts.fmt, durable=not opts.unlogged,
@@ -184,16 +201,25 @@ class Coordinator:
                     self._run_phase(phase)
             for name, reason in summary.missing:
                 self.reporter.warn(f"published without {name}: {reason}")
+            summary.finalized = self.finalizer
+            if self.finalizer:
+                summary.published_by = process_name()
             summary.memory["coordinator_peak_mb"] = round(peak_rss_kb() / 1024, 1)
             return summary
         except psycopg2.Error as exc:
             raise as_database_error(exc, "staging tables are kept; rerun the same command to resume") from exc
+        except LoadFailed as exc:
+            if self.finalizer:                # tell the processes waiting for this load why
+                self.ledger.resilient(lambda: self.ledger.set_status("failed", str(exc)))
+            raise
         finally:
             if self.ledger is not None:
                 self.ledger.close()
 
     def _run_phase(self, phase: Phase) -> None:
         self.reporter.phase(phase.name)
+        if self.finalizer and phase.name != "await":
+            self.ledger.resilient(lambda: self.ledger.set_phase(phase.name))
         t0 = time.perf_counter()
         try:
             if phase.retry:
@@ -207,102 +233,118 @@ class Coordinator:
     # ----------------------------------------------------------------- open
 
     def open(self) -> None:
-        """Start a new load or resume the unfinished one of these tables; lock it; register files."""
-        opts, plan, ledger = self.opts, self.plan, self.ledger
-        ledger.ensure_tables()
-        tables = sorted(plan.tables)
-        old = ledger.find_unfinished(plan.catalog.name, tables)
-        if old is not None and not ledger.bind(old).try_lock():
-            raise UsageError(f"load {old} of {plan.catalog.name} is being run by another process",
-                             "wait for it, or stop it and rerun (desi-loader status shows loads)")
-        if opts.resume is True and old is None:
-            raise UsageError(f"no unfinished load of {plan.catalog.name} in schema {plan.schema} to resume",
-                             "run without --resume to start one")
-        if old is not None and opts.resume is False:
-            ledger.abort()
-            self.reporter.info(f"--restart: discarded unfinished load {old}")
-            old = None
-        if old is not None and not ledger.staging_complete():
-            # someone dropped a staging table: its done tasks are gone, and re-running them
-            # would duplicate rows in the other tables of the same tasks
-            ledger.abort()
-            self.reporter.warn(f"staging tables of unfinished load {old} are missing; starting a new load")
-            if opts.resume is True:
-                raise UsageError(f"load {old} cannot be resumed: its staging tables are missing",
-                                 "rerun without --resume to load from scratch")
-            old = None
-        if old is not None:
-            self._resume(old)
-        else:
-            self._start()
-        self.summary.load_id = ledger.load_id
-
-    def _start(self) -> None:
-        plan, ledger = self.plan, self.ledger
-        ledger.start(plan.catalog.name, sorted(plan.tables), {
-            "format": self.opts.fmt, "workers": self.opts.workers, "paths": [fp.info.path for fp in plan.files]})
-        ledger.try_lock()
-        self.staging = {t: staging_name(t, ledger.load_id) for t in plan.tables}
-        ledger.register_files(plan.catalog.name, plan.files)
-        prepare_staging(ledger.conn, plan.schema, self.staging, plan.tables)
-        ledger.insert_tasks(plan)
-
-    def _resume(self, load_id: int) -> None:
-        ledger = self.ledger
-        self.staging = {t: staging_name(t, load_id) for t in self.plan.tables}
-        kept = self._reconcile()
-        retried = ledger.reset_failed()
-        counts = ledger.task_counts()
-        self.summary.resumed = (f"resuming load {load_id}: {counts['done']} tasks done, {counts['pending']} to do"
-                                + (f" ({retried} failed before, retried)" if retried else "")
-                                + (f"; {kept} files kept" if kept else ""))
-        self.reporter.info(self.summary.resumed)
-
-    def _reconcile(self) -> int:
-        """Match the plan's files with the unfinished load: keep, drop and add files."""
-        plan, ledger = self.plan, self.ledger
-        known = ledger.registered_files()
-        current = {fp.info.name: fp for fp in plan.files}
-        gone = [fid for name, (fid, size) in known.items()
-                if name not in current or current[name].info.size != size]
-        ledger.remove_files(gone, self.staging)
-        new = set()
-        for i, fp in enumerate(plan.files):
-            entry = known.get(fp.info.name)
-            if entry and entry[1] == fp.info.size:
-                fp.file_id = entry[0]
-            else:
-                new.add(i)
-        ledger.register_files(plan.catalog.name, [plan.files[i] for i in new])
-        prepare_staging(ledger.conn, plan.schema, self.staging, plan.tables)
-        ledger.insert_tasks(plan, new)
-        return len(plan.files) - len(new)
+        """Start, resume or join the load of these tables (opening.py)."""
+        opening = open_load(self.ledger, self.plan, self.opts, self.reporter)
+        self.staging = opening.staging
+        self.summary.load_id = opening.load_id
+        self.summary.role = opening.how
+        if opening.how == "resumed":
+            self.summary.resumed = opening.message
+        if opening.message:
+            self.reporter.info(opening.message)
 
     # ----------------------------------------------------------------- copy
 
     def copy(self) -> None:
-        """Run a pool of workers until no task is pending."""
+        """Run pools of workers until no task is pending, waiting while other processes hold the rest.
+
+        Then elect the finalizer: the process that takes the load's lock alone (every
+        copying process holds it shared until it has nothing left to copy).
+        """
+        ledger, waited_since = self.ledger, None
+        while self.summary.role != "finalizing":
+            pending = ledger.task_counts()["pending"]
+            if not pending:
+                break
+            if ledger.claimable():
+                waited_since = None
+                if self._run_pool(pending).gave_up:
+                    break                      # workers keep dying: settle_failures reports it
+                continue
+            if waited_since is None:
+                waited_since = time.monotonic()
+                self.reporter.info(f"{pending} task(s) are being loaded by other processes "
+                                   f"({', '.join(ledger.holders()) or 'unknown'}); waiting for them")
+            self._check_wait(waited_since, "tasks held by other processes")
+            ledger.end_orphans()
+            time.sleep(WAIT_POLL)
+        ledger.leave()
+        self.finalizer = ledger.try_lock()
+        if self.finalizer:
+            ledger.set_phase("verify", process_name())
+
+    def _run_pool(self, pending: int):
         opts, plan, ledger = self.opts, self.plan, self.ledger
-        pending = ledger.task_counts()["pending"]
-        if not pending:
-            return
         if opts.copy_out:
             os.makedirs(opts.copy_out, exist_ok=True)
+        workers = self._budget(min(opts.workers, pending))
         cfg = WorkerConfig(plan.schema, ledger.load_id, opts.fmt, opts.verify_checksum,
                            encoder_plan(plan, self.staging), os.getpid(), opts.copy_out)
-        pool = WorkerPool(opts.dsn, cfg, max(1, min(opts.workers, pending)), self.reporter, self._death)
+        pool = WorkerPool(opts.dsn, cfg, workers, self.reporter, self._death)
+        t0 = time.perf_counter()
         result = pool.run(ledger.pending_rows(), plan.total_bytes)
-        self.summary.memory["worker_peak_mb"] = round(result.worker_peak_kb / 1024, 1)
+        self.summary.node_rows += result.rows
+        self.summary.node_seconds += time.perf_counter() - t0
+        self.summary.memory["worker_peak_mb"] = max(self.summary.memory.get("worker_peak_mb", 0),
+                                                    round(result.worker_peak_kb / 1024, 1))
         if result.first_rows_at is not None:
             # the streaming part of the copy: first rows encoded to last worker done (worker
             # start-up, about half a second each on a laptop, excluded)
-            self.summary.phases["copy_stream"] = round(time.perf_counter() - result.first_rows_at, 3)
+            self.summary.phases["copy_stream"] = round(self.summary.phases.get("copy_stream", 0)
+                                                       + time.perf_counter() - result.first_rows_at, 3)
         if result.fatal:
             raise DatabaseError(result.fatal, "staging tables are kept; fix the cause and rerun the same "
                                 "command to resume")
+        return result
+
+    def _budget(self, wanted: int) -> int:
+        """Workers that fit the server's free connection slots (each worker holds one)."""
+        free = free_connections(self.ledger.conn)
+        if free >= wanted:
+            return wanted
+        workers = max(1, free)
+        self.reporter.warn(f"the server has {free} free connection slot(s) (max_connections minus reserved minus "
+                           f"in use): starting {workers} worker(s) instead of {wanted}; raise max_connections "
+                           "or put pgbouncer (session mode) in front of the server")
+        return workers
 
     def _death(self, task: int, why: str) -> bool:
         return self.ledger.resilient(lambda: self.ledger.record_death(task, why, MAX_TASK_ATTEMPTS))
+
+    def _check_wait(self, since: float, what: str) -> None:
+        if time.monotonic() - since > self.opts.wait_timeout:
+            raise LoadFailed(f"load {self.ledger.load_id}: still waiting for {what} after "
+                             f"{self.opts.wait_timeout:.0f} s ({', '.join(self.ledger.holders()) or 'nobody'})",
+                             "see desi-loader status; rerun later (or raise --wait-timeout)")
+
+    # ----------------------------------------------------------------- await
+
+    def await_outcome(self) -> None:
+        """Another process finalizes: wait for it to publish or fail; take over if it dies."""
+        ledger, since, last = self.ledger, time.monotonic(), None
+        while True:
+            status, phase, finalizer, error = ledger.state()
+            if status == "published":
+                self.summary.published_by = finalizer
+                self.summary.rows = ledger.rows_by_table()
+                self.reporter.info(f"load {ledger.load_id} was published by {finalizer}")
+                return
+            if status in ("failed", "aborted"):
+                raise LoadFailed(f"load {ledger.load_id} {status} in {finalizer or 'another process'}: "
+                                 f"{error or 'see desi-loader status'}",
+                                 "fix the cause and rerun the same command")
+            ledger.end_orphans()
+            if ledger.try_lock():                      # the finalizer died: take over
+                self.finalizer = True
+                ledger.set_phase("verify", process_name())
+                self.reporter.info(f"load {ledger.load_id}: taking over the finalize from {finalizer}")
+                return
+            if (phase, finalizer) != last:
+                last = (phase, finalizer)
+                self.reporter.info(f"load {ledger.load_id}: waiting for {finalizer or 'the other processes'}"
+                                   f" ({phase or 'copy'})")
+            self._check_wait(since, "the finalize of another process")
+            time.sleep(WAIT_POLL)
 
     # ----------------------------------------------------------------- verify
 
@@ -363,17 +405,33 @@ class Coordinator:
         Index builds, ANALYZE and SET LOGGED are one-backend operations per table; the
         tables of a catalog are independent, so on a many-core server they overlap.
         """
+        conns: list = []
+
         def one(table: str) -> None:
             c = connect(self.opts.dsn, app_name("finalize", self.ledger.tag))
+            conns.append(c)
             try:
+                with c.cursor() as cur:
+                    cur.execute("SET lock_timeout = %s", (FINALIZE_LOCK_TIMEOUT,))
+                c.commit()
                 step(c, table)
             finally:
                 c.close()
 
         tables = sorted(self.plan.tables, key=lambda t: -len(self.plan.tables[t].all_columns))   # widest first
-        with ThreadPoolExecutor(max_workers=max(1, min(len(tables), self.opts.workers))) as pool:
+        pool = ThreadPoolExecutor(max_workers=max(1, min(len(tables), self.opts.workers)))
+        try:
             for future in [pool.submit(one, t) for t in tables]:
                 future.result()
+        except BaseException:
+            # interrupted (Ctrl-C, SIGTERM) or one table failed: stop the others' statements
+            # now rather than wait minutes for index builds nobody will use
+            for c in list(conns):
+                if not c.closed:
+                    c.cancel()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def index(self) -> None:
         self.per_table(lambda c, t: build_indexes(c, self.plan.schema, self.staging[t], self.plan.tables[t]))
@@ -390,14 +448,18 @@ class Coordinator:
              self.plan.catalog.views)
 
 
-#: The phases of a load, in order.  ``open`` and ``copy`` handle their own failures
-#: (the pool retries tasks); the finalize phases are idempotent and retried whole.
+#: The phases of a load, in order.  ``open`` runs in one transaction (a failure leaves
+#: nothing); the others are idempotent and retried whole after a transient error (the
+#: copy phase only starts workers for the tasks still pending).  Every
+#: process copies; the one that wins the load's lock alone (``finalizer``) verifies,
+#: indexes and publishes, the others await the outcome (and take over if it dies).
 PHASES = (
     Phase("open", Coordinator.open, retry=False),
-    Phase("copy", Coordinator.copy, retry=False),
-    Phase("verify", Coordinator.verify),
-    Phase("index", Coordinator.index),
-    Phase("durable", Coordinator.durable, when=lambda c: not c.opts.unlogged),
-    Phase("foreign_keys", Coordinator.add_foreign_keys, when=lambda c: bool(c.fkeys)),
-    Phase("swap", Coordinator.swap),
+    Phase("copy", Coordinator.copy),
+    Phase("await", Coordinator.await_outcome, when=lambda c: not c.finalizer),
+    Phase("verify", Coordinator.verify, when=lambda c: c.finalizer),
+    Phase("index", Coordinator.index, when=lambda c: c.finalizer),
+    Phase("durable", Coordinator.durable, when=lambda c: c.finalizer and not c.opts.unlogged),
+    Phase("foreign_keys", Coordinator.add_foreign_keys, when=lambda c: c.finalizer and bool(c.fkeys)),
+    Phase("swap", Coordinator.swap, when=lambda c: c.finalizer),
 )

@@ -233,7 +233,7 @@ def test_server_restart_during_finalize(good, tmp_path):
     try:
         proc = start_load([good], dsn, "restart_f", delay="0")
         t0 = time.time()
-        while not q(dsn, "SELECT 1 FROM pg_stat_activity WHERE application_name LIKE 'desi-loader finalize%%'"):
+        while not q(dsn, "SELECT 1 FROM pg_stat_activity WHERE application_name LIKE 'desi-loader %% finalize %%'"):
             assert proc.poll() is None, proc.communicate()
             assert time.time() - t0 < 120
             time.sleep(0.01)

@@ -96,7 +96,7 @@ def test_previous_table_readable_until_swap_commits(fsf_files, pg_uri, schema, d
                             stderr=subprocess.PIPE, text=True)
     waiting = f"""SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
                   WHERE NOT l.granted AND l.relation = '"{schema}".fastspecfit_metadata'::regclass
-                  AND a.application_name LIKE 'desi-loader coordinator%%'"""
+                  AND a.application_name LIKE 'desi-loader %% coordinator %%'"""
     while not scalar(db, waiting):
         assert proc.poll() is None, proc.communicate()
     assert proc.poll() is None                        # the swap waits for the reader ...

@@ -1,0 +1,148 @@
+"""Opening a load: start a new one, resume an abandoned one, or join one that runs.
+
+Every process running the same command (one per HPC node, say) opens the load under
+one transaction-level advisory lock per schema, so exactly one of them plans it (load
+row, manifest, staging tables, tasks: one transaction) and the others find it:
+
+- nobody works on it (its exclusive lock is free): **resume** -- reconcile the files
+  with the plan (kept, gone, new), retry failed tasks;
+- other processes copy (they hold its lock shared): **join** -- the same files are
+  required, no file is added or removed under their feet;
+- its finalizer holds it alone: **wait** for the outcome (run.Coordinator.await_outcome).
+
+Sessions of this load whose client process provably died are ended first, so a rerun
+right after a kill does not find the load held by its own ghosts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from .errors import UsageError
+from .finalize import prepare_staging
+from .ledger import Ledger, staging_name
+from .report import NullReporter
+
+
+@dataclass
+class Opening:
+    """What opening found and did."""
+
+    load_id: int
+    staging: dict                     # table -> staging table
+    how: str                          # started | resumed | joined | finalizing
+    message: Optional[str] = None
+
+
+def open_load(ledger: Ledger, plan, opts, reporter: NullReporter) -> Opening:
+    """Start, resume or join the load of ``plan``'s tables (see the module docstring)."""
+    ledger.ensure_tables()
+    with ledger.transaction():
+        ledger.lock_open()
+        old = ledger.find_unfinished(plan.catalog.name, sorted(plan.tables))
+        if old is None:
+            if opts.resume is True or opts.join:
+                raise UsageError(f"no unfinished load of {plan.catalog.name} in schema {plan.schema} to "
+                                 f"{'join' if opts.join else 'resume'}", "run without --resume/--join to start one")
+            return _start(ledger, plan, opts)
+        ledger.bind(old)
+        ended = ledger.end_orphans()
+        if ended:
+            reporter.info(f"ended the server sessions of load {old} left by dead processes {', '.join(ended)}")
+        if ledger.try_lock():
+            try:
+                return _take_over(ledger, plan, opts, reporter)
+            finally:
+                ledger.unlock()
+        return _join(ledger, plan, opts)
+
+
+def _staging(plan, load_id: int) -> dict:
+    return {t: staging_name(t, load_id) for t in plan.tables}
+
+
+def _start(ledger: Ledger, plan, opts) -> Opening:
+    """A new load: its row, the manifest, staging tables and tasks, in the opening transaction."""
+    ledger.start(plan.catalog.name, sorted(plan.tables), {
+        "format": opts.fmt, "workers": opts.workers, "paths": [fp.info.path for fp in plan.files]})
+    staging = _staging(plan, ledger.load_id)
+    ledger.register_files(plan.catalog.name, plan.files)
+    prepare_staging(ledger.conn, plan.schema, staging, plan.tables)
+    ledger.insert_tasks(plan)
+    ledger.join()
+    return Opening(ledger.load_id, staging, "started")
+
+
+def _take_over(ledger: Ledger, plan, opts, reporter: NullReporter) -> Opening:
+    """Nobody works on the unfinished load: restart it, or resume it with this plan's files."""
+    old = ledger.load_id
+    if opts.join:
+        raise UsageError(f"load {old} of {plan.catalog.name} is not running (no process works on it)",
+                         "run without --join to resume it")
+    if opts.resume is False:
+        ledger.abort()
+        reporter.info(f"--restart: discarded unfinished load {old}")
+        return _start(ledger, plan, opts)
+    if not ledger.staging_complete():
+        # someone dropped a staging table: its done tasks are gone, and re-running them
+        # would duplicate rows in the other tables of the same tasks
+        if opts.resume is True:
+            raise UsageError(f"load {old} cannot be resumed: its staging tables are missing",
+                             "rerun without --resume to load from scratch")
+        ledger.abort()
+        reporter.warn(f"staging tables of unfinished load {old} are missing; starting a new load")
+        return _start(ledger, plan, opts)
+    staging = _staging(plan, old)
+    kept = _reconcile(ledger, plan, staging)
+    retried = ledger.reset_failed()
+    counts = ledger.task_counts()
+    message = (f"resuming load {old}: {counts['done']} tasks done, {counts['pending']} to do"
+               + (f" ({retried} failed before, retried)" if retried else "")
+               + (f"; {kept} files kept" if kept else ""))
+    ledger.join()
+    return Opening(old, staging, "resumed", message)
+
+
+def _reconcile(ledger: Ledger, plan, staging: dict) -> int:
+    """Match the plan's files with the unfinished load: keep, drop and add files."""
+    known = ledger.registered_files()
+    current = {fp.info.name: fp for fp in plan.files}
+    gone = [fid for name, (fid, size) in known.items()
+            if name not in current or current[name].info.size != size]
+    ledger.remove_files(gone, staging)
+    new = set()
+    for i, fp in enumerate(plan.files):
+        entry = known.get(fp.info.name)
+        if entry and entry[1] == fp.info.size:
+            fp.file_id = entry[0]
+        else:
+            new.add(i)
+    ledger.register_files(plan.catalog.name, [plan.files[i] for i in new])
+    prepare_staging(ledger.conn, plan.schema, staging, plan.tables)
+    ledger.insert_tasks(plan, new)
+    return len(plan.files) - len(new)
+
+
+def _join(ledger: Ledger, plan, opts) -> Opening:
+    """Other processes work on the load: copy along with them (same files), or await its finalizer."""
+    old = ledger.load_id
+    holders = ", ".join(ledger.holders()) or "another process"
+    if opts.resume is False:
+        raise UsageError(f"load {old} of {plan.catalog.name} is being run by {holders}; --restart would "
+                         "discard their work", "stop them first (desi-loader status shows who), then rerun")
+    known = ledger.registered_files()
+    mine = {fp.info.name: fp for fp in plan.files}
+    differ = sorted(set(known) ^ set(mine)) + sorted(n for n in set(known) & set(mine)
+                                                    if known[n][1] != mine[n].info.size)
+    if differ:
+        raise UsageError(f"load {old} of {plan.catalog.name}, run by {holders}, loads other files than these "
+                         f"(first difference: {differ[0]})",
+                         "give every process the same paths, or wait until that load is published")
+    for fp in plan.files:
+        fp.file_id = known[fp.info.name][0]
+    staging = _staging(plan, old)
+    if not ledger.join():
+        return Opening(old, staging, "finalizing", f"load {old} is being finalized by {holders}")
+    counts = ledger.task_counts()
+    return Opening(old, staging, "joined", f"joining load {old} (run by {holders}): {counts['done']} tasks done, "
+                   f"{counts['pending']} to do")
