@@ -206,7 +206,12 @@ class Ledger:
             cur.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (self.schema,))
             if cur.fetchone() is None:   # CREATE SCHEMA needs CREATE on the database: only when missing
                 cur.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(self.schema)))
-            cur.execute(sql.SQL(DDL).format(s=sql.Identifier(self.schema)))
+            # DDL only when the ledger is missing or older: its ALTERs take exclusive locks that
+            # would deadlock with other processes opening a load (they hold row locks on it)
+            cur.execute("SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass(format("
+                        "'%%I.loader_loads', %s::text)) AND attname = 'error' AND NOT attisdropped", (self.schema,))
+            if not cur.fetchone()[0]:
+                cur.execute(sql.SQL(DDL).format(s=sql.Identifier(self.schema)))
         self._commit()
         self._load_oid()
 
@@ -297,6 +302,7 @@ class Ledger:
         processes started at the same moment never create two loads of the same tables.
         """
         with self.conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SETUP_LOCK,))    # no ledger DDL meanwhile
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (self._key(_OPEN),))
 
     def _try_lock(self) -> bool:
@@ -358,7 +364,10 @@ class Ledger:
         for pid, _tag, _role, host, cpid, _state, _since, _holds in self.sessions():
             if client_alive(host, cpid) is False:
                 try:
-                    self._run("SELECT pg_terminate_backend(%s, 5000)", (pid,))
+                    if self.conn.server_version >= 140000:    # waits until the session is gone
+                        self._run("SELECT pg_terminate_backend(%s, 5000)", (pid,))
+                    else:
+                        self._run("SELECT pg_terminate_backend(%s)", (pid,))
                 except psycopg2.Error as exc:        # not ours to end (another role): leave it
                     self.conn.rollback()
                     log.info("could not end session %s of %s:%s: %s", pid, host, cpid, exc)

@@ -1,0 +1,118 @@
+"""HPC batch jobs: several loader processes ("nodes", own process groups) on one load."""
+import os
+import signal
+import time
+
+import pytest
+
+from desi_loader.sample import write_fastspecfit_file
+from nodes import assert_exact, done_tasks, kill_node, node, q, secret_files, summaries, wait_until
+
+NAMES = [f"fastspec-iron-main-bright-nside1-hp{i:02d}.fits" for i in range(3)]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("nodes")
+    return [write_fastspecfit_file(str(d / n), 400, seed=20 + i) for i, n in enumerate(NAMES)]
+
+
+def test_three_nodes_one_plan_one_finalize_exact(files, pg_uri, schema, tmp_path):
+    js = [tmp_path / f"n{i}.json" for i in range(3)]
+    procs = [node(files, pg_uri, schema, summary=js[i]) for i in range(3)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [o[1][-1500:] for o in outs]
+    assert q(pg_uri, f'SELECT count(*), min(status) FROM "{schema}".loader_loads') == [(1, "published")]
+    runs = summaries(js)
+    assert sum(r["finalized"] for r in runs) == 1                      # exactly one finalize
+    finalizer = next(r["process"] for r in runs if r["finalized"])
+    assert all(r["published_by"] == finalizer for r in runs)
+    assert sum(r["node_rows"] for r in runs) == 3 * 1200              # every row loaded by exactly one node
+    assert sum(1 for r in runs if r["node_rows"]) >= 2                # the work was shared
+    assert all(r["rows"] == {"fastspecfit_fastspec": 1200, "fastspecfit_metadata": 1200,
+                             "fastspecfit_specphot": 1200} for r in runs)
+    assert_exact(pg_uri, schema, files)
+
+
+def test_node_killed_mid_load_others_finish(files, pg_uri, schema):
+    a = node(files, pg_uri, schema, workers=2)
+    wait_until(lambda: done_tasks(pg_uri, schema) >= 2, [a])
+    b = node(files, pg_uri, schema)
+    wait_until(lambda: done_tasks(pg_uri, schema) >= 6, [a, b])
+    kill_node(a)                                     # the whole node dies: coordinator and workers
+    out, err = b.communicate(timeout=300)
+    assert b.returncode == 0, err[-2000:]
+    assert_exact(pg_uri, schema, files)
+
+
+def test_sigterm_stops_cleanly_then_rerun(files, pg_uri, schema):
+    before = set(secret_files())
+    a = node(files, pg_uri, schema, workers=2)
+    wait_until(lambda: done_tasks(pg_uri, schema) >= 2, [a])
+    out, err = kill_node(a, signal.SIGTERM)          # a scheduler's time limit: the whole job step
+    assert a.returncode == 143, err[-2000:]
+    assert "interrupted (SIGTERM)" in err and "rerun the same command" in err
+    assert "Traceback" not in err
+    assert set(secret_files()) <= before              # nothing left in the temporary directory
+    assert q(pg_uri, f'SELECT status FROM "{schema}".loader_loads') == [("running",)]
+    b = node(files, pg_uri, schema, delay=0)
+    out, err = b.communicate(timeout=300)
+    assert b.returncode == 0, err[-2000:]
+    assert "resuming load" in out + err
+    assert_exact(pg_uri, schema, files)
+
+
+def test_rerun_right_after_kill_in_index_phase(files, pg_uri, schema):
+    a = node(files, pg_uri, schema, delay=0, workers=2)
+    wait_until(lambda: q(pg_uri, "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE %s",
+                         ("desi-loader % finalize %",))[0][0] > 0, [a], poll=0.005)
+    kill_node(a)
+    b = node(files, pg_uri, schema, delay=0)          # at once: the killed run's sessions may still live
+    out, err = b.communicate(timeout=300)
+    assert b.returncode == 0, err[-2000:]
+    assert_exact(pg_uri, schema, files)
+
+
+def test_two_schemas_at_once(files, pg_uri, schema):
+    other = schema + "_b"
+    try:
+        a, b = node(files, pg_uri, schema, delay=0), node(files, pg_uri, other, delay=0)
+        for p in (a, b):
+            out, err = p.communicate(timeout=300)
+            assert p.returncode == 0, err[-2000:]
+        assert_exact(pg_uri, schema, files)
+        assert_exact(pg_uri, other, files)
+    finally:
+        q(pg_uri, f'DROP SCHEMA IF EXISTS "{other}" CASCADE')
+
+
+def test_join_needs_a_running_load_and_the_same_files(files, pg_uri, schema):
+    p = node(files, pg_uri, schema, "--join", delay=0)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 2 and "no unfinished load" in err
+    a = node(files, pg_uri, schema, workers=1, delay="0.05")
+    wait_until(lambda: done_tasks(pg_uri, schema) >= 1, [a])
+    b = node(files[:2], pg_uri, schema, "--join", delay=0)
+    out, err = b.communicate(timeout=120)
+    assert b.returncode == 2 and "loads other files than these" in err
+    c = node(files, pg_uri, schema, "--join", delay=0)
+    out, err = c.communicate(timeout=300)
+    assert c.returncode == 0, err[-2000:]
+    assert a.wait(timeout=300) == 0
+    assert_exact(pg_uri, schema, files)
+
+
+def test_status_shows_processes_of_a_running_load(files, pg_uri, schema):
+    import subprocess
+    import sys
+    a = node(files, pg_uri, schema, workers=2, delay="0.05")
+    try:
+        wait_until(lambda: done_tasks(pg_uri, schema) >= 1, [a])
+        st = subprocess.run([sys.executable, "-m", "desi_loader.cli", "status", "--dsn", pg_uri, "--schema", schema],
+                            capture_output=True, text=True, timeout=60, env=dict(os.environ, COLUMNS="200"))
+        assert st.returncode == 0, st.stderr
+        assert f":{a.pid}" in st.stdout and "coordinator" in st.stdout and "worker" in st.stdout
+        assert "done so far" in st.stdout
+    finally:
+        kill_node(a)
+    time.sleep(0)
