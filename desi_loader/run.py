@@ -21,8 +21,8 @@ from .config import load_settings
 from .db import as_database_error, connect, free_connections, mask_dsn, server_settings
 from .discover import (TASK_BYTES, Plan, build_plan, encoder_plan, find_files, foreign_keys,
                        group_by_catalog)
-from .errors import BadFileError, DatabaseError, LoaderError, LoadFailed, UsageError
-from .finalize import (add_foreign_keys, build_indexes, expected_counts, make_logged, prepare_staging, swap,
+from .errors import BadFileError, DatabaseError, LoaderError, LoadFailed
+from .finalize import (add_foreign_keys, build_indexes, expected_counts, make_logged, swap,
                        verify_counts)
 from .ledger import Ledger, app_name, process_name
 from .opening import open_load
@@ -210,7 +210,8 @@ class Coordinator:
             raise as_database_error(exc, "staging tables are kept; rerun the same command to resume") from exc
         except LoadFailed as exc:
             if self.finalizer:                # tell the processes waiting for this load why
-                self.ledger.resilient(lambda: self.ledger.set_status("failed", str(exc)))
+                why = str(exc)
+                self.ledger.resilient(lambda: self.ledger.set_status("failed", why))
             raise
         finally:
             if self.ledger is not None:

@@ -88,7 +88,7 @@ def assert_exact(dsn, schema, files):
     for t in TABLES:
         (n, distinct), = q(dsn, f'SELECT count(*), count(DISTINCT (file_id, row_num)) FROM "{schema}".{t}')
         assert n == distinct == total, t
-    assert q(dsn, f"SELECT count(*) FROM pg_tables WHERE schemaname = %s AND tablename ~ '__(load|old)[0-9]+$'",
+    assert q(dsn, "SELECT count(*) FROM pg_tables WHERE schemaname = %s AND tablename ~ '__(load|old)[0-9]+$'",
              (schema,)) == [(0,)]
 
 
