@@ -42,6 +42,10 @@ WAIT_POLL = 1.0
 #: retried: no session of a load queues indefinitely behind another (issue: orphaned
 #: sessions of killed runs chained behind each other's ANALYZE for minutes).
 FINALIZE_LOCK_TIMEOUT = "10s"
+#: Fault-injection aid for the test suite: seconds to pause at the start of each finalize
+#: phase, so that a kill reliably lands in phases that take milliseconds on test data.
+#: 0 in normal use.
+PHASE_DELAY = float(os.environ.get("DESI_LOADER_TEST_PHASE_DELAY", "0") or 0)
 
 
 @dataclass(frozen=True)
@@ -221,6 +225,8 @@ class Coordinator:
         self.reporter.phase(phase.name)
         if self.finalizer and phase.name != "await":
             self.ledger.resilient(lambda: self.ledger.set_phase(phase.name))
+            if PHASE_DELAY:
+                time.sleep(PHASE_DELAY)
         t0 = time.perf_counter()
         try:
             if phase.retry:

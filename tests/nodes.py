@@ -21,9 +21,9 @@ def _default_signals():
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def node(paths, dsn, schema, *extra, delay="0.02", workers=1, summary=None, task_rows=50):
+def node(paths, dsn, schema, *extra, delay="0.02", workers=1, summary=None, task_rows=50, phase_delay=0):
     """Start one loader process in its own session (process group), like a node of a batch job."""
-    env = dict(os.environ, DESI_LOADER_TEST_BLOCK_DELAY=str(delay))
+    env = dict(os.environ, DESI_LOADER_TEST_BLOCK_DELAY=str(delay), DESI_LOADER_TEST_PHASE_DELAY=str(phase_delay))
     cmd = [sys.executable, os.path.join(ROOT, "scripts", "load.py"), *map(str, paths), "--dsn", dsn,
            "--schema", schema, "--workers", str(workers), "--task-rows", str(task_rows), *extra]
     if summary:

@@ -19,5 +19,9 @@ def test_bench_quick_writes_json_and_chart(tmp_path, pg_uri):
     assert all(m["rows_per_s"] > 0 for m in result["methods"])
     assert set(result["ratios"]) >= {"binary_w1_vs_ceiling_1_backend", "binary_vs_pandas_to_csv",
                                      "text_vs_pandas_to_csv", "original_12_columns_vs_original_script"}
+    assert any(m["method"].endswith("processes x 1 worker: copy window") for m in result["methods"])
+    assert any(k.endswith("_processes_vs_1_process_x_2_workers") or k.startswith("1_processes")
+               for k in result["ratios"])
+    assert result["nodes_estimate"]["copy_minutes"] > 0
     assert result["machine"]["cores"] and result["machine"]["server"]["server_version"]
     assert (out / "bench.png").stat().st_size > 1000
