@@ -19,6 +19,10 @@ log = logging.getLogger(__name__)
 #: behind our pending ACCESS EXCLUSIVE request for long.
 SWAP_LOCK_TIMEOUT = "2s"
 SWAP_ATTEMPTS = 30
+#: Other finalize statements wait at most this long for a lock; the phase is then retried
+#: (lock timeouts are transient errors), so no session of a load queues indefinitely
+#: behind another (orphaned sessions of killed runs chained behind each other's ANALYZE).
+FINALIZE_LOCK_TIMEOUT = "10s"
 
 
 def expected_counts(plan) -> dict:
@@ -35,6 +39,7 @@ def verify_counts(conn, schema: str, staging: dict, expected: dict) -> dict:
     """Rows per file in each staging table; raises LoaderError when any differs from NAXIS2."""
     report = {}
     with conn.cursor() as cur:
+        cur.execute("SET LOCAL lock_timeout = %s", (FINALIZE_LOCK_TIMEOUT,))
         for table, per_file in expected.items():
             cur.execute(sql.SQL("SELECT file_id, count(*) FROM {} GROUP BY file_id").format(
                 sql.Identifier(schema, staging[table])))
@@ -99,6 +104,7 @@ def build_indexes(conn, schema: str, staging: str, spec) -> None:
 def add_foreign_keys(conn, schema: str, staging: dict, fkeys: list) -> int:
     """Create and validate foreign keys between the staging tables; returns how many."""
     with conn.cursor() as cur:
+        cur.execute("SET LOCAL lock_timeout = %s", (FINALIZE_LOCK_TIMEOUT,))
         for fk in fkeys:
             child, cols, parent, pcols = fk.child, fk.columns, fk.parent, fk.parent_columns
             name = f"{staging[child]}_{'_'.join(cols[-1:])}_fkey"[:63]

@@ -22,7 +22,7 @@ from .db import as_database_error, connect, free_connections, mask_dsn, server_s
 from .discover import (TASK_BYTES, Plan, build_plan, encoder_plan, find_files, foreign_keys,
                        group_by_catalog)
 from .errors import BadFileError, DatabaseError, LoaderError, LoadFailed
-from .finalize import (add_foreign_keys, build_indexes, expected_counts, make_logged, swap,
+from .finalize import (FINALIZE_LOCK_TIMEOUT, add_foreign_keys, build_indexes, expected_counts, make_logged, swap,
                        verify_counts)
 from .ledger import Ledger, app_name, process_name
 from .opening import open_load
@@ -38,10 +38,6 @@ MAX_TASK_ATTEMPTS = 3
 #: Seconds between looks at the ledger while other processes hold the load's tasks or
 #: finalize it (one cheap query each).
 WAIT_POLL = 1.0
-#: Finalize statements wait at most this long for a table lock, then the phase is
-#: retried: no session of a load queues indefinitely behind another (issue: orphaned
-#: sessions of killed runs chained behind each other's ANALYZE for minutes).
-FINALIZE_LOCK_TIMEOUT = "10s"
 #: Fault-injection aid for the test suite: seconds to pause at the start of each finalize
 #: phase, so that a kill reliably lands in phases that take milliseconds on test data.
 #: 0 in normal use.
