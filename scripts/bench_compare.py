@@ -46,6 +46,7 @@ def one_load(tree: Path, files: list, dsn: str, workers: int, out: Path) -> floa
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("base", help="git revision to compare against (e.g. HEAD~1, a commit id)")
+    p.add_argument("--this", help="git revision to measure instead of the working tree")
     p.add_argument("--rows", type=int, default=5000)
     p.add_argument("--files", type=int, default=4)
     p.add_argument("--workers", type=int, default=2)
@@ -57,6 +58,11 @@ def main() -> int:
         base = tmp / "base"
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(base), args.base],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        this = ROOT
+        if args.this:
+            this = tmp / "this"
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(this), args.this],
+                           check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             files = [str(tmp / f"fastspec-iron-main-bright-nside1-hp{i:02d}.fits") for i in range(args.files)]
             for i, f in enumerate(files):
@@ -65,16 +71,18 @@ def main() -> int:
             rates: dict = {"base": [], "this": []}
             for _ in range(args.repeat):
                 rates["base"].append(one_load(base, files, dsn, args.workers, tmp))
-                rates["this"].append(one_load(ROOT, files, dsn, args.workers, tmp))
+                rates["this"].append(one_load(this, files, dsn, args.workers, tmp))
             b, t = max(rates["base"]), max(rates["this"])
             print(f"copy phase, {args.files} x {args.rows} galaxies, {args.workers} workers, best of {args.repeat}")
             print(f"  base {args.base}: {b:,.0f} galaxies/s  (runs: {', '.join(f'{r:,.0f}' for r in rates['base'])})")
-            print(f"  this tree: {t:,.0f} galaxies/s  (runs: {', '.join(f'{r:,.0f}' for r in rates['this'])})")
+            print(f"  {args.this or 'this tree'}: {t:,.0f} galaxies/s  (runs: {', '.join(f'{r:,.0f}' for r in rates['this'])})")
             print(f"  ratio this/base: {t / b:.2f}")
         finally:
             if not args.dsn:
                 server.stop(tmp / "pg")
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)], check=False)
+            for tree in (base, tmp / "this"):
+                if tree.exists():
+                    subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
     return 0
 
 
