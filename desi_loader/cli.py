@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schema", help="target schema (default desi_dr1)")
     p.add_argument("--format", choices=("binary", "text"), default="binary", dest="fmt",
                    help="COPY format (default binary, faster and exact; text for comparison)")
+    p.add_argument("--staging", choices=("auto", "unlogged", "logged"), default="auto",
+                   help="how staging becomes durable: UNLOGGED + SET LOGGED (cheapest with wal_level=minimal), "
+                   "or COPY into logged tables (cheapest with replica, survives a server crash); default: "
+                   "chosen from the server's wal_level")
     p.add_argument("--unlogged", action="store_true",
                    help="skip SET LOGGED: faster, but a server crash empties the tables")
     p.add_argument("--dry-run", action="store_true", help="read headers, print the plan, load nothing")
@@ -185,6 +189,8 @@ def _print_summary(console, summary, dsn: str) -> None:
     if summary.memory:
         console.print("peak memory: " + ", ".join(f"{k.replace('_peak_mb', '')} {v:,.0f} MB"
                                                  for k, v in summary.memory.items()))
+    if summary.durable_path:
+        console.print(f"durable path: {summary.durable_path}")
     console.print(f"checksums {summary.checksums}; " +
                   ("row counts verified against NAXIS2 per file and HDU; " if summary.verified else "") +
                   ("tables are durable (LOGGED)" if summary.durable else
@@ -221,7 +227,7 @@ def _cmd_load(args, console) -> int:
                        prefix=args.prefix, workers=args.workers, fmt=args.fmt, unlogged=args.unlogged,
                        dry_run=args.dry_run, task_rows=args.task_rows, config=args.config,
                        verify_checksum=args.verify_checksum, allow_partial=args.allow_partial,
-                       resume=args.resume, copy_out=args.copy_out, join=args.join,
+                       resume=args.resume, copy_out=args.copy_out, join=args.join, staging=args.staging,
                        wait_timeout=args.wait_timeout)
     if args.quiet:
         reporter = QuietReporter()

@@ -20,12 +20,14 @@ def copy_statement(schema: str, table: str, columns: Sequence[str], fmt: str) ->
         sql.Identifier(schema), sql.Identifier(table), cols, sql.SQL(fmt))
 
 
-def send(cur, statements: Sequence[sql.Composable], reader) -> None:
-    """Run each COPY statement on ``cur`` with its data read from ``reader`` until ``b""``.
+def send(cur, statements: Sequence[sql.Composable], reader) -> list[int]:
+    """Run each COPY statement on ``cur`` with its data read from ``reader`` until ``b""``;
+    returns the rows the server reports for each.
 
     When the reader fails (bad data, not the database), psycopg2 aborts the COPY with a
     QueryCanceled; the reader's own exception is raised instead, so the caller sees why.
     """
+    counts = []
     for stmt in statements:
         try:
             cur.copy_expert(stmt, reader, size=BLOCK_BYTES)
@@ -34,3 +36,5 @@ def send(cur, statements: Sequence[sql.Composable], reader) -> None:
             if error is not None:
                 raise error from None
             raise
+        counts.append(cur.rowcount)
+    return counts

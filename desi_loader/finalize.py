@@ -8,9 +8,10 @@ from typing import Callable, Optional
 import psycopg2
 from psycopg2 import sql
 
+from . import attach
 from .db import is_transient, relation_exists
 from .errors import DatabaseError, LoadFailed
-from .sqlgen import create_indexes, create_staging
+from .sqlgen import create_indexes, create_staging, index_name
 
 log = logging.getLogger(__name__)
 
@@ -35,28 +36,75 @@ def expected_counts(plan) -> dict:
     return out
 
 
-def verify_counts(conn, schema: str, staging: dict, expected: dict) -> dict:
-    """Rows per file in each staging table; raises LoaderError when any differs from NAXIS2."""
-    report = {}
+def count_staging(conn, schema: str, staging: dict, tables) -> dict:
+    """{table: {file_id: rows}} counted in the staging tables (a full scan of each)."""
+    out = {}
     with conn.cursor() as cur:
         cur.execute("SET LOCAL lock_timeout = %s", (FINALIZE_LOCK_TIMEOUT,))
-        for table, per_file in expected.items():
+        for table in tables:
             cur.execute(sql.SQL("SELECT file_id, count(*) FROM {} GROUP BY file_id").format(
                 sql.Identifier(schema, staging[table])))
-            got = dict(cur.fetchall())
-            bad = {f: (n, got.get(f, 0)) for f, n in per_file.items() if got.get(f, 0) != n}
-            extra = set(got) - set(per_file)
-            if bad or extra:
-                f, (want, have) = next(iter(bad.items())) if bad else (next(iter(extra)), (0, got[next(iter(extra))]))
-                raise LoadFailed(f"verification failed for {table}: file_id {f} has {have} rows, "
-                                  f"expected {want}", "nothing was published; rerun with --restart to "
-                                  "load these files from scratch")
-            report[table] = sum(got.values())
+            out[table] = dict(cur.fetchall())
     conn.commit()
+    return out
+
+
+def check_counts(loaded: dict, expected: dict) -> dict:
+    """Rows per table; raises LoadFailed when a file's rows in a table differ from its NAXIS2.
+
+    ``loaded`` is {table: {file_id: rows}} as the ledger recorded them (the rows each COPY
+    reported, committed with its task) or as counted in staging.
+    """
+    report = {}
+    for table, per_file in expected.items():
+        got = loaded.get(table, {})
+        bad = {f: (n, got.get(f, 0)) for f, n in per_file.items() if got.get(f, 0) != n}
+        extra = set(got) - set(per_file)
+        if bad or extra:
+            f, (want, have) = next(iter(bad.items())) if bad else (next(iter(extra)), (0, got[next(iter(extra))]))
+            raise LoadFailed(f"verification failed for {table}: file_id {f} has {have} rows, expected {want}",
+                             "nothing was published; rerun with --restart to load these files from scratch")
+        report[table] = sum(got.values())
     return report
 
 
-def prepare_staging(conn, schema: str, staging: dict, specs: dict) -> None:
+def lost_tasks(conn, schema: str, staging: dict, done: list) -> list:
+    """Done tasks whose rows are not (all) in staging: after a server crash emptied UNLOGGED tables.
+
+    One scan per staging table finds the files whose rows are short; only their tasks are
+    then counted range by range.  A task with some rows left has them deleted, so that
+    reloading it cannot duplicate anything.  Returns the task ids to reload.
+    """
+    per_table: dict = {}
+    for _task_id, file_id, parts, _rows in done:
+        for _hdu, table, start, stop in {(p[1], p[2], p[3]): p for p in parts}.values():
+            per_table.setdefault(table, {}).setdefault(file_id, 0)
+            per_table[table][file_id] += stop - start
+    have = count_staging(conn, schema, staging, per_table)
+    short = {(t, f) for t, files in per_table.items() for f, n in files.items() if have[t].get(f, 0) != n}
+    lost = []
+    with conn.cursor() as cur:
+        for task_id, file_id, parts, _rows in done:
+            ranges = {(p[1], p[2], p[3]) for p in parts}
+            if not any((t, file_id) in short for t, _a, _b in ranges):
+                continue
+            counts = []
+            for table, start, stop in ranges:
+                cur.execute(sql.SQL("SELECT count(*) FROM {} WHERE file_id = %s AND row_num >= %s AND row_num < %s")
+                            .format(sql.Identifier(schema, staging[table])), (file_id, start, stop))
+                counts.append((table, start, stop, cur.fetchone()[0]))
+            if all(n == stop - start for _t, start, stop, n in counts):
+                continue
+            for table, start, stop, n in counts:
+                if n:
+                    cur.execute(sql.SQL("DELETE FROM {} WHERE file_id = %s AND row_num >= %s AND row_num < %s")
+                                .format(sql.Identifier(schema, staging[table])), (file_id, start, stop))
+            lost.append(task_id)
+    conn.commit()
+    return lost
+
+
+def prepare_staging(conn, schema: str, staging: dict, specs: dict, logged: bool = False) -> None:
     """Create missing UNLOGGED staging tables; add columns a resumed load's new files bring.
 
     Runs in the caller's transaction (the opening of a load commits it with the plan)."""
@@ -67,7 +115,7 @@ def prepare_staging(conn, schema: str, staging: dict, specs: dict) -> None:
                         "WHERE table_schema = %s AND table_name = %s", (schema, stage))
             have = dict(cur.fetchall())
             if not have:
-                for stmt in create_staging(schema, stage, spec):
+                for stmt in create_staging(schema, stage, spec, logged):
                     cur.execute(stmt)
                 continue
             for col in spec.all_columns:
@@ -99,6 +147,18 @@ def build_indexes(conn, schema: str, staging: str, spec) -> None:
                                   "two files hold the same rows? load each file once") from exc
         cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, staging)))
     conn.commit()
+
+
+def build_user_indexes(conn, schema: str, table: str, stage: str, spec, load_id: int) -> int:
+    """Build on staging the indexes users added to the published table (renamed back in the swap)."""
+    mine = {f"{table}_pkey", index_name(table, ("file_id", "row_num"))} | {index_name(table, c) for c in spec.indexes}
+    with conn.cursor() as cur:
+        found = attach.user_indexes(cur, schema, table, mine)
+        for name, definition in found:
+            cur.execute(attach.index_on(definition, schema, table, stage, name,
+                                        attach.staging_index_name(name, load_id)))
+    conn.commit()
+    return len(found)
 
 
 def add_foreign_keys(conn, schema: str, staging: dict, fkeys: list) -> int:
@@ -169,42 +229,17 @@ def swap(conn, schema: str, staging: dict, load_id: int, catalog: str, views: Op
     """Publish every staging table in one short transaction; returns attempts used.
 
     Each published table is renamed away, its staging table renamed in, the old one
-    dropped, and the manifest flipped to this load, all or nothing.  A reader sees the
-    old tables or the new ones.  Lock waits are bounded by SWAP_LOCK_TIMEOUT and retried.
+    dropped, and the manifest flipped to this load, all or nothing; what users attached to
+    the old tables (owner, grants, comments, row-level security, their views and indexes)
+    moves to the new ones in the same transaction (attach.py).  A reader sees the old
+    tables or the new ones.  Lock waits are bounded by SWAP_LOCK_TIMEOUT and retried.
     """
     for attempt in range(1, SWAP_ATTEMPTS + 1):
         try:
             with conn.cursor() as cur:
                 cur.execute("SET LOCAL lock_timeout = %s", (SWAP_LOCK_TIMEOUT,))
-                for name in views or {}:
-                    cur.execute(sql.SQL("DROP VIEW IF EXISTS {}").format(sql.Identifier(schema, name)))
-                olds = []
-                for table, stage in staging.items():
-                    old = f"{table}__old{load_id}"
-                    if relation_exists(cur, schema, table):
-                        cur.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(
-                            sql.Identifier(schema, table), sql.Identifier(old)))
-                        olds.append(old)
-                    cur.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(
-                        sql.Identifier(schema, stage), sql.Identifier(table)))
-                if olds:   # one statement: old tables may reference each other
-                    cur.execute(sql.SQL("DROP TABLE {}").format(
-                        sql.SQL(", ").join(sql.Identifier(schema, o) for o in olds)))
-                for table, stage in staging.items():
-                    _rename_indexes(cur, schema, table, stage)
-                    _rename_constraints(cur, schema, table, stage)
-                _create_views(cur, schema, views or {})
-                tables = list(staging)
-                cur.execute(sql.SQL(
-                    "UPDATE {s}.loader_loads SET status = 'replaced' WHERE status = 'published' "
-                    "AND tables && %s AND load_id <> %s").format(s=sql.Identifier(schema)), (tables, load_id))
-                cur.execute(sql.SQL(
-                    "DELETE FROM {s}.load_files WHERE load_id IN (SELECT load_id FROM {s}.loader_loads "
-                    "WHERE status = 'replaced')").format(s=sql.Identifier(schema)))
-                cur.execute(sql.SQL("UPDATE {s}.load_files SET published = true, loaded_at = now() "
-                                    "WHERE load_id = %s").format(s=sql.Identifier(schema)), (load_id,))
-                cur.execute(sql.SQL("UPDATE {s}.loader_loads SET status = 'published', finished_at = now() "
-                                    "WHERE load_id = %s").format(s=sql.Identifier(schema)), (load_id,))
+                _swap_tables(cur, schema, staging, load_id, views or {})
+                _flip_manifest(cur, schema, list(staging), load_id)
             conn.commit()
             return attempt
         except psycopg2.Error as exc:
@@ -216,3 +251,49 @@ def swap(conn, schema: str, staging: dict, load_id: int, catalog: str, views: Op
             log.info("swap attempt %d waited too long for a lock (%s); retrying", attempt, exc.pgcode)
             sleep(min(0.2 * attempt, 2.0))
     raise AssertionError("unreachable")
+
+
+def _swap_tables(cur, schema: str, staging: dict, load_id: int, views: dict) -> None:
+    published = [t for t in staging if relation_exists(cur, schema, t)]
+    kept = {t: attach.capture(cur, schema, t) for t in published}
+    user_views = attach.dependent_views(cur, schema, published, set(views))
+    moved = {t: [n for n, _ in attach.user_indexes(cur, schema, t, set())] for t in published}
+    attach.drop_views(cur, user_views)
+    for name in views:
+        cur.execute(sql.SQL("DROP VIEW IF EXISTS {}").format(sql.Identifier(schema, name)))
+    olds = []
+    for table, stage in staging.items():
+        if table in published:
+            old = f"{table}__old{load_id}"
+            cur.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(schema, table),
+                                                                    sql.Identifier(old)))
+            olds.append(old)
+        cur.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(schema, stage),
+                                                                sql.Identifier(table)))
+    if olds:   # one statement: old tables may reference each other
+        cur.execute(sql.SQL("DROP TABLE {}").format(sql.SQL(", ").join(sql.Identifier(schema, o) for o in olds)))
+    for table, stage in staging.items():
+        _rename_indexes(cur, schema, table, stage)
+        _rename_constraints(cur, schema, table, stage)
+        for name in moved.get(table, ()):       # users' indexes, built on staging in the index phase
+            cur.execute(sql.SQL("ALTER INDEX IF EXISTS {} RENAME TO {}").format(
+                sql.Identifier(schema, attach.staging_index_name(name, load_id)), sql.Identifier(name)))
+        if table in kept:
+            cur.execute("SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(format('%%I.%%I', "
+                        "%s::text, %s::text)) AND attnum > 0", (schema, table))
+            attach.restore(cur, schema, table, kept[table], {r[0] for r in cur.fetchall()})
+    _create_views(cur, schema, views)
+    attach.create_views(cur, user_views)
+
+
+def _flip_manifest(cur, schema: str, tables: list, load_id: int) -> None:
+    cur.execute(sql.SQL(
+        "UPDATE {s}.loader_loads SET status = 'replaced' WHERE status = 'published' "
+        "AND tables && %s AND load_id <> %s").format(s=sql.Identifier(schema)), (tables, load_id))
+    cur.execute(sql.SQL(
+        "DELETE FROM {s}.load_files WHERE load_id IN (SELECT load_id FROM {s}.loader_loads "
+        "WHERE status = 'replaced')").format(s=sql.Identifier(schema)))
+    cur.execute(sql.SQL("UPDATE {s}.load_files SET published = true, loaded_at = now() "
+                        "WHERE load_id = %s").format(s=sql.Identifier(schema)), (load_id,))
+    cur.execute(sql.SQL("UPDATE {s}.loader_loads SET status = 'published', finished_at = now() "
+                        "WHERE load_id = %s").format(s=sql.Identifier(schema)), (load_id,))

@@ -80,6 +80,10 @@ ALTER TABLE {s}.loader_tasks ADD COLUMN IF NOT EXISTS datasums jsonb;
 ALTER TABLE {s}.loader_loads ADD COLUMN IF NOT EXISTS phase text;        -- what its finalizer does now
 ALTER TABLE {s}.loader_loads ADD COLUMN IF NOT EXISTS finalizer text;    -- host:pid that finalizes it
 ALTER TABLE {s}.loader_loads ADD COLUMN IF NOT EXISTS error text;        -- why it failed
+ALTER TABLE {s}.loader_tasks ADD COLUMN IF NOT EXISTS rows jsonb;        -- table -> rows its COPY reported
+ALTER TABLE {s}.load_files ADD COLUMN IF NOT EXISTS identity jsonb;      -- size, mtime, declared sums
+-- one row per load whose staging is UNLOGGED: a crash of the server empties it (and the staging)
+CREATE UNLOGGED TABLE IF NOT EXISTS {s}.loader_canary (load_id bigint PRIMARY KEY);
 CREATE INDEX IF NOT EXISTS loader_tasks_pending_idx ON {s}.loader_tasks (load_id, task_id)
     WHERE status = 'pending';
 """
@@ -209,7 +213,7 @@ class Ledger:
             # DDL only when the ledger is missing or older: its ALTERs take exclusive locks that
             # would deadlock with other processes opening a load (they hold row locks on it)
             cur.execute("SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass(format("
-                        "'%%I.loader_loads', %s::text)) AND attname = 'error' AND NOT attisdropped", (self.schema,))
+                        "'%%I.load_files', %s::text)) AND attname = 'identity' AND NOT attisdropped", (self.schema,))
             if not cur.fetchone()[0]:
                 cur.execute(sql.SQL(DDL).format(s=sql.Identifier(self.schema)))
         self._commit()
@@ -386,6 +390,16 @@ class Ledger:
                            (self.load_id,))
         return row
 
+    def setting(self, name: str) -> str:
+        """A server setting (current_setting)."""
+        (row,) = self._run("SELECT current_setting(%s)", (name,))
+        return row[0]
+
+    def options(self) -> dict:
+        """The options the load was started with (format, staging mode, paths ...)."""
+        (row,) = self._run("SELECT options FROM {s}.loader_loads WHERE load_id = %s", (self.load_id,))
+        return row[0] or {}
+
     def set_phase(self, phase: Optional[str], finalizer: Optional[str] = None) -> None:
         self._run("UPDATE {s}.loader_loads SET phase = %s, finalizer = coalesce(%s, finalizer) "
                   "WHERE load_id = %s", (phase, finalizer, self.load_id))
@@ -448,18 +462,18 @@ class Ledger:
                 hdrs = {(h.extname or f"HDU{h.index}"): h.cards for h in loaded}
                 cur.execute(sql.SQL(
                     "INSERT INTO {}.load_files (load_id, catalog, filename, path, size_bytes, nrows, header, "
-                    "hdu_headers, checksum, loader_version) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
+                    "hdu_headers, checksum, loader_version, identity) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
                     "RETURNING file_id").format(sql.Identifier(self.schema)),
                     (self.load_id, catalog, info.name, info.path, info.size, Json(nrows), Json(info.primary),
-                     Json(hdrs), info.checksum, __version__))
+                     Json(hdrs), info.checksum, __version__, Json(info.identity)))
                 fp.file_id = cur.fetchone()[0]
         self._commit()
 
     def registered_files(self) -> dict:
-        """filename -> (file_id, size_bytes) of the load's manifest rows."""
-        rows = self._run("SELECT filename, file_id, size_bytes FROM {s}.load_files WHERE load_id = %s",
-                         (self.load_id,))
-        return {name: (file_id, size) for name, file_id, size in rows}
+        """filename -> (file_id, identity) of the load's manifest rows."""
+        rows = self._run("SELECT filename, file_id, coalesce(identity, jsonb_build_object('size', size_bytes)) "
+                         "FROM {s}.load_files WHERE load_id = %s", (self.load_id,))
+        return {name: (file_id, identity) for name, file_id, identity in rows}
 
     def remove_files(self, file_ids: list, staging: dict) -> None:
         """Forget files of the load: their rows in staging, their tasks and manifest rows."""
@@ -515,12 +529,13 @@ class Ledger:
                     (self.load_id,))
         return cur.fetchone()
 
-    def finish(self, cur, task_id: int, worker: str, datasums: dict) -> None:
-        """Mark a task done, in the transaction that holds its rows."""
+    def finish(self, cur, task_id: int, worker: str, datasums: dict, rows: dict) -> None:
+        """Mark a task done, in the transaction that holds its rows (``rows``: table -> rows COPY reported)."""
         cur.execute(sql.SQL("UPDATE {}.loader_tasks SET status = 'done', done_at = now(), worker = %s, "
-                            "attempts = attempts + 1, error = NULL, datasums = %s "
+                            "attempts = attempts + 1, error = NULL, datasums = %s, rows = %s "
                             "WHERE load_id = %s AND task_id = %s")
-                    .format(sql.Identifier(self.schema)), (worker, Json(datasums), self.load_id, task_id))
+                    .format(sql.Identifier(self.schema)),
+                    (worker, Json(datasums), Json(rows), self.load_id, task_id))
 
     def fail(self, task_id: int, worker: str, error: str) -> None:
         """Record a failed task (its own transaction; the data transaction was rolled back)."""
@@ -556,6 +571,41 @@ class Ledger:
         out.update(dict(self._run("SELECT status, count(*) FROM {s}.loader_tasks WHERE load_id = %s "
                                   "GROUP BY 1", (self.load_id,))))
         return out
+
+    def loaded_rows(self) -> Optional[dict]:
+        """{table: {file_id: rows}} that the done tasks' COPY statements reported, or None when
+        a done task predates these counts (then the staging tables must be counted)."""
+        (missing,), = self._run("SELECT count(*) FROM {s}.loader_tasks WHERE load_id = %s AND status = 'done' "
+                                "AND rows IS NULL", (self.load_id,))
+        if missing:
+            return None
+        out: dict = {}
+        for table, file_id, n in self._run(
+                "SELECT r.key, t.file_id, sum(r.value::bigint) FROM {s}.loader_tasks t, jsonb_each_text(t.rows) r "
+                "WHERE t.load_id = %s AND t.status = 'done' GROUP BY 1, 2", (self.load_id,)):
+            out.setdefault(table, {})[file_id] = int(n)
+        return out
+
+    # ----------------------------------------------------------------- crash recovery
+
+    def arm_canary(self) -> None:
+        """Note, in an UNLOGGED table, that this load's UNLOGGED staging holds rows."""
+        self._run("INSERT INTO {s}.loader_canary VALUES (%s) ON CONFLICT DO NOTHING", (self.load_id,))
+
+    def canary_lost(self) -> bool:
+        """True when the server crashed since arm_canary: UNLOGGED tables came back empty."""
+        rows = self._run("SELECT 1 FROM {s}.loader_canary WHERE load_id = %s", (self.load_id,))
+        return not rows
+
+    def done_tasks(self) -> list:
+        """(task_id, file_id, parts, rows) of the load's done tasks."""
+        return self._run("SELECT task_id, file_id, parts, rows FROM {s}.loader_tasks WHERE load_id = %s AND "
+                         "status = 'done' ORDER BY task_id", (self.load_id,))
+
+    def reset_tasks(self, task_ids: list) -> None:
+        """Make done tasks pending again (their rows are gone)."""
+        self._run("UPDATE {s}.loader_tasks SET status = 'pending', attempts = 0, done_at = NULL, datasums = NULL, "
+                  "rows = NULL WHERE load_id = %s AND task_id = ANY(%s)", (self.load_id, list(task_ids)))
 
     def claimable(self) -> bool:
         """True when a pending task is not held by any process right now."""

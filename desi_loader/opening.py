@@ -32,6 +32,30 @@ class Opening:
     staging: dict                     # table -> staging table
     how: str                          # started | resumed | joined | finalizing
     message: Optional[str] = None
+    staging_mode: str = "unlogged"    # unlogged (SET LOGGED in the durable phase) | logged
+    durable_path: str = ""            # why
+
+
+def staging_mode(opts, wal_level: str) -> tuple[str, str]:
+    """How staging becomes durable on this server: (mode, reason for the summary).
+
+    With ``wal_level=minimal`` SET LOGGED rewrites a table without writing it to WAL, so
+    UNLOGGED staging (cheap COPY) + SET LOGGED is the cheaper durable path; with ``replica``
+    or ``logical`` SET LOGGED rewrites every table into WAL once more, so COPY into logged
+    staging (WAL written once, no rewrite) wins -- and a server crash loses nothing.
+    Measured by scripts/bench.py (whole-load section); --staging forces either.
+    """
+    if opts.unlogged:
+        return "unlogged", "--unlogged: the tables stay UNLOGGED (a server crash empties them)"
+    if opts.staging == "unlogged":
+        return "unlogged", "--staging unlogged: UNLOGGED staging, then SET LOGGED"
+    if opts.staging == "logged":
+        return "logged", "--staging logged: COPY into logged staging (WAL once, nothing lost in a crash)"
+    if wal_level == "minimal":
+        return "unlogged", ("wal_level=minimal: SET LOGGED writes no WAL, so UNLOGGED staging + SET LOGGED "
+                            "is cheaper than WAL-logging the COPY")
+    return "logged", (f"wal_level={wal_level}: SET LOGGED would write every table to WAL after the copy; "
+                      "COPY into logged staging writes it once (and a server crash loses nothing)")
 
 
 def open_load(ledger: Ledger, plan, opts, reporter: NullReporter) -> Opening:
@@ -63,14 +87,23 @@ def _staging(plan, load_id: int) -> dict:
 
 def _start(ledger: Ledger, plan, opts) -> Opening:
     """A new load: its row, the manifest, staging tables and tasks, in the opening transaction."""
+    mode, why = staging_mode(opts, ledger.setting("wal_level"))
     ledger.start(plan.catalog.name, sorted(plan.tables), {
-        "format": opts.fmt, "workers": opts.workers, "paths": [fp.info.path for fp in plan.files]})
+        "format": opts.fmt, "workers": opts.workers, "paths": [fp.info.path for fp in plan.files],
+        "staging": mode, "durable_path": why})
     staging = _staging(plan, ledger.load_id)
     ledger.register_files(plan.catalog.name, plan.files)
-    prepare_staging(ledger.conn, plan.schema, staging, plan.tables)
+    prepare_staging(ledger.conn, plan.schema, staging, plan.tables, logged=mode == "logged")
     ledger.insert_tasks(plan)
+    if mode == "unlogged":
+        ledger.arm_canary()
     ledger.join()
-    return Opening(ledger.load_id, staging, "started")
+    return Opening(ledger.load_id, staging, "started", staging_mode=mode, durable_path=why)
+
+
+def _mode(ledger: Ledger) -> dict:
+    options = ledger.options()
+    return {"staging_mode": options.get("staging", "unlogged"), "durable_path": options.get("durable_path", "")}
 
 
 def _take_over(ledger: Ledger, plan, opts, reporter: NullReporter) -> Opening:
@@ -93,32 +126,43 @@ def _take_over(ledger: Ledger, plan, opts, reporter: NullReporter) -> Opening:
         reporter.warn(f"staging tables of unfinished load {old} are missing; starting a new load")
         return _start(ledger, plan, opts)
     staging = _staging(plan, old)
-    kept = _reconcile(ledger, plan, staging)
+    mode = _mode(ledger)
+    kept = _reconcile(ledger, plan, staging, mode["staging_mode"] == "logged")
     retried = ledger.reset_failed()
     counts = ledger.task_counts()
     message = (f"resuming load {old}: {counts['done']} tasks done, {counts['pending']} to do"
                + (f" ({retried} failed before, retried)" if retried else "")
                + (f"; {kept} files kept" if kept else ""))
     ledger.join()
-    return Opening(old, staging, "resumed", message)
+    return Opening(old, staging, "resumed", message, **mode)
 
 
-def _reconcile(ledger: Ledger, plan, staging: dict) -> int:
-    """Match the plan's files with the unfinished load: keep, drop and add files."""
+def same_file(identity: dict, info) -> bool:
+    """True when a registered file's identity (size, mtime, declared sums) matches this one's."""
+    mine = info.identity
+    return all(identity.get(k, mine[k]) == mine[k] for k in ("size", "mtime_ns", "sums"))
+
+
+def _reconcile(ledger: Ledger, plan, staging: dict, logged: bool) -> int:
+    """Match the plan's files with the unfinished load: keep, drop and add files.
+
+    A file is the same when its identity is (a re-downloaded or re-processed file of the
+    same name and size has another mtime or other sums): its rows and tasks are kept.
+    """
     known = ledger.registered_files()
     current = {fp.info.name: fp for fp in plan.files}
-    gone = [fid for name, (fid, size) in known.items()
-            if name not in current or current[name].info.size != size]
+    gone = [fid for name, (fid, identity) in known.items()
+            if name not in current or not same_file(identity, current[name].info)]
     ledger.remove_files(gone, staging)
     new = set()
     for i, fp in enumerate(plan.files):
         entry = known.get(fp.info.name)
-        if entry and entry[1] == fp.info.size:
+        if entry and same_file(entry[1], fp.info):
             fp.file_id = entry[0]
         else:
             new.add(i)
     ledger.register_files(plan.catalog.name, [plan.files[i] for i in new])
-    prepare_staging(ledger.conn, plan.schema, staging, plan.tables)
+    prepare_staging(ledger.conn, plan.schema, staging, plan.tables, logged)
     ledger.insert_tasks(plan, new)
     return len(plan.files) - len(new)
 
@@ -133,7 +177,7 @@ def _join(ledger: Ledger, plan, opts) -> Opening:
     known = ledger.registered_files()
     mine = {fp.info.name: fp for fp in plan.files}
     differ = sorted(set(known) ^ set(mine)) + sorted(n for n in set(known) & set(mine)
-                                                    if known[n][1] != mine[n].info.size)
+                                                    if not same_file(known[n][1], mine[n].info))
     if differ:
         raise UsageError(f"load {old} of {plan.catalog.name}, run by {holders}, loads other files than these "
                          f"(first difference: {differ[0]})",
@@ -141,8 +185,9 @@ def _join(ledger: Ledger, plan, opts) -> Opening:
     for fp in plan.files:
         fp.file_id = known[fp.info.name][0]
     staging = _staging(plan, old)
+    mode = _mode(ledger)
     if not ledger.join():
-        return Opening(old, staging, "finalizing", f"load {old} is being finalized by {holders}")
+        return Opening(old, staging, "finalizing", f"load {old} is being finalized by {holders}", **mode)
     counts = ledger.task_counts()
     return Opening(old, staging, "joined", f"joining load {old} (run by {holders}): {counts['done']} tasks done, "
-                   f"{counts['pending']} to do")
+                   f"{counts['pending']} to do", **mode)

@@ -54,6 +54,18 @@ class FitsInfo:
     hdus: tuple[HduInfo, ...]
     checksum: str        # 'absent' | 'present' (verification is the coordinator's choice)
     primary_checksum_ok: Optional[bool] = None   # None when the PRIMARY HDU has no CHECKSUM
+    mtime_ns: int = 0
+
+    @property
+    def identity(self) -> dict:
+        """What tells this file's content from another version of the same name.
+
+        Size and modification time from the file system, and the CHECKSUM/DATASUM cards the
+        file declares: a re-downloaded or re-processed file differs in at least one.
+        """
+        sums = {str(h.index): [h.cards.get("DATASUM"), h.cards.get("CHECKSUM")] for h in self.hdus}
+        sums["0"] = [self.primary.get("DATASUM"), self.primary.get("CHECKSUM")]
+        return {"size": self.size, "mtime_ns": self.mtime_ns, "sums": sums}
 
     def hdu(self, extname: str) -> Optional[HduInfo]:
         for h in self.hdus:
@@ -158,7 +170,7 @@ def read_info(path: str) -> FitsInfo:
     primary_ok = None
     if "CHECKSUM" in primary:
         primary_ok = checksum_ok(_header_sum(path, 0, primary_end), 0)
-    return FitsInfo(path, name, size, primary, tuple(hdus), checksum, primary_ok)
+    return FitsInfo(path, name, size, primary, tuple(hdus), checksum, primary_ok, os.stat(path).st_mtime_ns)
 
 
 def _header_sum(path: str, start: int, stop: int) -> int:

@@ -15,15 +15,15 @@ from typing import Callable, Optional
 
 import psycopg2
 
-from . import __version__
+from . import __version__, attach
 from .checksum import checksum_ok, combine
 from .config import load_settings
 from .db import as_database_error, connect, free_connections, mask_dsn, server_settings
 from .discover import (TASK_BYTES, Plan, build_plan, encoder_plan, find_files, foreign_keys,
                        group_by_catalog)
-from .errors import BadFileError, DatabaseError, LoaderError, LoadFailed
-from .finalize import (FINALIZE_LOCK_TIMEOUT, add_foreign_keys, build_indexes, expected_counts, make_logged, swap,
-                       verify_counts)
+from .errors import BadFileError, DatabaseError, LoaderError, LoadFailed, UsageError
+from .finalize import (FINALIZE_LOCK_TIMEOUT, add_foreign_keys, build_indexes, build_user_indexes, check_counts, count_staging,
+                       expected_counts, lost_tasks, make_logged, swap)
 from .ledger import Ledger, app_name, process_name
 from .opening import open_load
 from .pool import WorkerPool
@@ -32,6 +32,14 @@ from .report import NullReporter
 from .worker import WorkerConfig, peak_rss_kb
 
 log = logging.getLogger(__name__)
+
+
+class RowsLost(Exception):
+    """A server crash emptied UNLOGGED staging: ``tasks`` done tasks were made pending again."""
+
+    def __init__(self, tasks: int) -> None:
+        super().__init__(tasks)
+        self.tasks = tasks
 
 #: A task whose worker died this many times is failed (it may be what kills them).
 MAX_TASK_ATTEMPTS = 3
@@ -64,6 +72,7 @@ class LoadOptions:
     allow_partial: bool = False
     resume: Optional[bool] = None        # None: resume when possible; True: must resume; False: --restart
     copy_out: Optional[str] = None       # write each task's exact COPY bytes into this directory too
+    staging: str = "auto"                # auto | unlogged (+ SET LOGGED) | logged: how staging becomes durable
     join: bool = False                   # only join a load that other processes run
     wait_timeout: float = 3600.0         # longest wait for other processes of the same load (s)
 
@@ -91,6 +100,7 @@ class Summary:
     server: dict = field(default_factory=dict)
     plan: list = field(default_factory=list)
     memory: dict = field(default_factory=dict)       # peak RSS in MB: coordinator, largest worker
+    durable_path: str = ""           # which durable path was used, and why
     role: str = ""                   # started | resumed | joined | finalizing (how this process opened it)
     finalized: bool = False          # this process verified, indexed and published the load
     published_by: Optional[str] = None   # host:pid of the process that published it
@@ -173,6 +183,7 @@ class Coordinator:
         self.opts, self.plan, self.reporter = opts, plan, reporter
         self.ledger: Optional[Ledger] = None
         self.finalizer = False
+        self.staging_mode = "unlogged"
         self.staging: dict = {}
         self.fkeys = foreign_keys(plan)
         self.summary = Summary(workers=opts.workers, fmt=opts.fmt, durable=not opts.unlogged,
@@ -196,9 +207,7 @@ class Coordinator:
         try:
             self.ledger = Ledger(self.opts.dsn, plan.schema)
             summary.server = server_settings(self.ledger.conn)
-            for phase in PHASES:
-                if phase.when(self):
-                    self._run_phase(phase)
+            self._run_phases()
             for name, reason in summary.missing:
                 self.reporter.warn(f"published without {name}: {reason}")
             summary.finalized = self.finalizer
@@ -216,6 +225,38 @@ class Coordinator:
         finally:
             if self.ledger is not None:
                 self.ledger.close()
+
+    def _run_phases(self) -> None:
+        """PHASES in order; when a server crash took rows of done tasks, back to the copy."""
+        start = 0
+        while True:
+            try:
+                for phase in PHASES[start:]:
+                    if phase.when(self):
+                        self._run_phase(phase)
+                return
+            except RowsLost as lost:
+                self.reporter.warn(f"the server restarted after a crash: UNLOGGED staging lost the rows of "
+                                   f"{lost.tasks} done task(s); reloading exactly those")
+                self.ledger.unlock()
+                self.finalizer = False
+                self.ledger.join()
+                start = next(i for i, p in enumerate(PHASES) if p.name == "copy")
+
+    def check_rows(self) -> None:
+        """Raise RowsLost (after making them pending) when a crash emptied UNLOGGED staging.
+
+        The finalizer calls it before trusting staging: after the election, and before
+        each step that makes the result permanent (SET LOGGED, the swap).
+        """
+        ledger = self.ledger
+        if self.staging_mode != "unlogged" or not ledger.canary_lost():
+            return
+        lost = lost_tasks(ledger.conn, self.plan.schema, self.staging, ledger.done_tasks())
+        ledger.reset_tasks(lost)
+        ledger.arm_canary()
+        if lost:
+            raise RowsLost(len(lost))
 
     def _run_phase(self, phase: Phase) -> None:
         self.reporter.phase(phase.name)
@@ -236,15 +277,30 @@ class Coordinator:
     # ----------------------------------------------------------------- open
 
     def open(self) -> None:
-        """Start, resume or join the load of these tables (opening.py)."""
+        """Start, resume or join the load of these tables (opening.py), after the preflight."""
+        self.preflight()
         opening = open_load(self.ledger, self.plan, self.opts, self.reporter)
         self.staging = opening.staging
+        self.staging_mode = opening.staging_mode
+        self.summary.durable_path = opening.durable_path
         self.summary.load_id = opening.load_id
         self.summary.role = opening.how
         if opening.how == "resumed":
             self.summary.resumed = opening.message
         if opening.message:
             self.reporter.info(opening.message)
+
+    def preflight(self) -> None:
+        """Refuse, before any data moves, a swap that would break what users attached to the tables."""
+        plan, conn = self.plan, self.ledger.conn
+        new_columns = {t: {c.name for c in spec.all_columns} for t, spec in plan.tables.items()}
+        with conn.cursor() as cur:
+            problems = attach.preflight(cur, plan.schema, new_columns, set(plan.tables), set(plan.catalog.views))
+        conn.rollback()
+        if problems:
+            raise UsageError(f"publishing would break what users attached to the tables in {plan.schema}:"
+                             + "".join(f"\n  {p}" for p in problems),
+                             "fix the named objects (nothing was loaded), then rerun the same command")
 
     # ----------------------------------------------------------------- copy
 
@@ -275,6 +331,7 @@ class Coordinator:
         self.finalizer = ledger.try_lock()
         if self.finalizer:
             ledger.set_phase("verify", process_name())
+            self.check_rows()
 
     def _run_pool(self, pending: int):
         opts, plan, ledger = self.opts, self.plan, self.ledger
@@ -341,6 +398,7 @@ class Coordinator:
                 self.finalizer = True
                 ledger.set_phase("verify", process_name())
                 self.reporter.info(f"load {ledger.load_id}: taking over the finalize from {finalizer}")
+                self.check_rows()
                 return
             if (phase, finalizer) != last:
                 last = (phase, finalizer)
@@ -355,8 +413,10 @@ class Coordinator:
         """Refuse to publish with failed files or wrong row counts (or drop them: --allow-partial)."""
         self._settle_failures()
         self.summary.files = len(self.plan.files)
-        self.summary.rows = verify_counts(self.ledger.conn, self.plan.schema, self.staging,
-                                          expected_counts(self.plan))
+        loaded = self.ledger.loaded_rows()          # what each COPY reported, committed with its task
+        if loaded is None:                          # tasks of an older version: count staging
+            loaded = count_staging(self.ledger.conn, self.plan.schema, self.staging, self.plan.tables)
+        self.summary.rows = check_counts(loaded, expected_counts(self.plan))
         self.summary.verified = True
 
     def _checksum_failures(self) -> list:
@@ -384,10 +444,13 @@ class Coordinator:
         counts = ledger.task_counts()
         if counts["pending"]:
             bad.append(("(tasks)", f"{counts['pending']} tasks were not run (workers kept dying)"))
-        if opts.verify_checksum:
-            bad += self._checksum_failures()
+        corrupt = self._checksum_failures() if opts.verify_checksum else []
+        bad += corrupt
         if not bad:
             return
+        # forget the rows of files that failed their checksum: a rerun after a re-download
+        # (same name, even the same size) loads them again instead of keeping stale rows
+        ledger.remove_files(sorted({names[os.path.basename(p)].file_id for p, _ in corrupt}), self.staging)
         uniq = list(dict.fromkeys(bad))
         loaded = {os.path.basename(p) for p, _ in uniq} & set(names)
         if not opts.allow_partial or counts["pending"] or len(loaded) == len(plan.files):
@@ -437,16 +500,21 @@ class Coordinator:
             pool.shutdown(wait=True, cancel_futures=True)
 
     def index(self) -> None:
-        self.per_table(lambda c, t: build_indexes(c, self.plan.schema, self.staging[t], self.plan.tables[t]))
+        def step(c, t: str) -> None:
+            build_indexes(c, self.plan.schema, self.staging[t], self.plan.tables[t])
+            build_user_indexes(c, self.plan.schema, t, self.staging[t], self.plan.tables[t], self.ledger.load_id)
+        self.per_table(step)
 
     def durable(self) -> None:
         # before the foreign keys: a logged table may not reference an unlogged one
+        self.check_rows()
         self.per_table(lambda c, t: make_logged(c, self.plan.schema, self.staging[t]))
 
     def add_foreign_keys(self) -> None:
         add_foreign_keys(self.ledger.conn, self.plan.schema, self.staging, self.fkeys)
 
     def swap(self) -> None:
+        self.check_rows()
         swap(self.ledger.conn, self.plan.schema, self.staging, self.ledger.load_id, self.plan.catalog.name,
              self.plan.catalog.views)
 
@@ -462,7 +530,8 @@ PHASES = (
     Phase("await", Coordinator.await_outcome, when=lambda c: not c.finalizer),
     Phase("verify", Coordinator.verify, when=lambda c: c.finalizer),
     Phase("index", Coordinator.index, when=lambda c: c.finalizer),
-    Phase("durable", Coordinator.durable, when=lambda c: c.finalizer and not c.opts.unlogged),
+    Phase("durable", Coordinator.durable,
+          when=lambda c: c.finalizer and not c.opts.unlogged and c.staging_mode == "unlogged"),
     Phase("foreign_keys", Coordinator.add_foreign_keys, when=lambda c: c.finalizer and bool(c.fkeys)),
     Phase("swap", Coordinator.swap, when=lambda c: c.finalizer),
 )

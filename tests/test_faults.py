@@ -259,3 +259,66 @@ def test_rerun_after_staging_table_dropped_starts_over(good, pg_uri, schema):
     assert code == 0, err
     assert "missing; starting a new load" in out + err
     assert_exact(pg_uri, schema, 800)
+
+
+def test_server_crash_during_copy_reloads_exactly_the_lost_tasks(good, tmp_path):
+    data_dir = tmp_path / "pg"
+    dsn = server.start(data_dir)                   # wal_level=minimal: UNLOGGED staging + SET LOGGED
+    try:
+        proc = start_load([good], dsn, "crash_s")
+        wait_for_done(dsn, "crash_s", 4, proc)
+        server.restart(data_dir, mode="immediate")  # a crash: UNLOGGED staging comes back empty
+        out, err = proc.communicate(timeout=300)
+        text = out + err
+        if proc.returncode != 0:                    # the same command again must finish it
+            code, out, err = run_load([good], dsn, "crash_s")
+            assert code == 0, err[-2000:]
+            text += out + err
+        assert "UNLOGGED staging lost the rows of" in text and "reloading exactly those" in text, text[-3000:]
+        assert "--restart" not in text
+        assert_exact(dsn, "crash_s", 800)
+        assert q(dsn, "SELECT status FROM crash_s.loader_loads") == [("published",)]
+    finally:
+        server.stop(data_dir)
+
+
+def test_logged_staging_survives_a_crash(good, tmp_path):
+    data_dir = tmp_path / "pg"
+    dsn = server.start(data_dir)
+    try:
+        proc = start_load([good], dsn, "crash_l", "--staging", "logged")
+        wait_for_done(dsn, "crash_l", 4, proc)
+        server.restart(data_dir, mode="immediate")
+        out, err = proc.communicate(timeout=300)
+        text = out + err
+        if proc.returncode != 0:
+            code, out, err = run_load([good], dsn, "crash_l", "--staging", "logged")
+            assert code == 0, err[-2000:]
+            text += out + err
+        assert "lost the rows" not in text
+        assert "durable path: --staging logged" in text
+        assert_exact(dsn, "crash_l", 800)
+        assert q(dsn, "SELECT relpersistence FROM pg_class WHERE oid = 'crash_l.fastspecfit_fastspec'::regclass") \
+            == [("p",)]
+    finally:
+        server.stop(data_dir)
+
+
+def test_corrupt_file_loads_after_redownload_of_same_size(good, bad_dir, tmp_path, pg_uri, schema):
+    d = tmp_path / "dl"
+    d.mkdir()
+    shutil.copy(good / NAMES[0], d / NAMES[0])
+    shutil.copy(bad_dir / NAMES[3], d / NAMES[3])                       # a corrupt download
+    code, out, err = run_load([d], pg_uri, schema)
+    assert code == 1 and f"{NAMES[3]}: HDU 3 (FASTSPEC): DATASUM is" in err, err
+    good_bytes = (good / NAMES[1]).read_bytes()
+    assert len(good_bytes) == (d / NAMES[3]).stat().st_size                # the same name and size ...
+    (d / NAMES[3]).write_bytes(good_bytes)                               # ... downloaded again, intact
+    code, out, err = run_load([d], pg_uri, schema)                       # the same command as before
+    assert code == 0, err[-2000:]
+    assert_exact(pg_uri, schema, 800)
+    with fits.open(good / NAMES[1]) as h:
+        want = [int(t) for t in h["METADATA"].data["TARGETID"]]
+    got = q(pg_uri, f'SELECT m.targetid FROM "{schema}".fastspecfit_metadata m JOIN "{schema}".load_files f '
+                    "USING (file_id) WHERE f.filename = %s ORDER BY m.row_num", (NAMES[3],))
+    assert [g[0] for g in got] == want                                   # the new content, not stale rows
