@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the unfinished load of these tables (also the default when one exists)")
     g.add_argument("--restart", action="store_const", const=False, dest="resume",
                    help="discard the unfinished load of these tables and start over")
+    p.add_argument("--replace-all", action="store_true",
+                   help="publish exactly these files, replacing the published tables (default when tables are "
+                   "published: add new files, replace changed ones, keep the others)")
     p.add_argument("--join", action="store_true",
                    help="only join a load of these files that other processes (other nodes) are running")
     p.add_argument("--wait-timeout", type=float, default=3600, metavar="SECONDS",
@@ -189,6 +192,10 @@ def _print_summary(console, summary, dsn: str) -> None:
     if summary.memory:
         console.print("peak memory: " + ", ".join(f"{k.replace('_peak_mb', '')} {v:,.0f} MB"
                                                  for k, v in summary.memory.items()))
+    if summary.incremental:
+        console.print(f"incremental: {summary.files} new or changed file(s) merged into the published tables, "
+                      f"{summary.unchanged_files} unchanged file(s) skipped"
+                      + (f"; replaced rows: {summary.replaced_rows}" if summary.replaced_rows else ""))
     if summary.durable_path:
         console.print(f"durable path: {summary.durable_path}")
     console.print(f"checksums {summary.checksums}; " +
@@ -228,6 +235,7 @@ def _cmd_load(args, console) -> int:
                        dry_run=args.dry_run, task_rows=args.task_rows, config=args.config,
                        verify_checksum=args.verify_checksum, allow_partial=args.allow_partial,
                        resume=args.resume, copy_out=args.copy_out, join=args.join, staging=args.staging,
+                       replace_all=args.replace_all,
                        wait_timeout=args.wait_timeout)
     if args.quiet:
         reporter = QuietReporter()

@@ -9,7 +9,7 @@ import psycopg2
 from psycopg2 import sql
 
 from . import attach
-from .db import is_transient, relation_exists
+from .db import first_line, is_transient, relation_exists
 from .errors import DatabaseError, LoadFailed
 from .sqlgen import create_indexes, create_staging, index_name
 
@@ -159,6 +159,99 @@ def build_user_indexes(conn, schema: str, table: str, stage: str, spec, load_id:
                                         attach.staging_index_name(name, load_id)))
     conn.commit()
     return len(found)
+
+
+def add_columns(conn, schema: str, specs: dict) -> list:
+    """Give the published tables the columns the new files bring (nullable: instant, no rewrite).
+
+    Its own short transaction before the merge, so the merge holds no exclusive lock.
+    """
+    added = []
+    with conn.cursor() as cur:
+        cur.execute("SET LOCAL lock_timeout = %s", (FINALIZE_LOCK_TIMEOUT,))
+        for table, spec in specs.items():
+            have = published_columns(cur, schema, table)
+            for col in spec.all_columns:
+                if col.name not in have:
+                    cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
+                        sql.Identifier(schema, table), sql.Identifier(col.name), sql.SQL(col.sql_type)))
+                    if col.comment:
+                        cur.execute(sql.SQL("COMMENT ON COLUMN {}.{} IS {}").format(
+                            sql.Identifier(schema, table), sql.Identifier(col.name), sql.Literal(col.comment)))
+                    added.append(f"{table}.{col.name}")
+    conn.commit()
+    return added
+
+
+def published_columns(cur, schema: str, table: str) -> dict:
+    """column -> SQL type of a published table ({} when it does not exist)."""
+    cur.execute("SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = "
+                "to_regclass(format('%%I.%%I', %s::text, %s::text)) AND attnum > 0 AND NOT attisdropped",
+                (schema, table))
+    return dict(cur.fetchall())
+
+
+def table_order(tables, fkeys) -> list:
+    """Tables with foreign-key parents before their children."""
+    order: list = []
+    pending = list(tables)
+    while pending:
+        ready = [t for t in pending if not any(fk.child == t and fk.parent in pending and fk.parent != t
+                                               for fk in fkeys)]
+        if not ready:                      # a cycle: keep the given order for the rest
+            ready = pending[:1]
+        order += [t for t in ready if t not in order]
+        pending = [t for t in pending if t not in ready]
+    return order
+
+
+def merge(conn, schema: str, staging: dict, specs: dict, load_id: int, order: list) -> dict:
+    """Publish an incremental load in one transaction: the rows of files this load replaces
+    are deleted, the staging rows inserted, the manifest flipped, staging dropped.
+
+    Readers see the tables before or after (MVCC), never in between, and are not blocked:
+    only row locks and the published tables' indexes are touched.  Keys and foreign keys
+    are checked against the whole published tables by the inserts themselves.  ``order``
+    lists tables parents first.  Returns {table: rows deleted}.
+    """
+    deleted = {}
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SET LOCAL lock_timeout = %s", (FINALIZE_LOCK_TIMEOUT,))
+            cur.execute(sql.SQL(
+                "SELECT f.file_id FROM {s}.load_files f JOIN {s}.loader_loads l USING (load_id) "
+                "WHERE f.published AND l.tables && %s AND f.load_id <> %s AND f.filename IN "
+                "(SELECT filename FROM {s}.load_files WHERE load_id = %s)").format(s=sql.Identifier(schema)),
+                (list(staging), load_id, load_id))
+            replaced = [r[0] for r in cur.fetchall()]
+            for table in reversed(order):
+                cur.execute(sql.SQL("DELETE FROM {} WHERE file_id = ANY(%s)").format(sql.Identifier(schema, table)),
+                            (replaced,))
+                deleted[table] = cur.rowcount
+            for table in order:
+                cols = sql.SQL(", ").join(sql.Identifier(c.name) for c in specs[table].all_columns)
+                cur.execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(
+                    sql.Identifier(schema, table), cols, cols, sql.Identifier(schema, staging[table])))
+            s = sql.Identifier(schema)
+            cur.execute(sql.SQL("DELETE FROM {}.load_files WHERE file_id = ANY(%s)").format(s), (replaced,))
+            cur.execute(sql.SQL("UPDATE {}.load_files SET published = true, loaded_at = now() WHERE load_id = %s")
+                        .format(s), (load_id,))
+            cur.execute(sql.SQL("UPDATE {}.loader_loads SET status = 'published', finished_at = now() "
+                                "WHERE load_id = %s").format(s), (load_id,))
+            cur.execute(sql.SQL("UPDATE {s}.loader_loads l SET status = 'replaced' WHERE status = 'published' "
+                                "AND NOT EXISTS (SELECT 1 FROM {s}.load_files f WHERE f.load_id = l.load_id)")
+                        .format(s=s))
+            cur.execute(sql.SQL("DROP TABLE {}").format(
+                sql.SQL(", ").join(sql.Identifier(schema, t) for t in staging.values())))
+        conn.commit()
+    except (psycopg2.errors.UniqueViolation, psycopg2.errors.ForeignKeyViolation) as exc:
+        conn.rollback()
+        detail = (exc.diag.message_detail or "").strip()
+        raise LoadFailed(f"the new rows conflict with the published {exc.diag.table_name}: "
+                         f"{first_line(exc)} ({detail})",
+                         "two files hold the same keys? nothing was published; remove the duplicate file, "
+                         "or reload everything with --replace-all") from exc
+    return deleted
 
 
 def add_foreign_keys(conn, schema: str, staging: dict, fkeys: list) -> int:

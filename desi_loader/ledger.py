@@ -390,6 +390,13 @@ class Ledger:
                            (self.load_id,))
         return row
 
+    def published_files(self, tables: list) -> dict:
+        """filename -> (file_id, identity) of the files published in these tables."""
+        rows = self._run("SELECT f.filename, f.file_id, coalesce(f.identity, jsonb_build_object('size', f.size_bytes)) "
+                         "FROM {s}.load_files f JOIN {s}.loader_loads l USING (load_id) "
+                         "WHERE f.published AND l.status = 'published' AND l.tables && %s", (sorted(tables),))
+        return {name: (file_id, identity) for name, file_id, identity in rows}
+
     def setting(self, name: str) -> str:
         """A server setting (current_setting)."""
         (row,) = self._run("SELECT current_setting(%s)", (name,))

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from .discover import split_tasks
 from .errors import UsageError
 from .finalize import prepare_staging
 from .ledger import Ledger, staging_name
@@ -30,10 +31,12 @@ class Opening:
 
     load_id: int
     staging: dict                     # table -> staging table
-    how: str                          # started | resumed | joined | finalizing
+    how: str                          # started | resumed | joined | finalizing | nothing
     message: Optional[str] = None
     staging_mode: str = "unlogged"    # unlogged (SET LOGGED in the durable phase) | logged
     durable_path: str = ""            # why
+    incremental: bool = False         # merge into the published tables instead of replacing them
+    unchanged: int = 0                # published files skipped because they did not change
 
 
 def staging_mode(opts, wal_level: str) -> tuple[str, str]:
@@ -58,6 +61,26 @@ def staging_mode(opts, wal_level: str) -> tuple[str, str]:
                       "COPY into logged staging writes it once (and a server crash loses nothing)")
 
 
+def incremental(ledger: Ledger, plan, opts) -> tuple[bool, int]:
+    """Decide how the load publishes, and leave in ``plan`` only the files to load.
+
+    With files of these tables already published (and no --replace-all) the load is
+    incremental: published files whose identity did not change are skipped, new files are
+    added and changed ones replace their old rows; files not named stay.  Returns
+    (incremental, number of unchanged files skipped).
+    """
+    published = {} if opts.replace_all else ledger.published_files(sorted(plan.tables))
+    if not published:
+        return False, 0
+    keep = [fp for fp in plan.files if not (fp.info.name in published
+                                            and same_file(published[fp.info.name][1], fp.info))]
+    skipped = len(plan.files) - len(keep)
+    if skipped:
+        plan.files = keep
+        plan.tasks = split_tasks(plan, opts.task_bytes, opts.task_rows)
+    return True, skipped
+
+
 def open_load(ledger: Ledger, plan, opts, reporter: NullReporter) -> Opening:
     """Start, resume or join the load of ``plan``'s tables (see the module docstring)."""
     ledger.ensure_tables()
@@ -68,7 +91,7 @@ def open_load(ledger: Ledger, plan, opts, reporter: NullReporter) -> Opening:
             if opts.resume is True or opts.join:
                 raise UsageError(f"no unfinished load of {plan.catalog.name} in schema {plan.schema} to "
                                  f"{'join' if opts.join else 'resume'}", "run without --resume/--join to start one")
-            return _start(ledger, plan, opts)
+            return _fresh(ledger, plan, opts)
         ledger.bind(old)
         ended = ledger.end_orphans()
         if ended:
@@ -81,16 +104,28 @@ def open_load(ledger: Ledger, plan, opts, reporter: NullReporter) -> Opening:
         return _join(ledger, plan, opts)
 
 
+def _fresh(ledger: Ledger, plan, opts) -> Opening:
+    """A new load, incremental when files of these tables are published (or nothing to do)."""
+    inc, skipped = incremental(ledger, plan, opts)
+    if not plan.files:
+        return Opening(0, {}, "nothing", f"all {skipped} files are published and unchanged: nothing to load",
+                       incremental=True, unchanged=skipped)
+    return _start(ledger, plan, opts, inc, skipped)
+
+
 def _staging(plan, load_id: int) -> dict:
     return {t: staging_name(t, load_id) for t in plan.tables}
 
 
-def _start(ledger: Ledger, plan, opts) -> Opening:
+def _start(ledger: Ledger, plan, opts, inc: bool = False, skipped: int = 0) -> Opening:
     """A new load: its row, the manifest, staging tables and tasks, in the opening transaction."""
-    mode, why = staging_mode(opts, ledger.setting("wal_level"))
+    if inc:   # rows go into the published (logged) tables by INSERT: staging is scratch space
+        mode, why = "unlogged", "incremental: rows are inserted into the published tables (WAL-logged once)"
+    else:
+        mode, why = staging_mode(opts, ledger.setting("wal_level"))
     ledger.start(plan.catalog.name, sorted(plan.tables), {
         "format": opts.fmt, "workers": opts.workers, "paths": [fp.info.path for fp in plan.files],
-        "staging": mode, "durable_path": why})
+        "staging": mode, "durable_path": why, "incremental": inc})
     staging = _staging(plan, ledger.load_id)
     ledger.register_files(plan.catalog.name, plan.files)
     prepare_staging(ledger.conn, plan.schema, staging, plan.tables, logged=mode == "logged")
@@ -98,12 +133,29 @@ def _start(ledger: Ledger, plan, opts) -> Opening:
     if mode == "unlogged":
         ledger.arm_canary()
     ledger.join()
-    return Opening(ledger.load_id, staging, "started", staging_mode=mode, durable_path=why)
+    message = f"incremental load: {len(plan.files)} new or changed file(s), {skipped} unchanged" if inc else None
+    return Opening(ledger.load_id, staging, "started", message, staging_mode=mode, durable_path=why,
+                   incremental=inc, unchanged=skipped)
 
 
 def _mode(ledger: Ledger) -> dict:
     options = ledger.options()
-    return {"staging_mode": options.get("staging", "unlogged"), "durable_path": options.get("durable_path", "")}
+    return {"staging_mode": options.get("staging", "unlogged"), "durable_path": options.get("durable_path", ""),
+            "incremental": bool(options.get("incremental"))}
+
+
+def _skip_published(ledger: Ledger, plan, opts, inc: bool) -> int:
+    """For an incremental load being resumed or joined: drop the published, unchanged files."""
+    if not inc:
+        return 0
+    published = ledger.published_files(sorted(plan.tables))
+    keep = [fp for fp in plan.files if not (fp.info.name in published
+                                            and same_file(published[fp.info.name][1], fp.info))]
+    skipped = len(plan.files) - len(keep)
+    if skipped:
+        plan.files = keep
+        plan.tasks = split_tasks(plan, opts.task_bytes, opts.task_rows)
+    return skipped
 
 
 def _take_over(ledger: Ledger, plan, opts, reporter: NullReporter) -> Opening:
@@ -115,7 +167,7 @@ def _take_over(ledger: Ledger, plan, opts, reporter: NullReporter) -> Opening:
     if opts.resume is False:
         ledger.abort()
         reporter.info(f"--restart: discarded unfinished load {old}")
-        return _start(ledger, plan, opts)
+        return _fresh(ledger, plan, opts)
     if not ledger.staging_complete():
         # someone dropped a staging table: its done tasks are gone, and re-running them
         # would duplicate rows in the other tables of the same tasks
@@ -124,9 +176,10 @@ def _take_over(ledger: Ledger, plan, opts, reporter: NullReporter) -> Opening:
                              "rerun without --resume to load from scratch")
         ledger.abort()
         reporter.warn(f"staging tables of unfinished load {old} are missing; starting a new load")
-        return _start(ledger, plan, opts)
+        return _fresh(ledger, plan, opts)
     staging = _staging(plan, old)
     mode = _mode(ledger)
+    _skip_published(ledger, plan, opts, mode["incremental"])
     kept = _reconcile(ledger, plan, staging, mode["staging_mode"] == "logged")
     retried = ledger.reset_failed()
     counts = ledger.task_counts()
@@ -174,6 +227,8 @@ def _join(ledger: Ledger, plan, opts) -> Opening:
     if opts.resume is False:
         raise UsageError(f"load {old} of {plan.catalog.name} is being run by {holders}; --restart would "
                          "discard their work", "stop them first (desi-loader status shows who), then rerun")
+    mode = _mode(ledger)
+    _skip_published(ledger, plan, opts, mode["incremental"])
     known = ledger.registered_files()
     mine = {fp.info.name: fp for fp in plan.files}
     differ = sorted(set(known) ^ set(mine)) + sorted(n for n in set(known) & set(mine)
@@ -185,7 +240,6 @@ def _join(ledger: Ledger, plan, opts) -> Opening:
     for fp in plan.files:
         fp.file_id = known[fp.info.name][0]
     staging = _staging(plan, old)
-    mode = _mode(ledger)
     if not ledger.join():
         return Opening(old, staging, "finalizing", f"load {old} is being finalized by {holders}", **mode)
     counts = ledger.task_counts()

@@ -22,7 +22,8 @@ from .db import as_database_error, connect, free_connections, mask_dsn, server_s
 from .discover import (TASK_BYTES, Plan, build_plan, encoder_plan, find_files, foreign_keys,
                        group_by_catalog)
 from .errors import BadFileError, DatabaseError, LoaderError, LoadFailed, UsageError
-from .finalize import (FINALIZE_LOCK_TIMEOUT, add_foreign_keys, build_indexes, build_user_indexes, check_counts, count_staging,
+from .finalize import (FINALIZE_LOCK_TIMEOUT, add_columns, add_foreign_keys, merge, published_columns,
+                       table_order, build_indexes, build_user_indexes, check_counts, count_staging,
                        expected_counts, lost_tasks, make_logged, swap)
 from .ledger import Ledger, app_name, process_name
 from .opening import open_load
@@ -72,6 +73,7 @@ class LoadOptions:
     allow_partial: bool = False
     resume: Optional[bool] = None        # None: resume when possible; True: must resume; False: --restart
     copy_out: Optional[str] = None       # write each task's exact COPY bytes into this directory too
+    replace_all: bool = False            # publish exactly these files (default: add new, replace changed)
     staging: str = "auto"                # auto | unlogged (+ SET LOGGED) | logged: how staging becomes durable
     join: bool = False                   # only join a load that other processes run
     wait_timeout: float = 3600.0         # longest wait for other processes of the same load (s)
@@ -101,6 +103,9 @@ class Summary:
     plan: list = field(default_factory=list)
     memory: dict = field(default_factory=dict)       # peak RSS in MB: coordinator, largest worker
     durable_path: str = ""           # which durable path was used, and why
+    incremental: bool = False        # merged into the published tables (new and changed files only)
+    unchanged_files: int = 0         # published files skipped because they did not change
+    replaced_rows: dict = field(default_factory=dict)   # table -> rows of replaced files deleted
     role: str = ""                   # started | resumed | joined | finalizing (how this process opened it)
     finalized: bool = False          # this process verified, indexed and published the load
     published_by: Optional[str] = None   # host:pid of the process that published it
@@ -183,6 +188,7 @@ class Coordinator:
         self.opts, self.plan, self.reporter = opts, plan, reporter
         self.ledger: Optional[Ledger] = None
         self.finalizer = False
+        self.incremental = False
         self.staging_mode = "unlogged"
         self.staging: dict = {}
         self.fkeys = foreign_keys(plan)
@@ -278,10 +284,17 @@ class Coordinator:
 
     def open(self) -> None:
         """Start, resume or join the load of these tables (opening.py), after the preflight."""
-        self.preflight()
+        self.ledger.ensure_tables()
+        self.preflight(not self.opts.replace_all and bool(self.ledger.published_files(sorted(self.plan.tables))))
         opening = open_load(self.ledger, self.plan, self.opts, self.reporter)
         self.staging = opening.staging
         self.staging_mode = opening.staging_mode
+        self.incremental = opening.incremental
+        self.summary.incremental = opening.incremental
+        self.summary.unchanged_files = opening.unchanged
+        self.summary.files = len(self.plan.files)
+        self.summary.tasks = len(self.plan.tasks)
+        self.summary.fits_bytes = self.plan.total_bytes
         self.summary.durable_path = opening.durable_path
         self.summary.load_id = opening.load_id
         self.summary.role = opening.how
@@ -290,12 +303,22 @@ class Coordinator:
         if opening.message:
             self.reporter.info(opening.message)
 
-    def preflight(self) -> None:
-        """Refuse, before any data moves, a swap that would break what users attached to the tables."""
+    def preflight(self, incremental: bool) -> None:
+        """Refuse, before any data moves, what publishing could not do: a swap that would break
+        what users attached to the tables, or new rows whose column types differ from the
+        published ones (incremental)."""
         plan, conn = self.plan, self.ledger.conn
         new_columns = {t: {c.name for c in spec.all_columns} for t, spec in plan.tables.items()}
         with conn.cursor() as cur:
-            problems = attach.preflight(cur, plan.schema, new_columns, set(plan.tables), set(plan.catalog.views))
+            if incremental:
+                problems = [f"{plan.schema}.{t}.{c.name} is {have[c.name]} in the published table but "
+                            f"{c.sql_type} in the new files (reload everything with --replace-all)"
+                            for t, spec in plan.tables.items()
+                            for have in [published_columns(cur, plan.schema, t)]
+                            for c in spec.all_columns if c.name in have and have[c.name] != c.sql_type]
+            else:
+                problems = attach.preflight(cur, plan.schema, new_columns, set(plan.tables),
+                                            set(plan.catalog.views))
         conn.rollback()
         if problems:
             raise UsageError(f"publishing would break what users attached to the tables in {plan.schema}:"
@@ -513,6 +536,17 @@ class Coordinator:
     def add_foreign_keys(self) -> None:
         add_foreign_keys(self.ledger.conn, self.plan.schema, self.staging, self.fkeys)
 
+    def merge(self) -> None:
+        """Incremental publish: new columns, then one transaction replacing and adding rows."""
+        self.check_rows()
+        plan = self.plan
+        added = add_columns(self.ledger.conn, plan.schema, plan.tables)
+        if added:
+            self.reporter.info(f"new columns in the published tables: {', '.join(added)}")
+        deleted = merge(self.ledger.conn, plan.schema, self.staging, plan.tables, self.ledger.load_id,
+                        table_order(plan.tables, self.fkeys))
+        self.summary.replaced_rows = {t: n for t, n in deleted.items() if n}
+
     def swap(self) -> None:
         self.check_rows()
         swap(self.ledger.conn, self.plan.schema, self.staging, self.ledger.load_id, self.plan.catalog.name,
@@ -524,14 +558,19 @@ class Coordinator:
 #: copy phase only starts workers for the tasks still pending).  Every
 #: process copies; the one that wins the load's lock alone (``finalizer``) verifies,
 #: indexes and publishes, the others await the outcome (and take over if it dies).
+def _replacing(c: Coordinator) -> bool:
+    return c.finalizer and not c.incremental
+
+
 PHASES = (
     Phase("open", Coordinator.open, retry=False),
-    Phase("copy", Coordinator.copy),
-    Phase("await", Coordinator.await_outcome, when=lambda c: not c.finalizer),
+    Phase("copy", Coordinator.copy, when=lambda c: c.summary.role != "nothing"),
+    Phase("await", Coordinator.await_outcome, when=lambda c: not c.finalizer and c.summary.role != "nothing"),
     Phase("verify", Coordinator.verify, when=lambda c: c.finalizer),
-    Phase("index", Coordinator.index, when=lambda c: c.finalizer),
+    Phase("merge", Coordinator.merge, when=lambda c: c.finalizer and c.incremental),
+    Phase("index", Coordinator.index, when=_replacing),
     Phase("durable", Coordinator.durable,
-          when=lambda c: c.finalizer and not c.opts.unlogged and c.staging_mode == "unlogged"),
-    Phase("foreign_keys", Coordinator.add_foreign_keys, when=lambda c: c.finalizer and bool(c.fkeys)),
-    Phase("swap", Coordinator.swap, when=lambda c: c.finalizer),
+          when=lambda c: _replacing(c) and not c.opts.unlogged and c.staging_mode == "unlogged"),
+    Phase("foreign_keys", Coordinator.add_foreign_keys, when=lambda c: _replacing(c) and bool(c.fkeys)),
+    Phase("swap", Coordinator.swap, when=_replacing),
 )

@@ -92,7 +92,7 @@ def test_previous_table_readable_until_swap_commits(fsf_files, pg_uri, schema, d
     th = threading.Thread(target=reader)
     th.start()
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "scripts", "load.py"), *fsf_files, "--dsn", pg_uri,
-                             "--schema", schema, "--workers", "2", "-q"], stdout=subprocess.PIPE,
+                             "--schema", schema, "--workers", "2", "-q", "--replace-all"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     waiting = f"""SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
                   WHERE NOT l.granted AND l.relation = '"{schema}".fastspecfit_metadata'::regclass

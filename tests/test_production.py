@@ -54,7 +54,7 @@ def test_grants_views_comments_policies_indexes_survive_two_reloads(files, pg_ur
     """)
     want_rows = run(pg_uri, f"SELECT count(*) FROM {s}.nearby")[0][0]
     for _ in range(2):
-        summary = load(pg_uri, schema, files)
+        summary = load(pg_uri, schema, files, replace_all=True)     # a full reload: the swap
         assert summary.rows["fastspecfit_metadata"] == 250
         # the reader keeps its table and column privileges and its views
         assert run(pg_uri, f"SELECT count(*) FROM {s}.fastspecfit_metadata", user="reader_p") == [(250,)]
@@ -89,7 +89,7 @@ def test_foreign_key_from_another_table_is_reported_before_loading(files, pg_uri
                     FOREIGN KEY (targetid, survey, program) REFERENCES {s}.fastspecfit_metadata)""")
     (loads,), = run(pg_uri, f"SELECT count(*) FROM {s}.loader_loads")
     with pytest.raises(UsageError) as err:
-        load(pg_uri, schema, files)
+        load(pg_uri, schema, files, replace_all=True)
     assert f"{schema}.notes has a foreign key" in str(err.value) and "fastspecfit_metadata" in str(err.value)
     assert "nothing was loaded" in err.value.hint
     assert run(pg_uri, f"SELECT count(*) FROM {s}.loader_loads") == [(loads,)]      # no data moved
@@ -101,4 +101,71 @@ def test_view_on_a_column_the_new_table_lacks_is_reported(files, pg_uri, schema)
     run(pg_uri, f"CREATE VIEW {s}.sv3_targets AS SELECT targetid FROM {s}.fastspecfit_metadata "
                 "WHERE sv3_desi_target <> 0")
     with pytest.raises(UsageError, match="sv3_targets uses .*sv3_desi_target"):
-        load(pg_uri, schema, files[:1], resume=None)  # main only: no sv3 columns
+        load(pg_uri, schema, files[:1], replace_all=True)  # main only: no sv3 columns
+
+
+def _digest(dsn, schema, filename):
+    """A digest of every value of a file's rows in the three tables (file_id and row_num included)."""
+    out = []
+    for t in ("fastspecfit_metadata", "fastspecfit_specphot", "fastspecfit_fastspec"):
+        out += run(dsn, f'SELECT count(*), md5(string_agg(x::text, \'|\' ORDER BY x.row_num)) FROM "{schema}".{t} x '
+                        f'JOIN "{schema}".load_files f USING (file_id) WHERE f.filename = %s AND f.published',
+                   (filename,))
+    return out
+
+
+def test_incremental_new_and_changed_files_leave_every_other_row_untouched(files, tmp_path, pg_uri, schema):
+    import shutil
+    import threading
+    d = tmp_path / "inc"
+    d.mkdir()
+    a, b = (shutil.copy(f, d) for f in files)
+    load(pg_uri, schema, [a, b])
+    before = {n: _digest(pg_uri, schema, n) for n in (MAIN, SV3)}
+    seen, errors, stop = set(), [], threading.Event()
+
+    def reader():
+        conn = psycopg2.connect(pg_uri)
+        conn.autocommit = True
+        while not stop.is_set():
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(f'SELECT count(*), count(DISTINCT file_id) FROM "{schema}".fastspecfit_specphot')
+                    seen.add(cur.fetchone())
+            except psycopg2.Error as exc:
+                errors.append(exc)
+        conn.close()
+
+    th = threading.Thread(target=reader)
+    th.start()
+    try:
+        # a new file: added; the published ones stay as they are
+        c = write_fastspecfit_file(str(d / "fastspec-iron-main-bright-nside1-hp05.fits"), 120, seed=5)
+        summary = load(pg_uri, schema, [a, b, c])
+        assert summary.incremental and summary.unchanged_files == 2 and summary.files == 1
+        assert summary.rows == {"fastspecfit_fastspec": 120, "fastspecfit_metadata": 120, "fastspecfit_specphot": 120}
+        assert {n: _digest(pg_uri, schema, n) for n in (MAIN, SV3)} == before
+        c_digest = _digest(pg_uri, schema, "fastspec-iron-main-bright-nside1-hp05.fits")
+        # a changed file (re-processed: same name, other content): its rows replaced, nothing else
+        write_fastspecfit_file(str(d / SV3), 100, seed=44)
+        summary = load(pg_uri, schema, [a, b, c])
+        assert summary.files == 1 and summary.unchanged_files == 2
+        assert summary.replaced_rows == {t: 100 for t in ("fastspecfit_metadata", "fastspecfit_specphot",
+                                                            "fastspecfit_fastspec")}
+        assert _digest(pg_uri, schema, MAIN) == before[MAIN]
+        assert _digest(pg_uri, schema, "fastspec-iron-main-bright-nside1-hp05.fits") == c_digest
+        assert _digest(pg_uri, schema, SV3) != before[SV3] and _digest(pg_uri, schema, SV3)[0][0] == 100
+        # loading a subset changes nothing; loading everything unchanged loads nothing
+        summary = load(pg_uri, schema, [c])
+        assert summary.role == "nothing" and summary.unchanged_files == 1
+        assert run(pg_uri, f'SELECT count(*) FROM "{schema}".fastspecfit_metadata') == [(370,)]
+    finally:
+        stop.set()
+        th.join()
+    assert not errors
+    assert seen <= {(250, 2), (370, 3)}, seen              # before or after, never in between
+    assert run(pg_uri, f'SELECT count(*), count(DISTINCT filename) FROM "{schema}".load_files WHERE published') \
+        == [(3, 3)]
+    assert run(pg_uri, f"""SELECT count(*) FROM "{schema}".fastspecfit_metadata m
+                           JOIN "{schema}".fastspecfit_fastspec f USING (file_id, row_num)
+                           WHERE m.targetid = f.targetid""") == [(370,)]
