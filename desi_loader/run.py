@@ -442,11 +442,14 @@ class Coordinator:
         self.summary.rows = check_counts(loaded, expected_counts(self.plan))
         self.summary.verified = True
 
-    def _checksum_failures(self) -> list:
-        """(path, reason) of files whose loaded bytes disagree with DATASUM/CHECKSUM."""
+    def _checksum_failures(self, incomplete: set) -> list:
+        """(path, reason) of files whose loaded bytes disagree with DATASUM/CHECKSUM
+        (files in ``incomplete``, with failed or pending tasks, are not all loaded: skipped)."""
         sums = self.ledger.datasums()
         bad = []
         for fp in self.plan.files:
+            if fp.info.name in incomplete:
+                continue
             for h in fp.info.hdus:
                 if h.index not in fp.tables or h.datasum is None:
                     continue
@@ -463,11 +466,13 @@ class Coordinator:
         opts, plan, ledger = self.opts, self.plan, self.ledger
         bad = list(plan.rejected)
         names = {fp.info.name: fp for fp in plan.files}
-        bad += [(names[fn].info.path if fn in names else fn, err) for fn, err in ledger.failed_tasks()]
+        failed = ledger.failed_tasks()
+        bad += [(names[fn].info.path if fn in names else fn, err) for fn, err in failed]
         counts = ledger.task_counts()
         if counts["pending"]:
             bad.append(("(tasks)", f"{counts['pending']} tasks were not run (workers kept dying)"))
-        corrupt = self._checksum_failures() if opts.verify_checksum else []
+        incomplete = {fn for fn, _ in failed} | (set(names) if counts["pending"] else set())
+        corrupt = self._checksum_failures(incomplete) if opts.verify_checksum else []
         bad += corrupt
         if not bad:
             return

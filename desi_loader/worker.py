@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import resource
 import signal
 import time
@@ -171,10 +172,13 @@ class _State:
             self.messages.put(("task", self.id, (task_id, os.path.basename(path))))
             try:
                 sums, rows = self._copy(cur, task_id, path, sources)
-            except (LoaderError, OSError) as exc:
+            except (LoaderError, OSError, psycopg2.Error) as exc:
+                if isinstance(exc, psycopg2.Error) and not is_data_error(exc):
+                    raise                             # connection and server trouble: retried or fatal
                 self.conn.rollback()
                 self.messages.put(("rewind", self.id, tuple(self.sent)))
-                reason = str(exc) if isinstance(exc, LoaderError) else f"{path}: {exc}"
+                reason = (locate(exc, path, sources) if isinstance(exc, psycopg2.Error)
+                          else str(exc) if isinstance(exc, LoaderError) else f"{path}: {exc}")
                 self.ledger.fail(task_id, self.name, reason)
                 self.messages.put(("failed", self.id, (task_id, reason)))
                 return True
@@ -194,6 +198,34 @@ class _State:
             self.ledger.reconnect()
         except DatabaseError:
             self.ledger.conn = _Closed()
+
+
+#: SQLSTATE classes of a value or row the server refuses: data exceptions (22), integrity
+#: violations (23, e.g. a CHECK a DBA put on the table), program limits (54, a row too big).
+#: They fail the task (and so its file), not the load.
+DATA_ERROR_CLASSES = ("22", "23", "54")
+_COPY_CONTEXT = re.compile(r"COPY (?P<table>[^,]+), line (?P<line>\d+)(?:, column (?P<column>[^:]+))?")
+
+
+def is_data_error(exc: psycopg2.Error) -> bool:
+    return bool(exc.pgcode) and exc.pgcode[:2] in DATA_ERROR_CLASSES
+
+
+def locate(exc: psycopg2.Error, path: str, by_table: dict) -> str:
+    """The server's refusal of a COPY, told as file, HDU, row and column of the FITS file.
+
+    PostgreSQL names the COPY's line (its row, 1-based, in binary format too) and often the
+    column; the task's part for that staging table says which FITS rows the COPY held.
+    """
+    where = path
+    m = _COPY_CONTEXT.search(getattr(exc.diag, "context", None) or "")
+    part = next((p for p in by_table.values() if m and p.table == m.group("table").strip('"')), None)
+    if m and part is not None:
+        row = part.start + int(m.group("line")) - 1
+        hdus = " + ".join(f"HDU {h.index} ({h.extname})" for h in part.hdus)
+        where = f"{path}: {hdus}, row {row}" + (f", column {m.group('column').upper()}" if m.group("column") else "")
+    return (f"{where}: the server refused the value: {first_line(exc)} (SQLSTATE {exc.pgcode}); "
+            "fix the file or the table's constraint, then rerun")
 
 
 class _Closed:

@@ -322,3 +322,21 @@ def test_corrupt_file_loads_after_redownload_of_same_size(good, bad_dir, tmp_pat
     got = q(pg_uri, f'SELECT m.targetid FROM "{schema}".fastspecfit_metadata m JOIN "{schema}".load_files f '
                     "USING (file_id) WHERE f.filename = %s ORDER BY m.row_num", (NAMES[3],))
     assert [g[0] for g in got] == want                                   # the new content, not stale rows
+
+
+def test_server_refusing_a_value_names_file_hdu_row_and_fails_only_that_file(good, pg_uri, schema):
+    with fits.open(good / NAMES[1]) as h:
+        victim = int(h["METADATA"].data["TARGETID"][399])
+    proc = start_load([good], pg_uri, schema)
+    wait_for_done(pg_uri, schema, 2, proc)
+    (load_id,), = q(pg_uri, f'SELECT load_id FROM "{schema}".loader_loads')
+    # a constraint the server enforces and the file breaks at one row (as a DBA's CHECK would)
+    q(pg_uri, f'ALTER TABLE "{schema}".fastspecfit_metadata__load{load_id} ADD CONSTRAINT no_victim '
+              f"CHECK (targetid <> {victim}) NOT VALID")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err[-2000:]
+    assert f"{NAMES[1]}: HDU 1 (METADATA), row 399" in err, err[-2000:]
+    assert "SQLSTATE 23514" in err and "Traceback" not in err
+    done = q(pg_uri, f"""SELECT f.filename, t.status, count(*) FROM "{schema}".loader_tasks t
+                         JOIN "{schema}".load_files f USING (file_id) GROUP BY 1, 2 ORDER BY 1, 2""")
+    assert (NAMES[0], "done", 8) in done and (NAMES[1], "failed", 1) in done   # the other file loaded
