@@ -365,15 +365,86 @@ def parse_args(argv):
     ap.add_argument("--out", default="bench-out", help="output directory (default bench-out)")
     ap.add_argument("--repeat", type=int, default=3,
                     help="runs of each ceiling and desi-loader copy measurement; the best counts (default 3)")
-    ap.add_argument("--only", choices=("all", "nodes"), default="all",
-                    help="'nodes': only the multi-process comparison and the multi-node estimate")
+    ap.add_argument("--only", choices=("all", "nodes", "whole"), default="all",
+                    help="'nodes': only the multi-process comparison and the multi-node estimate; 'whole': only "
+                    "the whole-load comparison (both WAL levels) and the incremental cost")
+    ap.add_argument("--whole-files", type=int, default=4, help="files of the whole-load comparison (default 4)")
+    ap.add_argument("--whole-rows", type=int, default=25000,
+                    help="galaxies per file of the whole-load comparison (default 25000: 100,000 galaxies; "
+                    "100000 makes the 400,000 of the README)")
     ap.add_argument("--quick", action="store_true", help="smallest configuration (for tests)")
     args = ap.parse_args(argv)
     if args.quick:
         args.files, args.rows, args.to_sql_rows, args.growth, args.small_files = 2, 200, 20, "", 0
+        args.whole_files, args.whole_rows = 2, 200
         args.repeat = 1
         args.workers = min(args.workers, 2)
     return args
+
+
+# --------------------------------------------------------------------------- whole load
+
+def by_hand(dsn: str, plan, chunks) -> float:
+    """The hand-written load: per table, in its own backend and in parallel, CREATE TABLE and
+    COPY FROM the pre-encoded binary files in one transaction (so wal_level=minimal skips the
+    WAL of the COPY), then PRIMARY KEY and ANALYZE.  Seconds."""
+    from desi_loader.sqlgen import create_indexes
+    schema = "bench_hand"
+    fresh_schema(dsn, schema)
+
+    def one(table: str) -> None:
+        conn = connect(dsn)
+        spec = plan.tables[table]
+        with conn.cursor() as cur:
+            for stmt in create_staging(schema, table, spec, logged=True):
+                cur.execute(stmt)
+            for t, path, cols in chunks:
+                if t == table:
+                    collist = ", ".join(f'"{c}"' for c in cols)
+                    cur.execute(f'COPY "{schema}".{table} ({collist}) FROM %s WITH (FORMAT binary)', (path,))
+            conn.commit()
+            cur.execute(create_indexes(schema, table, spec)[0])          # the primary key
+            cur.execute(f'ANALYZE "{schema}".{table}')
+        conn.commit()
+        conn.close()
+
+    threads = [threading.Thread(target=one, args=(t,)) for t in plan.tables]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0
+
+
+def command(dsn: str, files, schema: str, workers: int, *extra) -> tuple[float, dict]:
+    """The whole `load` command as users run it (a process of its own): seconds and its summary."""
+    js = Path(tempfile.mkdtemp(prefix="desi-bench-")) / "s.json"
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, str(Path(__file__).resolve().parent / "load.py"), *files, "--dsn", dsn,
+                    "--schema", schema, "--workers", str(workers), "--quiet", "--summary-json", str(js), *extra],
+                   check=True)
+    secs = time.perf_counter() - t0
+    summary = json.loads(js.read_text())["loads"][0]
+    shutil.rmtree(js.parent, ignore_errors=True)
+    return secs, summary
+
+
+def set_wal_level(dsn: str, data_dir, level: str) -> bool:
+    """Switch the embedded server's wal_level (restart); False for a server we do not own."""
+    if data_dir is None:
+        return False
+    conn = connect(dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("ALTER SYSTEM SET wal_level = %s", (level,))
+        if level == "minimal":
+            cur.execute("ALTER SYSTEM SET max_wal_senders = 0")
+        else:
+            cur.execute("ALTER SYSTEM RESET max_wal_senders")
+    conn.close()
+    server.restart(data_dir)
+    return True
 
 
 class Bench:
@@ -384,7 +455,8 @@ class Bench:
         self.out = Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.cache = self.out / "data"
-        self.dsn = args.dsn or server.start(Path(args.data_dir) if args.data_dir else None)
+        self.data_dir = None if args.dsn else Path(args.data_dir or server.default_data_dir())
+        self.dsn = args.dsn or server.start(self.data_dir)
         self.W = max(1, args.workers)
         self.results = {"machine": machine(self.dsn), "config": vars(args), "methods": [], "ratios": {}}
         self.files = make_files(self.cache, args.files, args.rows)
@@ -509,6 +581,68 @@ class Bench:
         for k, v in est.items():
             print(f"  {k:45s} {v}")
 
+    def whole(self) -> None:
+        """The whole command against the hand-written load, under wal_level minimal and replica,
+        with either durable path; then the cost of adding one file to a published catalog."""
+        dsn, W, args = self.dsn, self.W, self.args
+        if not can_read_server_files(dsn):
+            print("whole load: skipped (the by-hand load needs a local server and pg_read_server_files)")
+            return
+        files = make_files(self.cache, args.whole_files, args.whole_rows)
+        n, nb = galaxies(files), fits_bytes(files)
+        print(f"\nwhole load: {len(files)} files, {n:,} galaxies, {nb / 1e9:.2f} GB of FITS")
+        tmp = Path(tempfile.mkdtemp(prefix="desi-bench-", dir="/tmp"))
+        os.chmod(tmp, 0o755)
+        out: dict = {}
+        try:
+            plan, chunks = pre_encode(files, "binary", tmp)
+            levels = ("minimal", "replica") if self.data_dir is not None else (None,)
+            for level in levels:
+                if level:
+                    set_wal_level(dsn, self.data_dir, level)
+                hand, mine = [], {"unlogged": [], "logged": []}
+                for _ in range(max(1, args.repeat)):
+                    hand.append(by_hand(dsn, plan, chunks))
+                    for mode in mine:
+                        fresh_schema(dsn, "bench_whole")
+                        mine[mode].append(command(dsn, files, "bench_whole", W, "--staging", mode,
+                                                  "--replace-all")[0])
+                tag = level or "server's"
+                h = self.record(f"by hand, wal_level={tag} (CREATE+COPY, PK, ANALYZE)", len(plan.tables),
+                                min(hand), n, nb)
+                for mode, secs in mine.items():
+                    r = self.record(f"desi-loader whole command, {mode} staging, wal_level={tag}", W, min(secs), n, nb)
+                    out[f"{tag}_{mode}"] = r["rows_per_s"] / h["rows_per_s"]
+                chosen = "unlogged" if (level or self.results["machine"]["server"]["wal_level"]) == "minimal" \
+                    else "logged"                          # what --staging auto picks (opening.staging_mode)
+                self.ratio(f"whole_{tag}_auto_({chosen})_vs_by_hand", out[f"{tag}_{chosen}"])
+                for k, v in out.items():
+                    if k.startswith(tag):
+                        self.ratio(f"whole_{k}_vs_by_hand", v)
+            self._incremental(files)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if self.data_dir is not None:
+                set_wal_level(dsn, self.data_dir, "minimal")
+
+    def _incremental(self, files) -> None:
+        """One more file into the published catalog: incremental merge against a full reload."""
+        dsn, W = self.dsn, self.W
+        extra = make_files(self.cache, len(files) + 1, self.args.whole_rows)[-1:]
+        extra_copy = Path(files[0]).parent / Path(extra[0]).name
+        if not extra_copy.exists():
+            shutil.copy(extra[0], extra_copy)
+        fresh_schema(dsn, "bench_inc")
+        command(dsn, files, "bench_inc", W)
+        inc_s, inc = command(dsn, [*files, str(extra_copy)], "bench_inc", W)
+        full_s, _ = command(dsn, [*files, str(extra_copy)], "bench_inc", W, "--replace-all")
+        g, gb = galaxies(extra), fits_bytes(extra)
+        self.record("incremental: 1 file into the published catalog", W, inc_s, g, gb)
+        self.record(f"full reload of all {len(files) + 1} files (--replace-all)", W, full_s,
+                    galaxies(files) + g, fits_bytes(files) + gb)
+        self.ratio("incremental_1_file_seconds_vs_full_reload", inc_s / full_s)
+        assert inc["incremental"] and inc["files"] == 1, inc
+
     def finish(self) -> None:
         print("\nratios (measured in this run):")
         for k, v in self.results["ratios"].items():
@@ -547,7 +681,10 @@ def main(argv=None) -> int:
         bench.ceiling_and_loader()
         bench.alternatives()
         bench.growth()
-    bench.nodes()
+    if args.only in ("all", "nodes"):
+        bench.nodes()
+    if args.only in ("all", "whole"):
+        bench.whole()
     bench.finish()
     return 0
 
