@@ -134,6 +134,19 @@ class _Layout:
             pos += width
         return lead
 
+    def matrix(self) -> tuple[np.ndarray, np.ndarray]:
+        """The rows as an (n, width) character matrix and its keep mask (text slots)."""
+        total = sum(w for w, _, _, _ in self.pieces)
+        out = np.empty((self.n, total), np.uint8)
+        mask = np.ones((self.n, total), bool)
+        pos = 0
+        for width, write, keep, _ in self.pieces:
+            write(out[:, pos:pos + width])
+            if keep is not None:
+                mask[:, pos:pos + width] = keep.reshape(self.n, width)
+            pos += width
+        return out, mask
+
     def tobytes(self) -> bytes:
         total = sum(w for w, _, _, _ in self.pieces)
         lead = self._lead()
@@ -540,81 +553,24 @@ _DIGITS = np.frombuffer(b"0123456789", np.uint8)
 
 def _text_ints(vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Integers (int64 or uint64, any shape) -> decimal chars (sign slot + 20 digits), keep mask."""
-    shape = vals.shape
-    flat = vals.reshape(-1)
-    if flat.dtype.kind == "i":
-        neg = flat < 0
-        mag = flat.view(np.uint64).copy()
-        mag[neg] = (~mag[neg]) + np.uint64(1)   # two's complement magnitude, safe for INT64_MIN
-    else:
-        neg = np.zeros(flat.size, bool)
-        mag = flat.astype(np.uint64)
-    digits = np.zeros((flat.size, 20), np.uint8)
-    ten = np.uint64(10)
-    for i in range(19, -1, -1):
-        digits[:, i] = mag % ten
-        mag //= ten
-        if not mag.any():
-            break
-    nonzero = digits != 0
-    first = np.where(nonzero.any(axis=1), nonzero.argmax(axis=1), 19)
-    chars = np.empty((flat.size, 21), np.uint8)
-    chars[:, 0] = ord("-")
-    chars[:, 1:] = digits + ord("0")
-    keep = np.arange(21) >= (first + 1)[:, None]
-    keep[:, 0] = neg
-    return chars.reshape(shape + (21,)), keep.reshape(shape + (21,))
+    from .textenc import ints
+    return ints(vals)
 
 
 def _text_floats(vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Floats -> C99 hexadecimal strings (exact), 'Infinity'/'-Infinity'; NaN handled by caller.
+    """Floats -> C99 hexadecimal strings (exact), always signed; NaN handled by caller.
 
-    Form: [-]0x1.<hex mantissa>p<+|-><decimal exponent>, or 0x0.<...>p-126/-1022 for
-    subnormals and zero.  glibc strtod/strtof (PostgreSQL's float8in/float4in) parse it
-    exactly, so every bit round-trips; tests check this against the server.
+    Form: [+-]0x1.<hex mantissa>p<+|-><decimal exponent>, or 0x0.<...>p-126/-1022 for
+    subnormals, 0x0.0p+0000 for zero, [+-]Infinity.  glibc strtod/strtof (PostgreSQL's
+    float8in/float4in) parse it exactly, so every bit round-trips; tests check this
+    against the server.
     """
-    shape = vals.shape
-    flat = vals.reshape(-1)
-    if flat.dtype.itemsize == 4:
-        bits = flat.astype("=f4").view(np.uint32).astype(np.uint64)
-        mbits, ebits, bias = 23, 8, 127
-        mshift, nhex = 1, 6
-    else:
-        bits = flat.astype("=f8").view(np.uint64)
-        mbits, ebits, bias = 52, 11, 1023
-        mshift, nhex = 0, 13
-    sign = (bits >> np.uint64(mbits + ebits)) & np.uint64(1)
-    exp = ((bits >> np.uint64(mbits)) & np.uint64((1 << ebits) - 1)).astype(np.int64)
-    mant = (bits & np.uint64((1 << mbits) - 1)) << np.uint64(mshift)
-    sub = exp == 0
-    e = np.where(sub, np.where(mant == 0, 0, 1 - bias), exp - bias)
-    # layout: sign(1) '0x'(2) lead(1) '.'(1) hex(nhex) 'p'(1) esign(1) edigits(4)
-    width = 11 + nhex
-    chars = np.empty((flat.size, width), np.uint8)
-    chars[:, 0] = ord("-")
-    chars[:, 1] = ord("0")
-    chars[:, 2] = ord("x")
-    chars[:, 3] = np.where(sub, ord("0"), ord("1"))
-    chars[:, 4] = ord(".")
-    for i in range(nhex):
-        shift = np.uint64(4 * (nhex - 1 - i))
-        chars[:, 5 + i] = _HEX[((mant >> shift) & np.uint64(15)).astype(np.intp)]
-    p = 5 + nhex
-    chars[:, p] = ord("p")
-    chars[:, p + 1] = np.where(e < 0, ord("-"), ord("+"))
-    ae = np.abs(e)
-    for i in range(4):
-        chars[:, p + 5 - i] = _DIGITS[(ae // 10 ** i) % 10]
-    keep = np.ones((flat.size, width), bool)
-    keep[:, 0] = sign.astype(bool)
-    inf = exp == (1 << ebits) - 1
+    from .textenc import floats
+    chars, inf = floats(vals)
+    keep = np.ones(chars.shape, bool)
     if inf.any():
-        # NaN never reaches here as a value (it is NULL); what is left is +/-Infinity
-        pos_inf = np.frombuffer(b"Infinity".ljust(width, b" "), np.uint8)
-        rows = np.nonzero(inf)[0]
-        chars[rows, 1:] = pos_inf[:width - 1]
-        keep[rows, 1:] = np.arange(1, width) <= 8
-    return chars.reshape(shape + (width,)), keep.reshape(shape + (width,))
+        keep[inf, 9:] = False
+    return chars, keep
 
 
 def _escape_text(chars: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -705,43 +661,58 @@ def _text_array(layout: _Layout, f: Field, chars: np.ndarray, keep: np.ndarray,
     layout.const(b"}" * len(dims))
 
 
-def encode_text(rows: np.ndarray, fields: Sequence[Field], first_row: int = 0) -> bytes:
-    """Encode a block of FITS rows as text COPY lines (tab-separated, ``\\N`` for NULL)."""
+def _text_field(layout: _Layout, f: Field, rows: np.ndarray, first_row: int) -> None:
+    """One column's text (without its separator) added to ``layout``."""
+    n = rows.shape[0]
+    if f.kind == "null":
+        layout.const(b"\\N")
+    elif f.kind == "const":
+        if f.value is None:
+            layout.const(b"\\N")
+        else:
+            v = str(f.value).encode("utf-8")
+            c, k = _escape_text(np.frombuffer(v, np.uint8)[None, :], np.ones((1, len(v)), bool))
+            layout.const(c[k].tobytes())
+    elif f.kind == "rownum":
+        chars, keep = _text_ints(np.arange(n, dtype=np.int64) + first_row)
+        layout.array(chars, keep)
+    elif f.kind == "text":
+        if f.dims:
+            raise EncodeError(f"column {f.name!r}: string arrays are not supported")
+        chars = rows[:, f.offset:f.offset + f.width]
+        lengths = _string_lengths(chars)
+        _check_ascii(chars, lengths, f, first_row)
+        keep = np.arange(f.width) < lengths[:, None]
+        chars, keep = _escape_text(chars, keep)
+        layout.array(chars, None if keep.all() else keep)
+    else:
+        chars, keep, null = _text_elements(rows, f, first_row)
+        if f.dims:
+            _text_array(layout, f, chars, keep, null)
+        else:
+            _text_value(layout, chars.reshape(n, -1), keep.reshape(n, -1),
+                        None if null is None else null.reshape(n), b"\\N")
+
+
+def encode_text_fieldwise(rows: np.ndarray, fields: Sequence[Field], first_row: int = 0) -> bytes:
+    """Text COPY built column by column (the reference that textenc.encode_text must equal)."""
     n = rows.shape[0]
     if n == 0:
         return b""
     layout = _Layout(n)
     for i, f in enumerate(fields):
-        if f.kind == "null":
-            layout.const(b"\\N")
-        elif f.kind == "const":
-            if f.value is None:
-                layout.const(b"\\N")
-            else:
-                v = str(f.value).encode("utf-8")
-                c, k = _escape_text(np.frombuffer(v, np.uint8)[None, :], np.ones((1, len(v)), bool))
-                layout.const(c[k].tobytes())
-        elif f.kind == "rownum":
-            chars, keep = _text_ints(np.arange(n, dtype=np.int64) + first_row)
-            layout.array(chars, keep)
-        elif f.kind == "text":
-            if f.dims:
-                raise EncodeError(f"column {f.name!r}: string arrays are not supported")
-            chars = rows[:, f.offset:f.offset + f.width]
-            lengths = _string_lengths(chars)
-            _check_ascii(chars, lengths, f, first_row)
-            keep = np.arange(f.width) < lengths[:, None]
-            chars, keep = _escape_text(chars, keep)
-            layout.array(chars, None if keep.all() else keep)
-        else:
-            chars, keep, null = _text_elements(rows, f, first_row)
-            if f.dims:
-                _text_array(layout, f, chars, keep, null)
-            else:
-                _text_value(layout, chars.reshape(n, -1), keep.reshape(n, -1),
-                            None if null is None else null.reshape(n), b"\\N")
+        _text_field(layout, f, rows, first_row)
         layout.const(b"\n" if i == len(fields) - 1 else b"\t")
     return layout.tobytes()
+
+
+def encode_text(rows: np.ndarray, fields: Sequence[Field], first_row: int = 0) -> bytes:
+    """Encode a block of FITS rows as text COPY lines (tab-separated, ``\\N`` for NULL).
+
+    Columns of one type are encoded together in a fixed row template (textenc.py).
+    """
+    from .textenc import encode_text as columnar
+    return columnar(rows, fields, first_row)
 
 
 class Codec(tuple):

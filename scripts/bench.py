@@ -131,6 +131,22 @@ def pre_encode(files, fmt: str, outdir: Path) -> list:
     return plan, chunks
 
 
+def encode_seconds(files, fmt: str) -> float:
+    """CPU seconds to read and encode every row of ``files`` in ``fmt``, in 1 MB blocks, one core."""
+    from desi_loader.stream import BLOCK_BYTES
+    plan = plan_for(files)
+    enc = encoder_plan(plan, {t: t for t in plan.tables})
+    t0 = time.process_time()
+    for fp in plan.files:
+        e = enc[fp.file_id]
+        for te in e.tables.values():
+            h = te.hdus[0]
+            step = max(1, BLOCK_BYTES // h.row_bytes)
+            for s in range(0, h.nrows, step):
+                encode_block(read_rows(e.path, h, s, min(s + step, h.nrows)), te.fields, fmt, s)
+    return time.process_time() - t0
+
+
 def can_read_server_files(dsn: str) -> bool:
     conn = connect(dsn)
     try:
@@ -489,18 +505,20 @@ class Bench:
             plan, chunks = pre_encode(files, "binary", tmp)
             _, tchunks = pre_encode(files, "text", tmp)
             widths = sorted({1, W} | ({2} if W >= 2 else set()))
-            ceil: dict = {1: [], W: []}
+            ceil: dict = {(f, b): [] for f in ("binary", "text") for b in (1, W)}
             runs: dict = {}
             for _ in range(max(1, self.args.repeat)):
-                for b in ceil:
-                    ceil[b].append(ceiling(dsn, plan, chunks, "binary", b, server_side))
-                for w in widths:
-                    runs.setdefault(("binary", w), []).append(loader(dsn, files, "binary", w))
-            self.c1 = self.record(f"ceiling binary ({how})", 1, min(ceil[1]), n, nb)
-            self.cw = self.record(f"ceiling binary ({how})", W, min(ceil[W]), n, nb)
-            self.record(f"ceiling text ({how})", 1, ceiling(dsn, plan, tchunks, "text", 1, server_side), n, nb)
-            for w in widths:
-                runs[("text", w)] = [loader(dsn, files, "text", w)]
+                for (fmt, b) in ceil:
+                    ceil[(fmt, b)].append(ceiling(dsn, plan, chunks if fmt == "binary" else tchunks, fmt, b,
+                                                  server_side))
+                for fmt in ("binary", "text"):
+                    for w in widths:
+                        runs.setdefault((fmt, w), []).append(loader(dsn, files, fmt, w))
+            self.c1 = self.record(f"ceiling binary ({how})", 1, min(ceil[("binary", 1)]), n, nb)
+            self.cw = self.record(f"ceiling binary ({how})", W, min(ceil[("binary", W)]), n, nb)
+            self.t1 = self.record(f"ceiling text ({how})", 1, min(ceil[("text", 1)]), n, nb)
+            self.tw = self.record(f"ceiling text ({how})", W, min(ceil[("text", W)]), n, nb)
+            self.encode_seconds = {fmt: encode_seconds(files, fmt) for fmt in ("binary", "text")}
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         self.best, self.whole = {}, {}
@@ -513,6 +531,17 @@ class Bench:
             self.record(f"desi-loader {fmt}: whole load (index, durable, swap)", w, min(x["whole"] for x in rs), n, nb)
         self.ratio("binary_w1_vs_ceiling_1_backend", self.best[("binary", 1)]["rows_per_s"] / self.c1["rows_per_s"])
         self.ratio(f"binary_w{W}_vs_ceiling_{W}_backends", self.best[("binary", W)]["rows_per_s"] / self.cw["rows_per_s"])
+        self.ratio("text_w1_vs_text_ceiling_1_backend", self.best[("text", 1)]["rows_per_s"] / self.t1["rows_per_s"])
+        self.ratio(f"text_w{W}_vs_text_ceiling_{W}_backends", self.best[("text", W)]["rows_per_s"] / self.tw["rows_per_s"])
+        print("\nwhere the time goes (seconds for all rows; encode: one core, no database; server parse: "
+              "its own COPY FROM file, 1 backend; copy phase: desi-loader, streaming):")
+        for fmt, ceil1 in (("binary", self.c1), ("text", self.t1)):
+            parts = "  ".join(f"copy phase w={w} {self.best[(fmt, w)]['seconds']:.2f}"
+                              for w in sorted({1, W}))
+            print(f"  {fmt:6s} encode {self.encode_seconds[fmt]:.2f}  server parse {ceil1['seconds']:.2f}  {parts}")
+        self.results["time_split"] = {fmt: {"encode_s": round(self.encode_seconds[fmt], 3),
+                                            "server_parse_s": c["seconds"]}
+                                      for fmt, c in (("binary", self.c1), ("text", self.t1))}
 
     def alternatives(self) -> None:
         dsn, files, n, nb, W, args = self.dsn, self.files, self.n, self.nb, self.W, self.args

@@ -87,7 +87,7 @@ def test_text_golden_and_escaping():
     fields = [Field("f", "float", "float8", 0, 8), Field("i", "int", "int4", 8, 4),
               Field("s", "text", "text", 12, 4)]
     lines = encode_text(rows, fields).split(b"\n")
-    assert lines[0] == b"0x1.8000000000000p+0000\t-2147483648\ta\\tb\\\\"
+    assert lines[0] == b"+0x1.8000000000000p+0000\t-2147483648\ta\\tb\\\\"
     assert lines[1] == b"\\N\t0\t\\\\N"
     assert lines[2] == b"-0x0.0000000000000p+0000\t42\t x\\n"
     assert lines[3] == b"-Infinity\t7\t"
@@ -101,7 +101,7 @@ def test_text_arrays_2d_and_null_elements():
     assert got == b"{{1,2,3},{4,5,6}}\n"
     f = np.array([[np.nan, 0.5]], ">f4")
     got = encode_text(rows_of(f), [Field("f", "float", "float4", 0, 4, 2, (2,))])
-    assert got == b"{NULL,0x1.000000p-0001}\n"
+    assert got == b"{NULL,+0x1.000000p-001}\n"
 
 
 def test_bad_logical_and_non_ascii_name_column_and_row():

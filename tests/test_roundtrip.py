@@ -96,3 +96,23 @@ def test_bad_value_rejects_its_file_and_names_column_and_row(tmp_path, pg_uri, s
     summary = load(pg_uri, schema, [good, bad], catalog="generic", prefix="g", verify_checksum=False,
                    allow_partial=True)
     assert summary.rows == {"g_hdu1": 2} and [m[0] for m in summary.missing] == ["b_bad.fits"]
+
+
+def test_random_float_bit_patterns_exact_through_the_server_in_text(tmp_path, pg_uri, schema, db):
+    from astropy.table import Table
+    rng = np.random.default_rng(12)
+    n = 3000
+    f4 = rng.integers(0, 2 ** 32, n, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    f8 = rng.integers(0, 2 ** 63, n, dtype=np.uint64).view(np.float64) * np.where(rng.random(n) < 0.5, -1, 1)
+    f4[:6] = [np.inf, -np.inf, 0.0, -0.0, np.float32(1e-45), np.finfo(np.float32).tiny]
+    f8[:6] = [np.inf, -np.inf, 0.0, -0.0, 5e-324, np.finfo(np.float64).tiny]
+    path = tmp_path / "bits.fits"
+    Table({"F4": f4, "F8": f8}).write(path)
+    load(pg_uri, schema, [path], catalog="generic", prefix="b", fmt="text", workers=1)
+    rows = fetch(db, f'SELECT float4send(f4), float8send(f8) FROM "{schema}".b_hdu1 ORDER BY row_num')
+    for r, (a, b) in enumerate(rows):
+        for got, want in ((a, f4[r:r + 1].astype(">f4")), (b, f8[r:r + 1].astype(">f8"))):
+            if np.isnan(want[0]):
+                assert got is None, r
+            else:
+                assert bytes(got) == want.tobytes(), r
