@@ -77,6 +77,7 @@ class TextPlan:
     generic: list                 # (field, slot offset, slot width), each followed by sep_pos
     sep_pos: np.ndarray
     sep_chr: np.ndarray
+    keep: Optional[np.ndarray] = None   # characters kept unless a block says otherwise (float slots, tabs)
 
 
 def _slot_width(f: E.Field) -> int:
@@ -147,8 +148,15 @@ def plan(fields: Sequence[E.Field]) -> TextPlan:
                 g.tnull = np.array([t if t is not None else 0 for t in nulls], np.int64)
                 g.null_cols = np.array([t is not None for t in nulls])
         groups.append(g)
-    return TextPlan(pos, groups, generic, np.array([p for p, _ in seps], np.intp),
-                    np.array([c for _, c in seps], np.uint8))
+    tp = TextPlan(pos, groups, generic, np.array([p for p, _ in seps], np.intp),
+                  np.array([c for _, c in seps], np.uint8))
+    tp.keep = np.zeros(pos, bool)
+    tp.keep[tp.sep_pos] = True
+    for g in groups:
+        if g.pattern is not None:
+            for start, _first, count in g.runs:
+                tp.keep[start:start + count * g.slot] = np.tile(g.pattern, count)
+    return tp
 
 
 # --------------------------------------------------------------------------- numbers
@@ -266,7 +274,7 @@ def _fill_group(g: _Group, rows: np.ndarray, out: np.ndarray, keep: np.ndarray) 
         vals = raw.view(">f4" if g.kind == "f4" else ">f8")
         words, inf = float_words(vals)
         chars = words.view(np.uint8).reshape(n, k, slot)
-        mask = g.pattern                                    # text and tab kept, padding dropped
+        mask = None                                         # text and tab kept, padding dropped: TextPlan.keep
         null = np.isnan(vals)
         null = null if null.any() else None
         if inf.any():
@@ -282,11 +290,9 @@ def _fill_group(g: _Group, rows: np.ndarray, out: np.ndarray, keep: np.ndarray) 
         fixes.append((r, j, content, 3))
     for start, first, count in g.runs:
         w = count * slot
-        out[:, start:start + w] = chars[:, first:first + count].reshape(n, w)
-        if mask.ndim == 1:
-            keep[:, start:start + w] = np.tile(mask, count)
-        else:
-            keep[:, start:start + w] = mask[:, first:first + count].reshape(n, w)
+        out[:, start:start + w].reshape(n, count, slot)[...] = chars[:, first:first + count]
+        if mask is not None:                                # floats: kept by the plan's template
+            keep[:, start:start + w].reshape(n, count, slot)[...] = mask[:, first:first + count]
     for r, j, content, used in fixes:
         cols = g.pos[j][:, None] + np.arange(slot)
         out[r[:, None], cols] = content
@@ -316,9 +322,9 @@ def encode_text(rows: np.ndarray, fields: Sequence[E.Field], first_row: int = 0)
         if isinstance(fields, E.Codec):
             fields.text_plan = tp
     out = np.empty((n, tp.width), np.uint8)
-    keep = np.zeros((n, tp.width), bool)
+    keep = np.empty((n, tp.width), bool)
+    keep[:] = tp.keep
     out[:, tp.sep_pos] = tp.sep_chr
-    keep[:, tp.sep_pos] = True
     for g in tp.groups:
         _fill_group(g, rows, out, keep)
     for f, pos, _slot in tp.generic:
