@@ -42,6 +42,11 @@ _HEX3_AFTER_DOT = _packed([f".{v:03x}" for v in range(4096)])
 _HEX4 = _packed([f"{v:04x}" for v in range(65536)])
 _DEC3_SIGNED = {s: _packed([f"{s}{v:03d}" for v in range(1000)]) for s in "+-"}
 _DEC4 = _packed([f"{v:04d}" for v in range(10000)])
+_HEX3_P = _packed([f"{v:03x}p" for v in range(4096)])
+#: float4 words that depend only on the sign and exponent bits (the top 9 bits):
+#: "[+-]0x<lead>" and the exponent "[+-]ddd" (subnormals are patched: their exponent is -126)
+_F4_HEAD = _packed([("-" if t >> 8 else "+") + ("0x1" if t & 0xFF else "0x0") for t in range(512)])
+_F4_EXP = _packed([f"{(t & 0xFF) - 127:+04d}" if t & 0xFF else "+000" for t in range(512)])
 #: powers of ten up to 10**19, for the number of decimal digits of a uint64
 _POW10 = np.array([10 ** i for i in range(1, 20)], np.uint64)
 
@@ -179,11 +184,7 @@ def float_words(vals: np.ndarray, sep: int = 9) -> tuple[np.ndarray, np.ndarray]
     flat = np.ascontiguousarray(vals).reshape(-1)
     single = vals.dtype.itemsize == 4
     if single:
-        b = flat.astype("=f4").view(np.uint32)
-        sign = b >> 31
-        exp = ((b >> 23) & 0xFF).astype(np.int32)
-        mant = (b & 0x7FFFFF) << 1                         # 24 bits: 6 hex digits
-        nonzero = mant != 0
+        return _float4_words(flat, sep)
     else:
         b = flat.astype("=f8").view(np.uint64)
         sign = (b >> np.uint64(63)).astype(np.uint32)
@@ -211,6 +212,23 @@ def float_words(vals: np.ndarray, sep: int = 9) -> tuple[np.ndarray, np.ndarray]
         words[:, 5] = _DEC4[np.abs(e)]
         words[:, 6] = sep
     return words, exp == emax
+
+
+def _float4_words(flat: np.ndarray, sep: int) -> tuple[np.ndarray, np.ndarray]:
+    """float_words for float4: four table lookups per value, subnormals patched."""
+    b = flat.astype("=f4").view(np.uint32)
+    top = (b >> 23).astype(np.intp)                         # sign and exponent
+    words = np.empty((flat.size, FLOAT_WORDS[4]), np.uint32)
+    words[:, 0] = _F4_HEAD[top]
+    words[:, 1] = _HEX3_AFTER_DOT[((b >> 11) & 0xFFF).astype(np.intp)]   # mantissa << 1, top 12 bits
+    words[:, 2] = _HEX3_P[((b << 1) & 0xFFF).astype(np.intp)]           # low 12 bits, then 'p'
+    words[:, 3] = _F4_EXP[top]
+    words[:, 4] = sep
+    exp = top & 0xFF
+    sub = np.nonzero((exp == 0) & ((b & 0x7FFFFF) != 0))[0]
+    if sub.size:
+        words[sub, 3] = _word(b"-126")
+    return words, exp == 0xFF
 
 
 def floats(vals: np.ndarray, sep: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:

@@ -384,6 +384,8 @@ def parse_args(argv):
     ap.add_argument("--only", choices=("all", "nodes", "whole"), default="all",
                     help="'nodes': only the multi-process comparison and the multi-node estimate; 'whole': only "
                     "the whole-load comparison (both WAL levels) and the incremental cost")
+    ap.add_argument("--whole-repeat", type=int, default=1,
+                    help="runs of each whole-load measurement; the best counts (default 1: they are long)")
     ap.add_argument("--whole-files", type=int, default=4, help="files of the whole-load comparison (default 4)")
     ap.add_argument("--whole-rows", type=int, default=25000,
                     help="galaxies per file of the whole-load comparison (default 25000: 100,000 galaxies; "
@@ -521,13 +523,13 @@ class Bench:
             self.encode_seconds = {fmt: encode_seconds(files, fmt) for fmt in ("binary", "text")}
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        self.best, self.whole = {}, {}
+        self.best, self.whole_runs = {}, {}
         for (fmt, w), rs in sorted(runs.items()):
             r = min(rs, key=lambda x: x["copy_stream"] or x["copy"])
             self.best[(fmt, w)] = self.record(f"desi-loader {fmt}: copy phase (streaming)", w,
                                               r["copy_stream"] or r["copy"], n, nb, copy_with_startup=r["copy"],
                                               phases=r["phases"], memory=r["memory"])
-            self.whole[(fmt, w)] = r
+            self.whole_runs[(fmt, w)] = r
             self.record(f"desi-loader {fmt}: whole load (index, durable, swap)", w, min(x["whole"] for x in rs), n, nb)
         self.ratio("binary_w1_vs_ceiling_1_backend", self.best[("binary", 1)]["rows_per_s"] / self.c1["rows_per_s"])
         self.ratio(f"binary_w{W}_vs_ceiling_{W}_backends", self.best[("binary", W)]["rows_per_s"] / self.cw["rows_per_s"])
@@ -630,7 +632,7 @@ class Bench:
                 if level:
                     set_wal_level(dsn, self.data_dir, level)
                 hand, mine = [], {"unlogged": [], "logged": []}
-                for _ in range(max(1, args.repeat)):
+                for _ in range(max(1, args.whole_repeat)):
                     hand.append(by_hand(dsn, plan, chunks))
                     for mode in mine:
                         fresh_schema(dsn, "bench_whole")

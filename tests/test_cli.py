@@ -86,7 +86,8 @@ def test_main_job_script_on_sample(tmp_path, pg_uri):
     summary = json.loads(js.read_text())
     fsf = [l for l in summary["loads"] if l["catalog"] == "fastspecfit"][0]
     assert fsf["total_rows"] == 300 and fsf["verified"] and fsf["durable"]
-    assert set(fsf["phases"]) >= {"plan", "copy", "verify", "index", "durable", "swap"}
+    assert set(fsf["phases"]) >= {"plan", "open", "copy", "verify", "index", "swap"}
+    assert "logged staging" in fsf["durable_path"]          # no SET LOGGED rewrite needed
     assert {l["catalog"] for l in summary["loads"]} == {"fastspecfit", "desivast"}
     code = subprocess.run([sys.executable, "-m", "desi_loader.cli", "sql",
                            "SELECT count(*) FROM cli_main.fastspecfit_metadata", "--dsn", pg_uri],

@@ -263,15 +263,15 @@ def test_rerun_after_staging_table_dropped_starts_over(good, pg_uri, schema):
 
 def test_server_crash_during_copy_reloads_exactly_the_lost_tasks(good, tmp_path):
     data_dir = tmp_path / "pg"
-    dsn = server.start(data_dir)                   # wal_level=minimal: UNLOGGED staging + SET LOGGED
+    dsn = server.start(data_dir)
     try:
-        proc = start_load([good], dsn, "crash_s")
+        proc = start_load([good], dsn, "crash_s", "--staging", "unlogged")
         wait_for_done(dsn, "crash_s", 4, proc)
         server.restart(data_dir, mode="immediate")  # a crash: UNLOGGED staging comes back empty
         out, err = proc.communicate(timeout=300)
         text = out + err
         if proc.returncode != 0:                    # the same command again must finish it
-            code, out, err = run_load([good], dsn, "crash_s")
+            code, out, err = run_load([good], dsn, "crash_s", "--staging", "unlogged")
             assert code == 0, err[-2000:]
             text += out + err
         assert "UNLOGGED staging lost the rows of" in text and "reloading exactly those" in text, text[-3000:]

@@ -59,7 +59,7 @@ def test_repeated_kills_never_refused_and_exact(files, pg_uri, schema, whole):
     hit = []
     for target in TARGETS:
         # --replace-all: every run after a publication loads everything again (not "nothing to load")
-        p = node(files, pg_uri, schema, "--replace-all", delay="0.01", workers=2, task_rows=40, phase_delay=0.3)
+        p = node(files, pg_uri, schema, "--replace-all", "--staging", "unlogged", delay="0.01", workers=2, task_rows=40, phase_delay=0.3)
         # copy: a random moment (0.3-7 s); a finalize phase: a random moment inside it
         wait = rng.uniform(0.3, 7) if target.startswith("copy") else 120
         where = _aim(p, pg_uri, schema, target, time.time() + wait)
