@@ -23,7 +23,7 @@ if [ ${#missing[@]} -gt 0 ]; then
         sudo apt-get update -qq
         sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     else
-        echo "warning: cannot install ${missing[*]} (needs root and apt-get); the SLURM test will be skipped" >&2
+        echo "warning: cannot install ${missing[*]} (needs root and apt-get); the SLURM test will fail" >&2
     fi
 fi
 
