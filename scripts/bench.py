@@ -644,8 +644,7 @@ class Bench:
                 for mode, secs in mine.items():
                     r = self.record(f"desi-loader whole command, {mode} staging, wal_level={tag}", W, min(secs), n, nb)
                     out[f"{tag}_{mode}"] = r["rows_per_s"] / h["rows_per_s"]
-                chosen = "unlogged" if (level or self.results["machine"]["server"]["wal_level"]) == "minimal" \
-                    else "logged"                          # what --staging auto picks (opening.staging_mode)
+                chosen = "logged"                          # what --staging auto picks (opening.staging_mode)
                 self.ratio(f"whole_{tag}_auto_({chosen})_vs_by_hand", out[f"{tag}_{chosen}"])
                 for k, v in out.items():
                     if k.startswith(tag):
