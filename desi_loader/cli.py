@@ -252,7 +252,10 @@ def _cmd_load(args, console) -> int:
     if args.quiet:
         return code
     for summary in summaries:
-        if args.dry_run:
+        if summary.role == "nothing":
+            console.print(f"{summary.catalog}: all {summary.unchanged_files} files are published and unchanged in "
+                          f"schema {summary.schema}: nothing to load (--replace-all reloads them)")
+        elif args.dry_run:
             for entry in summary.plan:
                 console.print(f"{summary.schema}.{entry['table']}: {entry['columns']} columns, "
                               f"key ({', '.join(entry['key'])}), {summary.rows[entry['table']]:,} rows")
