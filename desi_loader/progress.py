@@ -99,6 +99,7 @@ class PlainReporter(NullReporter):
 
     def start_copy(self, total_rows: int, total_bytes: int, workers: int) -> None:
         self.total = total_rows
+        self.rows = self.bytes = 0                   # a run may load several catalogs
         self.t0 = self.last = time.perf_counter()
         self._line(f"copy: {total_rows:,} rows, {total_bytes / 1e6:,.1f} MB, {workers} workers")
 
