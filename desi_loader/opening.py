@@ -71,13 +71,18 @@ def incremental(ledger: Ledger, plan, opts) -> tuple[bool, int]:
     published = {} if opts.replace_all else ledger.published_files(sorted(plan.tables))
     if not published:
         return False, 0
+    return True, _drop_unchanged(plan, opts, published)
+
+
+def _drop_unchanged(plan, opts, published: dict) -> int:
+    """Leave in ``plan`` only the files that are not published as they are; returns how many went."""
     keep = [fp for fp in plan.files if not (fp.info.name in published
                                             and same_file(published[fp.info.name][1], fp.info))]
     skipped = len(plan.files) - len(keep)
     if skipped:
         plan.files = keep
         plan.tasks = split_tasks(plan, opts.task_bytes, opts.task_rows)
-    return True, skipped
+    return skipped
 
 
 def open_load(ledger: Ledger, plan, opts, reporter: NullReporter) -> Opening:
@@ -145,16 +150,7 @@ def _mode(ledger: Ledger) -> dict:
 
 def _skip_published(ledger: Ledger, plan, opts, inc: bool) -> int:
     """For an incremental load being resumed or joined: drop the published, unchanged files."""
-    if not inc:
-        return 0
-    published = ledger.published_files(sorted(plan.tables))
-    keep = [fp for fp in plan.files if not (fp.info.name in published
-                                            and same_file(published[fp.info.name][1], fp.info))]
-    skipped = len(plan.files) - len(keep)
-    if skipped:
-        plan.files = keep
-        plan.tasks = split_tasks(plan, opts.task_bytes, opts.task_rows)
-    return skipped
+    return _drop_unchanged(plan, opts, ledger.published_files(sorted(plan.tables))) if inc else 0
 
 
 def _take_over(ledger: Ledger, plan, opts, reporter: NullReporter) -> Opening:
