@@ -306,11 +306,13 @@ def _fill_group(g: _Group, rows: np.ndarray, out: np.ndarray, keep: np.ndarray) 
         content = np.zeros((r.size, slot), np.uint8)
         content[:, :3] = np.frombuffer(b"\\N\t", np.uint8)
         fixes.append((r, j, content, 3))
+    flat = chars.reshape(n, k * slot)                       # rows of slots: runs are 2-D slices
+    flat_mask = None if mask is None else mask.reshape(n, k * slot)
     for start, first, count in g.runs:
-        w = count * slot
-        out[:, start:start + w].reshape(n, count, slot)[...] = chars[:, first:first + count]
-        if mask is not None:                                # floats: kept by the plan's template
-            keep[:, start:start + w].reshape(n, count, slot)[...] = mask[:, first:first + count]
+        w, a = count * slot, first * slot
+        out[:, start:start + w] = flat[:, a:a + w]
+        if flat_mask is not None:                           # floats: kept by the plan's template
+            keep[:, start:start + w] = flat_mask[:, a:a + w]
     for r, j, content, used in fixes:
         cols = g.pos[j][:, None] + np.arange(slot)
         out[r[:, None], cols] = content
