@@ -26,9 +26,9 @@ import numpy as np
 
 from . import encode as E
 
-def _packed(texts: list, shift: int = 0) -> np.ndarray:
-    """Short ASCII strings packed little-endian into uint32, moved up by ``shift`` bytes."""
-    return np.array([int.from_bytes((b"\0" * shift + t.encode()).ljust(4, b"\0")[:4], "little")
+def _packed(texts: list) -> np.ndarray:
+    """Short ASCII strings packed little-endian into uint32 (a 4-byte view writes them)."""
+    return np.array([int.from_bytes(t.encode().ljust(4, b"\0")[:4], "little")
                      for t in texts], np.uint32)
 
 
@@ -231,7 +231,7 @@ def _float4_words(flat: np.ndarray, sep: int) -> tuple[np.ndarray, np.ndarray]:
     return words, exp == 0xFF
 
 
-def floats(vals: np.ndarray, sep: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+def floats(vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Float values (any shape) -> text characters (shape + (16 or 24,)) and infinity mask.
 
     The characters of float_words (without separator); an infinity reads

@@ -15,6 +15,7 @@ from astropy.io import fits
 from desi_loader import server
 from desi_loader.db import is_transient
 from desi_loader.sample import write_fastspecfit_file
+from nodes import done_tasks, q
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = [f"fastspec-iron-main-bright-nside1-hp{i:02d}.fits" for i in range(6)]
@@ -47,25 +48,6 @@ def run_load(paths, dsn, schema, *extra):
     proc = start_load(paths, dsn, schema, *extra, delay="0")
     out, err = proc.communicate(timeout=300)
     return proc.returncode, out, err
-
-
-def q(dsn, sql, args=()):
-    conn = psycopg2.connect(dsn)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql, args)
-            rows = cur.fetchall() if cur.description else None
-        conn.commit()
-        return rows
-    finally:
-        conn.close()
-
-
-def done_tasks(dsn, schema):
-    try:
-        return q(dsn, f"SELECT count(*) FROM \"{schema}\".loader_tasks WHERE status = 'done'")[0][0]
-    except psycopg2.Error:
-        return 0
 
 
 def wait_for_done(dsn, schema, n, proc, timeout=60):
@@ -233,7 +215,7 @@ def test_server_restart_during_finalize(good, tmp_path):
     try:
         proc = start_load([good], dsn, "restart_f", delay="0")
         t0 = time.time()
-        while not q(dsn, "SELECT 1 FROM pg_stat_activity WHERE application_name LIKE 'desi-loader %% finalize %%'"):
+        while not q(dsn, "SELECT 1 FROM pg_stat_activity WHERE application_name LIKE 'desi-loader % finalize %'"):
             assert proc.poll() is None, proc.communicate()
             assert time.time() - t0 < 120
             time.sleep(0.01)
