@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="worker processes, each with its own connection (default: cores, at most 16)")
     p.add_argument("--catalog", help="fastspecfit, generic, ... (default: detected from file names)")
     p.add_argument("--prefix", help="table name prefix for --catalog generic (tables PREFIX_<extname>)")
+    p.add_argument("--sky", metavar="RA,DEC",
+                   help="for --catalog generic: the position columns (degrees) that get a sky index "
+                        "(column hpx29, rows stored in sky order); presets name theirs")
     p.add_argument("--schema", help="target schema (default desi_dr1)")
     p.add_argument("--format", choices=("binary", "text"), default="binary", dest="fmt",
                    help="COPY format (default binary, faster and exact; text for comparison)")
@@ -231,7 +234,7 @@ def _cmd_load(args, console) -> int:
         raise UsageError("no input given", "name FITS files or directories, or use --sample")
     dsn = "" if args.dry_run else _dsn(args)
     opts = LoadOptions(paths=tuple(paths), dsn=dsn, schema=args.schema, catalog=args.catalog,
-                       prefix=args.prefix, workers=args.workers, fmt=args.fmt, unlogged=args.unlogged,
+                       prefix=args.prefix, sky=args.sky, workers=args.workers, fmt=args.fmt, unlogged=args.unlogged,
                        dry_run=args.dry_run, task_rows=args.task_rows, config=args.config,
                        verify_checksum=args.verify_checksum, allow_partial=args.allow_partial,
                        resume=args.resume, copy_out=args.copy_out, join=args.join, staging=args.staging,

@@ -44,6 +44,11 @@ class Catalog:
     join: Optional[str] = None                        # one table for all HDUs (row-aligned)
     detect: bool = True                               # chosen by file-name detection
     constant_types: dict = field(default_factory=dict)  # constant -> int2/int4/int8/text
+    sky: dict = field(default_factory=dict)           # EXTNAME ('*': every HDU) -> (RA column, DEC column)
+
+    def sky_columns(self, extname: Optional[str]) -> Optional[tuple[str, str]]:
+        """The (RA, DEC) FITS columns of an HDU that get a sky index, or None."""
+        return self.sky.get((extname or "").upper()) or self.sky.get("*")
 
     def required_hdus(self, constants: dict) -> tuple[str, ...]:
         """HDUs a file must have: require.<value of one of its constants>, else hdus - optional."""
@@ -81,12 +86,23 @@ class Catalog:
         return [self.join] if self.join else sorted(set(self.tables.values()))
 
 
-def generic(prefix: str) -> Catalog:
-    """Every binary-table HDU of every file into PREFIX_<extname>, keyed by (file_id, row_num)."""
+def generic(prefix: str, sky: Optional[str] = None) -> Catalog:
+    """Every binary-table HDU of every file into PREFIX_<extname>, keyed by (file_id, row_num);
+    ``sky`` ('RA,DEC') gives every HDU with those columns a sky index."""
     if not re.match(r"^[a-z_][a-z0-9_]*$", prefix):
         raise UsageError(f"--prefix {prefix!r} is not a plain lowercase name",
                          "use letters, digits and underscores, e.g. --prefix mycat")
-    return Catalog(name="generic", description="any FITS binary tables", prefix=prefix)
+    return Catalog(name="generic", description="any FITS binary tables", prefix=prefix,
+                   sky={"*": parse_sky(sky)} if sky else {})
+
+
+def parse_sky(value: str) -> tuple[str, str]:
+    """'RA, DEC' -> ('RA', 'DEC'): the position columns of a sky index."""
+    cols = tuple(c.upper() for c in _list(value))
+    if len(cols) != 2:
+        raise UsageError(f"sky columns {value!r}: expected two column names, RA then DEC",
+                         "write e.g. sky.METADATA = RA, DEC (or --sky RA,DEC)")
+    return cols
 
 
 def _list(value: str, sep: str = None) -> tuple[str, ...]:
@@ -95,7 +111,7 @@ def _list(value: str, sep: str = None) -> tuple[str, ...]:
 
 
 def _catalog(name: str, sec: configparser.SectionProxy) -> Catalog:
-    tables, keys, indexes, nulls, requires, fkeys, views = {}, {}, {}, {}, {}, {}, {}
+    tables, keys, indexes, nulls, requires, fkeys, views, sky = {}, {}, {}, {}, {}, {}, {}, {}
     columns, derived = {}, {}
     constants, constant_types = [], {}
     for item in _list(sec.get("constants", "")):
@@ -129,6 +145,8 @@ def _catalog(name: str, sec: configparser.SectionProxy) -> Catalog:
                 raise UsageError(f"bad derived column {opt[7:]} = {value.strip()!r} in the presets",
                                  f"write: op(HDU.COLUMN) with op one of {', '.join(DERIVE_OPS)}")
             derived[opt[7:].lower()] = (m.group(1), m.group(2).upper(), m.group(3).upper())
+        elif opt.startswith("sky."):
+            sky[opt[4:].upper()] = parse_sky(value)
         elif opt.startswith("null."):
             nulls[opt[5:].upper()] = {p.split(":")[0].strip().upper(): int(p.split(":")[1])
                                       for p in value.split(",") if p.strip()}
@@ -145,7 +163,7 @@ def _catalog(name: str, sec: configparser.SectionProxy) -> Catalog:
                    join=sec.get("join") or None, detect=sec.getboolean("detect", True),
                    filename_regex=sec.get("filename_regex") or None, nulls=nulls, requires=requires,
                    scope=tuple(c.strip().lower() for c in sec.get("scope", "").split(",") if c.strip()),
-                   fkeys=fkeys, views=views)
+                   fkeys=fkeys, views=views, sky=sky)
 
 
 def _fkey(text: str) -> tuple[str, str, str]:

@@ -13,7 +13,8 @@ from .config import Catalog, Settings, generic
 from .datamodel import datamodel
 from .encode import Codec
 from .errors import BadFileError, UsageError
-from .schema import FitsColumn, PgColumn, TableSpec, pg_column, row_fields, union_columns
+from .schema import FitsColumn, PgColumn, TableSpec, pg_column, row_fields, sky_columns, union_columns
+from .sky import COLUMN as SKY_COLUMN, COMMENT as SKY_COMMENT
 
 #: Target FITS bytes per task.  Large enough that per-task overhead (a transaction, a
 #: ledger row) is noise, small enough that a 12.5 GB file spreads over 16+ workers
@@ -48,10 +49,12 @@ def find_files(paths: Sequence[str]) -> list[str]:
 
 
 def group_by_catalog(files: Sequence[str], settings: Settings, name: Optional[str],
-                     prefix: Optional[str]) -> list[tuple[Catalog, list[str]]]:
+                     prefix: Optional[str], sky: Optional[str] = None) -> list[tuple[Catalog, list[str]]]:
     """(catalog, files) groups: the catalog named by --catalog, or each file's detected one."""
     if name == "generic" or (name is None and prefix):
-        return [(generic(prefix or "fits"), list(files))]
+        return [(generic(prefix or "fits", sky), list(files))]
+    if sky:
+        raise UsageError("--sky is for --catalog generic", "presets name their sky columns (sky.HDU = RA, DEC)")
     if name:
         if name not in settings.catalogs:
             raise UsageError(f"unknown catalog {name!r}",
@@ -166,6 +169,7 @@ def build_plan(infos: Sequence, catalog: Catalog, schema: str,
     rejected: list[tuple[str, str]] = []
     sources: dict[str, list] = {}
     extra: dict[str, tuple] = {}
+    sky: dict[str, tuple] = {}                    # table -> (ra, dec) of its sky index
     for info in infos:
         try:
             constants = catalog.file_constants(info.name)
@@ -183,6 +187,10 @@ def build_plan(infos: Sequence, catalog: Catalog, schema: str,
                 cols = selected_columns(h, catalog)
                 h_desc = descs.get(ext, {})
                 joined.setdefault(table, []).extend(pg_column(c, h_desc.get(c.name.lower())) for c in cols)
+                pair = sky_columns(cols, catalog.sky_columns(h.extname))
+                if pair:
+                    joined[table].append(PgColumn(SKY_COLUMN, "int8", 0, SKY_COMMENT))
+                    sky.setdefault(table, tuple(c.name.lower() for c in pair))
         except BadFileError as exc:
             rejected.append((info.path, exc.reason))
             continue
@@ -204,7 +212,12 @@ def build_plan(infos: Sequence, catalog: Catalog, schema: str,
             ext = next((k for k, v in catalog.tables.items() if v == table), None)
             key = catalog.keys.get(ext, ()) if ext else ()
             indexes = catalog.indexes.get(ext, ()) if ext else ()
-        specs[table] = TableSpec(table, cols, extra[table], key or ("file_id", "row_num"), indexes)
+        if table in sky:
+            cols = tuple(c for c in cols if c.name != SKY_COLUMN) + (
+                next(c for c in cols if c.name == SKY_COLUMN),)          # the sky pixel last
+            indexes = tuple(indexes) + ((SKY_COLUMN,),)
+        specs[table] = TableSpec(table, cols, extra[table], key or ("file_id", "row_num"), indexes,
+                                 sky.get(table, ()))
     plan = Plan(catalog, schema, specs, files, rejected=rejected)
     plan.tasks = split_tasks(plan, task_bytes, task_rows)
     return plan
@@ -295,7 +308,11 @@ def encoder_plan(plan: Plan, staging: dict) -> dict[int, FileEncoding]:
             derived = {}
             if table == plan.catalog.join:
                 derived = _derived_sources(hdus, plan.catalog)
-            fields = Codec(row_fields(plan.tables[table], cols, fp.constants, fp.file_id, derived))
+            pair = None
+            for h in hdus:
+                names = plan.catalog.sky_columns(h.extname)
+                pair = pair or (sky_columns(cols, names) if names else None)
+            fields = Codec(row_fields(plan.tables[table], cols, fp.constants, fp.file_id, derived, pair))
             entry[table] = TableEncoding(staging[table], tuple(hdus), fields)
         out[fp.file_id] = FileEncoding(fp.info.path, entry)
     return out

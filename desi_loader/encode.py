@@ -62,7 +62,9 @@ class Field:
     ``derived`` (float32 computed from a float32 column: value names the operation),
     ``float`` (E/D), ``scaled`` (TSCAL/TZERO to double precision), ``u64`` (K with
     TZERO 2**63, to numeric), ``bool`` (L), ``text`` (A), ``null`` (column absent
-    from this file), ``const`` (a file-level value), ``rownum`` (0-based FITS row).
+    from this file), ``const`` (a file-level value), ``rownum`` (0-based FITS row),
+    ``hpx`` (int8 nested HEALPix pixel of two float columns, see sky.py: ``offset``/``width``
+    locate RA, ``value`` = (offset, width) of DEC).
     """
 
     name: str
@@ -237,6 +239,28 @@ def _float_values(rows: np.ndarray, f: Field) -> tuple[np.ndarray, Optional[np.n
     return vals, (nan if nan.any() else None)
 
 
+def row_numbers(first_row, n: int) -> np.ndarray:
+    """0-based FITS row numbers of a block: ``first_row`` is the first row's number, or
+    the array of every row's number (blocks written in sky order are permuted)."""
+    if isinstance(first_row, np.ndarray):
+        return first_row.astype(np.int64, copy=False)
+    return np.arange(n, dtype=np.int64) + first_row
+
+
+def _row_at(first_row, r: int) -> int:
+    return int(first_row[r]) if isinstance(first_row, np.ndarray) else first_row + int(r)
+
+
+def hpx_values(rows: np.ndarray, f: Field) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """Sky pixel column -> (int64 pixels (n, 1), null mask (n, 1) or None)."""
+    from .sky import ang2pix
+    dec_offset, dec_width = f.value
+    ra = np.ascontiguousarray(rows[:, f.offset:f.offset + f.width]).view(_be("float", f.width))
+    dec = np.ascontiguousarray(rows[:, dec_offset:dec_offset + dec_width]).view(_be("float", dec_width))
+    pix, invalid = ang2pix(ra[:, 0], dec[:, 0])
+    return pix.reshape(-1, 1), (invalid.reshape(-1, 1) if invalid.any() else None)
+
+
 def _bool_values(rows: np.ndarray, f: Field, first_row: int) -> tuple[np.ndarray, Optional[np.ndarray]]:
     raw = rows[:, f.offset:f.offset + f.count]
     true = raw == ord("T")
@@ -245,7 +269,7 @@ def _bool_values(rows: np.ndarray, f: Field, first_row: int) -> tuple[np.ndarray
     if bad.any():
         r, c = np.argwhere(bad)[0]
         raise EncodeError(
-            f"column {f.name!r} row {first_row + r}: logical byte {int(raw[r, c])!r} is not "
+            f"column {f.name!r} row {_row_at(first_row, r)}: logical byte {int(raw[r, c])!r} is not "
             "'T', 'F' or 0 (null)")
     return true, (null if null.any() else None)
 
@@ -269,7 +293,7 @@ def _check_ascii(chars: np.ndarray, lengths: np.ndarray, f: Field, first_row: in
     if bad.any():
         r = int(np.argwhere(bad)[0][0])
         raise EncodeError(
-            f"column {f.name!r} row {first_row + r}: string holds a non-ASCII byte; FITS "
+            f"column {f.name!r} row {_row_at(first_row, r)}: string holds a non-ASCII byte; FITS "
             "strings are ASCII (fix the file or load the column as bytes)")
 
 
@@ -291,6 +315,9 @@ def _binary_elements(rows: np.ndarray, f: Field, first_row: int) -> tuple[np.nda
     if f.kind == "bool":
         true, null = _bool_values(rows, f, first_row)
         return true.astype(np.uint8).reshape(n, f.count, 1), null
+    if f.kind == "hpx":
+        vals, null = hpx_values(rows, f)
+        return vals.astype(">i8").view(np.uint8).reshape(n, 1, 8), null
     if f.kind == "u64":
         vals, null = _int_values(rows, f)
         return _numeric_u64(vals).reshape(n, f.count, 18), null
@@ -511,8 +538,9 @@ def encode_binary(rows: np.ndarray, fields: Sequence[Field], first_row: int = 0)
         (n, NAXIS1) uint8 array of raw big-endian FITS records.
     fields : sequence of Field
         The output columns, in COPY column order.
-    first_row : int
-        0-based FITS row number of ``rows[0]`` (for ``rownum`` and error messages).
+    first_row : int or numpy.ndarray
+        0-based FITS row number of ``rows[0]``, or of every row (for ``rownum`` and error
+        messages).
     """
     n = rows.shape[0]
     layout = _Layout(n)
@@ -527,7 +555,7 @@ def encode_binary(rows: np.ndarray, fields: Sequence[Field], first_row: int = 0)
         elif f.kind == "const":
             layout.const(_const_binary(f))
         elif f.kind == "rownum":
-            nums = (np.arange(n, dtype=np.int64) + first_row).astype(">i8")
+            nums = row_numbers(first_row, n).astype(">i8")
             _binary_scalar(layout, nums.view(np.uint8).reshape(n, 1, 8), None)
         elif f.kind == "text":
             if f.dims:
@@ -602,7 +630,7 @@ def _text_elements(rows: np.ndarray, f: Field, first_row: int
         true, null = _bool_values(rows, f, first_row)
         chars = np.where(true, ord("t"), ord("f")).astype(np.uint8)[..., None]
         return chars, np.ones(chars.shape, bool), null
-    vals, null = _int_values(rows, f)
+    vals, null = hpx_values(rows, f) if f.kind == "hpx" else _int_values(rows, f)
     chars, keep = _text_ints(vals.reshape(n, f.count))
     return chars, keep, null
 
@@ -674,7 +702,7 @@ def _text_field(layout: _Layout, f: Field, rows: np.ndarray, first_row: int) -> 
             c, k = _escape_text(np.frombuffer(v, np.uint8)[None, :], np.ones((1, len(v)), bool))
             layout.const(c[k].tobytes())
     elif f.kind == "rownum":
-        chars, keep = _text_ints(np.arange(n, dtype=np.int64) + first_row)
+        chars, keep = _text_ints(row_numbers(first_row, n))
         layout.array(chars, keep)
     elif f.kind == "text":
         if f.dims:

@@ -62,6 +62,7 @@ class LoadOptions:
     schema: Optional[str] = None
     catalog: Optional[str] = None
     prefix: Optional[str] = None
+    sky: Optional[str] = None          # generic catalogs: 'RA,DEC' columns of the sky index
     workers: int = 2
     fmt: str = "binary"
     unlogged: bool = False
@@ -130,7 +131,7 @@ def plan_loads(opts: LoadOptions) -> list[Plan]:
     files = find_files(opts.paths)
     schema = opts.schema or settings.schema
     plans = []
-    for catalog, group in group_by_catalog(files, settings, opts.catalog, opts.prefix):
+    for catalog, group in group_by_catalog(files, settings, opts.catalog, opts.prefix, opts.sky):
         infos, rejected = [], []
         for f in group:
             try:

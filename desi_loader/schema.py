@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 
 from .encode import PG_TYPES, Field
 from .errors import SchemaError
+from .sky import COLUMN as SKY_COLUMN
 
 _TFORM = re.compile(r"^\s*(\d*)([LXBIJKAEDCMPQ])(.*)$")
 
@@ -162,6 +163,7 @@ class TableSpec:
     extra: tuple[PgColumn, ...] = ()     # file-level constant columns (e.g. algorithm, cap)
     key: tuple[str, ...] = ()
     indexes: tuple[tuple[str, ...], ...] = ()
+    sky: tuple[str, ...] = ()            # (ra, dec) columns of the sky index (column sky.COLUMN)
 
     @property
     def all_columns(self) -> tuple[PgColumn, ...]:
@@ -210,11 +212,35 @@ def union_columns(table: str, sources: Sequence[tuple[str, Sequence[PgColumn]]])
     return tuple(merged[n] for n in order)
 
 
+def sky_columns(columns: Sequence[FitsColumn], names: Optional[tuple]) -> Optional[tuple]:
+    """The (RA, DEC) FitsColumns named by a preset, when the HDU has both as scalar floats."""
+    if not names:
+        return None
+    by_name = {c.name.upper(): c for c in columns}
+    pair = tuple(by_name.get(n) for n in names)
+    if any(c is None for c in pair):
+        return None
+    for c in pair:
+        if c.code not in "ED" or c.repeat != 1 or c.tzero or (c.tscal not in (None, 1)):
+            raise SchemaError(f"sky column {c.name} is {c.tform}; RA and DEC must be plain float columns "
+                              "(E or D) in degrees", "name other columns in the preset's sky.HDU or --sky")
+    return pair
+
+
+def sky_field(pair: tuple) -> Field:
+    """The encoder field of the sky pixel: RA's offset and width, DEC's as ``value``."""
+    ra, dec = pair
+    return Field(SKY_COLUMN, "hpx", "int8", ra.offset, FITS_TYPES[ra.code].nbytes,
+                 value=(dec.offset, FITS_TYPES[dec.code].nbytes))
+
+
 def row_fields(table: TableSpec, hdu_columns: Sequence[FitsColumn],
-               constants: dict[str, object], file_id: int, derived: Optional[dict] = None) -> list[Field]:
+               constants: dict[str, object], file_id: int, derived: Optional[dict] = None,
+               sky: Optional[tuple] = None) -> list[Field]:
     """Encoder fields for one file's HDU(s) loading into ``table`` (absent columns -> NULL).
 
-    ``derived`` maps a column name to (op, source FitsColumn), e.g. ('inv_sqrt', *_IVAR).
+    ``derived`` maps a column name to (op, source FitsColumn), e.g. ('inv_sqrt', *_IVAR);
+    ``sky`` is the (RA, DEC) FitsColumn pair of the sky pixel column, if the table has one.
     """
     by_name = {c.name.lower(): c for c in hdu_columns}
     derived = derived or {}
@@ -223,7 +249,9 @@ def row_fields(table: TableSpec, hdu_columns: Sequence[FitsColumn],
         fields.append(Field(col.name, "const", col.pgtype, value=constants.get(col.name)))
     for col in table.columns:
         src = by_name.get(col.name)
-        if col.name in derived:
+        if col.name == SKY_COLUMN:
+            fields.append(sky_field(sky) if sky else Field(col.name, "null"))
+        elif col.name in derived:
             op, dsrc = derived[col.name]
             if dsrc.code != "E" or dsrc.repeat != 1:
                 raise SchemaError(f"derived column {col.name}: {op} needs a scalar float32 source, "

@@ -15,7 +15,7 @@ from typing import BinaryIO, Callable, Iterable, Iterator, Optional, Sequence
 import numpy as np
 
 from .checksum import combine, partial_sum
-from .encode import BINARY_HEADER, BINARY_TRAILER, Codec, EncodeError, encode_block
+from .encode import BINARY_HEADER, BINARY_TRAILER, Codec, EncodeError, encode_block, hpx_values
 from .errors import BadFileError
 from .read import HduInfo, read_rows
 
@@ -51,40 +51,93 @@ class PartSource:
     stop: int
 
 
+def _read(path: str, fh: BinaryIO, part: PartSource, start: int, stop: int, sums: Optional[dict]) -> np.ndarray:
+    """Rows [start, stop) of the part's HDUs side by side; adds partial sums per HDU."""
+    blocks = []
+    for h in part.hdus:
+        rows = read_rows(path, h, start, stop, fh)
+        if sums is not None:
+            sums.setdefault(h.index, []).append(partial_sum(rows, start * h.row_bytes))
+        blocks.append(rows)
+    return blocks[0] if len(blocks) == 1 else np.hstack(blocks)   # a joined table's rows
+
+
+def _encode(path: str, part: PartSource, rows: np.ndarray, fmt: str, first_row) -> bytes:
+    try:
+        return encode_block(rows, part.fields, fmt, first_row)
+    except EncodeError as exc:
+        where = " + ".join(f"HDU {h.index} ({h.extname})" for h in part.hdus)
+        raise BadFileError(path, f"{where}: {exc}") from exc
+
+
+def sky_order(rows: np.ndarray, fields: Codec) -> Optional[np.ndarray]:
+    """The order that sorts rows by their sky pixel (stable; rows without a position last),
+    or None when the table has no sky column."""
+    f = next((f for f in fields if f.kind == "hpx"), None)
+    if f is None:
+        return None
+    pix, null = hpx_values(rows, f)
+    pix = pix[:, 0]
+    if null is not None:
+        pix = np.where(null[:, 0], np.iinfo(np.int64).max, pix)
+    return np.argsort(pix, kind="stable")
+
+
 def part_blocks(path: str, fh: BinaryIO, part: PartSource, fmt: str, on_block: OnBlock,
-                sums: Optional[dict]) -> Iterator[bytes]:
-    """COPY data of one part, block by block; adds partial sums per HDU to ``sums``."""
+                sums: Optional[dict], orders: Optional[dict] = None) -> Iterator[bytes]:
+    """COPY data of one part, block by block; adds partial sums per HDU to ``sums``.
+
+    Rows go out in FITS order, or in sky order when the table has a sky column (or shares
+    the row range of one that has: row-aligned HDUs follow the same order).  Sky order
+    holds the part in memory (one read of its bytes); ``orders`` collects the order of
+    each table, so a refused row can be named.
+    """
     if fmt == "binary":
         yield BINARY_HEADER
-    hdus: Sequence[HduInfo] = part.hdus
-    width = sum(h.row_bytes for h in hdus)
+    width = sum(h.row_bytes for h in part.hdus)
     step = max(1, (BLOCK_BYTES if fmt == "binary" else TEXT_BLOCK_BYTES) // max(width, 1))
-    for s in range(part.start, part.stop, step):
-        e = min(s + step, part.stop)
-        blocks = []
-        for h in hdus:
-            rows = read_rows(path, h, s, e, fh)
-            if sums is not None:
-                sums.setdefault(h.index, []).append(partial_sum(rows, s * h.row_bytes))
-            blocks.append(rows)
-        rows = blocks[0] if len(blocks) == 1 else np.hstack(blocks)   # a joined table's rows
-        try:
-            data = encode_block(rows, part.fields, fmt, s)
-        except EncodeError as exc:
-            where = " + ".join(f"HDU {h.index} ({h.extname})" for h in hdus)
-            raise BadFileError(path, f"{where}: {exc}") from exc
-        on_block(e - s, rows.nbytes)
-        yield data
+    orders = {} if orders is None else orders
+    order = orders.get((part.start, part.stop))
+    if order is None and any(f.kind == "hpx" for f in part.fields):
+        whole = _read(path, fh, part, part.start, part.stop, sums)
+        order = orders[(part.start, part.stop)] = sky_order(whole, part.fields)
+    elif order is not None:
+        whole = _read(path, fh, part, part.start, part.stop, sums)
+    if order is None:
+        for s in range(part.start, part.stop, step):
+            e = min(s + step, part.stop)
+            rows = _read(path, fh, part, s, e, sums)
+            data = _encode(path, part, rows, fmt, s)
+            on_block(e - s, rows.nbytes)
+            yield data
+    else:
+        orders[part.table] = order
+        for i in range(0, len(order), step):
+            idx = order[i:i + step]
+            rows = whole[idx]
+            data = _encode(path, part, rows, fmt, part.start + idx)
+            on_block(len(idx), rows.nbytes)
+            yield data
     if fmt == "binary":
         yield BINARY_TRAILER
 
 
 def task_blocks(path: str, fh: BinaryIO, parts: Sequence[PartSource], fmt: str, on_block: OnBlock,
-                sums: Optional[dict]) -> Iterator[bytes]:
-    """The COPY data of every part of a task, each part ended by ``b""``."""
+                sums: Optional[dict], orders: Optional[dict] = None) -> Iterator[bytes]:
+    """The COPY data of every part of a task, each part ended by ``b""``.
+
+    A task's parts cover the same rows of row-aligned HDUs; the first part with a sky
+    column fixes the order of the parts after it (``sky_first`` puts it first).
+    """
+    orders = {} if orders is None else orders
     for part in parts:
-        yield from part_blocks(path, fh, part, fmt, on_block, sums)
+        yield from part_blocks(path, fh, part, fmt, on_block, sums, orders)
         yield b""
+
+
+def sky_first(parts: Sequence[PartSource]) -> list:
+    """Parts with a sky column first (their order then applies to the row-aligned others)."""
+    return sorted(parts, key=lambda p: not any(f.kind == "hpx" for f in p.fields))
 
 
 def task_sums(sums: dict) -> dict:

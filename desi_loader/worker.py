@@ -23,7 +23,7 @@ from .copy import copy_statement, send
 from .db import first_line, is_transient
 from .errors import DatabaseError, LoaderError
 from .ledger import Ledger
-from .stream import PartSource, ReadAhead, copy_out_paths, task_blocks, task_sums, tee
+from .stream import PartSource, ReadAhead, copy_out_paths, sky_first, task_blocks, task_sums, tee
 
 #: Retries of one task after transient database errors; with the backoff below the
 #: last retry comes about a minute after the first failure (a server restart fits).
@@ -102,6 +102,7 @@ class _State:
         self.ledger: Optional[Ledger] = None
         self.handles: dict = {}
         self.sent = [0, 0]
+        self.orders: dict = {}                # the sky order of each table's rows in the current task
 
     @property
     def conn(self):
@@ -147,10 +148,11 @@ class _State:
     def _copy(self, cur, task_id: int, path: str, by_table: dict) -> tuple[dict, dict]:
         """Stream the task's parts into staging: ({hdu index: [partial sum]}, {table: rows})."""
         cfg = self.cfg
-        sources = list(by_table.values())
+        sources = sky_first(by_table.values())
         fh = self.handles.get(path) or self.handles.setdefault(path, open(path, "rb"))
         sums: Optional[dict] = {} if cfg.checksum else None
-        blocks = task_blocks(path, fh, sources, cfg.fmt, self.on_block, sums)
+        self.orders = {}
+        blocks = task_blocks(path, fh, sources, cfg.fmt, self.on_block, sums, self.orders)
         if cfg.copy_out:
             blocks = tee(blocks, copy_out_paths(cfg.copy_out, task_id, sources, cfg.fmt))
         reader = ReadAhead(blocks)
@@ -159,7 +161,8 @@ class _State:
                                 for p in sources], reader)
         finally:
             reader.close()
-        return {str(i): [v] for i, v in task_sums(sums or {}).items()}, dict(zip(by_table, counts))
+        return {str(i): [v] for i, v in task_sums(sums or {}).items()}, {
+            t: counts[n] for n, p in enumerate(sources) for t, q in by_table.items() if q is p}
 
     def _attempt(self) -> bool:
         with self.conn.cursor() as cur:
@@ -177,7 +180,7 @@ class _State:
                     raise                             # connection and server trouble: retried or fatal
                 self.conn.rollback()
                 self.messages.put(("rewind", self.id, tuple(self.sent)))
-                reason = (locate(exc, path, sources) if isinstance(exc, psycopg2.Error)
+                reason = (locate(exc, path, sources, self.orders) if isinstance(exc, psycopg2.Error)
                           else str(exc) if isinstance(exc, LoaderError) else f"{path}: {exc}")
                 self.ledger.fail(task_id, self.name, reason)
                 self.messages.put(("failed", self.id, (task_id, reason)))
@@ -211,7 +214,7 @@ def is_data_error(exc: psycopg2.Error) -> bool:
     return bool(exc.pgcode) and exc.pgcode[:2] in DATA_ERROR_CLASSES
 
 
-def locate(exc: psycopg2.Error, path: str, by_table: dict) -> str:
+def locate(exc: psycopg2.Error, path: str, by_table: dict, orders: Optional[dict] = None) -> str:
     """The server's refusal of a COPY, told as file, HDU, row and column of the FITS file.
 
     PostgreSQL names the COPY's line (its row, 1-based, in binary format too) and often the
@@ -221,7 +224,9 @@ def locate(exc: psycopg2.Error, path: str, by_table: dict) -> str:
     m = _COPY_CONTEXT.search(getattr(exc.diag, "context", None) or "")
     part = next((p for p in by_table.values() if m and p.table == m.group("table").strip('"')), None)
     if m and part is not None:
-        row = part.start + int(m.group("line")) - 1
+        line = int(m.group("line")) - 1
+        order = (orders or {}).get(part.table)           # rows sent in sky order
+        row = part.start + (int(order[line]) if order is not None and line < len(order) else line)
         hdus = " + ".join(f"HDU {h.index} ({h.extname})" for h in part.hdus)
         where = f"{path}: {hdus}, row {row}" + (f", column {m.group('column').upper()}" if m.group("column") else "")
     return (f"{where}: the server refused the value: {first_line(exc)} (SQLSTATE {exc.pgcode}); "

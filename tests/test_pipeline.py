@@ -35,7 +35,7 @@ def test_union_of_54_and_67_metadata_columns(fsf_files, pg_uri, schema, db):
     assert summary.rows == {"fastspecfit_metadata": 500, "fastspecfit_specphot": 500, "fastspecfit_fastspec": 500}
     ncols = scalar(db, "SELECT count(*) FROM information_schema.columns WHERE table_schema = %s "
                        "AND table_name = 'fastspecfit_metadata'", (schema,))
-    assert ncols == 67 + 2                      # union of 54 and 67, plus file_id, row_num
+    assert ncols == 67 + 3                      # union of 54 and 67, plus file_id, row_num, hpx29
     # sv-only columns are NULL for main rows, set for sv3 rows
     nulls = scalar(db, f'SELECT count(*) FROM "{schema}".fastspecfit_metadata m JOIN "{schema}".load_files f '
                        "USING (file_id) WHERE f.filename = %s AND m.sv3_desi_target IS NULL", (MAIN,))
