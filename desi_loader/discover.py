@@ -189,7 +189,8 @@ def build_plan(infos: Sequence, catalog: Catalog, schema: str,
                 joined.setdefault(table, []).extend(pg_column(c, h_desc.get(c.name.lower())) for c in cols)
                 pair = sky_columns(cols, catalog.sky_columns(h.extname))
                 if pair:
-                    joined[table].append(PgColumn(SKY_COLUMN, "int8", 0, SKY_COMMENT))
+                    ra, dec = (c.name.lower() for c in pair)
+                    joined[table].append(PgColumn(SKY_COLUMN, "int8", 0, SKY_COMMENT.format(ra=ra, dec=dec)))
                     sky.setdefault(table, tuple(c.name.lower() for c in pair))
         except BadFileError as exc:
             rejected.append((info.path, exc.reason))

@@ -10,6 +10,7 @@ from psycopg2 import sql
 
 from . import attach
 from .db import first_line, is_transient, relation_exists
+from .cone import q3c_index_statement
 from .errors import DatabaseError, LoadFailed
 from .sqlgen import create_indexes, create_staging, index_name
 
@@ -131,10 +132,13 @@ def _constraint_exists(cur, schema: str, table: str, name: str) -> bool:
     return cur.fetchone() is not None
 
 
-def build_indexes(conn, schema: str, staging: str, spec) -> None:
-    """Primary key, unique (file_id, row_num) and the preset's indexes, then ANALYZE."""
+def build_indexes(conn, schema: str, staging: str, spec, q3c: Optional[str] = None) -> None:
+    """Primary key, unique (file_id, row_num), the preset's indexes and the q3c index (on
+    tables with a sky index, when ``q3c`` names the extension's schema), then ANALYZE."""
     with conn.cursor() as cur:
         stmts = create_indexes(schema, staging, spec)
+        if q3c and spec.sky:
+            stmts.append(q3c_index_statement(schema, staging, index_name(staging, ("q3c",)), spec.sky, q3c))
         if _constraint_exists(cur, schema, staging, f"{staging}_pkey"):
             stmts = stmts[1:]          # a resumed load built it already
         for stmt in stmts:
@@ -151,7 +155,8 @@ def build_indexes(conn, schema: str, staging: str, spec) -> None:
 
 def build_user_indexes(conn, schema: str, table: str, stage: str, spec, load_id: int) -> int:
     """Build on staging the indexes users added to the published table (renamed back in the swap)."""
-    mine = {f"{table}_pkey", index_name(table, ("file_id", "row_num"))} | {index_name(table, c) for c in spec.indexes}
+    mine = {f"{table}_pkey", index_name(table, ("file_id", "row_num")), index_name(table, ("q3c",))} | {
+        index_name(table, c) for c in spec.indexes}
     with conn.cursor() as cur:
         found = attach.user_indexes(cur, schema, table, mine)
         for name, definition in found:

@@ -18,6 +18,7 @@ import psycopg2
 from . import __version__, attach
 from .checksum import checksum_ok, combine
 from .config import load_settings
+from .cone import ensure_q3c, install_functions
 from .db import as_database_error, connect, free_connections, mask_dsn, server_settings
 from .discover import (TASK_BYTES, Plan, build_plan, encoder_plan, find_files, foreign_keys,
                        group_by_catalog)
@@ -528,9 +529,18 @@ class Coordinator:
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
+    def prepare_sky(self) -> Optional[str]:
+        """SQL functions of the cone search, and q3c where the server has it: q3c's schema."""
+        if not any(spec.sky for spec in self.plan.tables.values()):
+            return None
+        install_functions(self.ledger.conn, self.plan.schema)
+        return ensure_q3c(self.ledger.conn)
+
     def index(self) -> None:
+        q3c = self.prepare_sky()
+
         def step(c, t: str) -> None:
-            build_indexes(c, self.plan.schema, self.staging[t], self.plan.tables[t])
+            build_indexes(c, self.plan.schema, self.staging[t], self.plan.tables[t], q3c)
             build_user_indexes(c, self.plan.schema, t, self.staging[t], self.plan.tables[t], self.ledger.load_id)
         self.per_table(step)
 
@@ -546,6 +556,7 @@ class Coordinator:
         """Incremental publish: new columns, then one transaction replacing and adding rows."""
         self.check_rows()
         plan = self.plan
+        self.prepare_sky()
         added = add_columns(self.ledger.conn, plan.schema, plan.tables)
         if added:
             self.reporter.info(f"new columns in the published tables: {', '.join(added)}")

@@ -19,7 +19,8 @@ import numpy as np
 ORDER = 29
 #: the column added to every table with positions
 COLUMN = "hpx29"
-COMMENT = "nested HEALPix pixel of (ra, dec) at order 29 (nside 2^29); see desi-loader cone"
+#: the column's comment; desi-loader cone reads the position columns back from it
+COMMENT = "nested HEALPix pixel (order 29, nside 2^29) of ({ra}, {dec}); see desi-loader cone"
 
 _TWO_THIRDS = 2.0 / 3.0
 

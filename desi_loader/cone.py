@@ -1,0 +1,169 @@
+"""Positional queries on loaded tables: the SQL functions, q3c, cone search and cross-match.
+
+Every table with a sky index has ``hpx29`` (sky.py) with a B-tree; where the server has
+the q3c extension it also has a q3c index on ``q3c_ang2ipix(ra, dec)``.  A cone search
+uses q3c when the table has its index, the HEALPix ranges of ``hpx_cone`` otherwise;
+both end with an exact distance test, so both return the rows a brute-force angular
+distance returns.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from importlib import resources
+from typing import Optional, Sequence
+
+import psycopg2
+from psycopg2 import sql
+
+from .errors import UsageError
+from .sky import COLUMN
+
+log = logging.getLogger(__name__)
+
+#: what ``--method auto`` picks: q3c where the table has a q3c index
+METHODS = ("auto", "hpx", "q3c")
+
+
+def install_functions(conn, schema: str) -> None:
+    """Create (or replace) angdist, hpx_center, hpx_max_pixrad and hpx_cone in ``schema``."""
+    text = resources.files("desi_loader").joinpath("data/sky.sql").read_text()
+    body = text.replace("{s}", sql.Identifier(schema).as_string(conn))
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(hashtext('desi-loader sky functions'))")
+        cur.execute(body)
+    conn.commit()
+
+
+def q3c_schema(cur) -> Optional[str]:
+    """The schema holding the q3c functions, or None when the extension is not installed."""
+    cur.execute("SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
+                "WHERE e.extname = 'q3c'")
+    row = cur.fetchone()
+    return row[0] if row else None
+
+
+def ensure_q3c(conn) -> Optional[str]:
+    """Install q3c when the server has it and we may; its schema, or None (with the reason logged)."""
+    with conn.cursor() as cur:
+        have = q3c_schema(cur)
+        if have:
+            conn.commit()
+            return have
+        cur.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'q3c'")
+        if cur.fetchone() is None:
+            conn.commit()
+            log.info("the server has no q3c extension: sky index is the hpx29 B-tree only")
+            return None
+        try:
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext('desi-loader create q3c'))")
+            cur.execute("CREATE EXTENSION IF NOT EXISTS q3c")
+            have = q3c_schema(cur)
+            conn.commit()
+            return have
+        except psycopg2.Error as exc:
+            conn.rollback()
+            log.warning("q3c is available but could not be installed (%s): ask a database owner to run "
+                        "CREATE EXTENSION q3c; loading with the hpx29 index only", str(exc).strip())
+            return None
+
+
+def q3c_index_statement(schema: str, table: str, index: str, sky: Sequence[str], q3c: str) -> sql.Composed:
+    ra, dec = sky
+    return sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({}.q3c_ang2ipix({}, {}))").format(
+        sql.Identifier(index), sql.Identifier(schema, table), sql.Identifier(q3c),
+        sql.Identifier(ra), sql.Identifier(dec))
+
+
+@dataclass(frozen=True)
+class SkyTable:
+    """A loaded table with a sky index."""
+
+    schema: str
+    table: str
+    ra: str
+    dec: str
+    q3c: Optional[str]          # schema of q3c when the table has a q3c index
+
+
+def sky_tables(cur, schema: str) -> list:
+    """Names of the tables of ``schema`` that have the sky column."""
+    cur.execute("SELECT table_name FROM information_schema.columns WHERE table_schema = %s "
+                "AND column_name = %s ORDER BY table_name", (schema, COLUMN))
+    return [r[0] for r in cur.fetchall()]
+
+
+def describe(cur, schema: str, table: Optional[str]) -> SkyTable:
+    """The sky columns of ``table`` (default: the first sky table of the schema)."""
+    tables = sky_tables(cur, schema)
+    if not tables:
+        raise UsageError(f"schema {schema} has no table with a sky index ({COLUMN})",
+                         "load a catalog with positions first (FastSpecFit, or --catalog generic --sky RA,DEC)")
+    if table is None:
+        table = "fastspecfit_metadata" if "fastspecfit_metadata" in tables else tables[0]
+    if table not in tables:
+        raise UsageError(f"table {schema}.{table} has no sky index", f"tables with one: {', '.join(tables)}")
+    cur.execute("SELECT col_description(%s::regclass, a.attnum) FROM pg_attribute a "
+                "WHERE a.attrelid = %s::regclass AND a.attname = %s",
+                (f'"{schema}"."{table}"',) * 2 + (COLUMN,))
+    comment = (cur.fetchone() or [""])[0] or ""
+    m = re.search(r"of \((\w+), (\w+)\)", comment)
+    ra, dec = (m.group(1), m.group(2)) if m else ("ra", "dec")
+    q3c = q3c_schema(cur)
+    if q3c:
+        cur.execute("SELECT 1 FROM pg_indexes WHERE schemaname = %s AND tablename = %s "
+                    "AND indexdef LIKE '%%q3c_ang2ipix%%'", (schema, table))
+        q3c = q3c if cur.fetchone() else None
+    return SkyTable(schema, table, ra, dec, q3c)
+
+
+def cone_query(t: SkyTable, ra: float, dec: float, radius: float, columns: Sequence[str] = (),
+               method: str = "auto", limit: Optional[int] = None, count: bool = False) -> sql.Composed:
+    """The SQL of a cone search (rows ordered by distance), parameters inlined as literals."""
+    if method not in METHODS:
+        raise UsageError(f"unknown method {method!r}", f"choose one of {', '.join(METHODS)}")
+    if method == "q3c" and not t.q3c:
+        raise UsageError(f"{t.schema}.{t.table} has no q3c index", "use --method hpx (or auto)")
+    use_q3c = method == "q3c" or (method == "auto" and t.q3c)
+    lit = [sql.Literal(float(v)) for v in (ra, dec, radius)]
+    tab, rcol, dcol = sql.Identifier(t.schema, t.table), sql.Identifier("t", t.ra), sql.Identifier("t", t.dec)
+    dist = sql.SQL("{}.angdist({}, {}, {}, {})").format(sql.Identifier(t.schema), rcol, dcol, lit[0], lit[1])
+    if count:
+        select = sql.SQL("count(*)")
+    elif columns and list(columns) != ["*"]:
+        select = sql.SQL(", ").join([sql.Identifier("t", c) for c in columns] + [dist + sql.SQL(" AS dist")])
+    else:
+        select = sql.SQL("t.*, {} AS dist").format(dist)
+    if use_q3c:
+        q = sql.SQL("SELECT {} FROM {} t WHERE {}.q3c_radial_query({}, {}, {}, {}, {}) AND {} <= {}").format(
+            select, tab, sql.Identifier(t.q3c), rcol, dcol, *lit, dist, lit[2])
+    else:
+        q = sql.SQL("SELECT {} FROM {}.hpx_cone({}, {}, {}) c JOIN {} t ON t.{} BETWEEN c.lo AND c.hi "
+                    "WHERE {} <= {}").format(select, sql.Identifier(t.schema), *lit, tab,
+                                              sql.Identifier(COLUMN), dist, lit[2])
+    if not count:
+        q += sql.SQL(" ORDER BY dist")
+        if limit is not None:
+            q += sql.SQL(" LIMIT {}").format(sql.Literal(int(limit)))
+    return q
+
+
+def crossmatch_query(a: SkyTable, b: SkyTable, radius: float, columns_a: Sequence[str] = (),
+                     columns_b: Sequence[str] = ()) -> sql.Composed:
+    """Nearest neighbour in ``b`` within ``radius`` degrees of every row of ``a`` (rows of
+    ``a`` without one are left out).  One indexed cone per row of ``a`` (LATERAL)."""
+    r = sql.Literal(float(radius))
+    dist = sql.SQL("{}.angdist(a.{}, a.{}, b.{}, b.{})").format(
+        sql.Identifier(b.schema), sql.Identifier(a.ra), sql.Identifier(a.dec), sql.Identifier(b.ra),
+        sql.Identifier(b.dec))
+    ca = sql.SQL(", ").join(sql.Identifier("a", c) for c in (columns_a or ("file_id", "row_num")))
+    cb = sql.SQL(", ").join(sql.Identifier("m", c) for c in (columns_b or ("file_id", "row_num")))
+    inner_cols = sql.SQL(", ").join(sql.Identifier("b", c) for c in (columns_b or ("file_id", "row_num")))
+    return sql.SQL(
+        "SELECT {ca}, {cb}, m.dist FROM {ta} a CROSS JOIN LATERAL ("
+        "SELECT {inner}, {dist} AS dist FROM {s}.hpx_cone(a.{ra}, a.{dec}, {r}) c "
+        "JOIN {tb} b ON b.{hpx} BETWEEN c.lo AND c.hi WHERE {dist} <= {r} ORDER BY dist LIMIT 1) m"
+    ).format(ca=ca, cb=cb, ta=sql.Identifier(a.schema, a.table), inner=inner_cols, dist=dist,
+             s=sql.Identifier(b.schema), ra=sql.Identifier(a.ra), dec=sql.Identifier(a.dec), r=r,
+             tb=sql.Identifier(b.schema, b.table), hpx=sql.Identifier(COLUMN))
