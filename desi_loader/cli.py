@@ -117,6 +117,44 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("query")
     _target(q)
 
+    c = sub.add_parser("cone", help="rows of a table within RADIUS degrees of (RA, DEC), nearest first",
+                       description="Cone search on a table with a sky index (column hpx29; q3c where the "
+                       "table has a q3c index). Exact: the same rows as a brute-force angular distance. "
+                       "Prints tab-separated rows with a header, and the number found on stderr.")
+    c.add_argument("ra", type=float, help="right ascension of the centre, degrees")
+    c.add_argument("dec", type=float, help="declination of the centre, degrees")
+    c.add_argument("radius", type=float, help="radius, degrees (1 arcmin = 0.016667)")
+    c.add_argument("--table", help="table (default fastspecfit_metadata, else the first with a sky index)")
+    c.add_argument("--columns", default=None,
+                   help="comma-separated columns to print (default: key columns, ra, dec; '*' for all)")
+    c.add_argument("--limit", type=int, default=None, help="at most this many rows")
+    c.add_argument("--count", action="store_true", help="print only the number of rows")
+    c.add_argument("--method", choices=("auto", "hpx", "q3c"), default="auto",
+                   help="index to use: q3c when the table has one (auto), or the hpx29 B-tree")
+    c.add_argument("--explain", action="store_true", help="print the SQL and the query plan instead of rows")
+    c.add_argument("--schema", default=None, help="schema of the table (default desi_dr1)")
+    _target(c)
+
+    x = sub.add_parser("xmatch", help="nearest neighbour in table B within RADIUS degrees of each row of table A",
+                       description="Cross-match two tables with sky indexes: for every row of A, the nearest "
+                       "row of B within RADIUS (rows of A without one are left out). Prints tab-separated rows.")
+    x.add_argument("table_a")
+    x.add_argument("table_b")
+    x.add_argument("radius", type=float, help="match radius, degrees (1 arcsec = 0.000278)")
+    x.add_argument("--columns-a", default=None, help="columns of A to print (default file_id,row_num)")
+    x.add_argument("--columns-b", default=None, help="columns of B to print (default file_id,row_num)")
+    x.add_argument("--explain", action="store_true", help="print the SQL and the query plan instead of rows")
+    x.add_argument("--schema", default=None, help="schema of both tables (default desi_dr1)")
+    _target(x)
+
+    vm = sub.add_parser("void-membership", help="materialise desivast_void_membership for the four void finders",
+                        description="Re-create SCHEMA.desivast_void_membership (algorithm, cap, void, targetid, "
+                        "...) from the loaded DESIVAST and FastSpecFit tables: V2 algorithms from "
+                        "GALZONE/ZONEVOID, VoidFinder geometrically (galaxies of the parent sample inside a "
+                        "void's holes, comoving coordinates with the file's cosmology). See docs/VOIDS.md.")
+    vm.add_argument("--schema", default=None, help="schema of the loaded catalogs (default desi_dr1)")
+    _target(vm)
+
     b = sub.add_parser("bench", help="benchmark against the server's ceiling and pandas (scripts/bench.py)",
                        add_help=False)
     b.add_argument("args", nargs=argparse.REMAINDER, help="arguments of scripts/bench.py (--help for them)")
@@ -151,15 +189,17 @@ def write_samples(outdir: str, catalog: str, rows: int, files: int, scale: Optio
                   seed: int = 1) -> list:
     """Write sample files of one catalog or both (DESIVAST targets from FastSpecFit main-bright)."""
     from .sample import write_fastspecfit_sample
-    from .sample_vast import DEFAULT_SCALE, fastspecfit_targets, write_desivast_sample
+    from .sample_vast import DEFAULT_SCALE, fastspecfit_positions, fastspecfit_targets, write_desivast_sample
     scale = DEFAULT_SCALE if scale is None else scale
     if catalog == "fastspecfit":
         return write_fastspecfit_sample(outdir, rows=rows, files=files, seed=seed)
     if catalog == "desivast":
-        return write_desivast_sample(outdir, scale=scale, seed=seed, targets=fastspecfit_targets(outdir))
+        return write_desivast_sample(outdir, scale=scale, seed=seed, targets=fastspecfit_targets(outdir),
+                                     galaxies=fastspecfit_positions(outdir))
     fsf = write_fastspecfit_sample(os.path.join(outdir, "fastspecfit"), rows=rows, files=files, seed=seed)
-    targets = fastspecfit_targets(os.path.join(outdir, "fastspecfit"))
-    return fsf + write_desivast_sample(os.path.join(outdir, "desivast"), scale=scale, seed=seed, targets=targets)
+    fdir = os.path.join(outdir, "fastspecfit")
+    return fsf + write_desivast_sample(os.path.join(outdir, "desivast"), scale=scale, seed=seed,
+                                       targets=fastspecfit_targets(fdir), galaxies=fastspecfit_positions(fdir))
 
 
 def _ensure_sample(rows: int, files: int, scale: Optional[float], console) -> list:
@@ -355,6 +395,82 @@ def _cmd_abort(args, console) -> int:
     return 0
 
 
+def _cmd_cone(args, console) -> int:
+    import psycopg2
+    from . import cone
+    schema = _schema(args)
+    with psycopg2.connect(_dsn(args)) as conn, conn.cursor() as cur:
+        t = cone.describe(cur, schema, args.table)
+        cols = _columns(args.columns) or _default_columns(cur, t)
+        q = cone.cone_query(t, args.ra, args.dec, args.radius, cols, args.method, args.limit, args.count)
+        return _print_query(cur, q, args.explain, console, "rows")
+
+
+def _cmd_xmatch(args, console) -> int:
+    import psycopg2
+    from . import cone
+    schema = _schema(args)
+    with psycopg2.connect(_dsn(args)) as conn, conn.cursor() as cur:
+        a, b = cone.describe(cur, schema, args.table_a), cone.describe(cur, schema, args.table_b)
+        q = cone.crossmatch_query(a, b, args.radius, _columns(args.columns_a), _columns(args.columns_b))
+        return _print_query(cur, q, args.explain, console, "matches")
+
+
+def _columns(text: Optional[str]) -> list:
+    return [c.strip().lower() for c in text.split(",") if c.strip()] if text else []
+
+
+def _default_columns(cur, t) -> list:
+    cur.execute("SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+                "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = %s::regclass AND i.indisprimary "
+                "ORDER BY array_position(i.indkey, a.attnum)", (f'"{t.schema}"."{t.table}"',))
+    return [r[0] for r in cur.fetchall()] + [t.ra, t.dec]
+
+
+def _print_query(cur, q, explain: bool, console, what: str) -> int:
+    text = q.as_string(cur.connection)
+    if explain:
+        cur.execute("EXPLAIN " + text)
+        print(text + ";\n")
+        print("\n".join(r[0] for r in cur.fetchall()))
+        return 0
+    cur.execute(text)
+    names = [d.name for d in cur.description]
+    n = 0
+    try:
+        print("\t".join(names))
+        for row in cur:
+            print("\t".join("" if v is None else repr(v) if isinstance(v, float) else str(v) for v in row))
+            n += 1
+        sys.stdout.flush()
+    except BrokenPipeError:                  # | head: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    if names != ["count"]:
+        print(f"{n} {what}", file=sys.stderr)
+    return 0
+
+
+def _cmd_void_membership(args, console) -> int:
+    import psycopg2
+    from rich.table import Table
+    from . import voids
+    schema = _schema(args)
+    conn = psycopg2.connect(_dsn(args))
+    try:
+        result = voids.build(conn, schema)
+    finally:
+        conn.close()
+    t = Table("algorithm", "cap", "method", "galaxies in voids", "galaxies considered", "fraction",
+              title=f"{schema}.{voids.TABLE}")
+    for (alg, cap), (members, considered) in sorted(result.counts.items()):
+        frac = voids.fraction(result.counts, (alg, cap))
+        t.add_row(alg, cap, "holes" if alg == "VoidFinder" else "zone", f"{members:,}", f"{considered:,}",
+                  "" if frac is None else f"{frac:.1%}")
+    console.print(t)
+    return 0
+
+
 def _cmd_bench(argv: list) -> int:
     """Run scripts/bench.py of the source tree (it needs pandas, which the package does not)."""
     import runpy
@@ -430,6 +546,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _cmd_bench(args.args)
         if args.command == "abort":
             return _cmd_abort(args, console)
+        if args.command == "cone":
+            return _cmd_cone(args, console)
+        if args.command == "xmatch":
+            return _cmd_xmatch(args, console)
+        if args.command == "void-membership":
+            return _cmd_void_membership(args, console)
     except LoaderError as exc:
         from rich.markup import escape
         err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)

@@ -46,6 +46,8 @@ def _fill_float(name: str, n: int, rng: np.random.Generator) -> np.ndarray:
         return v
     if name in ("Z", "Z_RR"):
         return 0.001 + rng.gamma(2.0, 0.12, n)
+    if name == "DELTACHI2":                     # redshift confidence: mostly secure (> 40), a tail not
+        return 10 ** rng.normal(2.5, 0.8, n)
     if name in ("RA",):
         return rng.uniform(0, 360, n)
     if name in ("DEC",):

@@ -49,7 +49,20 @@ def _xyz(rng, n, rmax=600.0):
     return x, y, z, r, ra, dec
 
 
-def _voidfinder(rng, counts):
+def _near_galaxies(rng, n: int, cap: str, galaxies) -> Optional[np.ndarray]:
+    """n points within 8 Mpc/h of random galaxies of the cap (so sample voids hold galaxies)."""
+    from .voids import NGC_RA, cartesian, comoving_distance
+    ra, dec, z = galaxies
+    ngc = (ra > NGC_RA[0]) & (ra < NGC_RA[1])
+    pick = np.nonzero((ngc if cap == "NGC" else ~ngc) & (z > 0) & (z <= 0.24))[0]
+    if len(pick) == 0:
+        return None
+    g = rng.choice(pick, n)
+    xyz = cartesian(ra[g], dec[g], comoving_distance(z[g], 0.315))
+    return xyz + rng.uniform(-8, 8, (n, 3))
+
+
+def _voidfinder(rng, counts, cap="NGC", galaxies=None):
     nv, nh = counts["MAXIMALS"], counts["HOLES"]
     x, y, z, r, ra, dec = _xyz(rng, nv)
     radius = np.sort(rng.uniform(10, 32, nv))[::-1]
@@ -57,6 +70,9 @@ def _voidfinder(rng, counts):
                     RA=ra, DEC=dec, R_EFF=radius * 1.2, R_EFF_UNCERT=rng.uniform(0.05, 0.2, nv))
     void = np.concatenate([np.arange(nv), rng.integers(0, nv, max(nh - nv, 0))])[:nh]
     hx, hy, hz, _, _, _ = _xyz(rng, nh)
+    near = _near_galaxies(rng, nh // 2, cap, galaxies) if galaxies is not None else None
+    if near is not None:                      # half the holes around galaxies of the FastSpecFit sample
+        hx[:len(near)], hy[:len(near)], hz[:len(near)] = near.T
     holes = dict(X=hx, Y=hy, Z=hz, RADIUS=rng.uniform(10, 25, nh), VOID=void)
     return {"MAXIMALS": maximals, "HOLES": holes}
 
@@ -109,13 +125,15 @@ def _v2(rng, algorithm, cap, counts, targets, seed):
 
 
 def write_desivast_file(path: str, algorithm: str, cap: str, scale: float = DEFAULT_SCALE,
-                        seed: int = 0, targets: Optional[np.ndarray] = None) -> str:
-    """Write one DESIVAST file; ``targets`` fill GALZONE.TARGET (e.g. FastSpecFit TARGETIDs)."""
+                        seed: int = 0, targets: Optional[np.ndarray] = None, galaxies=None) -> str:
+    """Write one DESIVAST file; ``targets`` fill GALZONE.TARGET (e.g. FastSpecFit TARGETIDs),
+    ``galaxies`` ((ra, dec, z) of FastSpecFit galaxies) place half the VoidFinder holes
+    around them."""
     from astropy.io import fits
     dm = datamodel("desivast")["algorithms"][algorithm]
     rng = np.random.default_rng(seed + ALGORITHMS.index(algorithm) * 10 + CAPS.index(cap))
     counts = _counts(algorithm, cap, scale)
-    data = _voidfinder(rng, counts) if algorithm == "VoidFinder" else _v2(rng, algorithm, cap, counts,
+    data = _voidfinder(rng, counts, cap, galaxies) if algorithm == "VoidFinder" else _v2(rng, algorithm, cap, counts,
                                                                           targets, seed)
     prim = fits.Header()
     for key, value, comment in dm["primary_cards"]:
@@ -141,11 +159,22 @@ def write_desivast_file(path: str, algorithm: str, cap: str, scale: float = DEFA
 
 
 def write_desivast_sample(outdir: str, scale: float = DEFAULT_SCALE, seed: int = 0,
-                          targets: Optional[np.ndarray] = None) -> list[str]:
+                          targets: Optional[np.ndarray] = None, galaxies=None) -> list[str]:
     """Write the 8 DESIVAST files into ``outdir``."""
     os.makedirs(outdir, exist_ok=True)
-    return [write_desivast_file(os.path.join(outdir, file_name(a, c)), a, c, scale, seed, targets)
+    return [write_desivast_file(os.path.join(outdir, file_name(a, c)), a, c, scale, seed, targets, galaxies)
             for a in ALGORITHMS for c in CAPS]
+
+
+def fastspecfit_positions(directory: str):
+    """(ra, dec, z) of the main-bright FastSpecFit galaxies in ``directory``, or None."""
+    import glob
+    from astropy.io import fits
+    files = sorted(glob.glob(os.path.join(directory, "fastspec-iron-main-bright-*.fits")))
+    if not files:
+        return None
+    data = [fits.getdata(f, "METADATA") for f in files]
+    return tuple(np.concatenate([d[c].astype(np.float64) for d in data]) for c in ("RA", "DEC", "Z"))
 
 
 def fastspecfit_targets(directory: str) -> Optional[np.ndarray]:
