@@ -139,9 +139,11 @@ def cone_query(t: SkyTable, ra: float, dec: float, radius: float, columns: Seque
         q = sql.SQL("SELECT {} FROM {} t WHERE {}.q3c_radial_query({}, {}, {}, {}, {}) AND {} <= {}").format(
             select, tab, sql.Identifier(t.q3c), rcol, dcol, *lit, dist, lit[2])
     else:
-        q = sql.SQL("SELECT {} FROM {}.hpx_cone({}, {}, {}) c JOIN {} t ON t.{} BETWEEN c.lo AND c.hi "
-                    "WHERE {} <= {}").format(select, sql.Identifier(t.schema), *lit, tab,
-                                              sql.Identifier(COLUMN), dist, lit[2])
+        # LATERAL + OFFSET 0: each range is its own index scan (a plain join lets the planner, which cannot
+        # estimate the ranges, choose a sequential scan)
+        q = sql.SQL("SELECT {} FROM {}.hpx_cone({}, {}, {}) c CROSS JOIN LATERAL (SELECT * FROM {} t "
+                    "WHERE t.{} BETWEEN c.lo AND c.hi OFFSET 0) t WHERE {} <= {}").format(
+            select, sql.Identifier(t.schema), *lit, tab, sql.Identifier(COLUMN), dist, lit[2])
     if not count:
         q += sql.SQL(" ORDER BY dist")
         if limit is not None:
@@ -163,7 +165,8 @@ def crossmatch_query(a: SkyTable, b: SkyTable, radius: float, columns_a: Sequenc
     return sql.SQL(
         "SELECT {ca}, {cb}, m.dist FROM {ta} a CROSS JOIN LATERAL ("
         "SELECT {inner}, {dist} AS dist FROM {s}.hpx_cone(a.{ra}, a.{dec}, {r}) c "
-        "JOIN {tb} b ON b.{hpx} BETWEEN c.lo AND c.hi WHERE {dist} <= {r} ORDER BY dist LIMIT 1) m"
+        "CROSS JOIN LATERAL (SELECT * FROM {tb} b WHERE b.{hpx} BETWEEN c.lo AND c.hi OFFSET 0) b "
+        "WHERE {dist} <= {r} ORDER BY dist LIMIT 1) m"
     ).format(ca=ca, cb=cb, ta=sql.Identifier(a.schema, a.table), inner=inner_cols, dist=dist,
              s=sql.Identifier(b.schema), ra=sql.Identifier(a.ra), dec=sql.Identifier(a.dec), r=r,
              tb=sql.Identifier(b.schema, b.table), hpx=sql.Identifier(COLUMN))

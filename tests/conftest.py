@@ -1,4 +1,5 @@
 """Test fixtures: one real PostgreSQL server for the session, started by the suite itself."""
+import shutil
 import uuid
 
 import psycopg2
@@ -33,3 +34,16 @@ def db(pg_uri):
     conn = psycopg2.connect(pg_uri)
     yield conn
     conn.close()
+
+
+@pytest.fixture(scope="session")
+def pg15_uri():
+    """Debian's PostgreSQL 15 with q3c, started by the suite on a loopback port."""
+    from desi_loader import localpg
+    from pg15 import require_extension
+    require_extension("q3c", "postgresql-15 postgresql-15-q3c")
+    data_dir = localpg.base_dir() / f"q3c-{uuid.uuid4().hex[:8]}"
+    uri = localpg.start(data_dir, localpg.free_port(), version="15")
+    yield uri
+    localpg.stop(data_dir, version="15")
+    shutil.rmtree(data_dir, ignore_errors=True)
