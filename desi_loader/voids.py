@@ -81,8 +81,8 @@ def comoving_distance(z: np.ndarray, omega_m: float) -> np.ndarray:
     """Line-of-sight comoving distance in Mpc/h: flat LCDM with ``omega_m``, no radiation
     (as VAST computes it), D = c/H0 * integral dz / sqrt(Om (1+z)^3 + 1 - Om).
 
-    The integral is taken once on a fine grid (trapezoid, step <= 1e-5: relative error
-    below 1e-10) and interpolated.  DESIVAST's own check: z = 0.24 with Om = 0.315 gives
+    The integral is taken once on a fine grid (trapezoid, step <= 1e-5) and interpolated:
+    within 1e-8 relative (2e-8 Mpc/h at z = 1.5) of Gauss-Legendre quadrature.  DESIVAST's own check: z = 0.24 with Om = 0.315 gives
     677.40 Mpc/h, the DLIMU card of the files.
     """
     z = np.asarray(z, np.float64)
