@@ -145,8 +145,8 @@ def _catalog(name: str, sec: configparser.SectionProxy) -> Catalog:
                 raise UsageError(f"bad derived column {opt[7:]} = {value.strip()!r} in the presets",
                                  f"write: op(HDU.COLUMN) with op one of {', '.join(DERIVE_OPS)}")
             derived[opt[7:].lower()] = (m.group(1), m.group(2).upper(), m.group(3).upper())
-        elif opt.startswith("sky."):
-            sky[opt[4:].upper()] = parse_sky(value)
+        elif opt.startswith("sky."):              # 'none' turns a preset's sky index off
+            sky[opt[4:].upper()] = () if value.strip().lower() in ("", "none") else parse_sky(value)
         elif opt.startswith("null."):
             nulls[opt[5:].upper()] = {p.split(":")[0].strip().upper(): int(p.split(":")[1])
                                       for p in value.split(",") if p.strip()}

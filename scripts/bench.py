@@ -388,7 +388,10 @@ def parse_args(argv):
                     help="sections to run, comma separated: copy (ceilings and desi-loader copy phase), "
                     "alternatives (pandas, to_sql, original script), growth, nodes (1 x W vs W x 1 processes, "
                     "multi-node estimate), whole (whole command vs by hand, both WAL levels, incremental "
-                    "cost); default all")
+                    "cost), sky (whole-load cost of the sky index, cone searches indexed vs sequential "
+                    "scan); default all")
+    ap.add_argument("--sky-rows", type=int, default=1_000_000,
+                    help="rows of the positions table of the cone-search benchmark (default 1,000,000)")
     ap.add_argument("--whole-repeat", type=int, default=1,
                     help="runs of each whole-load measurement; the best counts (default 1: they are long)")
     ap.add_argument("--whole-files", type=int, default=4, help="files of the whole-load comparison (default 4)")
@@ -400,7 +403,7 @@ def parse_args(argv):
     if args.quick:
         args.files, args.rows, args.to_sql_rows, args.growth, args.small_files = 2, 200, 20, "", 0
         args.whole_files, args.whole_rows = 2, 200
-        args.repeat = 1
+        args.repeat, args.sky_rows = 1, 5000
         args.workers = min(args.workers, 2)
     return args
 
@@ -451,6 +454,16 @@ def command(dsn: str, files, schema: str, workers: int, *extra) -> tuple[float, 
     summary = json.loads(js.read_text())["loads"][0]
     shutil.rmtree(js.parent, ignore_errors=True)
     return secs, summary
+
+
+def has_column(dsn: str, schema: str, table: str, column: str) -> bool:
+    conn = connect(dsn)
+    with conn.cursor() as cur:
+        cur.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = %s AND table_name = %s "
+                    "AND column_name = %s", (schema, table, column))
+        found = cur.fetchone() is not None
+    conn.close()
+    return found
 
 
 def set_wal_level(dsn: str, data_dir, level: str) -> bool:
@@ -678,6 +691,82 @@ class Bench:
         self.ratio("incremental_1_file_seconds_vs_full_reload", inc_s / full_s)
         assert inc["incremental"] and inc["files"] == 1, inc
 
+    def sky(self) -> None:
+        """The sky index: extra whole-load cost (hpx29, its B-tree, sky order, q3c where present)
+        and cone searches on a large table, indexed against a sequential scan."""
+        dsn, W, args = self.dsn, self.W, self.args
+        files = make_files(self.cache, args.whole_files, args.whole_rows)
+        n, nb = galaxies(files), fits_bytes(files)
+        print(f"\nsky index: {len(files)} files, {n:,} galaxies")
+        conf = Path(tempfile.mkdtemp(prefix="desi-bench-")) / "nosky.ini"
+        preset = (Path(__file__).resolve().parents[1] / "conf" / "desi_dr1.ini").read_text().split(
+            "[catalog:desivast]")[0]
+        conf.write_text("".join(f"[catalog:fastspecfit]\n{ln.split('=')[0].strip()} = none\n"
+                                for ln in preset.splitlines() if ln.startswith("sky.METADATA")))
+        with_sky, without = [], []
+        for _ in range(max(1, args.whole_repeat)):
+            fresh_schema(dsn, "bench_sky")
+            without.append(command(dsn, files, "bench_sky", W, "--replace-all", "--config", str(conf))[0])
+            assert not has_column(dsn, "bench_sky", "fastspecfit_metadata", "hpx29"), "sky index not turned off"
+            fresh_schema(dsn, "bench_sky")
+            with_sky.append(command(dsn, files, "bench_sky", W, "--replace-all")[0])
+        self.record("whole command without sky index", W, min(without), n, nb)
+        self.record("whole command with sky index + sky order", W, min(with_sky), n, nb)
+        self.ratio("sky_index_whole_load_cost", min(with_sky) / min(without))
+        shutil.rmtree(conf.parent, ignore_errors=True)
+        self._cones()
+
+    def _cones(self) -> None:
+        from astropy.table import Table
+        from desi_loader import cone as cones
+        dsn, rows = self.dsn, self.args.sky_rows
+        path = self.cache / f"positions-{rows}.fits"
+        rng = np.random.default_rng(1)
+        if not path.exists():
+            t = Table()
+            t["ID"] = np.arange(rows, dtype=np.int64)
+            t["RA"] = rng.uniform(0, 360, rows)
+            t["DEC"] = np.degrees(np.arcsin(rng.uniform(-1, 1, rows)))
+            t["MAG"] = rng.uniform(15, 25, rows).astype(np.float32)
+            t.write(path, format="fits")
+        fresh_schema(dsn, "bench_cone")
+        command(dsn, [str(path)], "bench_cone", self.W, "--catalog", "generic", "--prefix", "pos", "--sky", "RA,DEC")
+        conn = connect(dsn)
+        centres = [(float(rng.uniform(0, 360)), float(np.degrees(np.arcsin(rng.uniform(-0.9, 0.9))))) for _ in range(10)]
+        with conn.cursor() as cur:
+            t = cones.describe(cur, "bench_cone", "pos_hdu1")
+            methods = ["hpx"] + (["q3c"] if t.q3c else [])
+            print(f"cone search on {rows:,} rows (median of {len(centres)} centres; sequential scan = the same "
+                  "exact distance test on every row)")
+            for label, radius in (("1 arcmin", 1 / 60), ("1 degree", 1.0)):
+                scan = []
+                for ra, dec in centres:
+                    t0 = time.perf_counter()
+                    cur.execute('SELECT count(*) FROM bench_cone.pos_hdu1 t WHERE bench_cone.angdist(t.ra, t.dec, %s, %s) <= %s',
+                                (ra, dec, radius))
+                    want = cur.fetchone()[0]
+                    scan.append(time.perf_counter() - t0)
+                    for m in methods:
+                        cur.execute(cones.cone_query(t, ra, dec, radius, count=True, method=m))
+                        assert cur.fetchone()[0] == want, (m, ra, dec, radius)
+                seq = float(np.median(scan))
+                for m in methods:
+                    times = []
+                    for ra, dec in centres:
+                        t0 = time.perf_counter()
+                        cur.execute(cones.cone_query(t, ra, dec, radius, count=True, method=m))
+                        cur.fetchone()
+                        times.append(time.perf_counter() - t0)
+                    idx = float(np.median(times))
+                    print(f"  {label:9s} {m}: {idx * 1e3:9.2f} ms   sequential scan: {seq * 1e3:9.1f} ms   "
+                          f"speed-up {seq / idx:8.1f}x")
+                    self.results["methods"].append({"method": f"cone {label} {m}", "workers": 1,
+                                                    "seconds": round(idx, 5), "rows": rows, "rows_per_s": 0,
+                                                    "mb_per_s": 0, "seq_scan_seconds": round(seq, 4)})
+                    self.ratio(f"cone_{label.replace(' ', '_')}_{m}_speedup_vs_seq_scan", seq / idx)
+        conn.rollback()
+        conn.close()
+
     def finish(self) -> None:
         print("\nratios (measured in this run):")
         for k, v in self.results["ratios"].items():
@@ -715,7 +804,8 @@ def estimate(per_worker: float, one_backend: float, nodes: int = 8, workers: int
 def main(argv=None) -> int:
     args = parse_args(argv)
     bench = Bench(args)
-    only = {"copy", "alternatives", "growth", "nodes", "whole"} if args.only == "all" else set(args.only.split(","))
+    only = ({"copy", "alternatives", "growth", "nodes", "whole", "sky"} if args.only == "all"
+            else set(args.only.split(",")))
     if only & {"copy", "alternatives"}:
         bench.ceiling_and_loader()
     if "alternatives" in only:
@@ -726,6 +816,8 @@ def main(argv=None) -> int:
         bench.nodes()
     if "whole" in only:
         bench.whole()
+    if "sky" in only:
+        bench.sky()
     bench.finish()
     return 0
 
