@@ -17,7 +17,7 @@ import numpy as np
 from .checksum import combine, partial_sum
 from .encode import BINARY_HEADER, BINARY_TRAILER, Codec, EncodeError, encode_block, hpx_values
 from .errors import BadFileError
-from .read import HduInfo, read_rows
+from .read import read_rows
 
 #: FITS bytes read and encoded per block.  Small blocks let encoding overlap the
 #: server's work (the pipeline fills and drains at every COPY statement): measured on

@@ -79,3 +79,12 @@ def load(pg_uri, schema, paths, **kw):
     kw.setdefault("workers", 2)
     opts = LoadOptions(paths=tuple(str(p) for p in paths), dsn=pg_uri, schema=schema, **kw)
     return run_load(opts)
+
+
+def fetch(db, q, args=()):
+    """All rows of one query (committed, so the connection holds no snapshot)."""
+    with db.cursor() as cur:
+        cur.execute(q, args)
+        rows = cur.fetchall()
+    db.commit()
+    return rows

@@ -6,17 +6,9 @@ from astropy.io import fits
 
 from desi_loader.cli import write_samples
 from desi_loader.sample_vast import file_name, write_desivast_file
-from helpers import load
+from helpers import fetch, load
 
 SENTINELS = {"ZONEVOID": {"VOID0", "VOID1"}, "GALZONE": {"ZONE"}, "GALVIZ": {"G2V", "G2V2"}}
-
-
-def fetch(db, q, args=()):
-    with db.cursor() as cur:
-        cur.execute(q, args)
-        rows = cur.fetchall()
-    db.commit()
-    return rows
 
 
 @pytest.fixture(scope="module")

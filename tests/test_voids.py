@@ -5,14 +5,7 @@ import pytest
 from desi_loader import voids
 from desi_loader.cli import main, write_samples
 from desi_loader.run import LoadOptions, run_loads
-
-
-def fetch(db, q, args=()):
-    with db.cursor() as cur:
-        cur.execute(q, args)
-        rows = cur.fetchall()
-    db.commit()
-    return rows
+from helpers import fetch
 
 
 @pytest.fixture(scope="module")
@@ -111,3 +104,23 @@ def test_membership_of_all_four_algorithms(loaded, pg_uri, db, capsys):
 def test_membership_needs_desivast(pg_uri, schema, capsys):
     assert main(["void-membership", "--schema", schema, "--dsn", pg_uri]) == 2
     assert "no DESIVAST files are published" in capsys.readouterr().err
+
+
+def _readme_sql(start: str) -> str:
+    from pathlib import Path
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme[readme.index("```sql\n" + start):]
+    return block[len("```sql\n"):block.index("```", 7)]
+
+
+def test_readme_void_galaxy_and_cone_examples_run(loaded, pg_uri, db):
+    schema = loaded
+    assert main(["void-membership", "--schema", schema, "--dsn", pg_uri]) == 0
+    rows = fetch(db, _readme_sql("WITH parent AS").replace("desi_dr1.", f'"{schema}".'))
+    assert [r[0] for r in rows] == ["REVOLVER", "VIDE", "VoidFinder", "ZOBOV"]
+    assert all(r[1] > 0 and 0 < r[2] <= 1 for r in rows)
+    cone_sql = _readme_sql("SELECT t.targetid, t.ra, t.dec").replace("desi_dr1.", f'"{schema}".')
+    got = {r[0] for r in fetch(db, cone_sql.replace("0.5", "5"))}
+    want = {r[0] for r in fetch(db, f'SELECT targetid FROM "{schema}".fastspecfit_metadata '
+                                    f'WHERE "{schema}".angdist(ra, dec, 150.1, 2.2) <= 5')}
+    assert got == want and got
