@@ -300,8 +300,9 @@ def _cmd_load(args, console) -> int:
                           f"schema {summary.schema}: nothing to load (--replace-all reloads them)")
         elif args.dry_run:
             for entry in summary.plan:
+                sky = f", sky index hpx29 of ({', '.join(entry['sky'])})" if entry.get("sky") else ""
                 console.print(f"{summary.schema}.{entry['table']}: {entry['columns']} columns, "
-                              f"key ({', '.join(entry['key'])}), {summary.rows[entry['table']]:,} rows")
+                              f"key ({', '.join(entry['key'])}){sky}, {summary.rows[entry['table']]:,} rows")
             console.print(f"{summary.catalog}: {summary.files} files, {summary.tasks} tasks; dry run: nothing loaded")
         else:
             _print_summary(console, summary, dsn)

@@ -197,7 +197,7 @@ class Coordinator:
         self.summary = Summary(workers=opts.workers, fmt=opts.fmt, durable=not opts.unlogged,
                                dsn=mask_dsn(opts.dsn or ""), catalog=plan.catalog.name, schema=plan.schema,
                                files=len(plan.files), fits_bytes=plan.total_bytes, tasks=len(plan.tasks))
-        self.summary.plan = [{"table": t, "columns": len(s.all_columns), "key": list(s.key)}
+        self.summary.plan = [{"table": t, "columns": len(s.all_columns), "key": list(s.key), "sky": list(s.sky)}
                              for t, s in plan.tables.items()]
         self.summary.checksums = "verified" if opts.verify_checksum else "not verified (--no-verify-checksum)"
 

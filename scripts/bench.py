@@ -760,9 +760,9 @@ class Bench:
                     idx = float(np.median(times))
                     print(f"  {label:9s} {m}: {idx * 1e3:9.2f} ms   sequential scan: {seq * 1e3:9.1f} ms   "
                           f"speed-up {seq / idx:8.1f}x")
-                    self.results["methods"].append({"method": f"cone {label} {m}", "workers": 1,
-                                                    "seconds": round(idx, 5), "rows": rows, "rows_per_s": 0,
-                                                    "mb_per_s": 0, "seq_scan_seconds": round(seq, 4)})
+                    self.results.setdefault("cones", []).append(
+                        {"cone": label, "index": m, "table_rows": rows, "seconds": round(idx, 5),
+                         "seq_scan_seconds": round(seq, 4)})
                     self.ratio(f"cone_{label.replace(' ', '_')}_{m}_speedup_vs_seq_scan", seq / idx)
         conn.rollback()
         conn.close()
