@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sky", metavar="RA,DEC",
                    help="for --catalog generic: the position columns (degrees) that get a sky index "
                         "(column hpx29, rows stored in sky order); presets name theirs")
+    p.add_argument("--distribute", action="append", default=[], metavar="TABLE=SPEC",
+                   help="on a Citus cluster: place TABLE as hash(COLUMN), reference or local, overriding "
+                        "the preset (repeatable); ignored on a plain server")
     p.add_argument("--schema", help="target schema (default desi_dr1)")
     p.add_argument("--format", choices=("binary", "text"), default="binary", dest="fmt",
                    help="COPY format (default binary, faster and exact; text for comparison)")
@@ -241,6 +244,8 @@ def _print_summary(console, summary, dsn: str) -> None:
                       + (f"; replaced rows: {summary.replaced_rows}" if summary.replaced_rows else ""))
     if summary.durable_path:
         console.print(f"durable path: {summary.durable_path}")
+    if summary.cluster:
+        console.print(f"{summary.cluster}: " + "; ".join(f"{t} {d}" for t, d in summary.distribution.items()))
     console.print(f"checksums {summary.checksums}; " +
                   ("row counts verified against NAXIS2 per file and HDU; " if summary.verified else "") +
                   ("tables are durable (LOGGED)" if summary.durable else
@@ -274,7 +279,8 @@ def _cmd_load(args, console) -> int:
         raise UsageError("no input given", "name FITS files or directories, or use --sample")
     dsn = "" if args.dry_run else _dsn(args)
     opts = LoadOptions(paths=tuple(paths), dsn=dsn, schema=args.schema, catalog=args.catalog,
-                       prefix=args.prefix, sky=args.sky, workers=args.workers, fmt=args.fmt, unlogged=args.unlogged,
+                       prefix=args.prefix, sky=args.sky,
+                       distribute=tuple(args.distribute), workers=args.workers, fmt=args.fmt, unlogged=args.unlogged,
                        dry_run=args.dry_run, task_rows=args.task_rows, config=args.config,
                        verify_checksum=args.verify_checksum, allow_partial=args.allow_partial,
                        resume=args.resume, copy_out=args.copy_out, join=args.join, staging=args.staging,

@@ -18,6 +18,31 @@ DERIVE_OPS = ("inv_sqrt",)
 
 
 @dataclass(frozen=True)
+class Distribution:
+    """How a table is placed on a Citus cluster: ``hash`` on a column (co-located with the
+    catalog's other tables hashed on the same column), ``reference`` (a copy on every
+    node) or ``local`` (a plain table on the coordinator)."""
+
+    kind: str                       # hash | reference | local
+    column: Optional[str] = None    # the distribution column of hash
+
+    def __str__(self) -> str:
+        return f"hash({self.column})" if self.kind == "hash" else self.kind
+
+
+def parse_distribution(value: str) -> Distribution:
+    """'hash(targetid)' | 'reference' | 'local' -> Distribution."""
+    v = value.strip().lower()
+    m = re.match(r"^hash\s*\(\s*([a-z_][a-z0-9_]*)\s*\)$", v)
+    if m:
+        return Distribution("hash", m.group(1))
+    if v in ("reference", "local"):
+        return Distribution(v)
+    raise UsageError(f"distribution {value!r}: expected hash(COLUMN), reference or local",
+                     "write e.g. distribute = hash(targetid), distribute.VOIDS = reference")
+
+
+@dataclass(frozen=True)
 class Catalog:
     """How the files of one catalog map to tables."""
 
@@ -45,6 +70,12 @@ class Catalog:
     detect: bool = True                               # chosen by file-name detection
     constant_types: dict = field(default_factory=dict)  # constant -> int2/int4/int8/text
     sky: dict = field(default_factory=dict)           # EXTNAME ('*': every HDU) -> (RA column, DEC column)
+    distribution: dict = field(default_factory=dict)  # EXTNAME ('*': default) -> Distribution (Citus)
+
+    def distribution_of(self, table: str) -> "Distribution":
+        """How ``table`` is spread over a Citus cluster (local on a plain server)."""
+        ext = next((e for e, t in self.tables.items() if t == table), None)
+        return self.distribution.get(ext or "") or self.distribution.get("*") or Distribution("local")
 
     def sky_columns(self, extname: Optional[str]) -> Optional[tuple[str, str]]:
         """The (RA, DEC) FITS columns of an HDU that get a sky index, or None."""
@@ -112,6 +143,7 @@ def _list(value: str, sep: str = None) -> tuple[str, ...]:
 
 def _catalog(name: str, sec: configparser.SectionProxy) -> Catalog:
     tables, keys, indexes, nulls, requires, fkeys, views, sky = {}, {}, {}, {}, {}, {}, {}, {}
+    distribution = {"*": parse_distribution(sec["distribute"])} if sec.get("distribute") else {}
     columns, derived = {}, {}
     constants, constant_types = [], {}
     for item in _list(sec.get("constants", "")):
@@ -145,6 +177,8 @@ def _catalog(name: str, sec: configparser.SectionProxy) -> Catalog:
                 raise UsageError(f"bad derived column {opt[7:]} = {value.strip()!r} in the presets",
                                  f"write: op(HDU.COLUMN) with op one of {', '.join(DERIVE_OPS)}")
             derived[opt[7:].lower()] = (m.group(1), m.group(2).upper(), m.group(3).upper())
+        elif opt.startswith("distribute."):
+            distribution[opt[11:].upper()] = parse_distribution(value)
         elif opt.startswith("sky."):              # 'none' turns a preset's sky index off
             sky[opt[4:].upper()] = () if value.strip().lower() in ("", "none") else parse_sky(value)
         elif opt.startswith("null."):
@@ -163,7 +197,7 @@ def _catalog(name: str, sec: configparser.SectionProxy) -> Catalog:
                    join=sec.get("join") or None, detect=sec.getboolean("detect", True),
                    filename_regex=sec.get("filename_regex") or None, nulls=nulls, requires=requires,
                    scope=tuple(c.strip().lower() for c in sec.get("scope", "").split(",") if c.strip()),
-                   fkeys=fkeys, views=views, sky=sky)
+                   fkeys=fkeys, views=views, sky=sky, distribution=distribution)
 
 
 def _fkey(text: str) -> tuple[str, str, str]:

@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence
 
+from .citus import check as check_distribution
 from .config import Catalog, Settings, generic
 from .datamodel import datamodel
 from .encode import Codec
@@ -217,8 +218,10 @@ def build_plan(infos: Sequence, catalog: Catalog, schema: str,
             cols = tuple(c for c in cols if c.name != SKY_COLUMN) + (
                 next(c for c in cols if c.name == SKY_COLUMN),)          # the sky pixel last
             indexes = tuple(indexes) + ((SKY_COLUMN,),)
+        dist = catalog.distribution_of(table)
+        check_distribution(dist, table, [c.name for c in extra[table] + cols] + ["file_id", "row_num"])
         specs[table] = TableSpec(table, cols, extra[table], key or ("file_id", "row_num"), indexes,
-                                 sky.get(table, ()))
+                                 sky.get(table, ()), dist)
     plan = Plan(catalog, schema, specs, files, rejected=rejected)
     plan.tasks = split_tasks(plan, task_bytes, task_rows)
     return plan

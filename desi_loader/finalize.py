@@ -8,7 +8,7 @@ from typing import Callable, Optional
 import psycopg2
 from psycopg2 import sql
 
-from . import attach
+from . import attach, citus
 from .db import first_line, is_transient, relation_exists
 from .cone import q3c_index_statement
 from .errors import DatabaseError, LoadFailed
@@ -110,6 +110,8 @@ def prepare_staging(conn, schema: str, staging: dict, specs: dict, logged: bool 
 
     Runs in the caller's transaction (the opening of a load commits it with the plan)."""
     with conn.cursor() as cur:
+        on_cluster = citus.cluster(cur) is not None
+        hashed: list = []                   # staging tables hashed so far: co-locate the next ones
         for table, spec in specs.items():
             stage = staging[table]
             cur.execute("SELECT column_name, data_type FROM information_schema.columns "
@@ -118,6 +120,11 @@ def prepare_staging(conn, schema: str, staging: dict, specs: dict, logged: bool 
             if not have:
                 for stmt in create_staging(schema, stage, spec, logged):
                     cur.execute(stmt)
+                if on_cluster and spec.distribution is not None:
+                    partner = citus.colocation_partner(cur, schema, [table] + hashed, spec.distribution)
+                    citus.distribute(cur, schema, stage, spec.distribution, partner)
+                    if spec.distribution.kind == "hash":
+                        hashed.append(stage)
                 continue
             for col in spec.all_columns:
                 if col.name not in have:
@@ -136,7 +143,10 @@ def build_indexes(conn, schema: str, staging: str, spec, q3c: Optional[str] = No
     """Primary key, unique (file_id, row_num), the preset's indexes and the q3c index (on
     tables with a sky index, when ``q3c`` names the extension's schema), then ANALYZE."""
     with conn.cursor() as cur:
-        stmts = create_indexes(schema, staging, spec)
+        on_cluster = spec.distribution is not None and citus.cluster(cur) is not None
+        if on_cluster:
+            citus.no_local_execution(cur)
+        stmts = create_indexes(schema, staging, spec, spec.distribution if on_cluster else None)
         if q3c and spec.sky:
             stmts.append(q3c_index_statement(schema, staging, index_name(staging, ("q3c",)), spec.sky, q3c))
         if _constraint_exists(cur, schema, staging, f"{staging}_pkey"):
@@ -265,7 +275,9 @@ def add_foreign_keys(conn, schema: str, staging: dict, fkeys: list) -> int:
         cur.execute("SET LOCAL lock_timeout = %s", (FINALIZE_LOCK_TIMEOUT,))
         for fk in fkeys:
             child, cols, parent, pcols = fk.child, fk.columns, fk.parent, fk.parent_columns
-            name = f"{staging[child]}_{'_'.join(cols[-1:])}_fkey"[:63]
+            # named for the published table from the start: foreign keys (not indexes) may share
+            # names across tables, and Citus cannot rename constraints of distributed tables
+            name = f"{child}_{'_'.join(cols[-1:])}_fkey"[:63]
             if _constraint_exists(cur, schema, staging[child], name):
                 continue
             try:

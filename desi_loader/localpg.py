@@ -104,7 +104,9 @@ def start(data_dir: Path, port: int, settings: Optional[dict] = None, version: O
     _run(prefix + ["cp", str(tmp), str(auto)])
     tmp.unlink()
     log = data_dir / "server.log"
-    _run(prefix + [str(bd / "pg_ctl"), "-D", str(data_dir), "-l", str(log), "-w", "-t", "120", "start"])
+    status = subprocess.run(prefix + [str(bd / "pg_ctl"), "-D", str(data_dir), "status"], capture_output=True)
+    if status.returncode != 0:                # not running yet (a running one keeps its settings)
+        _run(prefix + [str(bd / "pg_ctl"), "-D", str(data_dir), "-l", str(log), "-w", "-t", "120", "start"])
     return f"postgresql://postgres@127.0.0.1:{port}/postgres"
 
 
@@ -121,3 +123,32 @@ def restart(data_dir: Path, mode: str = "fast", version: Optional[str] = None) -
     bd = bindir(version)
     _run(_as_server_user() + [str(bd / "pg_ctl"), "-D", str(data_dir), "-m", mode, "-w", "-t", "120",
                               "-l", str(Path(data_dir) / "server.log"), "restart"])
+
+
+def citus_cluster(base: Path, ports: Sequence[int], version: str = "15") -> str:
+    """A Citus cluster on one machine: a coordinator on ports[0], workers on the others.
+
+    Each node is a server of its own (data directory base/nodeN) with citus preloaded;
+    the coordinator knows the workers (citus_add_node).  Restarting an existing cluster
+    keeps its data.  Returns the coordinator's URI.
+    """
+    import psycopg2
+    uris = [start(Path(base) / f"node{i}", port, version=version, preload=("citus",),
+                  settings={"max_prepared_transactions": "100", "citus.shard_count": "8"})
+            for i, port in enumerate(ports)]
+    for uri in uris:
+        conn = psycopg2.connect(uri)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("CREATE EXTENSION IF NOT EXISTS citus")
+        conn.close()
+    conn = psycopg2.connect(uris[0])
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("SELECT citus_set_coordinator_host('127.0.0.1', %s)", (ports[0],))
+        for port in ports[1:]:
+            cur.execute("SELECT 1 FROM pg_dist_node WHERE nodename = '127.0.0.1' AND nodeport = %s", (port,))
+            if cur.fetchone() is None:
+                cur.execute("SELECT citus_add_node('127.0.0.1', %s)", (port,))
+    conn.close()
+    return uris[0]

@@ -15,7 +15,7 @@ from typing import Callable, Optional
 
 import psycopg2
 
-from . import __version__, attach
+from . import __version__, attach, citus
 from .checksum import checksum_ok, combine
 from .config import load_settings
 from .cone import ensure_q3c, install_functions
@@ -64,6 +64,7 @@ class LoadOptions:
     catalog: Optional[str] = None
     prefix: Optional[str] = None
     sky: Optional[str] = None          # generic catalogs: 'RA,DEC' columns of the sky index
+    distribute: tuple = ()             # TABLE=SPEC overrides of the preset's Citus placement
     workers: int = 2
     fmt: str = "binary"
     unlogged: bool = False
@@ -114,6 +115,8 @@ class Summary:
     process: str = field(default_factory=process_name)
     node_rows: int = 0               # rows this process's workers loaded (galaxies x tables)
     node_seconds: float = 0.0        # time its worker pools ran
+    cluster: str = ""                # "Citus <version>, <n> workers" when the server is a Citus coordinator
+    distribution: dict = field(default_factory=dict)    # table -> placement on the cluster
 
     def as_dict(self) -> dict:
         copy_s = self.phases.get("copy", 0) or 0
@@ -147,8 +150,30 @@ def plan_loads(opts: LoadOptions) -> list[Plan]:
             infos.append(info)
         plan = build_plan(infos, catalog, schema, opts.task_bytes, opts.task_rows)
         plan.rejected[:0] = rejected
+        apply_distribution(plan, opts.distribute)
         plans.append(plan)
+    unknown = {o.partition("=")[0].strip() for o in opts.distribute} - {t for p in plans for t in p.tables}
+    if unknown:
+        raise UsageError(f"--distribute names no table of this load: {', '.join(sorted(unknown))}",
+                         f"tables: {', '.join(sorted(t for p in plans for t in p.tables))}")
     return plans
+
+
+def apply_distribution(plan: Plan, overrides: tuple) -> None:
+    """--distribute TABLE=SPEC overrides of the preset's placements (a Citus cluster)."""
+    from dataclasses import replace as _replace
+    from .citus import check
+    from .config import parse_distribution
+    for item in overrides:
+        table, sep, spec = item.partition("=")
+        if not sep:
+            raise UsageError(f"--distribute {item!r}: expected TABLE=hash(COLUMN)|reference|local")
+        if table.strip() not in plan.tables:
+            continue                                  # a table of another catalog of this run
+        t = plan.tables[table.strip()]
+        dist = parse_distribution(spec)
+        check(dist, t.name, [c.name for c in t.all_columns])
+        plan.tables[t.name] = _replace(t, distribution=dist)
 
 
 def run_loads(opts: LoadOptions, reporter: Optional[NullReporter] = None) -> list[Summary]:
@@ -304,6 +329,26 @@ class Coordinator:
             self.summary.resumed = opening.message
         if opening.message:
             self.reporter.info(opening.message)
+        self.describe_cluster()
+
+    def describe_cluster(self) -> None:
+        """On a Citus coordinator: say how each table is placed (and keys adapted)."""
+        with self.ledger.conn.cursor() as cur:
+            info = citus.cluster(cur)
+        self.ledger.conn.commit()
+        if info is None:
+            return
+        self.summary.cluster = f"Citus {info.version}, {info.workers} worker node(s)"
+        for t, spec in self.plan.tables.items():
+            dist = spec.distribution
+            text = str(dist)
+            if dist.kind == "hash":
+                key = citus.unique_columns(spec.key, dist)
+                text += " co-located" + (f", primary key ({', '.join(key)})" if key != tuple(spec.key) else "")
+                text += f", unique ({', '.join(citus.unique_columns(('file_id', 'row_num'), dist))})"
+            self.summary.distribution[t] = text
+        self.reporter.info(f"{self.summary.cluster}: " + "; ".join(f"{t} {d}" for t, d in
+                                                                  self.summary.distribution.items()))
 
     def preflight(self, incremental: bool) -> None:
         """Refuse, before any data moves, what publishing could not do: a swap that would break

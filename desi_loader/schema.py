@@ -164,6 +164,7 @@ class TableSpec:
     key: tuple[str, ...] = ()
     indexes: tuple[tuple[str, ...], ...] = ()
     sky: tuple[str, ...] = ()            # (ra, dec) columns of the sky index (column sky.COLUMN)
+    distribution: object = None          # config.Distribution on a Citus cluster (None: local)
 
     @property
     def all_columns(self) -> tuple[PgColumn, ...]:

@@ -28,14 +28,21 @@ def index_name(table: str, cols: tuple) -> str:
     return name
 
 
-def create_indexes(schema: str, name: str, spec: TableSpec) -> list:
-    """Primary key on the natural key, unique (file_id, row_num), then the preset's indexes."""
+def create_indexes(schema: str, name: str, spec: TableSpec, distributed=None) -> list:
+    """Primary key on the natural key, unique (file_id, row_num), then the preset's indexes.
+
+    ``distributed`` (a hash Distribution on a Citus cluster) adds its column to the unique
+    keys that lack it (citus.unique_columns)."""
+    from .citus import unique_columns
     ident = sql.Identifier(schema, name)
+    key = unique_columns(spec.key, distributed)
     out = [sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({})").format(
-        ident, sql.Identifier(f"{name}_pkey"), sql.SQL(", ").join(map(sql.Identifier, spec.key)))]
+        ident, sql.Identifier(f"{name}_pkey"), sql.SQL(", ").join(map(sql.Identifier, key)))]
     if tuple(spec.key) != ("file_id", "row_num"):
-        out.append(sql.SQL("CREATE UNIQUE INDEX IF NOT EXISTS {} ON {} (file_id, row_num)").format(
-            sql.Identifier(index_name(name, ("file_id", "row_num"))), ident))
+        rows = unique_columns(("file_id", "row_num"), distributed)
+        out.append(sql.SQL("CREATE UNIQUE INDEX IF NOT EXISTS {} ON {} ({})").format(
+            sql.Identifier(index_name(name, ("file_id", "row_num"))), ident,
+            sql.SQL(", ").join(map(sql.Identifier, rows))))
     for cols in spec.indexes:
         out.append(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({})").format(
             sql.Identifier(index_name(name, cols)), ident, sql.SQL(", ").join(map(sql.Identifier, cols))))

@@ -88,3 +88,87 @@ def fetch(db, q, args=()):
         rows = cur.fetchall()
     db.commit()
     return rows
+
+
+#: DESIVAST columns whose -1 sentinel is stored as NULL
+SENTINELS = {"ZONEVOID": {"VOID0", "VOID1"}, "GALZONE": {"ZONE"}, "GALVIZ": {"G2V", "G2V2"}}
+
+
+def assert_desivast_exact(db, schema, paths):
+    """Every value of every HDU of the DESIVAST files as in the database (float8 bit for bit,
+    -1 references as NULL), and the PRIMARY header in load_files."""
+    from pathlib import Path
+    paths = [Path(p) for p in paths]
+    for path in paths:
+        alg, cap = path.stem.split("_")[-2:]
+        alg = "VoidFinder" if alg == "VoidFinder" else alg
+        with fits.open(path) as hdul:
+            assert hdul[0].header["INFILE"]
+            (hdr,) = fetch(db, f'SELECT header FROM "{schema}".load_files WHERE filename = %s', (path.name,))[0]
+            assert hdr["OMEGAM"] == hdul[0].header["OMEGAM"] and hdr["ZLIMU"] == hdul[0].header["ZLIMU"]
+            for hdu in hdul[1:]:
+                table = f'"{schema}".desivast_{hdu.name.lower()}'
+                cols = hdu.columns.names
+                exprs = [f"float8send({c.lower()})" if hdu.columns[c].format == "D" else c.lower() for c in cols]
+                rows = fetch(db, f"SELECT row_num, {', '.join(exprs)} FROM {table} t JOIN \"{schema}\".load_files f "
+                                 "USING (file_id) WHERE f.filename = %s AND t.algorithm = %s AND t.cap = %s "
+                                 "ORDER BY row_num", (path.name, alg, cap))
+                assert len(rows) == hdu.header["NAXIS2"], (path.name, hdu.name)
+                for c_i, c in enumerate(cols, start=1):
+                    want = hdu.data[c]
+                    got = [r[c_i] for r in rows]
+                    if hdu.columns[c].format == "D":
+                        assert [bytes(g) for g in got] == [want[i:i + 1].astype(">f8").tobytes()
+                                                          for i in range(len(want))], (hdu.name, c)
+                    elif c in SENTINELS.get(hdu.name, ()):
+                        assert got == [None if v == -1 else int(v) for v in want], (hdu.name, c)
+                    else:
+                        assert got == [int(v) for v in want], (hdu.name, c)
+
+FASTSPECFIT_TABLES = {"METADATA": "fastspecfit_metadata", "SPECPHOT": "fastspecfit_specphot",
+                      "FASTSPEC": "fastspecfit_fastspec"}
+
+
+def _same(col, want, got):
+    """Compare one column: fitsio's values ``want`` with the database's ``got`` (a list)."""
+    kind = want.dtype.kind
+    if kind == "f":
+        arr = np.array([np.nan if v is None else v for v in got], dtype=want.dtype.newbyteorder("="))
+        nan = np.isnan(want)
+        assert np.array_equal(np.isnan(arr), nan), col
+        bits = {4: np.uint32, 8: np.uint64}[want.dtype.itemsize]
+        assert np.array_equal(arr[~nan].view(bits), want[~nan].astype(arr.dtype).view(bits)), col
+    elif kind in "iu":
+        assert [int(v) for v in got] == [int(v) for v in want], col
+    elif kind == "b":
+        assert list(got) == [bool(v) for v in want], col
+    else:
+        assert list(got) == [str(v).rstrip(" ") for v in want], col
+
+
+def assert_fastspecfit_exact(db, schema, files):
+    """Every column of every HDU of the FastSpecFit files equals what fitsio (CFITSIO, a reader
+    independent of the loader's) reads, bit for bit for floats; returns the columns checked."""
+    import fitsio
+    checked = 0
+    for path in map(str, files):
+        name = path.rsplit("/", 1)[1]
+        for ext, table in FASTSPECFIT_TABLES.items():
+            data = fitsio.read(path, ext=ext)
+            with db.cursor() as cur:
+                cur.execute(f'SELECT t.* FROM "{schema}".{table} t JOIN "{schema}".load_files f USING (file_id) '
+                            "WHERE f.filename = %s ORDER BY t.row_num", (name,))
+                names = [d.name for d in cur.description]
+                rows = cur.fetchall()
+            db.commit()
+            assert len(rows) == len(data), (name, ext)
+            for col in data.dtype.names:
+                got = [r[names.index(col.lower())] for r in rows]
+                want = data[col]
+                if want.ndim > 1:                       # COEFF: a real[] per row
+                    for r in range(len(want)):
+                        _same(col, want[r], got[r])
+                else:
+                    _same(col, want, got)
+                checked += 1
+    return checked

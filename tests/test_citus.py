@@ -1,0 +1,146 @@
+"""A Citus cluster on this machine: a coordinator and two workers on loopback ports (Debian's
+PostgreSQL 15 with Citus 12.1 built from ../shared/vendor by scripts/provision.sh)."""
+import shutil
+import threading
+import time
+import uuid
+
+import psycopg2
+import pytest
+
+from desi_loader import localpg
+from desi_loader.cli import write_samples
+from helpers import assert_desivast_exact, assert_fastspecfit_exact, load
+from nodes import assert_exact, done_tasks, kill_node, node, q, wait_until
+from pg15 import require_extension
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    require_extension("citus", "Citus 12.1 for postgresql-15, built by scripts/provision.sh from "
+                               "../shared/vendor/citus-12.1.12.tar.gz")
+    base = localpg.base_dir() / f"citus-{uuid.uuid4().hex[:8]}"
+    ports = [localpg.free_port() for _ in range(3)]
+    uri = localpg.citus_cluster(base, ports)
+    yield {"uri": uri, "base": base, "ports": ports}
+    for i in range(3):
+        localpg.stop(base / f"node{i}", version="15")
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def cschema(cluster):
+    name = "c_" + uuid.uuid4().hex[:10]
+    yield name
+    q(cluster["uri"], f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory):
+    d = tmp_path_factory.mktemp("citus")
+    write_samples(str(d), "all", rows=300, files=3, scale=0.001)
+    return d
+
+
+def _placement(uri, schema):
+    rows = q(uri, "SELECT table_name::text, citus_table_type, distribution_column, colocation_id "
+                  "FROM citus_tables WHERE table_name::text LIKE %s", (f"{schema}.%",))
+    return {t.split(".", 1)[1]: (kind, col, coloc) for t, kind, col, coloc in rows}
+
+
+def test_both_catalogs_exact_on_the_cluster(cluster, cschema, samples):
+    uri = cluster["uri"]
+    fsf = sorted(str(p) for p in (samples / "fastspecfit").glob("*.fits"))
+    summaries = [load(uri, cschema, fsf), load(uri, cschema, [samples / "desivast"])]
+    assert summaries[0].cluster and "hash(targetid)" in summaries[0].distribution["fastspecfit_metadata"]
+    conn = psycopg2.connect(uri)
+    try:
+        assert assert_fastspecfit_exact(conn, cschema, fsf) == 3 * (54 + 127 + 887) + (67 - 54)
+        assert_desivast_exact(conn, cschema, sorted((samples / "desivast").glob("*.fits")))
+    finally:
+        conn.close()
+    placed = _placement(uri, cschema)
+    fast = [placed[t] for t in ("fastspecfit_metadata", "fastspecfit_specphot", "fastspecfit_fastspec")]
+    assert all(kind == "distributed" and col == "targetid" for kind, col, _ in fast)
+    assert len({coloc for _, _, coloc in fast}) == 1                     # co-located
+    for t in ("desivast_voids", "desivast_zonevoid", "desivast_galzone", "desivast_maximals", "desivast_holes"):
+        assert placed[t][0] == "reference", t
+    for t in ("desivast_triangle", "desivast_galviz"):       # local, in Citus metadata for their foreign keys
+        assert placed.get(t, ("local",))[0] == "local", t
+    ports = {p for (p,) in q(uri, "SELECT DISTINCT nodeport FROM citus_shards WHERE table_name::text = %s",
+                                 (f"{cschema}.fastspecfit_metadata",))}
+    assert ports == set(cluster["ports"][1:])                             # rows on both workers
+    per_worker = q(uri, f'SELECT nodeport, sum(n) FROM (SELECT get_shard_id_for_distribution_column('
+                        f"'\"{cschema}\".fastspecfit_metadata', targetid) AS shardid, count(*) n FROM "
+                        f'"{cschema}".fastspecfit_metadata GROUP BY 1) s JOIN citus_shards USING (shardid) '
+                        "GROUP BY 1")
+    assert len(per_worker) == 2 and all(n > 0 for _, n in per_worker)
+    uniq = q(uri, "SELECT indexdef FROM pg_indexes WHERE schemaname = %s AND indexname = "
+                  "'fastspecfit_metadata_file_id_row_num_idx'", (cschema,))
+    assert "(file_id, row_num, targetid)" in uniq[0][0]                   # the key adapted for Citus
+    # the void galaxies join FastSpecFit locally on every worker (reference x distributed)
+    n = q(uri, f'SELECT count(*) FROM "{cschema}".desivast_void_galaxies v JOIN "{cschema}".fastspecfit_specphot s '
+               "ON s.targetid = v.targetid AND s.survey = 'main' AND s.program = 'bright'")[0][0]
+    assert n > 0
+
+
+def test_kill_loader_and_restart_a_worker_node_then_rerun(cluster, cschema, samples, tmp_path):
+    uri = cluster["uri"]
+    files = sorted(str(p) for p in (samples / "fastspecfit").glob("*.fits"))
+    a = node(files, uri, cschema, workers=2)
+    wait_until(lambda: done_tasks(uri, cschema) >= 2, [a], timeout=300)
+    kill_node(a)                                                   # kill -9 of the loader mid-load
+    b = node(files, uri, cschema, workers=2)
+    wait_until(lambda: done_tasks(uri, cschema) >= 5, [b], timeout=300)
+    localpg.restart(cluster["base"] / "node1", mode="immediate", version="15")   # a worker node crashes
+    out, err = b.communicate(timeout=600)
+    if b.returncode != 0:                                          # it may fail on the lost node: rerun
+        c = node(files, uri, cschema, workers=2, delay=0)
+        out, err = c.communicate(timeout=600)
+        assert c.returncode == 0, err[-3000:]
+    assert_exact(uri, cschema, files)
+
+
+def test_reader_sees_no_error_during_the_swap(cluster, cschema, samples):
+    uri = cluster["uri"]
+    files = sorted(str(p) for p in (samples / "fastspecfit").glob("*.fits"))
+    load(uri, cschema, files[:2])
+    old = q(uri, f'SELECT count(*) FROM "{cschema}".fastspecfit_metadata')[0][0]
+    errors, counts, stop = [], set(), threading.Event()
+
+    def reader():
+        conn = psycopg2.connect(uri)
+        conn.autocommit = True
+        while not stop.is_set():
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(f'SELECT count(*) FROM "{cschema}".fastspecfit_metadata m JOIN '
+                                f'"{cschema}".fastspecfit_specphot s USING (targetid, survey, program)')
+                    counts.add(cur.fetchone()[0])
+            except psycopg2.Error as exc:
+                errors.append(str(exc))
+            time.sleep(0.01)
+        conn.close()
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        summary = load(uri, cschema, files, replace_all=True)
+    finally:
+        stop.set()
+        t.join()
+    new = summary.rows["fastspecfit_metadata"]
+    assert not errors, errors[:3]
+    assert old in counts and counts <= {old, new}, (old, new, counts)   # the old tables or the new ones
+    assert q(uri, f'SELECT count(*) FROM "{cschema}".fastspecfit_metadata')[0][0] == new
+    assert_exact(uri, cschema, files)
+
+
+def test_incremental_load_on_the_cluster(cluster, cschema, samples):
+    uri = cluster["uri"]
+    files = sorted(str(p) for p in (samples / "fastspecfit").glob("*.fits"))
+    load(uri, cschema, files[:2])
+    summary = load(uri, cschema, files)                            # one new file: merged
+    assert summary.incremental and summary.files == 1
+    assert_exact(uri, cschema, files)
+    assert _placement(uri, cschema)["fastspecfit_metadata"][1] == "targetid"
