@@ -11,9 +11,11 @@ import psycopg2.extensions
 from .errors import DatabaseError
 
 #: SQLSTATEs worth retrying: connection failures, server shutting down/starting,
-#: too many connections, deadlock, serialization failure, lock timeout.
+#: too many connections, deadlock, serialization failure, lock timeout, and 58030, with
+#: which a Citus coordinator reports a worker node it lost during a COPY ("failed to COPY
+#: to shard"; on a single server it is an I/O error, which fails after the retries).
 TRANSIENT_SQLSTATES = frozenset({"08000", "08003", "08006", "08001", "08004", "57P01", "57P02",
-                                 "57P03", "53300", "40P01", "40001", "55P03"})
+                                 "57P03", "53300", "40P01", "40001", "55P03", "58030"})
 
 
 def mask_dsn(dsn: str) -> str:
@@ -23,11 +25,23 @@ def mask_dsn(dsn: str) -> str:
     return re.sub(r"([?&]password=)[^&]*", r"\1***", dsn, flags=re.I)
 
 
+#: A Citus coordinator relays a worker node's lost connection as an internal error (XX000)
+#: with libpq's message: these (and only these) XX000 errors are worth a retry.
+CITUS_LOST_NODE = re.compile(r"SSL SYSCALL error|server closed the connection unexpectedly|"
+                             r"connection to the remote node .* failed|could not establish any connections|"
+                             r"failure on connection marked as essential|connection not open|"
+                             r"terminating connection due to administrator command|"
+                             r"the database system is (starting up|in recovery mode|shutting down)")
+
+
 def is_transient(exc: BaseException) -> bool:
-    """True for errors a retry can cure (classified by SQLSTATE, not message text)."""
+    """True for errors a retry can cure (classified by SQLSTATE; message text only for the
+    internal errors with which Citus reports a lost worker node)."""
     code = getattr(exc, "pgcode", None)
     if code is None:
         return isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError))
+    if code == "XX000":
+        return bool(CITUS_LOST_NODE.search(str(exc)))
     return code in TRANSIENT_SQLSTATES
 
 

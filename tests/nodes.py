@@ -77,7 +77,7 @@ def assert_exact(dsn, schema, files):
             meta, sp = h["METADATA"].data, h["SPECPHOT"].data
         rows = q(dsn, f'SELECT m.row_num, m.targetid, float8send(m.z), float8send(m.ra), float4send(s.logmstar) '
                       f'FROM "{schema}".fastspecfit_metadata m JOIN "{schema}".fastspecfit_specphot s '
-                      f'USING (file_id, row_num) JOIN "{schema}".load_files f USING (file_id) '
+                      f'USING (file_id, row_num, targetid) JOIN "{schema}".load_files f USING (file_id) '
                       f'WHERE f.filename = %s ORDER BY m.row_num', (name,))
         assert [r[0] for r in rows] == list(range(len(meta))), name
         assert [r[1] for r in rows] == [int(t) for t in meta["TARGETID"]], name

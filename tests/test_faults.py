@@ -71,7 +71,8 @@ def workers_of(pid):
 
 def test_transient_errors_classified_by_sqlstate():
     class Coded(Exception):
-        def __init__(self, pgcode):
+        def __init__(self, pgcode, message=""):
+            super().__init__(message)
             self.pgcode = pgcode
 
     for code, transient in (("57P01", True), ("57P03", True), ("53300", True), ("40P01", True),
@@ -80,6 +81,15 @@ def test_transient_errors_classified_by_sqlstate():
         assert is_transient(Coded(code)) is transient, code
     assert is_transient(psycopg2.OperationalError("server closed the connection unexpectedly"))
     assert not is_transient(psycopg2.ProgrammingError("syntax error"))
+    # a Citus coordinator's lost worker node (seen in tests/test_citus.py) vs other internal errors
+    for message, transient in (("failed to COPY to shard 102024 on 127.0.0.1:44489", None),
+                               ("SSL SYSCALL error: EOF detected", True),
+                               ("failure on connection marked as essential: 127.0.0.1:47489", True),
+                               ("could not find block containing chunk", False)):
+        if transient is None:
+            assert is_transient(Coded("58030", message))
+        else:
+            assert is_transient(Coded("XX000", message)) is transient, message
 
 
 def test_worker_killed_mid_copy_is_replaced(good, pg_uri, schema):
