@@ -108,6 +108,14 @@ def test_reader_sees_no_error_during_the_swap(cluster, cschema, samples):
     files = sorted(str(p) for p in (samples / "fastspecfit").glob("*.fits"))
     load(uri, cschema, files[:2])
     old = q(uri, f'SELECT count(*) FROM "{cschema}".fastspecfit_metadata')[0][0]
+    t = f'"{cschema}".fastspecfit_metadata'
+    for stmt in ("DO $$BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'astro_reader') "
+                 "THEN CREATE ROLE astro_reader; END IF; END$$",
+                 f'GRANT USAGE ON SCHEMA "{cschema}" TO astro_reader', f"GRANT SELECT ON {t} TO astro_reader",
+                 f"COMMENT ON TABLE {t} IS 'FastSpecFit v3.0 metadata'",
+                 f'CREATE VIEW "{cschema}".low_z AS SELECT targetid, z FROM {t} WHERE z < 0.3',
+                 f"CREATE INDEX users_z_idx ON {t} (z)"):
+        q(uri, stmt)                                   # what users attach to the published table
     errors, counts, stop = [], set(), threading.Event()
 
     def reader():
@@ -124,18 +132,33 @@ def test_reader_sees_no_error_during_the_swap(cluster, cschema, samples):
             time.sleep(0.01)
         conn.close()
 
-    t = threading.Thread(target=reader)
-    t.start()
+    th = threading.Thread(target=reader)
+    th.start()
     try:
         summary = load(uri, cschema, files, replace_all=True)
     finally:
         stop.set()
-        t.join()
+        th.join()
     new = summary.rows["fastspecfit_metadata"]
     assert not errors, errors[:3]
     assert old in counts and counts <= {old, new}, (old, new, counts)   # the old tables or the new ones
     assert q(uri, f'SELECT count(*) FROM "{cschema}".fastspecfit_metadata')[0][0] == new
     assert_exact(uri, cschema, files)
+    assert q(uri, f"SELECT has_table_privilege('astro_reader', '{t}', 'SELECT'), obj_description('{t}'::regclass), "
+                  f'(SELECT count(*) > 0 FROM "{cschema}".low_z), '
+                  "(SELECT count(*) FROM pg_indexes WHERE schemaname = %s AND indexname = 'users_z_idx')",
+             (cschema,)) == [(True, "FastSpecFit v3.0 metadata", True, 1)]
+
+
+def test_text_copy_on_the_cluster(cluster, cschema, samples):
+    uri = cluster["uri"]
+    files = sorted(str(p) for p in (samples / "fastspecfit").glob("*.fits"))[:1]
+    load(uri, cschema, files, fmt="text")
+    conn = psycopg2.connect(uri)
+    try:
+        assert assert_fastspecfit_exact(conn, cschema, files) == 54 + 127 + 887
+    finally:
+        conn.close()
 
 
 def test_incremental_load_on_the_cluster(cluster, cschema, samples):
