@@ -389,7 +389,8 @@ def parse_args(argv):
                     "alternatives (pandas, to_sql, original script), growth, nodes (1 x W vs W x 1 processes, "
                     "multi-node estimate), whole (whole command vs by hand, both WAL levels, incremental "
                     "cost), sky (whole-load cost of the sky index, cone searches indexed vs sequential "
-                    "scan); default all")
+                    "scan), citus (one server vs a local 3-node Citus cluster, per-node CPU, a model "
+                    "of 1 + 8 nodes); default all")
     ap.add_argument("--sky-rows", type=int, default=1_000_000,
                     help="rows of the positions table of the cone-search benchmark (default 1,000,000)")
     ap.add_argument("--whole-repeat", type=int, default=1,
@@ -767,6 +768,47 @@ class Bench:
         conn.rollback()
         conn.close()
 
+    def citus(self) -> None:
+        """The whole command into one Debian PostgreSQL 15 server and into a local Citus cluster
+        (coordinator + 2 workers, same binaries, same machine), the CPU each node spent, and a
+        model of 1 coordinator + 8 workers on the full catalog from those per-row costs."""
+        from desi_loader import localpg
+        args, W = self.args, self.W
+        if not localpg.has_extension("citus", "15"):
+            print("\ncitus: skipped (no Citus for Debian's PostgreSQL 15: scripts/provision.sh builds it)")
+            return
+        files = make_files(self.cache, args.whole_files, args.whole_rows)
+        n, nb = galaxies(files), fits_bytes(files)
+        base = localpg.base_dir() / f"bench-citus-{os.getpid()}"
+        single_dir = base / "single"
+        ports = [localpg.free_port() for _ in range(4)]
+        print(f"\ncitus: {len(files)} files, {n:,} galaxies, {nb / 1e9:.2f} GB of FITS, {W} workers")
+        try:
+            single = localpg.start(single_dir, ports[0], version="15")
+            cluster = localpg.citus_cluster(base, ports[1:])
+            dirs = [single_dir] + [base / f"node{i}" for i in range(3)]
+            before = [server_cpu(d) for d in dirs]
+            t_single = command(single, files, "bench_citus", W, "--replace-all")[0]
+            mid = [server_cpu(d) for d in dirs]
+            t_cluster, summary = command(cluster, files, "bench_citus", W, "--replace-all")
+            after = [server_cpu(d) for d in dirs]
+        finally:
+            for d in [single_dir] + [base / f"node{i}" for i in range(3)]:
+                localpg.stop(d, version="15")
+            shutil.rmtree(base, ignore_errors=True)
+        self.record("whole command, one PostgreSQL 15 server", W, t_single, n, nb)
+        self.record("whole command, Citus: coordinator + 2 workers", W, t_cluster, n, nb)
+        self.ratio("citus_3_nodes_vs_single_server_same_machine", t_single / t_cluster)
+        cpu_single = mid[0] - before[0]
+        coord, workers = after[1] - mid[1], (after[2] - mid[2]) + (after[3] - mid[3])
+        print(f"server CPU per 1,000 galaxies over the whole command (copy, keys, indexes, ANALYZE, swap; "
+              f"all three tables, 1,068 columns): single server {cpu_single / n * 1e3:.2f} s; cluster: "
+              f"coordinator {coord / n * 1e3:.2f} s, workers {workers / n * 1e3:.2f} s")
+        print(f"placement: {summary.get('cluster')}: {summary.get('distribution')}")
+        self.results["citus_model"] = citus_model(coord / n, workers / n, cpu_single / n, 18_000_000)
+        for line in self.results["citus_model"]["lines"]:
+            print("  " + line)
+
     def finish(self) -> None:
         print("\nratios (measured in this run):")
         for k, v in self.results["ratios"].items():
@@ -774,6 +816,44 @@ class Bench:
         (self.out / "bench.json").write_text(json.dumps(self.results, indent=2, default=str))
         _chart(self.results, self.out / "bench.png")
         print(f"\nwrote {self.out / 'bench.json'} and {self.out / 'bench.png'}")
+
+
+def server_cpu(data_dir) -> float:
+    """CPU seconds (user + system) a server has spent: its postmaster, the backends it reaped
+    (children times) and the processes running now."""
+    import psutil
+    pid = int((Path(data_dir) / "postmaster.pid").read_text().split()[0])
+    p = psutil.Process(pid)
+    t = p.cpu_times()
+    total = t.user + t.system + t.children_user + t.children_system
+    for c in p.children():
+        try:
+            ct = c.cpu_times()
+            total += ct.user + ct.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def citus_model(coord_per_row: float, workers_per_row: float, single_per_row: float, rows: int,
+                nodes: int = 8, cores: int = 16) -> dict:
+    """Server time of a whole load of the full catalog on 1 coordinator + ``nodes`` workers of
+    ``cores`` cores each, from the measured server CPU per galaxy: the coordinator parses and
+    routes every row (its cores bound it), the workers share the ingest and the index builds.
+    Client encoding runs on the HPC nodes and is not the bound (the nodes section)."""
+    coord_s = coord_per_row * rows / cores
+    worker_s = workers_per_row * rows / (nodes * cores)
+    bound = "coordinator" if coord_s >= worker_s else "workers"
+    single_s = single_per_row * rows / cores
+    lines = [f"model, {rows:,} galaxies, 1 coordinator + {nodes} workers x {cores} cores (server CPU only, "
+             f"perfect parallelism, storage and network assumed not to bind):",
+             f"coordinator {coord_s / 60:.1f} min, workers {worker_s / 60:.1f} min: bound by the {bound}, "
+             f"about {max(coord_s, worker_s) / 60:.1f} min",
+             f"one {cores}-core server, same model: {single_s / 60:.1f} min "
+             f"(cluster / single: {single_s / max(coord_s, worker_s):.1f}x faster)"]
+    return {"coordinator_cpu_per_row": coord_per_row, "workers_cpu_per_row": workers_per_row,
+            "single_cpu_per_row": single_per_row, "minutes": round(max(coord_s, worker_s) / 60, 2),
+            "single_minutes": round(single_s / 60, 2), "bound": bound, "lines": lines}
 
 
 def estimate(per_worker: float, one_backend: float, nodes: int = 8, workers: int = 16,
@@ -804,7 +884,7 @@ def estimate(per_worker: float, one_backend: float, nodes: int = 8, workers: int
 def main(argv=None) -> int:
     args = parse_args(argv)
     bench = Bench(args)
-    only = ({"copy", "alternatives", "growth", "nodes", "whole", "sky"} if args.only == "all"
+    only = ({"copy", "alternatives", "growth", "nodes", "whole", "sky", "citus"} if args.only == "all"
             else set(args.only.split(",")))
     if only & {"copy", "alternatives"}:
         bench.ceiling_and_loader()
@@ -818,6 +898,8 @@ def main(argv=None) -> int:
         bench.whole()
     if "sky" in only:
         bench.sky()
+    if "citus" in only:
+        bench.citus()
     bench.finish()
     return 0
 

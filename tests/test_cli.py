@@ -118,3 +118,17 @@ def test_every_cli_option_is_in_the_readme():
                 if opt.startswith("--") and opt != "--help" and opt not in readme:
                     missing.append(f"{name} {opt}")
     assert not missing, f"options missing from README.md: {missing}"
+
+
+def test_distribute_names_a_table_of_the_load(capsys, tmp_path):
+    from desi_loader.sample import write_fastspecfit_sample
+    write_fastspecfit_sample(str(tmp_path), rows=20, files=1)
+    code, _, err = run_cli(capsys, "load", str(tmp_path), "--dry-run", "--dsn", "host=/nonexistent",
+                           "--distribute", "fastspec=reference")
+    assert code == 2 and "--distribute names no table of this load: fastspec" in err
+    code, _, err = run_cli(capsys, "load", str(tmp_path), "--dry-run", "--dsn", "host=/nonexistent",
+                           "--distribute", "fastspecfit_fastspec=hash(nope)")
+    assert code == 2 and "distribution column 'nope' is not one of its columns" in err
+    code, out, _ = run_cli(capsys, "load", str(tmp_path), "--dry-run", "--dsn", "host=/nonexistent",
+                           "--distribute", "fastspecfit_fastspec=local")
+    assert code == 0

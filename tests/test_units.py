@@ -206,3 +206,42 @@ def test_partial_sums_combine_over_any_split(seed):
 def test_checksum_ok_is_negative_zero():
     assert fold(0x1_0000_0000) == 1
     assert checksum_ok(0xFFFF0000, 0x0000FFFF) and not checksum_ok(0xFFFF0000, 0x0000FFFE)
+
+
+@pytest.mark.parametrize("text,kind,column", [("hash(targetid)", "hash", "targetid"), (" HASH( TargetID ) ", "hash", "targetid"),
+                                             ("reference", "reference", None), ("local", "local", None)])
+def test_parse_distribution(text, kind, column):
+    from desi_loader.config import parse_distribution
+    d = parse_distribution(text)
+    assert (d.kind, d.column) == (kind, column)
+
+
+@pytest.mark.parametrize("text", ["hash()", "range(z)", "replicated", "hash(a, b)"])
+def test_parse_distribution_refuses(text):
+    from desi_loader.config import parse_distribution
+    with pytest.raises(UsageError, match="hash\\(COLUMN\\), reference or local"):
+        parse_distribution(text)
+
+
+def test_presets_place_the_catalogs_and_keys_gain_the_distribution_column():
+    from desi_loader.citus import unique_columns
+    from desi_loader.config import Distribution
+    cats = load_settings().catalogs
+    fsf, vast = cats["fastspecfit"], cats["desivast"]
+    assert {str(fsf.distribution_of(t)) for t in fsf.table_names()} == {"hash(targetid)"}
+    assert str(vast.distribution_of("desivast_voids")) == "reference"
+    assert str(vast.distribution_of("desivast_triangle")) == "local"
+    h = Distribution("hash", "targetid")
+    assert unique_columns(("file_id", "row_num"), h) == ("file_id", "row_num", "targetid")
+    assert unique_columns(("targetid", "survey", "program"), h) == ("targetid", "survey", "program")
+    assert unique_columns(("file_id", "row_num"), Distribution("reference")) == ("file_id", "row_num")
+
+
+def test_sky_preset_columns_and_none():
+    from desi_loader.config import parse_sky
+    cats = load_settings().catalogs
+    assert cats["fastspecfit"].sky_columns("METADATA") == ("RA", "DEC")
+    assert cats["fastspecfit"].sky_columns("FASTSPEC") is None
+    assert generic("x", "ra, dec").sky_columns("ANY") == ("RA", "DEC")
+    with pytest.raises(UsageError, match="expected two column names"):
+        parse_sky("RA")
