@@ -403,10 +403,10 @@ def _cmd_abort(args, console) -> int:
 
 
 def _cmd_cone(args, console) -> int:
-    import psycopg2
     from . import cone
+    from .db import connect
     schema = _schema(args)
-    with psycopg2.connect(_dsn(args)) as conn, conn.cursor() as cur:
+    with connect(_dsn(args)) as conn, conn.cursor() as cur:
         t = cone.describe(cur, schema, args.table)
         cols = _columns(args.columns) or _default_columns(cur, t)
         q = cone.cone_query(t, args.ra, args.dec, args.radius, cols, args.method, args.limit, args.count)
@@ -414,10 +414,10 @@ def _cmd_cone(args, console) -> int:
 
 
 def _cmd_xmatch(args, console) -> int:
-    import psycopg2
     from . import cone
+    from .db import connect
     schema = _schema(args)
-    with psycopg2.connect(_dsn(args)) as conn, conn.cursor() as cur:
+    with connect(_dsn(args)) as conn, conn.cursor() as cur:
         a, b = cone.describe(cur, schema, args.table_a), cone.describe(cur, schema, args.table_b)
         q = cone.crossmatch_query(a, b, args.radius, _columns(args.columns_a), _columns(args.columns_b))
         return _print_query(cur, q, args.explain, console, "matches")
@@ -459,11 +459,11 @@ def _print_query(cur, q, explain: bool, console, what: str) -> int:
 
 
 def _cmd_void_membership(args, console) -> int:
-    import psycopg2
     from rich.table import Table
     from . import voids
+    from .db import connect
     schema = _schema(args)
-    conn = psycopg2.connect(_dsn(args))
+    conn = connect(_dsn(args))
     try:
         result = voids.build(conn, schema)
     finally:
@@ -565,6 +565,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if exc.hint:
             err.print(f"  hint: {escape(exc.hint)}", highlight=False, soft_wrap=True)
         return exc.exit_code
+    except Exception as exc:
+        import psycopg2
+        if not isinstance(exc, psycopg2.Error):
+            raise
+        from rich.markup import escape               # a query of cone / xmatch / void-membership
+        code = f" (SQLSTATE {exc.pgcode})" if getattr(exc, "pgcode", None) else ""
+        err.print(f"[red]error:[/red] {escape(str(exc).strip().splitlines()[0])}{code}", highlight=False,
+                  soft_wrap=True)
+        return 1
     except KeyboardInterrupt as exc:
         sig = getattr(exc, "signum", signal.SIGINT)
         err.print(f"interrupted ({signal.Signals(sig).name}): nothing was published half-way and staging is "
