@@ -169,3 +169,30 @@ def test_incremental_load_on_the_cluster(cluster, cschema, samples):
     assert summary.incremental and summary.files == 1
     assert_exact(uri, cschema, files)
     assert _placement(uri, cschema)["fastspecfit_metadata"][1] == "targetid"
+
+
+def _running_phase(uri, schema):
+    try:
+        rows = q(uri, f"SELECT phase FROM \"{schema}\".loader_loads WHERE status = 'running'")
+    except psycopg2.Error:
+        return None
+    return rows[0][0] if rows else None
+
+
+@pytest.mark.parametrize("phase", ["index", "swap"])
+def test_kill_in_the_finalize_phases_then_rerun(cluster, cschema, samples, phase):
+    """kill -9 of the loader inside a phase that runs DDL on the distributed tables (index builds
+    on the shards, the swap's renames and drops), then the same command at once."""
+    uri = cluster["uri"]
+    files = sorted(str(p) for p in (samples / "fastspecfit").glob("*.fits"))
+    if phase == "swap":
+        load(uri, cschema, files[:2])                          # a published catalog to swap out
+    a = node(files, uri, cschema, "--replace-all", delay=0, workers=2, phase_delay=1.0)
+    wait_until(lambda: _running_phase(uri, cschema) == phase, [a], timeout=300, poll=0.02)
+    time.sleep(0.5)                                            # inside the phase (it waits 1 s first)
+    assert _running_phase(uri, cschema) == phase
+    kill_node(a)
+    b = node(files, uri, cschema, "--replace-all", delay=0, workers=2)
+    out, err = b.communicate(timeout=600)
+    assert b.returncode == 0, err[-3000:]
+    assert_exact(uri, cschema, files)
