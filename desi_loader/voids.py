@@ -218,9 +218,8 @@ class Membership:
 
 def build(conn, schema: str) -> Membership:
     """Re-create ``schema.desivast_void_membership`` in one transaction (readers see the old
-    table or the new one)."""
+    table or the new one; grants, owner, comments and views on the old one carry over)."""
     cur = conn.cursor()
-    s = sql.Identifier(schema)
     need = ("desivast_holes", "desivast_maximals", "fastspecfit_metadata", "fastspecfit_specphot")
     cur.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (schema,))
     have = {r[0] for r in cur.fetchall()}
@@ -257,13 +256,32 @@ def build(conn, schema: str) -> Membership:
     cur.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(new, sql.Literal(
         "galaxies in voids for the four DESIVAST void finders (desi-loader void-membership; see docs/VOIDS.md)")))
     cur.execute("SET LOCAL lock_timeout = '30s'")
-    cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(schema, TABLE)))
-    cur.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(new, sql.Identifier(TABLE)))
-    cur.execute(sql.SQL("ALTER INDEX IF EXISTS {}.{} RENAME TO {}").format(
-        s, sql.Identifier(TABLE + "_new_pkey"), sql.Identifier(TABLE + "_pkey")))
+    _replace(cur, schema, new)
     cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, TABLE)))
     conn.commit()
     return Membership(counts)
+
+
+def _replace(cur, schema: str, new: sql.Composed) -> None:
+    """The new table in place of the old one, keeping what users attached to the old one
+    (owner, grants, comments, their views), as the loader's swap does (attach.py)."""
+    from . import attach
+    old = None
+    views: list = []
+    cur.execute("SELECT to_regclass(format('%%I.%%I', %s::text, %s::text))", (schema, TABLE))
+    if cur.fetchone()[0] is not None:
+        old = attach.capture(cur, schema, TABLE)
+        views = attach.dependent_views(cur, schema, [TABLE], set())
+        attach.drop_views(cur, views)
+        cur.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(schema, TABLE)))
+    cur.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(new, sql.Identifier(TABLE)))
+    cur.execute(sql.SQL("ALTER INDEX IF EXISTS {}.{} RENAME TO {}").format(
+        sql.Identifier(schema), sql.Identifier(TABLE + "_new_pkey"), sql.Identifier(TABLE + "_pkey")))
+    if old is not None:
+        cur.execute("SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(format('%%I.%%I', "
+                    "%s::text, %s::text)) AND attnum > 0", (schema, TABLE))
+        attach.restore(cur, schema, TABLE, old, {r[0] for r in cur.fetchall()})
+        attach.create_views(cur, views)
 
 
 def fraction(counts: dict, key: tuple) -> Optional[float]:

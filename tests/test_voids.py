@@ -94,11 +94,20 @@ def test_membership_of_all_four_algorithms(loaded, pg_uri, db, capsys):
     assert all(r[6] == edges[f"{r[1]}:{r[2]}"] and r[5] == "holes" for r in by_alg["VoidFinder"])
     assert all(r[5] == "zone" and r[7] in (0, 1) and r[6] in (0, 1) for r in got if r[0] != "VoidFinder")
 
-    # rebuilding replaces the table (same rows), readers' grants aside
+    # rebuilding replaces the table (same rows); a reader's grant and a user's view carry over
+    t = f'"{schema}".desivast_void_membership'
+    for stmt in ("DO $$BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'astro_reader') "
+                 "THEN CREATE ROLE astro_reader; END IF; END$$", f"GRANT SELECT ON {t} TO astro_reader",
+                 f'CREATE VIEW "{schema}".vf_members AS SELECT * FROM {t} WHERE algorithm = \'VoidFinder\''):
+        with db.cursor() as cur:
+            cur.execute(stmt)
+        db.commit()
     assert main(["void-membership", "--schema", schema, "--dsn", pg_uri]) == 0
     again = fetch(db, f'SELECT algorithm, cap, void, targetid, parent_void, method, void_edge, galaxy_edge '
                       f'FROM "{schema}".desivast_void_membership')
     assert set(again) == set(got) and len(again) == len(got)
+    assert fetch(db, f"SELECT has_table_privilege('astro_reader', '{t}', 'SELECT'), "
+                     f'(SELECT count(*) FROM "{schema}".vf_members)') == [(True, len(by_alg["VoidFinder"]))]
 
 
 def test_membership_needs_desivast(pg_uri, schema, capsys):
