@@ -204,27 +204,30 @@ def build_plan(infos: Sequence, catalog: Catalog, schema: str,
             extra[table] = tuple(PgColumn(k, catalog.constant_types.get(k, "text"), 0, "from the file name")
                                  for k in catalog.constants)
         files.append(FilePlan(info, tables, constants))
-    specs = {}
-    for table, srcs in sources.items():
-        cols = union_columns(table, srcs)
-        if table == catalog.join:          # the joined table: key and indexes of all its HDUs
-            key = catalog.keys.get("", ())
-            indexes = tuple(ix for ixs in catalog.indexes.values() for ix in ixs)
-        else:
-            ext = next((k for k, v in catalog.tables.items() if v == table), None)
-            key = catalog.keys.get(ext, ()) if ext else ()
-            indexes = catalog.indexes.get(ext, ()) if ext else ()
-        if table in sky:
-            cols = tuple(c for c in cols if c.name != SKY_COLUMN) + (
-                next(c for c in cols if c.name == SKY_COLUMN),)          # the sky pixel last
-            indexes = tuple(indexes) + ((SKY_COLUMN,),)
-        dist = catalog.distribution_of(table)
-        check_distribution(dist, table, [c.name for c in extra[table] + cols] + ["file_id", "row_num"])
-        specs[table] = TableSpec(table, cols, extra[table], key or ("file_id", "row_num"), indexes,
-                                 sky.get(table, ()), dist)
+    specs = {table: _table_spec(catalog, table, srcs, extra[table], sky.get(table, ()))
+             for table, srcs in sources.items()}
     plan = Plan(catalog, schema, specs, files, rejected=rejected)
     plan.tasks = split_tasks(plan, task_bytes, task_rows)
     return plan
+
+
+def _table_spec(catalog: Catalog, table: str, srcs: list, extra: tuple, sky: tuple) -> TableSpec:
+    """One table: the union of its files' columns, its key, indexes, sky index, placement."""
+    cols = union_columns(table, srcs)
+    if table == catalog.join:          # the joined table: key and indexes of all its HDUs
+        key = catalog.keys.get("", ())
+        indexes = tuple(ix for ixs in catalog.indexes.values() for ix in ixs)
+    else:
+        ext = next((k for k, v in catalog.tables.items() if v == table), None)
+        key = catalog.keys.get(ext, ()) if ext else ()
+        indexes = catalog.indexes.get(ext, ()) if ext else ()
+    if sky:
+        cols = tuple(c for c in cols if c.name != SKY_COLUMN) + (
+            next(c for c in cols if c.name == SKY_COLUMN),)          # the sky pixel last
+        indexes = tuple(indexes) + ((SKY_COLUMN,),)
+    dist = catalog.distribution_of(table)
+    check_distribution(dist, table, [c.name for c in extra + cols] + ["file_id", "row_num"])
+    return TableSpec(table, cols, extra, key or ("file_id", "row_num"), indexes, sky, dist)
 
 
 def _file_hdus(info, catalog: Catalog, constants: dict) -> list:
