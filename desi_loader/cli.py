@@ -409,7 +409,8 @@ def _cmd_cone(args, console) -> int:
     with connect(_dsn(args)) as conn, conn.cursor() as cur:
         t = cone.describe(cur, schema, args.table)
         cols = _columns(args.columns) or _default_columns(cur, t)
-        q = cone.cone_query(t, args.ra, args.dec, args.radius, cols, args.method, args.limit, args.count)
+        ranges = cone.cone_ranges(cur, schema, args.ra, args.dec, args.radius)
+        q = cone.cone_query(t, args.ra, args.dec, args.radius, cols, args.method, args.limit, args.count, ranges)
         return _print_query(cur, q, args.explain, console, "rows")
 
 
@@ -418,8 +419,12 @@ def _cmd_xmatch(args, console) -> int:
     from .db import connect
     schema = _schema(args)
     with connect(_dsn(args)) as conn, conn.cursor() as cur:
+        from . import citus
         a, b = cone.describe(cur, schema, args.table_a), cone.describe(cur, schema, args.table_b)
-        q = cone.crossmatch_query(a, b, args.radius, _columns(args.columns_a), _columns(args.columns_b))
+        distributed = citus.cluster(cur) is not None and any(
+            (citus.placement(cur, schema, t.table) or "").startswith("hash") for t in (a, b))
+        q = cone.crossmatch_query(a, b, args.radius, _columns(args.columns_a), _columns(args.columns_b),
+                                  pushdown=distributed)
         return _print_query(cur, q, args.explain, console, "matches")
 
 

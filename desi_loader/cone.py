@@ -118,9 +118,22 @@ def describe(cur, schema: str, table: Optional[str]) -> SkyTable:
     return SkyTable(schema, table, ra, dec, q3c)
 
 
+def cone_ranges(cur, schema: str, ra: float, dec: float, radius: float) -> list:
+    """The hpx29 ranges covering a cone, from the server's hpx_cone."""
+    cur.execute(sql.SQL("SELECT lo, hi FROM {}.hpx_cone(%s, %s, %s)").format(sql.Identifier(schema)),
+                (float(ra), float(dec), float(radius)))
+    return cur.fetchall()
+
+
 def cone_query(t: SkyTable, ra: float, dec: float, radius: float, columns: Sequence[str] = (),
-               method: str = "auto", limit: Optional[int] = None, count: bool = False) -> sql.Composed:
-    """The SQL of a cone search (rows ordered by distance), parameters inlined as literals."""
+               method: str = "auto", limit: Optional[int] = None, count: bool = False,
+               ranges: Optional[list] = None) -> sql.Composed:
+    """The SQL of a cone search (rows ordered by distance), parameters inlined as literals.
+
+    With ``ranges`` (cone_ranges, fetched first) the hpx29 ranges are constants: the planner
+    sees them (a bitmap OR of index scans, good estimates), and a Citus coordinator can push
+    the query down to every shard; without, the SQL is one statement (hpx_cone LATERAL),
+    the form to copy into your own queries on a plain server."""
     if method not in METHODS:
         raise UsageError(f"unknown method {method!r}", f"choose one of {', '.join(METHODS)}")
     if method == "q3c" and not t.q3c:
@@ -138,6 +151,11 @@ def cone_query(t: SkyTable, ra: float, dec: float, radius: float, columns: Seque
     if use_q3c:
         q = sql.SQL("SELECT {} FROM {} t WHERE {}.q3c_radial_query({}, {}, {}, {}, {}) AND {} <= {}").format(
             select, tab, sql.Identifier(t.q3c), rcol, dcol, *lit, dist, lit[2])
+    elif ranges is not None:
+        hpx = sql.Identifier("t", COLUMN)
+        cover = sql.SQL(" OR ").join(sql.SQL("{} BETWEEN {} AND {}").format(hpx, sql.Literal(lo), sql.Literal(hi))
+                                     for lo, hi in ranges) if ranges else sql.SQL("false")
+        q = sql.SQL("SELECT {} FROM {} t WHERE ({}) AND {} <= {}").format(select, tab, cover, dist, lit[2])
     else:
         # LATERAL + OFFSET 0: each range is its own index scan (a plain join lets the planner, which cannot
         # estimate the ranges, choose a sequential scan)
@@ -152,21 +170,35 @@ def cone_query(t: SkyTable, ra: float, dec: float, radius: float, columns: Seque
 
 
 def crossmatch_query(a: SkyTable, b: SkyTable, radius: float, columns_a: Sequence[str] = (),
-                     columns_b: Sequence[str] = ()) -> sql.Composed:
+                     columns_b: Sequence[str] = (), pushdown: bool = False) -> sql.Composed:
     """Nearest neighbour in ``b`` within ``radius`` degrees of every row of ``a`` (rows of
-    ``a`` without one are left out).  One indexed cone per row of ``a`` (LATERAL)."""
+    ``a`` without one are left out).
+
+    The default form runs one indexed cone per row of ``a`` (LATERAL ... LIMIT 1).  On a
+    Citus cluster (``pushdown``), where a LATERAL subquery with LIMIT cannot be pushed to the
+    shards, the cover is joined directly and DISTINCT ON keeps each row's nearest match:
+    Citus runs it when one of the tables is a reference (or local) table.
+    """
     r = sql.Literal(float(radius))
     dist = sql.SQL("{}.angdist(a.{}, a.{}, b.{}, b.{})").format(
         sql.Identifier(b.schema), sql.Identifier(a.ra), sql.Identifier(a.dec), sql.Identifier(b.ra),
         sql.Identifier(b.dec))
-    ca = sql.SQL(", ").join(sql.Identifier("a", c) for c in (columns_a or ("file_id", "row_num")))
-    cb = sql.SQL(", ").join(sql.Identifier("m", c) for c in (columns_b or ("file_id", "row_num")))
-    inner_cols = sql.SQL(", ").join(sql.Identifier("b", c) for c in (columns_b or ("file_id", "row_num")))
+    cols_a = columns_a or ("file_id", "row_num")
+    cols_b = columns_b or ("file_id", "row_num")
+    ca = sql.SQL(", ").join(sql.Identifier("a", c) for c in cols_a)
+    parts = dict(ca=ca, ta=sql.Identifier(a.schema, a.table), dist=dist, s=sql.Identifier(b.schema),
+                 ra=sql.Identifier(a.ra), dec=sql.Identifier(a.dec), r=r, tb=sql.Identifier(b.schema, b.table),
+                 hpx=sql.Identifier(COLUMN))
+    if pushdown:
+        return sql.SQL(
+            "SELECT DISTINCT ON (a.file_id, a.row_num) {ca}, {cb}, {dist} AS dist FROM {ta} a "
+            "CROSS JOIN LATERAL {s}.hpx_cone(a.{ra}, a.{dec}, {r}) c JOIN {tb} b ON b.{hpx} BETWEEN c.lo AND c.hi "
+            "WHERE {dist} <= {r} ORDER BY a.file_id, a.row_num, dist"
+        ).format(cb=sql.SQL(", ").join(sql.Identifier("b", c) for c in cols_b), **parts)
     return sql.SQL(
         "SELECT {ca}, {cb}, m.dist FROM {ta} a CROSS JOIN LATERAL ("
         "SELECT {inner}, {dist} AS dist FROM {s}.hpx_cone(a.{ra}, a.{dec}, {r}) c "
         "CROSS JOIN LATERAL (SELECT * FROM {tb} b WHERE b.{hpx} BETWEEN c.lo AND c.hi OFFSET 0) b "
         "WHERE {dist} <= {r} ORDER BY dist LIMIT 1) m"
-    ).format(ca=ca, cb=cb, ta=sql.Identifier(a.schema, a.table), inner=inner_cols, dist=dist,
-             s=sql.Identifier(b.schema), ra=sql.Identifier(a.ra), dec=sql.Identifier(a.dec), r=r,
-             tb=sql.Identifier(b.schema, b.table), hpx=sql.Identifier(COLUMN))
+    ).format(cb=sql.SQL(", ").join(sql.Identifier("m", c) for c in cols_b),
+             inner=sql.SQL(", ").join(sql.Identifier("b", c) for c in cols_b), **parts)

@@ -82,6 +82,40 @@ def test_both_catalogs_exact_on_the_cluster(cluster, cschema, samples):
     n = q(uri, f'SELECT count(*) FROM "{cschema}".desivast_void_galaxies v JOIN "{cschema}".fastspecfit_specphot s '
                "ON s.targetid = v.targetid AND s.survey = 'main' AND s.program = 'bright'")[0][0]
     assert n > 0
+    _positional_queries_on_the_cluster(uri, cschema)
+
+
+def _positional_queries_on_the_cluster(uri, schema):
+    """cone (both indexes) and xmatch (reference x distributed) against brute force."""
+    import subprocess
+    import sys
+    import numpy as np
+    from desi_loader import sky
+    gal = q(uri, f'SELECT targetid, ra, dec FROM "{schema}".fastspecfit_metadata')
+    tid = np.array([r[0] for r in gal])
+    ra, dec = np.array([r[1] for r in gal]), np.array([r[2] for r in gal])
+
+    def cli(*args):
+        out = subprocess.run([sys.executable, "-m", "desi_loader.cli", *args, "--dsn", uri, "--schema", schema],
+                             capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        return [line.split("\t") for line in out.stdout.strip().splitlines()[1:]]
+
+    for method in ("hpx", "q3c"):
+        for c_ra, c_dec, r in ((150, 30, 5), (10, -20, 0.7), (359.9, 0.5, 3)):
+            got = {int(row[0]) for row in cli("cone", str(c_ra), str(c_dec), str(r), "--method", method,
+                                              "--columns", "targetid")}
+            assert got == set(tid[sky.angdist(ra, dec, c_ra, c_dec) <= r].tolist()), (method, c_ra, c_dec, r)
+    voids = q(uri, f'SELECT algorithm, cap, void, ra, dec FROM "{schema}".desivast_voids')
+    want = set()
+    for alg, cap, void, v_ra, v_dec in voids:
+        d = sky.angdist(ra, dec, v_ra, v_dec)
+        if d.min() <= 2.0:
+            want.add((alg, cap, void, int(tid[int(np.argmin(d))])))
+    got = {(a, c, int(v), int(t)) for a, c, v, t, _ in cli("xmatch", "desivast_voids", "fastspecfit_metadata", "2",
+                                                           "--columns-a", "algorithm,cap,void",
+                                                           "--columns-b", "targetid")}
+    assert got == want and len(want) > 20
 
 
 def test_kill_loader_and_restart_a_worker_node_then_rerun(cluster, cschema, samples, tmp_path):
