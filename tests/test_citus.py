@@ -198,7 +198,17 @@ def test_text_copy_on_the_cluster(cluster, cschema, samples):
 def test_incremental_load_on_the_cluster(cluster, cschema, samples):
     uri = cluster["uri"]
     files = sorted(str(p) for p in (samples / "fastspecfit").glob("*.fits"))
-    load(uri, cschema, files[:2])
+    load(uri, cschema, files[:2], staging="unlogged")             # UNLOGGED staging + SET LOGGED on shards
+    conn = psycopg2.connect(cluster["uri"].replace(str(cluster["ports"][0]), str(cluster["ports"][1])))
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SET citus.override_table_visibility TO off")   # show the shards
+            cur.execute("SELECT relpersistence, count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = "
+                        "c.relnamespace WHERE n.nspname = %s AND c.relkind = 'r' GROUP BY 1", (cschema,))
+            persistence = dict(cur.fetchall())
+    finally:
+        conn.close()
+    assert set(persistence) == {"p"} and persistence["p"] > 3, persistence    # shards durable too
     summary = load(uri, cschema, files)                            # one new file: merged
     assert summary.incremental and summary.files == 1
     assert_exact(uri, cschema, files)
