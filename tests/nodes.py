@@ -41,7 +41,10 @@ def kill_node(proc, sig=signal.SIGKILL):
     return proc.communicate(timeout=120)
 
 
-def q(dsn, sql, args=None):
+def q(dsn, sql, args=None, user=None):
+    """Rows of one statement (None for a command), committed; ``user`` connects as that role."""
+    if user:
+        dsn = dsn.replace("postgres:@", f"{user}:@")
     conn = psycopg2.connect(dsn)
     try:
         with conn.cursor() as cur:

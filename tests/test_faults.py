@@ -253,19 +253,26 @@ def test_rerun_after_staging_table_dropped_starts_over(good, pg_uri, schema):
     assert_exact(pg_uri, schema, 800)
 
 
+def _crash_during_copy(good, data_dir, dsn, schema, staging):
+    """A server crash (immediate restart) while the load copies; the same command again if
+    that run failed.  Returns everything the runs printed."""
+    proc = start_load([good], dsn, schema, "--staging", staging)
+    wait_for_done(dsn, schema, 4, proc)
+    server.restart(data_dir, mode="immediate")      # a crash: UNLOGGED tables come back empty
+    out, err = proc.communicate(timeout=300)
+    text = out + err
+    if proc.returncode != 0:                        # the same command again must finish it
+        code, out, err = run_load([good], dsn, schema, "--staging", staging)
+        assert code == 0, err[-2000:]
+        text += out + err
+    return text
+
+
 def test_server_crash_during_copy_reloads_exactly_the_lost_tasks(good, tmp_path):
     data_dir = tmp_path / "pg"
     dsn = server.start(data_dir)
     try:
-        proc = start_load([good], dsn, "crash_s", "--staging", "unlogged")
-        wait_for_done(dsn, "crash_s", 4, proc)
-        server.restart(data_dir, mode="immediate")  # a crash: UNLOGGED staging comes back empty
-        out, err = proc.communicate(timeout=300)
-        text = out + err
-        if proc.returncode != 0:                    # the same command again must finish it
-            code, out, err = run_load([good], dsn, "crash_s", "--staging", "unlogged")
-            assert code == 0, err[-2000:]
-            text += out + err
+        text = _crash_during_copy(good, data_dir, dsn, "crash_s", "unlogged")
         assert "UNLOGGED staging lost the rows of" in text and "reloading exactly those" in text, text[-3000:]
         assert "--restart" not in text
         assert_exact(dsn, "crash_s", 800)
@@ -278,15 +285,7 @@ def test_logged_staging_survives_a_crash(good, tmp_path):
     data_dir = tmp_path / "pg"
     dsn = server.start(data_dir)
     try:
-        proc = start_load([good], dsn, "crash_l", "--staging", "logged")
-        wait_for_done(dsn, "crash_l", 4, proc)
-        server.restart(data_dir, mode="immediate")
-        out, err = proc.communicate(timeout=300)
-        text = out + err
-        if proc.returncode != 0:
-            code, out, err = run_load([good], dsn, "crash_l", "--staging", "logged")
-            assert code == 0, err[-2000:]
-            text += out + err
+        text = _crash_during_copy(good, data_dir, dsn, "crash_l", "logged")
         assert "lost the rows" not in text
         assert "durable path: --staging logged" in text
         assert_exact(dsn, "crash_l", 800)

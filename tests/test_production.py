@@ -5,6 +5,7 @@ import pytest
 from desi_loader.errors import UsageError
 from desi_loader.sample import write_fastspecfit_file
 from helpers import load
+from nodes import q
 
 MAIN = "fastspec-iron-main-bright-nside1-hp04.fits"
 SV3 = "fastspec-iron-sv3-dark.fits"
@@ -16,24 +17,10 @@ def files(tmp_path_factory):
     return [write_fastspecfit_file(str(d / MAIN), 150, seed=3), write_fastspecfit_file(str(d / SV3), 100, seed=4)]
 
 
-def run(dsn, sql, args=None, user=None):
-    if user:
-        dsn = dsn.replace("postgres:@", f"{user}:@")
-    conn = psycopg2.connect(dsn)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql, args)
-            rows = cur.fetchall() if cur.description else None
-        conn.commit()
-        return rows
-    finally:
-        conn.close()
-
-
 def test_grants_views_comments_policies_indexes_survive_two_reloads(files, pg_uri, schema):
     load(pg_uri, schema, files)
     s = f'"{schema}"'
-    run(pg_uri, f"""
+    q(pg_uri, f"""
         DROP ROLE IF EXISTS reader_p; CREATE ROLE reader_p LOGIN;
         GRANT USAGE ON SCHEMA {s} TO reader_p;
         GRANT SELECT ON {s}.fastspecfit_metadata TO reader_p;
@@ -52,53 +39,53 @@ def test_grants_views_comments_policies_indexes_survive_two_reloads(files, pg_ur
         CREATE POLICY only_galaxies ON {s}.fastspecfit_fastspec FOR SELECT TO reader_p USING (true);
         CREATE INDEX users_z_idx ON {s}.fastspecfit_metadata (z);
     """)
-    want_rows = run(pg_uri, f"SELECT count(*) FROM {s}.nearby")[0][0]
+    want_rows = q(pg_uri, f"SELECT count(*) FROM {s}.nearby")[0][0]
     for _ in range(2):
         summary = load(pg_uri, schema, files, replace_all=True)     # a full reload: the swap
         assert summary.rows["fastspecfit_metadata"] == 250
         # the reader keeps its table and column privileges and its views
-        assert run(pg_uri, f"SELECT count(*) FROM {s}.fastspecfit_metadata", user="reader_p") == [(250,)]
-        assert run(pg_uri, f"SELECT count(*) FROM {s}.nearby", user="reader_p") == [(want_rows,)]
-        assert run(pg_uri, f"SELECT n FROM {s}.nearby_count", user="reader_p") == [(want_rows,)]
-        assert run(pg_uri, f"SELECT count(logmstar) FROM {s}.fastspecfit_specphot", user="reader_p") == [(250,)]
+        assert q(pg_uri, f"SELECT count(*) FROM {s}.fastspecfit_metadata", user="reader_p") == [(250,)]
+        assert q(pg_uri, f"SELECT count(*) FROM {s}.nearby", user="reader_p") == [(want_rows,)]
+        assert q(pg_uri, f"SELECT n FROM {s}.nearby_count", user="reader_p") == [(want_rows,)]
+        assert q(pg_uri, f"SELECT count(logmstar) FROM {s}.fastspecfit_specphot", user="reader_p") == [(250,)]
         with pytest.raises(psycopg2.errors.InsufficientPrivilege):
-            run(pg_uri, f"SELECT sfr FROM {s}.fastspecfit_specphot", user="reader_p")
-        assert run(pg_uri, f"SELECT count(*) FROM {s}.fastspecfit_fastspec", user="reader_p") == [(250,)]
-        assert run(pg_uri, f"SELECT count(*) FROM {s}.mass", user="reader_p") == [(250,)]
-        assert run(pg_uri, "SELECT indexname FROM pg_indexes WHERE schemaname = %s AND tablename = 'mass'",
+            q(pg_uri, f"SELECT sfr FROM {s}.fastspecfit_specphot", user="reader_p")
+        assert q(pg_uri, f"SELECT count(*) FROM {s}.fastspecfit_fastspec", user="reader_p") == [(250,)]
+        assert q(pg_uri, f"SELECT count(*) FROM {s}.mass", user="reader_p") == [(250,)]
+        assert q(pg_uri, "SELECT indexname FROM pg_indexes WHERE schemaname = %s AND tablename = 'mass'",
                    (schema,)) == [("mass_targetid",)]
-        assert run(pg_uri, f"SELECT obj_description('{s}.nearby'::regclass, 'pg_class'), "
+        assert q(pg_uri, f"SELECT obj_description('{s}.nearby'::regclass, 'pg_class'), "
                            f"obj_description('{s}.fastspecfit_metadata'::regclass, 'pg_class'), "
                            f"col_description('{s}.fastspecfit_metadata'::regclass, "
                            f"(SELECT attnum FROM pg_attribute WHERE attrelid = '{s}.fastspecfit_metadata'::regclass "
                            "AND attname = 'z'))") == [("galaxies below z = 0.3", "curated by the group",
                                                        "our redshift note")]
-        assert run(pg_uri, f"SELECT relrowsecurity FROM pg_class WHERE oid = '{s}.fastspecfit_fastspec'::regclass") \
+        assert q(pg_uri, f"SELECT relrowsecurity FROM pg_class WHERE oid = '{s}.fastspecfit_fastspec'::regclass") \
             == [(True,)]
-        assert run(pg_uri, "SELECT policyname FROM pg_policies WHERE schemaname = %s", (schema,)) == [("only_galaxies",)]
-        assert run(pg_uri, "SELECT count(*) FROM pg_indexes WHERE schemaname = %s AND indexname = 'users_z_idx' "
+        assert q(pg_uri, "SELECT policyname FROM pg_policies WHERE schemaname = %s", (schema,)) == [("only_galaxies",)]
+        assert q(pg_uri, "SELECT count(*) FROM pg_indexes WHERE schemaname = %s AND indexname = 'users_z_idx' "
                            "AND tablename = 'fastspecfit_metadata'", (schema,)) == [(1,)]
-        assert run(pg_uri, "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        assert q(pg_uri, "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
                            "WHERE n.nspname = %s AND c.relname ~ '__(load|old|ul)[0-9]+'", (schema,)) == [(0,)]
 
 
 def test_foreign_key_from_another_table_is_reported_before_loading(files, pg_uri, schema):
     load(pg_uri, schema, files)
     s = f'"{schema}"'
-    run(pg_uri, f"""CREATE TABLE {s}.notes (targetid bigint, survey text, program text, note text,
+    q(pg_uri, f"""CREATE TABLE {s}.notes (targetid bigint, survey text, program text, note text,
                     FOREIGN KEY (targetid, survey, program) REFERENCES {s}.fastspecfit_metadata)""")
-    (loads,), = run(pg_uri, f"SELECT count(*) FROM {s}.loader_loads")
+    (loads,), = q(pg_uri, f"SELECT count(*) FROM {s}.loader_loads")
     with pytest.raises(UsageError) as err:
         load(pg_uri, schema, files, replace_all=True)
     assert f"{schema}.notes has a foreign key" in str(err.value) and "fastspecfit_metadata" in str(err.value)
     assert "nothing was loaded" in err.value.hint
-    assert run(pg_uri, f"SELECT count(*) FROM {s}.loader_loads") == [(loads,)]      # no data moved
+    assert q(pg_uri, f"SELECT count(*) FROM {s}.loader_loads") == [(loads,)]      # no data moved
 
 
 def test_view_on_a_column_the_new_table_lacks_is_reported(files, pg_uri, schema):
     load(pg_uri, schema, files)                       # main + sv3: the 67-column METADATA union
     s = f'"{schema}"'
-    run(pg_uri, f"CREATE VIEW {s}.sv3_targets AS SELECT targetid FROM {s}.fastspecfit_metadata "
+    q(pg_uri, f"CREATE VIEW {s}.sv3_targets AS SELECT targetid FROM {s}.fastspecfit_metadata "
                 "WHERE sv3_desi_target <> 0")
     with pytest.raises(UsageError, match="sv3_targets uses .*sv3_desi_target"):
         load(pg_uri, schema, files[:1], replace_all=True)  # main only: no sv3 columns
@@ -108,7 +95,7 @@ def _digest(dsn, schema, filename):
     """A digest of every value of a file's rows in the three tables (file_id and row_num included)."""
     out = []
     for t in ("fastspecfit_metadata", "fastspecfit_specphot", "fastspecfit_fastspec"):
-        out += run(dsn, f'SELECT count(*), md5(string_agg(x::text, \'|\' ORDER BY x.row_num)) FROM "{schema}".{t} x '
+        out += q(dsn, f'SELECT count(*), md5(string_agg(x::text, \'|\' ORDER BY x.row_num)) FROM "{schema}".{t} x '
                         f'JOIN "{schema}".load_files f USING (file_id) WHERE f.filename = %s AND f.published',
                    (filename,))
     return out
@@ -158,14 +145,14 @@ def test_incremental_new_and_changed_files_leave_every_other_row_untouched(files
         # loading a subset changes nothing; loading everything unchanged loads nothing
         summary = load(pg_uri, schema, [c])
         assert summary.role == "nothing" and summary.unchanged_files == 1
-        assert run(pg_uri, f'SELECT count(*) FROM "{schema}".fastspecfit_metadata') == [(370,)]
+        assert q(pg_uri, f'SELECT count(*) FROM "{schema}".fastspecfit_metadata') == [(370,)]
     finally:
         stop.set()
         th.join()
     assert not errors
     assert seen <= {(250, 2), (370, 3)}, seen              # before or after, never in between
-    assert run(pg_uri, f'SELECT count(*), count(DISTINCT filename) FROM "{schema}".load_files WHERE published') \
+    assert q(pg_uri, f'SELECT count(*), count(DISTINCT filename) FROM "{schema}".load_files WHERE published') \
         == [(3, 3)]
-    assert run(pg_uri, f"""SELECT count(*) FROM "{schema}".fastspecfit_metadata m
+    assert q(pg_uri, f"""SELECT count(*) FROM "{schema}".fastspecfit_metadata m
                            JOIN "{schema}".fastspecfit_fastspec f USING (file_id, row_num)
                            WHERE m.targetid = f.targetid""") == [(370,)]
