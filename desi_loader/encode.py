@@ -24,6 +24,8 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from .sky import ang2pix
+
 BINARY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 BINARY_TRAILER = b"\xff\xff"
 
@@ -253,7 +255,6 @@ def _row_at(first_row, r: int) -> int:
 
 def hpx_values(rows: np.ndarray, f: Field) -> tuple[np.ndarray, Optional[np.ndarray]]:
     """Sky pixel column -> (int64 pixels (n, 1), null mask (n, 1) or None)."""
-    from .sky import ang2pix
     dec_offset, dec_width = f.value
     ra = np.ascontiguousarray(rows[:, f.offset:f.offset + f.width]).view(_be("float", f.width))
     dec = np.ascontiguousarray(rows[:, dec_offset:dec_offset + dec_width]).view(_be("float", dec_width))

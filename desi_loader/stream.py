@@ -70,12 +70,14 @@ def _encode(path: str, part: PartSource, rows: np.ndarray, fmt: str, first_row) 
         raise BadFileError(path, f"{where}: {exc}") from exc
 
 
-def sky_order(rows: np.ndarray, fields: Codec) -> Optional[np.ndarray]:
-    """The order that sorts rows by their sky pixel (stable; rows without a position last),
-    or None when the table has no sky column."""
-    f = next((f for f in fields if f.kind == "hpx"), None)
-    if f is None:
-        return None
+def sky_field(fields) -> Optional[object]:
+    """The encoder field of a table's sky pixel column, or None."""
+    return next((f for f in fields if f.kind == "hpx"), None)
+
+
+def sky_order(rows: np.ndarray, f) -> np.ndarray:
+    """The order that sorts rows by their sky pixel (field ``f``; stable, rows without a
+    position last)."""
     pix, null = hpx_values(rows, f)
     pix = pix[:, 0]
     if null is not None:
@@ -90,19 +92,20 @@ def part_blocks(path: str, fh: BinaryIO, part: PartSource, fmt: str, on_block: O
     Rows go out in FITS order, or in sky order when the table has a sky column (or shares
     the row range of one that has: row-aligned HDUs follow the same order).  Sky order
     holds the part in memory (one read of its bytes); ``orders`` collects the order of
-    each table, so a refused row can be named.
+    each row range, so a refused row can be named.
     """
     if fmt == "binary":
         yield BINARY_HEADER
     width = sum(h.row_bytes for h in part.hdus)
     step = max(1, (BLOCK_BYTES if fmt == "binary" else TEXT_BLOCK_BYTES) // max(width, 1))
     orders = {} if orders is None else orders
-    order = orders.get((part.start, part.stop))
-    if order is None and any(f.kind == "hpx" for f in part.fields):
+    rows_range = (part.start, part.stop)
+    sky = sky_field(part.fields)
+    if rows_range in orders or sky is not None:
         whole = _read(path, fh, part, part.start, part.stop, sums)
-        order = orders[(part.start, part.stop)] = sky_order(whole, part.fields)
-    elif order is not None:
-        whole = _read(path, fh, part, part.start, part.stop, sums)
+        if rows_range not in orders:
+            orders[rows_range] = sky_order(whole, sky)
+    order = orders.get(rows_range)
     if order is None:
         for s in range(part.start, part.stop, step):
             e = min(s + step, part.stop)
@@ -111,7 +114,6 @@ def part_blocks(path: str, fh: BinaryIO, part: PartSource, fmt: str, on_block: O
             on_block(e - s, rows.nbytes)
             yield data
     else:
-        orders[part.table] = order
         for i in range(0, len(order), step):
             idx = order[i:i + step]
             rows = whole[idx]
@@ -135,9 +137,10 @@ def task_blocks(path: str, fh: BinaryIO, parts: Sequence[PartSource], fmt: str, 
         yield b""
 
 
-def sky_first(parts: Sequence[PartSource]) -> list:
-    """Parts with a sky column first (their order then applies to the row-aligned others)."""
-    return sorted(parts, key=lambda p: not any(f.kind == "hpx" for f in p.fields))
+def sky_first(by_table: dict) -> list:
+    """(table, part) pairs, the parts with a sky column first (their order then applies to
+    the row-aligned others)."""
+    return sorted(by_table.items(), key=lambda item: sky_field(item[1].fields) is None)
 
 
 def task_sums(sums: dict) -> dict:

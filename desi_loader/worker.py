@@ -102,7 +102,7 @@ class _State:
         self.ledger: Optional[Ledger] = None
         self.handles: dict = {}
         self.sent = [0, 0]
-        self.orders: dict = {}                # the sky order of each table's rows in the current task
+        self.orders: dict = {}                # the sky order of each row range of the current task
 
     @property
     def conn(self):
@@ -148,7 +148,8 @@ class _State:
     def _copy(self, cur, task_id: int, path: str, by_table: dict) -> tuple[dict, dict]:
         """Stream the task's parts into staging: ({hdu index: [partial sum]}, {table: rows})."""
         cfg = self.cfg
-        sources = sky_first(by_table.values())
+        tables = sky_first(by_table)
+        sources = [part for _, part in tables]
         fh = self.handles.get(path) or self.handles.setdefault(path, open(path, "rb"))
         sums: Optional[dict] = {} if cfg.checksum else None
         self.orders = {}
@@ -161,8 +162,7 @@ class _State:
                                 for p in sources], reader)
         finally:
             reader.close()
-        return {str(i): [v] for i, v in task_sums(sums or {}).items()}, {
-            t: counts[n] for n, p in enumerate(sources) for t, q in by_table.items() if q is p}
+        return {str(i): [v] for i, v in task_sums(sums or {}).items()}, dict(zip((t for t, _ in tables), counts))
 
     def _attempt(self) -> bool:
         with self.conn.cursor() as cur:
@@ -225,7 +225,7 @@ def locate(exc: psycopg2.Error, path: str, by_table: dict, orders: Optional[dict
     part = next((p for p in by_table.values() if m and p.table == m.group("table").strip('"')), None)
     if m and part is not None:
         line = int(m.group("line")) - 1
-        order = (orders or {}).get(part.table)           # rows sent in sky order
+        order = (orders or {}).get((part.start, part.stop))  # rows sent in sky order
         row = part.start + (int(order[line]) if order is not None and line < len(order) else line)
         hdus = " + ".join(f"HDU {h.index} ({h.extname})" for h in part.hdus)
         where = f"{path}: {hdus}, row {row}" + (f", column {m.group('column').upper()}" if m.group("column") else "")
