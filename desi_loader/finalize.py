@@ -139,11 +139,13 @@ def _constraint_exists(cur, schema: str, table: str, name: str) -> bool:
     return cur.fetchone() is not None
 
 
-def build_indexes(conn, schema: str, staging: str, spec, q3c: Optional[str] = None) -> None:
+def build_indexes(conn, schema: str, staging: str, spec, q3c: Optional[str] = None,
+                  on_cluster: bool = False) -> None:
     """Primary key, unique (file_id, row_num), the preset's indexes and the q3c index (on
-    tables with a sky index, when ``q3c`` names the extension's schema), then ANALYZE."""
+    tables with a sky index, when ``q3c`` names the extension's schema), then ANALYZE.
+    ``on_cluster``: the server is a Citus coordinator (keys get the distribution column)."""
     with conn.cursor() as cur:
-        on_cluster = spec.distribution is not None and citus.cluster(cur) is not None
+        on_cluster = on_cluster and spec.distribution is not None
         if on_cluster:
             citus.no_local_execution(cur)
         stmts = create_indexes(schema, staging, spec, spec.distribution if on_cluster else None)
@@ -301,16 +303,6 @@ def make_logged(conn, schema: str, staging: str) -> None:
     conn.commit()
 
 
-def _rename_constraints(cur, schema: str, table: str, old_prefix: str) -> None:
-    cur.execute("SELECT conname FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'f'",
-                (f'"{schema}"."{table}"',))
-    for (name,) in cur.fetchall():
-        if name.startswith(old_prefix):
-            cur.execute(sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}").format(
-                sql.Identifier(schema, table), sql.Identifier(name),
-                sql.Identifier((table + name[len(old_prefix):])[:63])))
-
-
 def _create_views(cur, schema: str, views: dict) -> None:
     for name, select in views.items():
         cur.execute("SAVEPOINT view")
@@ -384,7 +376,6 @@ def _swap_tables(cur, schema: str, staging: dict, load_id: int, views: dict) -> 
         cur.execute(sql.SQL("DROP TABLE {}").format(sql.SQL(", ").join(sql.Identifier(schema, o) for o in olds)))
     for table, stage in staging.items():
         _rename_indexes(cur, schema, table, stage)
-        _rename_constraints(cur, schema, table, stage)
         for name in moved.get(table, ()):       # users' indexes, built on staging in the index phase
             cur.execute(sql.SQL("ALTER INDEX IF EXISTS {} RENAME TO {}").format(
                 sql.Identifier(schema, attach.staging_index_name(name, load_id)), sql.Identifier(name)))

@@ -585,7 +585,8 @@ class Coordinator:
         q3c = self.prepare_sky()
 
         def step(c, t: str) -> None:
-            build_indexes(c, self.plan.schema, self.staging[t], self.plan.tables[t], q3c)
+            build_indexes(c, self.plan.schema, self.staging[t], self.plan.tables[t], q3c,
+                          on_cluster=bool(self.summary.cluster))
             build_user_indexes(c, self.plan.schema, t, self.staging[t], self.plan.tables[t], self.ledger.load_id)
         self.per_table(step)
 
