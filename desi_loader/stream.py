@@ -25,11 +25,12 @@ from .read import read_rows
 #: 0.5 MB 13.9k galaxies/s (ceiling 18.5k), before reading ahead across tables.
 #: Encoding speed per byte is flat down to ~0.25 MB (numpy call overhead below that).
 BLOCK_BYTES = 1024 * 1024
-#: FITS bytes per block in text format.  Text is ~5x the bytes of binary and goes through a
-#: character matrix and a keep mask: smaller blocks keep them in cache.  Measured on 1,200
-#: FASTSPEC rows, one core: blocks of 300 rows (1 MB) 22.3k, 150 23.9k, 75 (256 KB) 25.8k,
-#: 40 25.9k, 20 21.0k rows/s.
-TEXT_BLOCK_BYTES = 256 * 1024
+#: FITS bytes per block in text format.  Text is ~4x the bytes of binary; the float part of
+#: a line is written in place and only the rest goes through a keep mask.  Measured on
+#: 4 x 5,000 FastSpecFit rows, client CPU to read, checksum, sky-order and encode all of them
+#: (textenc columnar float part): 128 KB 0.76 s, 256 KB 0.70, 512 KB 0.64, 1 MB 0.64,
+#: 2 MB 0.75, 4 MB 0.96 (temporaries fall out of cache).
+TEXT_BLOCK_BYTES = 1024 * 1024
 
 #: Encoded blocks prepared ahead of the one being sent.  One is enough to keep the
 #: server busy while the next block is read and encoded (numpy and libpq both release

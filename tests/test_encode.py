@@ -4,7 +4,7 @@ import struct
 import numpy as np
 import pytest
 
-from desi_loader.encode import EncodeError, Field, encode_binary, encode_text
+from desi_loader.encode import Codec, EncodeError, Field, copy_order, encode_binary, encode_text
 
 
 def rows_of(*cols):
@@ -92,6 +92,27 @@ def test_text_golden_and_escaping():
     assert lines[2] == b"-0x0.0000000000000p+0000\t42\t x\\n"
     assert lines[3] == b"-Infinity\t7\t"
     assert lines[4] == b""
+
+
+def test_text_copy_order_and_fixed_width_float_part():
+    # scalar float4 columns first, then float8, then the rest; the float part of a line has
+    # a fixed width unless a value is NaN (NULL) or infinite
+    i4 = np.array([5, -7, 0], ">i4")
+    a = np.array([1.5, np.nan, 2.0 ** -149], ">f4")              # 2**-149: the smallest subnormal
+    d = np.array([-0.0, 1.0, np.inf], ">f8")
+    s = np.array([b"x", b"", b"y"], "S1")
+    b = np.array([-np.inf, 3.0, 0.0], ">f4")
+    rows = rows_of(i4, a, d, s, b)
+    fields = [Field("i", "int", "int4", 0, 4), Field("a", "float", "float4", 4, 4),
+              Field("d", "float", "float8", 8, 8), Field("s", "text", "text", 16, 1),
+              Field("b", "float", "float4", 17, 4)]
+    assert [f.name for f in copy_order(fields)] == ["a", "b", "d", "i", "s"]
+    assert [f.name for f in Codec(fields)] == ["a", "b", "d", "i", "s"]
+    assert encode_text(rows, fields) == (
+        b"+0x1.800000p+000\t-Infinity\t-0x0.0000000000000p+0000\t5\tx\n"
+        b"\\N\t+0x1.800000p+001\t+0x1.0000000000000p+0000\t-7\t\n"
+        b"+0x0.000002p-126\t+0x0.000000p+000\t+Infinity\t0\ty\n")
+    assert encode_text(rows, Codec(fields)) == encode_text(rows, fields)
 
 
 def test_text_arrays_2d_and_null_elements():

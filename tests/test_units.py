@@ -245,3 +245,33 @@ def test_sky_preset_columns_and_none():
     assert generic("x", "ra, dec").sky_columns("ANY") == ("RA", "DEC")
     with pytest.raises(UsageError, match="expected two column names"):
         parse_sky("RA")
+
+
+def test_workers_reuse_freed_blocks_without_page_faults():
+    # a worker frees and allocates blocks of a few MB all the time; after keep_freed_memory
+    # glibc hands the same pages back instead of faulting in fresh ones (run in a child
+    # process: it changes the allocator of the process that calls it)
+    import subprocess
+    import sys
+    code = """
+import resource, sys
+import numpy as np
+from desi_loader.worker import keep_freed_memory
+if sys.argv[1] == "tuned":
+    assert keep_freed_memory()
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+def block():                     # a few blocks of a few MB alive at once, then freed
+    blocks = [np.ones(6 << 20, np.uint8) for _ in range(4)]
+    del blocks
+for _ in range(3):
+    block()
+before = faults()
+for _ in range(20):
+    block()
+print(faults() - before)
+"""
+    got = {mode: int(subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True,
+                                    check=True).stdout) for mode in ("default", "tuned")}
+    assert got["default"] > 10_000                          # glibc default: fresh pages again and again
+    assert got["tuned"] < 100, got
