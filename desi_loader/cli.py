@@ -234,7 +234,9 @@ def _print_summary(console, summary, dsn: str) -> None:
                   f"workers {summary.workers}  format {summary.fmt}")
     console.print(f"phases: {phases}")
     if d["copy_rows_per_s"]:
-        console.print(f"copy: {d['copy_rows_per_s']:,.0f} rows/s, {d['copy_mb_per_s']:,.1f} MB/s of FITS")
+        cpu = (f" (client CPU: workers {summary.cpu['workers_s']:.2f}s reading, encoding and sending, "
+               f"coordinator {summary.cpu['coordinator_s']:.2f}s)" if summary.cpu else "")
+        console.print(f"copy: {d['copy_rows_per_s']:,.0f} rows/s, {d['copy_mb_per_s']:,.1f} MB/s of FITS{cpu}")
     if summary.memory:
         console.print("peak memory: " + ", ".join(f"{k.replace('_peak_mb', '')} {v:,.0f} MB"
                                                  for k, v in summary.memory.items()))

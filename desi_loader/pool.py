@@ -32,6 +32,7 @@ class PoolResult:
 
     fatal: Optional[str] = None              # a worker's permanent database error
     worker_peak_kb: int = 0
+    worker_cpu: float = 0.0                  # CPU seconds the workers spent on tasks (read, encode, send)
     first_rows_at: Optional[float] = None    # perf_counter of the first rows (start-up excluded)
     rows: int = 0                            # rows of the tasks its workers committed
     gave_up: bool = False                    # workers kept dying: no new one was started
@@ -201,9 +202,11 @@ class WorkerPool:
         slot.inflight, slot.task = [0, 0], None
         self.reporter.warn(f"task {payload[0]} failed: {payload[1]}")
 
-    def _on_exit(self, w: int, peak_kb: int) -> None:
+    def _on_exit(self, w: int, payload: tuple) -> None:
+        peak_kb, cpu = payload
         self.slots[w].exited = True
         self.result.worker_peak_kb = max(self.result.worker_peak_kb, peak_kb)
+        self.result.worker_cpu += cpu
         self.reporter.worker_state(w, "finished")
 
     def _on_fatal(self, w: int, message: str) -> None:

@@ -105,6 +105,7 @@ class Summary:
     server: dict = field(default_factory=dict)
     plan: list = field(default_factory=list)
     memory: dict = field(default_factory=dict)       # peak RSS in MB: coordinator, largest worker
+    cpu: dict = field(default_factory=dict)          # copy phase CPU seconds: workers (on tasks), coordinator
     durable_path: str = ""           # which durable path was used, and why
     incremental: bool = False        # merged into the published tables (new and changed files only)
     unchanged_files: int = 0         # published files skipped because they did not change
@@ -411,8 +412,11 @@ class Coordinator:
         cfg = WorkerConfig(plan.schema, ledger.load_id, opts.fmt, opts.verify_checksum,
                            encoder_plan(plan, self.staging), os.getpid(), opts.copy_out)
         pool = WorkerPool(opts.dsn, cfg, workers, self.reporter, self._death)
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         result = pool.run(ledger.pending_rows(), plan.total_bytes)
+        cpu = self.summary.cpu
+        cpu["workers_s"] = round(cpu.get("workers_s", 0) + result.worker_cpu, 3)
+        cpu["coordinator_s"] = round(cpu.get("coordinator_s", 0) + time.process_time() - cpu0, 3)
         self.summary.node_rows += result.rows
         self.summary.node_seconds += time.perf_counter() - t0
         self.summary.memory["worker_peak_mb"] = max(self.summary.memory.get("worker_peak_mb", 0),

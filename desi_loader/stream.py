@@ -37,6 +37,14 @@ TEXT_BLOCK_BYTES = 1024 * 1024
 #: the GIL); more only costs memory.
 PREFETCH = 2
 
+#: Bytes per CopyData message.  The server receives a whole message before it parses any
+#: of it, so with a block (several MB of text) per message it waits on the socket at every
+#: block while the client pushes the rest through the socket buffer.  Messages that fit the
+#: socket buffer are there by the time the server wants them.  Measured, text, 1 worker,
+#: 4 x 5,000 FastSpecFit rows, three runs each as ratios to the server's COPY FROM file:
+#: whole blocks 0.80 0.86 0.85; 64 KB 0.92 0.88 0.95; 256 KB 0.80 0.75 0.86.
+SEND_BYTES = 64 * 1024
+
 #: Progress callback: (rows, FITS bytes) of each block as it is encoded.
 OnBlock = Callable[[int, int], None]
 
@@ -174,7 +182,7 @@ def tee(blocks: Iterable[bytes], paths: Sequence[str]) -> Iterator[bytes]:
 class ReadAhead:
     """A file-like reader over a block iterator that a thread runs ahead of the consumer.
 
-    ``read()`` returns the next block (``b""`` ends a part's COPY).  Because one thread
+    ``read()`` returns the next SEND_BYTES of the current block (``b""`` ends a part's COPY).  Because one thread
     runs through all parts, encoding the next table's first block overlaps the server's
     work on the previous one.  An exception in the thread reaches ``read()`` (psycopg2
     then aborts the COPY) and stays in ``error`` so the caller can re-raise the original.
@@ -184,6 +192,8 @@ class ReadAhead:
         self._queue: queue.Queue = queue.Queue(maxsize=PREFETCH)
         self._stop = threading.Event()
         self.error: Optional[BaseException] = None
+        self._block: Optional[memoryview] = None   # the block being sent, from _pos on
+        self._pos = 0
         self._thread = threading.Thread(target=self._fill, args=(blocks,), daemon=True)
         self._thread.start()
 
@@ -205,11 +215,19 @@ class ReadAhead:
             self._put(exc)
 
     def read(self, size: int = -1) -> bytes:
-        item = self._queue.get()
-        if isinstance(item, BaseException):
-            self.error = item
-            raise item
-        return item
+        if self._block is None:
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                self.error = item
+                raise item
+            if len(item) <= SEND_BYTES:
+                return item
+            self._block, self._pos = memoryview(item), 0
+        piece = bytes(self._block[self._pos:self._pos + SEND_BYTES])
+        self._pos += SEND_BYTES
+        if self._pos >= len(self._block):
+            self._block = None
+        return piece
 
     readline = read
 

@@ -127,17 +127,19 @@ def floats(vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return chars.reshape(shape + (width,)), inf.reshape(shape)
 
 
-def _digits(mag: np.ndarray, chunks: int) -> np.ndarray:
-    """Magnitudes (N,) -> (N, 1 + 4 * chunks) characters: a '-' then the zero-padded digits."""
-    chars = np.empty((mag.size, 1 + 4 * chunks + 3), np.uint8)   # room for the last 4-byte word
+def _digits(mag: np.ndarray, chunks: int, used: int) -> np.ndarray:
+    """Magnitudes (N,) -> (N, 1 + 4 * chunks) characters: a '-' then the digits, right
+    aligned; only the last ``used`` groups of four are written (the block's largest value
+    needs no more), the characters before them are left unset."""
+    chars = np.empty((mag.size, 1 + 4 * chunks), np.uint8)
     chars[:, 0] = 45
-    rest = mag.copy()
+    rest = mag.copy() if used > 1 else mag
     ten4 = mag.dtype.type(10000)
-    for i in range(chunks - 1, -1, -1):                      # four digits at a time, lowest first
-        chars[:, 1 + 4 * i:5 + 4 * i] = _DEC4[rest % ten4].view(np.uint8).reshape(-1, 4)
-        if i:
+    for i in range(chunks - 1, chunks - 1 - used, -1):       # four digits at a time, lowest first
+        chars[:, 1 + 4 * i:5 + 4 * i] = np.take(_DEC4, (rest % ten4).astype(np.intp)).view(np.uint8).reshape(-1, 4)
+        if i > chunks - used:
             rest //= ten4
-    return chars[:, :1 + 4 * chunks]
+    return chars
 
 
 def _magnitude(flat: np.ndarray, wide: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -163,9 +165,10 @@ def ints(vals: np.ndarray, digits: int = 20) -> tuple[np.ndarray, np.ndarray]:
     flat = vals.reshape(-1)
     chunks = (digits + 3) // 4
     neg, mag = _magnitude(flat, digits > 10)
-    chars = _digits(mag, chunks)
+    most = len(str(int(mag.max()))) if mag.size else 1      # digits of the largest magnitude
+    chars = _digits(mag, chunks, (most + 3) // 4)
     width = 1 + 4 * chunks
-    ndigits = 1 + np.searchsorted(_POW10, mag, side="right")
+    ndigits = 1 + np.searchsorted(_POW10[:most - 1], mag, side="right")
     keep = np.arange(width) >= (width - ndigits)[:, None]
     keep[:, 0] = neg
     return chars.reshape(shape + (width,)), keep.reshape(shape + (width,))

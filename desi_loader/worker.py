@@ -72,7 +72,7 @@ def worker_main(worker_id: int, dsn: str, cfg_path: str, messages) -> None:
         state.ledger = Ledger(dsn, cfg.schema, f"worker{worker_id}").bind(cfg.load_id)
         while os.getppid() == cfg.parent_pid and state.run_one():
             pass
-        messages.put(("exit", worker_id, peak_rss_kb()))
+        messages.put(("exit", worker_id, (peak_rss_kb(), round(state.cpu, 3))))
     except DatabaseError as exc:
         messages.put(("fatal", worker_id, str(exc)))
     except KeyboardInterrupt:
@@ -128,6 +128,7 @@ class _State:
         self.handles: dict = {}
         self.sent = [0, 0]
         self.orders: dict = {}                # the sky order of each row range of the current task
+        self.cpu = 0.0                        # CPU seconds (all threads) spent on tasks
 
     @property
     def conn(self):
@@ -148,6 +149,13 @@ class _State:
 
     def run_one(self) -> bool:
         """Claim and load one task; False when none is left."""
+        t0 = time.process_time()
+        try:
+            return self._run_one()
+        finally:
+            self.cpu += time.process_time() - t0
+
+    def _run_one(self) -> bool:
         for attempt in range(TRANSIENT_RETRIES + 1):
             self.sent = [0, 0]
             try:

@@ -275,3 +275,37 @@ print(faults() - before)
                                     check=True).stdout) for mode in ("default", "tuned")}
     assert got["default"] > 10_000                          # glibc default: fresh pages again and again
     assert got["tuned"] < 100, got
+
+
+def test_read_ahead_sends_blocks_in_socket_sized_messages_and_keeps_part_ends():
+    from desi_loader.stream import SEND_BYTES, ReadAhead
+    big = bytes(range(256)) * (SEND_BYTES // 256 * 3 + 7)      # three messages and a bit
+    blocks = [b"head", big, b"", b"next part", b""]
+    reader = ReadAhead(iter(blocks))
+    got = []
+    try:
+        while len([x for x in got if x == b""]) < 2:
+            got.append(reader.read(1 << 20))
+    finally:
+        reader.close()
+    assert all(len(x) <= SEND_BYTES for x in got)
+    first_end = got.index(b"")
+    assert b"".join(got[:first_end]) == b"head" + big
+    assert len(got[:first_end]) == 1 + 4
+    assert got[first_end + 1:] == [b"next part", b""]
+
+
+def test_read_ahead_delivers_the_reader_thread_error():
+    from desi_loader.stream import ReadAhead
+
+    def blocks():
+        yield b"x" * 10
+        raise ValueError("bad row 7")
+    reader = ReadAhead(blocks())
+    try:
+        assert reader.read() == b"x" * 10
+        with pytest.raises(ValueError, match="bad row 7"):
+            reader.read()
+        assert isinstance(reader.error, ValueError)
+    finally:
+        reader.close()
