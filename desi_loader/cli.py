@@ -229,7 +229,7 @@ def _print_summary(console, summary, dsn: str) -> None:
     console.print(t)
     phases = "  ".join(f"{k} {v:.2f}s" for k, v in summary.phases.items() if k != "copy_stream")
     if "copy_stream" in summary.phases:
-        phases += f"  (copy streaming {summary.phases['copy_stream']:.2f}s, the rest is worker start-up)"
+        phases += f"  (copy streaming {summary.phases['copy_stream']:.2f}s, the rest is worker start-up and exit)"
     console.print(f"files {summary.files}  FITS {summary.fits_bytes / 1e6:,.1f} MB  tasks {summary.tasks}  "
                   f"workers {summary.workers}  format {summary.fmt}")
     console.print(f"phases: {phases}")

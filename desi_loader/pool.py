@@ -34,6 +34,7 @@ class PoolResult:
     worker_peak_kb: int = 0
     worker_cpu: float = 0.0                  # CPU seconds the workers spent on tasks (read, encode, send)
     first_rows_at: Optional[float] = None    # perf_counter of the first rows (start-up excluded)
+    last_done_at: Optional[float] = None     # perf_counter of the last task committed (or failed)
     rows: int = 0                            # rows of the tasks its workers committed
     gave_up: bool = False                    # workers kept dying: no new one was started
 
@@ -186,6 +187,7 @@ class WorkerPool:
         self.slots[w].inflight = [0, 0]
 
     def _on_done(self, w: int, _task) -> None:
+        self.result.last_done_at = time.perf_counter()
         slot = self.slots[w]
         self.result.rows += slot.inflight[0]
         slot.inflight, slot.task = [0, 0], None

@@ -422,10 +422,11 @@ class Coordinator:
         self.summary.memory["worker_peak_mb"] = max(self.summary.memory.get("worker_peak_mb", 0),
                                                     round(result.worker_peak_kb / 1024, 1))
         if result.first_rows_at is not None:
-            # the streaming part of the copy: first rows encoded to last worker done (worker
-            # start-up, about half a second each on a laptop, excluded)
+            # the streaming part of the copy: first rows encoded to last task committed (worker
+            # start-up and exit, about half a second each on a laptop, excluded)
+            end = result.last_done_at or time.perf_counter()
             self.summary.phases["copy_stream"] = round(self.summary.phases.get("copy_stream", 0)
-                                                       + time.perf_counter() - result.first_rows_at, 3)
+                                                       + end - result.first_rows_at, 3)
         if result.fatal:
             raise DatabaseError(result.fatal, "staging tables are kept; fix the cause and rerun the same "
                                 "command to resume")

@@ -94,6 +94,20 @@ def sky_order(rows: np.ndarray, f) -> np.ndarray:
     return np.argsort(pix, kind="stable")
 
 
+#: The first block of a part is this fraction of a block: the server starts parsing sooner
+#: (at the start of a task it has nothing else to do).
+FIRST_BLOCK = 8
+
+
+def block_bounds(start: int, stop: int, step: int) -> Iterator[tuple[int, int]]:
+    """Row ranges of the blocks of rows [start, stop): a short first block, then ``step`` rows each."""
+    s = start
+    e = min(stop, start + max(1, step // FIRST_BLOCK))
+    while s < stop:
+        yield s, e
+        s, e = e, min(stop, e + step)
+
+
 def part_blocks(path: str, fh: BinaryIO, part: PartSource, fmt: str, on_block: OnBlock,
                 sums: Optional[dict], orders: Optional[dict] = None) -> Iterator[bytes]:
     """COPY data of one part, block by block; adds partial sums per HDU to ``sums``.
@@ -116,15 +130,14 @@ def part_blocks(path: str, fh: BinaryIO, part: PartSource, fmt: str, on_block: O
             orders[rows_range] = sky_order(whole, sky)
     order = orders.get(rows_range)
     if order is None:
-        for s in range(part.start, part.stop, step):
-            e = min(s + step, part.stop)
+        for s, e in block_bounds(part.start, part.stop, step):
             rows = _read(path, fh, part, s, e, sums)
             data = _encode(path, part, rows, fmt, s)
             on_block(e - s, rows.nbytes)
             yield data
     else:
-        for i in range(0, len(order), step):
-            idx = order[i:i + step]
+        for i, j in block_bounds(0, len(order), step):
+            idx = order[i:j]
             rows = whole[idx]
             data = _encode(path, part, rows, fmt, part.start + idx)
             on_block(len(idx), rows.nbytes)

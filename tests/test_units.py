@@ -309,3 +309,14 @@ def test_read_ahead_delivers_the_reader_thread_error():
         assert isinstance(reader.error, ValueError)
     finally:
         reader.close()
+
+
+def test_block_bounds_short_first_block_then_full_blocks_cover_each_row_once():
+    from desi_loader.stream import FIRST_BLOCK, block_bounds
+    for start, stop, step in [(0, 20, 8), (5, 6, 100), (0, 0, 4), (3, 1000, 64), (0, 7, 1)]:
+        b = list(block_bounds(start, stop, step))
+        rows = [r for s, e in b for r in range(s, e)]
+        assert rows == list(range(start, stop))
+        if b:
+            assert b[0][1] - b[0][0] == min(stop - start, max(1, step // FIRST_BLOCK))
+            assert all(e - s <= step for s, e in b)
