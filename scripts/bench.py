@@ -161,8 +161,9 @@ def can_read_server_files(dsn: str) -> bool:
         conn.close()
 
 
-def ceiling(dsn: str, plan, chunks, fmt: str, backends: int, server_side: bool) -> float:
-    """Seconds to COPY all pre-encoded chunks with ``backends`` concurrent connections."""
+def ceiling(dsn: str, plan, chunks, fmt: str, backends: int, server_side: bool, data_dir=None) -> tuple:
+    """(seconds, server CPU seconds or None) to COPY all pre-encoded chunks with ``backends``
+    concurrent connections; the server's CPU is measured when its data directory is here."""
     create_tables(dsn, "bench_ceiling", plan)
     parts = [chunks[i::backends] for i in range(backends)]
     conns = [connect(dsn) for _ in range(backends)]
@@ -180,15 +181,17 @@ def ceiling(dsn: str, plan, chunks, fmt: str, backends: int, server_side: bool) 
         conn.commit()
 
     threads = [threading.Thread(target=run, args=(c, m)) for c, m in zip(conns, parts)]
+    cpu0 = server_cpu(data_dir) if data_dir else None
     t0 = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     secs = time.perf_counter() - t0
+    cpu = server_cpu(data_dir) - cpu0 if data_dir else None
     for c in conns:
         c.close()
-    return secs
+    return secs, cpu
 
 
 # --------------------------------------------------------------------------- desi-loader
@@ -204,7 +207,7 @@ def loader(dsn: str, files, fmt: str, workers: int, catalog=None) -> dict:
     (summary,) = run_loads(opts)
     whole = time.perf_counter() - t0
     return {"copy": summary.phases["copy"], "copy_stream": summary.phases.get("copy_stream"),
-            "whole": whole, "phases": summary.phases, "memory": summary.memory}
+            "whole": whole, "phases": summary.phases, "memory": summary.memory, "cpu": summary.cpu}
 
 
 # --------------------------------------------------------------------------- the alternatives
@@ -531,14 +534,19 @@ class Bench:
             for _ in range(max(1, self.args.repeat)):
                 for (fmt, b) in ceil:
                     ceil[(fmt, b)].append(ceiling(dsn, plan, chunks if fmt == "binary" else tchunks, fmt, b,
-                                                  server_side))
+                                                  server_side, self.data_dir))
                 for fmt in ("binary", "text"):
                     for w in widths:
                         runs.setdefault((fmt, w), []).append(loader(dsn, files, fmt, w))
-            self.c1 = self.record(f"ceiling binary ({how})", 1, min(ceil[("binary", 1)]), n, nb)
-            self.cw = self.record(f"ceiling binary ({how})", W, min(ceil[("binary", W)]), n, nb)
-            self.t1 = self.record(f"ceiling text ({how})", 1, min(ceil[("text", 1)]), n, nb)
-            self.tw = self.record(f"ceiling text ({how})", W, min(ceil[("text", W)]), n, nb)
+            best = {k: min(v, key=lambda x: x[0]) for k, v in ceil.items()}
+            self.c1 = self.record(f"ceiling binary ({how})", 1, *best[("binary", 1)][:1], n, nb,
+                                  server_cpu=best[("binary", 1)][1])
+            self.cw = self.record(f"ceiling binary ({how})", W, *best[("binary", W)][:1], n, nb,
+                                  server_cpu=best[("binary", W)][1])
+            self.t1 = self.record(f"ceiling text ({how})", 1, *best[("text", 1)][:1], n, nb,
+                                  server_cpu=best[("text", 1)][1])
+            self.tw = self.record(f"ceiling text ({how})", W, *best[("text", W)][:1], n, nb,
+                                  server_cpu=best[("text", W)][1])
             self.encode_seconds = {fmt: encode_seconds(files, fmt) for fmt in ("binary", "text")}
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -547,22 +555,46 @@ class Bench:
             r = min(rs, key=lambda x: x["copy_stream"] or x["copy"])
             self.best[(fmt, w)] = self.record(f"desi-loader {fmt}: copy phase (streaming)", w,
                                               r["copy_stream"] or r["copy"], n, nb, copy_with_startup=r["copy"],
-                                              phases=r["phases"], memory=r["memory"])
+                                              phases=r["phases"], memory=r["memory"], client_cpu=r["cpu"])
             self.whole_runs[(fmt, w)] = r
             self.record(f"desi-loader {fmt}: whole load (index, durable, swap)", w, min(x["whole"] for x in rs), n, nb)
         self.ratio("binary_w1_vs_ceiling_1_backend", self.best[("binary", 1)]["rows_per_s"] / self.c1["rows_per_s"])
         self.ratio(f"binary_w{W}_vs_ceiling_{W}_backends", self.best[("binary", W)]["rows_per_s"] / self.cw["rows_per_s"])
         self.ratio("text_w1_vs_text_ceiling_1_backend", self.best[("text", 1)]["rows_per_s"] / self.t1["rows_per_s"])
         self.ratio(f"text_w{W}_vs_text_ceiling_{W}_backends", self.best[("text", W)]["rows_per_s"] / self.tw["rows_per_s"])
-        print("\nwhere the time goes (seconds for all rows; encode: one core, no database; server parse: "
-              "its own COPY FROM file, 1 backend; copy phase: desi-loader, streaming):")
-        for fmt, ceil1 in (("binary", self.c1), ("text", self.t1)):
-            parts = "  ".join(f"copy phase w={w} {self.best[(fmt, w)]['seconds']:.2f}"
-                              for w in sorted({1, W}))
-            print(f"  {fmt:6s} encode {self.encode_seconds[fmt]:.2f}  server parse {ceil1['seconds']:.2f}  {parts}")
-        self.results["time_split"] = {fmt: {"encode_s": round(self.encode_seconds[fmt], 3),
-                                            "server_parse_s": c["seconds"]}
-                                      for fmt, c in (("binary", self.c1), ("text", self.t1))}
+        self.results["time_split"] = self.time_split()
+
+    def time_split(self) -> dict:
+        """Print and return where the copy's time goes: encoding (one core, no database), the
+        server's parse (its own COPY FROM file), and for each worker count the copy phase, the
+        client's CPU (workers: read, encode, send; coordinator) and the bound that the cores
+        shared by client and server put on the copy."""
+        W, cores = self.W, os.cpu_count() or 1
+        print(f"\nwhere the time goes (seconds for all {self.n:,} galaxies; server CPU measured "
+              f"{'on the local server' if self.data_dir else '-- not here: remote server, wall time shown'}):")
+        split = {}
+        for fmt, ceil1, ceilw in (("binary", self.c1, self.cw), ("text", self.t1, self.tw)):
+            parse1 = ceil1.get("server_cpu") or ceil1["seconds"]
+            parsew = ceilw.get("server_cpu") or ceilw["seconds"] * min(W, cores)
+            print(f"  {fmt}: encode {self.encode_seconds[fmt]:.2f} (one core, no database); server parse "
+                  f"{parse1:.2f} CPU with 1 backend, {parsew:.2f} with {W} (its own COPY FROM file: "
+                  f"{ceil1['seconds']:.2f} / {ceilw['seconds']:.2f} wall)")
+            split[fmt] = {"encode_s": round(self.encode_seconds[fmt], 3), "server_parse_cpu_s": round(parse1, 3),
+                          f"server_parse_cpu_{W}_backends_s": round(parsew, 3)}
+            for w in sorted({1, W}):
+                b = self.best[(fmt, w)]
+                cpu = b.get("client_cpu") or {}
+                client = cpu.get("workers_s", 0) + cpu.get("coordinator_s", 0)
+                server = parse1 if w == 1 else parsew
+                bound = max(ceil1["seconds"] if w == 1 else ceilw["seconds"], (server + client) / cores)
+                ceiling_s = ceil1["seconds"] if w == 1 else ceilw["seconds"]
+                print(f"    w={w}: copy phase {b['seconds']:.2f}; client CPU {client:.2f} (workers {cpu.get('workers_s', 0):.2f}: "
+                      f"read, encode, send; coordinator {cpu.get('coordinator_s', 0):.2f}); on {cores} cores shared "
+                      f"by client and server the copy takes at least {bound:.2f} (at most {ceiling_s / bound:.2f}x "
+                      f"the ceiling)")
+                split[fmt][f"w{w}"] = {"copy_s": b["seconds"], "workers_cpu_s": cpu.get("workers_s"),
+                                       "coordinator_cpu_s": cpu.get("coordinator_s"), "bound_s": round(bound, 3)}
+        return split
 
     def alternatives(self) -> None:
         dsn, files, n, nb, W, args = self.dsn, self.files, self.n, self.nb, self.W, self.args

@@ -23,5 +23,8 @@ def test_bench_quick_writes_json_and_chart(tmp_path, pg_uri):
     assert any(k.endswith("_processes_vs_1_process_x_2_workers") or k.startswith("1_processes")
                for k in result["ratios"])
     assert result["nodes_estimate"]["copy_minutes"] > 0
+    split = result["time_split"]["text"]                  # where the time goes, per worker count
+    assert split["encode_s"] > 0 and split["server_parse_cpu_s"] > 0
+    assert split["w1"]["workers_cpu_s"] > 0 and split["w1"]["bound_s"] > 0
     assert result["machine"]["cores"] and result["machine"]["server"]["server_version"]
     assert (out / "bench.png").stat().st_size > 1000
