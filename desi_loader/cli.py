@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary-json", help="write the summary figures to this JSON file")
     p.add_argument("--copy-out", metavar="DIR",
                    help="debugging: also write the exact COPY bytes of every task to DIR "
-                   "(one file per task and table; replay with psql \\copy ... FROM FILE WITH (FORMAT ...))")
+                   "(one file per task and table, with its COPY statement in FILE.sql; replay with "
+                   "psql -c \"$(cat FILE.sql)\" < FILE)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress or summary (errors still shown)")
     p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                    help="log details to stderr")

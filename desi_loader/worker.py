@@ -187,12 +187,16 @@ class _State:
         sums: Optional[dict] = {} if cfg.checksum else None
         self.orders = {}
         blocks = task_blocks(path, fh, sources, cfg.fmt, self.on_block, sums, self.orders)
+        statements = [copy_statement(cfg.schema, p.table, [f.name for f in p.fields], cfg.fmt) for p in sources]
         if cfg.copy_out:
-            blocks = tee(blocks, copy_out_paths(cfg.copy_out, task_id, sources, cfg.fmt))
+            outs = copy_out_paths(cfg.copy_out, task_id, sources, cfg.fmt)
+            for out, stmt in zip(outs, statements):       # the statement that replays it (columns in copy order)
+                with open(out + ".sql", "w") as f:
+                    f.write(stmt.as_string(self.conn) + "\n")
+            blocks = tee(blocks, outs)
         reader = ReadAhead(blocks)
         try:
-            counts = send(cur, [copy_statement(cfg.schema, p.table, [f.name for f in p.fields], cfg.fmt)
-                                for p in sources], reader)
+            counts = send(cur, statements, reader)
         finally:
             reader.close()
         return {str(i): [v] for i, v in task_sums(sums or {}).items()}, dict(zip((t for t, _ in tables), counts))

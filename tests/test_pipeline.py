@@ -151,3 +151,34 @@ def test_original_script_preset_selects_joins_and_derives(fsf_files, pg_uri, sch
                 else:
                     want = np.array([np.float32(1) / np.sqrt(np.float32(ivar))], ">f4")
                     assert bytes(got) == want.tobytes()
+
+
+def test_copy_out_files_replay_to_the_same_rows(fsf_files, pg_uri, schema, db, tmp_path):
+    # --copy-out writes every task's exact COPY bytes and, next to each, the statement that
+    # sent them (columns in copy order); replaying them into empty copies of the tables gives
+    # back the loaded rows
+    out = tmp_path / "copy-out"
+    summary = load(pg_uri, schema, fsf_files, fmt="text", copy_out=str(out))
+    data = sorted(p for p in out.iterdir() if p.name.endswith(".copy-text"))
+    assert len(data) == len(list(out.glob("*.sql"))) >= 3
+    replay, copies = schema + "_replay", {}          # published table -> its replayed copy
+    with db.cursor() as cur:
+        cur.execute(f'CREATE SCHEMA "{replay}"')
+        for p in data:
+            stmt = (p.parent / (p.name + ".sql")).read_text()
+            staging = stmt.split(".", 1)[1].split(" ", 1)[0].strip('"')
+            table = next(t for t in summary.rows if t in staging)
+            columns = stmt.split("(", 1)[1].split(")", 1)[0].count(",") + 1
+            assert p.read_bytes().split(b"\n", 1)[0].count(b"\t") + 1 == columns
+            if table not in copies:
+                copies[table] = f'"{replay}"."{table}"'
+                cur.execute(f'CREATE TABLE {copies[table]} (LIKE "{schema}"."{table}")')
+            with open(p, "rb") as f:
+                cur.copy_expert(stmt.replace(f'"{schema}"."{staging}"', copies[table], 1), f)
+        assert set(copies) == set(summary.rows)
+        for table, copy in copies.items():
+            cur.execute(f'SELECT (SELECT count(*) FROM {copy}), (SELECT count(*) FROM (SELECT * FROM '
+                        f'"{schema}"."{table}" EXCEPT ALL SELECT * FROM {copy}) d)')
+            assert cur.fetchone() == (summary.rows[table], 0), table
+        cur.execute(f'DROP SCHEMA "{replay}" CASCADE')
+    db.commit()
