@@ -589,9 +589,9 @@ class Bench:
                 bound = max(ceil1["seconds"] if w == 1 else ceilw["seconds"], (server + client) / cores)
                 ceiling_s = ceil1["seconds"] if w == 1 else ceilw["seconds"]
                 print(f"    w={w}: copy phase {b['seconds']:.2f}; client CPU {client:.2f} (workers {cpu.get('workers_s', 0):.2f}: "
-                      f"read, encode, send; coordinator {cpu.get('coordinator_s', 0):.2f}); on {cores} cores shared "
-                      f"by client and server the copy takes at least {bound:.2f} (at most {ceiling_s / bound:.2f}x "
-                      f"the ceiling)")
+                      f"read, encode, send; coordinator {cpu.get('coordinator_s', 0):.2f}); client and server CPU "
+                      f"on {cores} cores: {bound:.2f} s or more, about {ceiling_s / bound:.2f}x the ceiling "
+                      f"at best")
                 split[fmt][f"w{w}"] = {"copy_s": b["seconds"], "workers_cpu_s": cpu.get("workers_s"),
                                        "coordinator_cpu_s": cpu.get("coordinator_s"), "bound_s": round(bound, 3)}
         return split
