@@ -49,6 +49,7 @@ from desi_loader.read import read_info, read_rows  # noqa: E402
 from desi_loader.run import LoadOptions, run_loads  # noqa: E402
 from desi_loader.sample import write_fastspecfit_file  # noqa: E402
 from desi_loader.sqlgen import create_staging  # noqa: E402
+from desi_loader.worker import keep_freed_memory  # noqa: E402
 
 MAIN = "fastspec-iron-main-bright-nside1-hp{:02d}.fits"
 HDUS = ("METADATA", "SPECPHOT", "FASTSPEC")
@@ -915,6 +916,7 @@ def estimate(per_worker: float, one_backend: float, nodes: int = 8, workers: int
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    keep_freed_memory()          # in-process encoding measured with the workers' allocator setting
     bench = Bench(args)
     only = ({"copy", "alternatives", "growth", "nodes", "whole", "sky", "citus"} if args.only == "all"
             else set(args.only.split(",")))

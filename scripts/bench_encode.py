@@ -22,6 +22,7 @@ from desi_loader.discover import build_plan, encoder_plan  # noqa: E402
 from desi_loader.encode import Codec, encode_binary, encode_text, encode_text_fieldwise  # noqa: E402
 from desi_loader.read import read_info, read_rows  # noqa: E402
 from desi_loader.sample import write_fastspecfit_file  # noqa: E402
+from desi_loader.worker import keep_freed_memory  # noqa: E402
 from desi_loader.schema import FitsColumn, encoder_field  # noqa: E402
 
 
@@ -51,6 +52,7 @@ def main() -> int:
     ap.add_argument("--rows", type=int, default=2000, help="rows per block (default 2000)")
     ap.add_argument("--repeat", type=int, default=5, help="runs of each; the best counts (default 5)")
     args = ap.parse_args()
+    keep_freed_memory()          # the allocator setting of the loader's workers (see worker.py)
     rng = np.random.default_rng(0)
     print(f"{'values':24s} {'binary':>14s} {'text':>14s} {'text (column by column)':>26s}   values/s")
     for code, label in (("E", "float32"), ("D", "float64"), ("K", "int64")):
