@@ -196,9 +196,9 @@ def tee(blocks: Iterable[bytes], paths: Sequence[str]) -> Iterator[bytes]:
 class ReadAhead:
     """A file-like reader over a block iterator that a thread runs ahead of the consumer.
 
-    ``read()`` returns the next SEND_BYTES of the current block (``b""`` ends a part's COPY).  Because one thread
-    runs through all parts, encoding the next table's first block overlaps the server's
-    work on the previous one.  An exception in the thread reaches ``read()`` (psycopg2
+    ``read()`` returns the next SEND_BYTES of the current block (``b""`` ends a part's
+    COPY).  Because one thread runs through all parts, encoding the next table's first
+    block overlaps the server's work on the previous one.  An exception in the thread reaches ``read()`` (psycopg2
     then aborts the COPY) and stays in ``error`` so the caller can re-raise the original.
     """
 

@@ -38,10 +38,8 @@ def _word(text: bytes) -> np.uint32:
 
 
 _HEX2 = _packed([f"{v:02x}" for v in range(256)])
-_HEX3 = _packed([f"{v:03x}" for v in range(4096)])
 _HEX3_AFTER_DOT = _packed([f".{v:03x}" for v in range(4096)])
 _HEX4 = _packed([f"{v:04x}" for v in range(65536)])
-_DEC3_SIGNED = {s: _packed([f"{s}{v:03d}" for v in range(1000)]) for s in "+-"}
 _DEC4 = _packed([f"{v:04d}" for v in range(10000)])
 _HEX3_P = _packed([f"{v:03x}p" for v in range(4096)])
 #: float4 words that depend only on the sign and exponent bits (the top 9 bits):
@@ -60,71 +58,37 @@ _POW10 = np.array([10 ** i for i in range(1, 20)], np.uint64)
 #: characters of a float's text: [+-]0x<lead>.<6 hex>p[+-]<3 digits> (float4: its exponent
 #: has at most 3 digits) or [+-]0x<lead>.<13 hex>p[+-]<4 digits> (float8)
 FLOAT_WIDTH = {4: 16, 8: 24}
-#: 4-byte words per float text and its separator (float_words: text, tab, unused padding)
-FLOAT_WORDS = {4: 5, 8: 7}
+#: characters of a float's slot in a line: its text and the tab after it (encode.fixed_text_width)
+FLOAT_SLOT = {w: c + 1 for w, c in FLOAT_WIDTH.items()}
 INT_WIDTH = 21                    # sign + 20 digits
 
 
 # --------------------------------------------------------------------------- numbers
 
-def float_words(vals: np.ndarray, sep: int = 9) -> tuple[np.ndarray, np.ndarray]:
-    """Float values (any shape, float32 or float64, either byte order) -> C99 hex text as words.
-
-    Every finite value has the same text width: ``[+-]0x1.800000p+001`` (float4, 16
-    characters) or ``[+-]0x1.8000000000000p+0001`` (float8, 24), ``0x0.`` for zero and
-    subnormals; then ``sep`` and padding up to whole 4-byte words.  Returns (words (N, 5
-    or 7) uint32 whose bytes are the characters, infinity mask (N,)); NaN must be handled
-    by the caller.  (Arrays and scaled columns use it; scalar columns are written in place
-    by _fixed_part.)
-    """
-    flat = np.ascontiguousarray(vals).reshape(-1)
-    single = vals.dtype.itemsize == 4
-    words = np.empty((flat.size, FLOAT_WORDS[4 if single else 8]), np.uint32)
-    if single:
-        b = flat.astype("=f4").view(np.uint32)
-        top = b >> 23
-        words[:, 0] = _F4_HEAD[top]
-        words[:, 1] = _HEX3_AFTER_DOT[(b >> 11) & 0xFFF]
-        words[:, 2] = _HEX3_P[(b << 1) & 0xFFF]
-        words[:, 3] = _F4_EXP[top]
-        words[:, 4] = sep
-        s = b << 1
-        sub = (s - 1) < 0x00FFFFFF                           # exponent 0, mantissa not 0
-        if sub.any():
-            words[sub, 3] = _word(b"-126")
-        return words, s >= 0xFF000000
-    b = flat.astype("=f8").view(np.uint64)
-    top = b >> np.uint64(52)
-    m = b & np.uint64((1 << 52) - 1)
-    words[:, 0] = _F8_HEAD[top]
-    words[:, 1] = _HEX3_AFTER_DOT[m >> np.uint64(40)]
-    words[:, 2] = _HEX4[(m >> np.uint64(24)) & np.uint64(0xFFFF)]
-    words[:, 3] = _HEX4[(m >> np.uint64(8)) & np.uint64(0xFFFF)]
-    words[:, 4] = _HEX2[m & np.uint64(0xFF)] | _F8_P[top]
-    words[:, 5] = _F8_EXP[top]
-    words[:, 6] = sep
-    exp = top & np.uint64(0x7FF)
-    sub = (exp == 0) & (m != 0)
-    if sub.any():
-        words[sub, 4] = _HEX2[m[sub] & np.uint64(0xFF)] | _word(b"\0\0p-")
-        words[sub, 5] = _word(b"1022")
-    return words, exp == 0x7FF
-
-
 def floats(vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Float values (any shape) -> text characters (shape + (16 or 24,)) and infinity mask.
+    """Float values (any shape, float32 or float64, either byte order) -> C99 hex text
+    (shape + (16 or 24,)) and a mask of the infinities and NaNs.
 
-    The characters of float_words (without separator); an infinity reads
-    ``[+-]Infinity`` followed by unused characters (callers mask them).
+    Every finite value has the same text width: ``[+-]0x1.800000p+001`` (float4) or
+    ``[+-]0x1.8000000000000p+0001`` (float8), ``0x0.`` for zero and subnormals; the
+    masked ones read ``[+-]Infinity`` followed by unused characters (callers drop those,
+    and write NaN as NULL).  The same lookups as the float part of a line (one slot per
+    value); arrays and scaled columns use it.
     """
     shape, single = vals.shape, vals.dtype.itemsize == 4
-    words, inf = float_words(vals)
-    width = FLOAT_WIDTH[4 if single else 8]
-    chars = words.view(np.uint8).reshape(-1, words.shape[1] * 4)[:, :width]
-    if inf.any():
-        chars = chars.copy()
-        chars[inf, 1:9] = np.frombuffer(b"Infinity", np.uint8)
-    return chars.reshape(shape + (width,)), inf.reshape(shape)
+    slot = FLOAT_SLOT[4 if single else 8]
+    flat = np.ascontiguousarray(vals).reshape(-1, 1)
+    chars = np.empty((flat.shape[0], slot), np.uint8)
+    special = np.zeros(flat.shape[0], bool)
+    if flat.size:
+        if single:
+            nan, inf = _float4_part(chars, flat.astype("=f4").view(np.uint32), slot)
+        else:
+            nan, inf = _float8_part(chars, flat.astype("=f8").view(np.uint64), slot, 0)
+        if nan is not None:
+            special = (nan | inf)[:, 0]
+            chars[special, 1:9] = np.frombuffer(b"Infinity", np.uint8)
+    return chars[:, :slot - 1].reshape(shape + (slot - 1,)), special.reshape(shape)
 
 
 def _digits(mag: np.ndarray, chunks: int, used: int) -> np.ndarray:
@@ -214,7 +178,7 @@ class TextPlan:
     @property
     def fixed(self) -> int:
         """Characters of the float part of every line (rows without NaN or infinity)."""
-        return 17 * self.f4.size + 25 * self.f8.size
+        return FLOAT_SLOT[4] * self.f4.size + FLOAT_SLOT[8] * self.f8.size
 
 
 def _slot_width(f: E.Field) -> int:
@@ -374,12 +338,12 @@ def _fixed_part(tp: TextPlan, rows: np.ndarray) -> tuple[np.ndarray, Optional[tu
     if tp.f4.size:
         nan, inf = _float4_part(out, _gather(rows, tp.f4, 4), F)
         if nan is not None:
-            specials.append((0, 17, nan, inf))
+            specials.append((0, FLOAT_SLOT[4], nan, inf))
     if tp.f8.size:
-        start = 17 * tp.f4.size
+        start = FLOAT_SLOT[4] * tp.f4.size
         nan, inf = _float8_part(out, _gather(rows, tp.f8, 8), F, start)
         if nan is not None:
-            specials.append((start, 25, nan, inf))
+            specials.append((start, FLOAT_SLOT[8], nan, inf))
     if not specials:
         return out, None
     bad = np.zeros(n, bool)
