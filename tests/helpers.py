@@ -1,5 +1,10 @@
 """Shared test helpers: FITS files with every type, loading, fetching."""
+import threading
+import time
+from contextlib import contextmanager
+
 import numpy as np
+import psycopg2
 from astropy.io import fits
 from astropy.table import Table
 
@@ -79,6 +84,36 @@ def load(pg_uri, schema, paths, **kw):
     kw.setdefault("workers", 2)
     opts = LoadOptions(paths=tuple(str(p) for p in paths), dsn=pg_uri, schema=schema, **kw)
     return run_load(opts)
+
+
+@contextmanager
+def polling(uri, query, pause=0.0):
+    """A reader running ``query`` again and again on its own autocommit connection while the
+    block runs (a user during a load); yields (seen, errors): the set of first result rows
+    (a one-column row as its value) and the psycopg2 errors it got."""
+    seen, errors, stop = set(), [], threading.Event()
+
+    def reader():
+        conn = psycopg2.connect(uri)
+        conn.autocommit = True
+        while not stop.is_set():
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(query)
+                    row = cur.fetchone()
+                    seen.add(row[0] if len(row) == 1 else row)
+            except psycopg2.Error as exc:
+                errors.append(exc)
+            time.sleep(pause)
+        conn.close()
+
+    th = threading.Thread(target=reader)
+    th.start()
+    try:
+        yield seen, errors
+    finally:
+        stop.set()
+        th.join()
 
 
 def fetch(db, q, args=()):

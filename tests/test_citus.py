@@ -1,7 +1,6 @@
 """A Citus cluster on this machine: a coordinator and two workers on loopback ports (Debian's
 PostgreSQL 15 with Citus 12.1 built from ../shared/vendor by scripts/provision.sh)."""
 import shutil
-import threading
 import time
 import uuid
 
@@ -10,7 +9,7 @@ import pytest
 
 from desi_loader import localpg
 from desi_loader.cli import write_samples
-from helpers import assert_desivast_exact, assert_fastspecfit_exact, load
+from helpers import assert_desivast_exact, assert_fastspecfit_exact, load, polling
 from nodes import assert_exact, done_tasks, kill_node, node, q, wait_until
 from pg15 import require_extension
 
@@ -150,29 +149,10 @@ def test_reader_sees_no_error_during_the_swap(cluster, cschema, samples):
                  f'CREATE VIEW "{cschema}".low_z AS SELECT targetid, z FROM {t} WHERE z < 0.3',
                  f"CREATE INDEX users_z_idx ON {t} (z)"):
         q(uri, stmt)                                   # what users attach to the published table
-    errors, counts, stop = [], set(), threading.Event()
-
-    def reader():
-        conn = psycopg2.connect(uri)
-        conn.autocommit = True
-        while not stop.is_set():
-            try:
-                with conn.cursor() as cur:
-                    cur.execute(f'SELECT count(*) FROM "{cschema}".fastspecfit_metadata m JOIN '
-                                f'"{cschema}".fastspecfit_specphot s USING (targetid, survey, program)')
-                    counts.add(cur.fetchone()[0])
-            except psycopg2.Error as exc:
-                errors.append(str(exc))
-            time.sleep(0.01)
-        conn.close()
-
-    th = threading.Thread(target=reader)
-    th.start()
-    try:
+    join = (f'SELECT count(*) FROM "{cschema}".fastspecfit_metadata m JOIN '
+            f'"{cschema}".fastspecfit_specphot s USING (targetid, survey, program)')
+    with polling(uri, join, pause=0.01) as (counts, errors):
         summary = load(uri, cschema, files, replace_all=True)
-    finally:
-        stop.set()
-        th.join()
     new = summary.rows["fastspecfit_metadata"]
     assert not errors, errors[:3]
     assert old in counts and counts <= {old, new}, (old, new, counts)   # the old tables or the new ones

@@ -2,13 +2,12 @@
 import os
 import subprocess
 import sys
-import threading
 
 import psycopg2
 import pytest
 
 from desi_loader.sample import write_fastspecfit_file
-from helpers import load
+from helpers import load, polling
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = "fastspec-iron-main-bright-nside1-hp02.fits"
@@ -67,21 +66,6 @@ def test_file_split_into_many_tasks_loads_every_row_once(fsf_files, pg_uri, sche
 def test_previous_table_readable_until_swap_commits(fsf_files, pg_uri, schema, db):
     load(pg_uri, schema, fsf_files[:1])
     first_ids = scalar(db, f'SELECT array_agg(DISTINCT file_id) FROM "{schema}".fastspecfit_metadata')
-    errors, seen = [], set()
-    stop = threading.Event()
-
-    def reader():
-        conn = psycopg2.connect(pg_uri)
-        conn.autocommit = True
-        while not stop.is_set():
-            try:
-                with conn.cursor() as cur:
-                    cur.execute(f'SELECT count(*) FROM "{schema}".fastspecfit_metadata')
-                    seen.add(cur.fetchone()[0])
-            except psycopg2.Error as exc:
-                errors.append(exc)
-        conn.close()
-
     # a long-running reader holds the published table; the second load must queue behind it at
     # the swap (seen in pg_locks: its lock request on the table is not granted) and finish only
     # after the reader commits -- no sleeps: every step waits for an observed state
@@ -89,24 +73,21 @@ def test_previous_table_readable_until_swap_commits(fsf_files, pg_uri, schema, d
     hc = holder.cursor()
     hc.execute(f'SELECT count(*) FROM "{schema}".fastspecfit_metadata')
     assert hc.fetchone()[0] == 300
-    th = threading.Thread(target=reader)
-    th.start()
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "scripts", "load.py"), *fsf_files, "--dsn", pg_uri,
-                             "--schema", schema, "--workers", "2", "-q", "--replace-all"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    waiting = f"""SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
-                  WHERE NOT l.granted AND l.relation = '"{schema}".fastspecfit_metadata'::regclass
-                  AND a.application_name LIKE 'desi-loader %% coordinator %%'"""
-    while not scalar(db, waiting):
-        assert proc.poll() is None, proc.communicate()
-    assert proc.poll() is None                        # the swap waits for the reader ...
-    assert scalar(db, f'SELECT count(*) FROM "{schema}".fastspecfit_metadata WHERE file_id = ANY(%s)',
-                  (first_ids,)) == 300               # ... which still has the old table
-    holder.commit()                                   # the reader ends: the swap goes through
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err
-    stop.set()
-    th.join()
+    with polling(pg_uri, f'SELECT count(*) FROM "{schema}".fastspecfit_metadata') as (seen, errors):
+        proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "scripts", "load.py"), *fsf_files, "--dsn", pg_uri,
+                                 "--schema", schema, "--workers", "2", "-q", "--replace-all"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        waiting = f"""SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+                      WHERE NOT l.granted AND l.relation = '"{schema}".fastspecfit_metadata'::regclass
+                      AND a.application_name LIKE 'desi-loader %% coordinator %%'"""
+        while not scalar(db, waiting):
+            assert proc.poll() is None, proc.communicate()
+        assert proc.poll() is None                        # the swap waits for the reader ...
+        assert scalar(db, f'SELECT count(*) FROM "{schema}".fastspecfit_metadata WHERE file_id = ANY(%s)',
+                      (first_ids,)) == 300               # ... which still has the old table
+        holder.commit()                                   # the reader ends: the swap goes through
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
     holder.close()
     assert not errors
     assert seen <= {300, 500} and 500 in seen       # old table or new one, never partial

@@ -4,7 +4,7 @@ import pytest
 
 from desi_loader.errors import UsageError
 from desi_loader.sample import write_fastspecfit_file
-from helpers import load
+from helpers import load, polling
 from nodes import q
 
 MAIN = "fastspec-iron-main-bright-nside1-hp04.fits"
@@ -103,29 +103,13 @@ def _digest(dsn, schema, filename):
 
 def test_incremental_new_and_changed_files_leave_every_other_row_untouched(files, tmp_path, pg_uri, schema):
     import shutil
-    import threading
     d = tmp_path / "inc"
     d.mkdir()
     a, b = (shutil.copy(f, d) for f in files)
     load(pg_uri, schema, [a, b])
     before = {n: _digest(pg_uri, schema, n) for n in (MAIN, SV3)}
-    seen, errors, stop = set(), [], threading.Event()
-
-    def reader():
-        conn = psycopg2.connect(pg_uri)
-        conn.autocommit = True
-        while not stop.is_set():
-            try:
-                with conn.cursor() as cur:
-                    cur.execute(f'SELECT count(*), count(DISTINCT file_id) FROM "{schema}".fastspecfit_specphot')
-                    seen.add(cur.fetchone())
-            except psycopg2.Error as exc:
-                errors.append(exc)
-        conn.close()
-
-    th = threading.Thread(target=reader)
-    th.start()
-    try:
+    specphot = f'SELECT count(*), count(DISTINCT file_id) FROM "{schema}".fastspecfit_specphot'
+    with polling(pg_uri, specphot) as (seen, errors):
         # a new file: added; the published ones stay as they are
         c = write_fastspecfit_file(str(d / "fastspec-iron-main-bright-nside1-hp05.fits"), 120, seed=5)
         summary = load(pg_uri, schema, [a, b, c])
@@ -146,9 +130,6 @@ def test_incremental_new_and_changed_files_leave_every_other_row_untouched(files
         summary = load(pg_uri, schema, [c])
         assert summary.role == "nothing" and summary.unchanged_files == 1
         assert q(pg_uri, f'SELECT count(*) FROM "{schema}".fastspecfit_metadata') == [(370,)]
-    finally:
-        stop.set()
-        th.join()
     assert not errors
     assert seen <= {(250, 2), (370, 3)}, seen              # before or after, never in between
     assert q(pg_uri, f'SELECT count(*), count(DISTINCT filename) FROM "{schema}".load_files WHERE published') \
