@@ -539,15 +539,11 @@ class Bench:
                 for fmt in ("binary", "text"):
                     for w in widths:
                         runs.setdefault((fmt, w), []).append(loader(dsn, files, fmt, w))
-            best = {k: min(v, key=lambda x: x[0]) for k, v in ceil.items()}
-            self.c1 = self.record(f"ceiling binary ({how})", 1, *best[("binary", 1)][:1], n, nb,
-                                  server_cpu=best[("binary", 1)][1])
-            self.cw = self.record(f"ceiling binary ({how})", W, *best[("binary", W)][:1], n, nb,
-                                  server_cpu=best[("binary", W)][1])
-            self.t1 = self.record(f"ceiling text ({how})", 1, *best[("text", 1)][:1], n, nb,
-                                  server_cpu=best[("text", 1)][1])
-            self.tw = self.record(f"ceiling text ({how})", W, *best[("text", W)][:1], n, nb,
-                                  server_cpu=best[("text", W)][1])
+            rec = {}
+            for (fmt, b), measured in ceil.items():
+                secs, cpu = min(measured, key=lambda x: x[0])
+                rec[(fmt, b)] = self.record(f"ceiling {fmt} ({how})", b, secs, n, nb, server_cpu=cpu)
+            self.c1, self.cw, self.t1, self.tw = (rec[k] for k in (("binary", 1), ("binary", W), ("text", 1), ("text", W)))
             self.encode_seconds = {fmt: encode_seconds(files, fmt) for fmt in ("binary", "text")}
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
