@@ -7,11 +7,13 @@ files (--allow-partial); 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -231,6 +233,8 @@ def _print_summary(console, summary, dsn: str) -> None:
     phases = "  ".join(f"{k} {v:.2f}s" for k, v in summary.phases.items() if k != "copy_stream")
     if "copy_stream" in summary.phases:
         phases += f"  (copy streaming {summary.phases['copy_stream']:.2f}s, the rest is worker start-up and exit)"
+    console.print(f"named files: {len(summary.files_loaded)} loaded, {len(summary.files_unchanged)} unchanged "
+                  f"(published before), {len(summary.files_failed)} not loaded")
     console.print(f"files {summary.files}  FITS {summary.fits_bytes / 1e6:,.1f} MB  tasks {summary.tasks}  "
                   f"workers {summary.workers}  format {summary.fmt}")
     console.print(f"phases: {phases}")
@@ -271,7 +275,7 @@ def _print_summary(console, summary, dsn: str) -> None:
 
 def _cmd_load(args, console) -> int:
     from .progress import PlainReporter, QuietReporter, RichReporter
-    from .run import LoadOptions, run_loads
+    from .run import LoadOptions, plan_loads, run_loads
     from .errors import UsageError
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")
@@ -280,8 +284,7 @@ def _cmd_load(args, console) -> int:
         paths.extend(_ensure_sample(args.sample_rows, args.sample_files, args.sample_scale, console))
     if not paths:
         raise UsageError("no input given", "name FITS files or directories, or use --sample")
-    dsn = "" if args.dry_run else _dsn(args)
-    opts = LoadOptions(paths=tuple(paths), dsn=dsn, schema=args.schema, catalog=args.catalog,
+    opts = LoadOptions(paths=tuple(paths), dsn="", schema=args.schema, catalog=args.catalog,
                        prefix=args.prefix, sky=args.sky,
                        distribute=tuple(args.distribute), workers=args.workers, fmt=args.fmt, unlogged=args.unlogged,
                        dry_run=args.dry_run, task_rows=args.task_rows, config=args.config,
@@ -295,24 +298,40 @@ def _cmd_load(args, console) -> int:
         reporter = RichReporter(console)
     else:
         reporter = PlainReporter()
-    summaries = run_loads(opts, reporter)
+    # paths, catalogs and headers are checked before anything is touched: a mistake in the
+    # arguments neither starts the embedded server nor creates a schema
+    t0 = time.perf_counter()
+    reporter.phase("plan")
+    plans = plan_loads(opts)
+    plan_s = round(time.perf_counter() - t0, 3)
+    dsn = "" if args.dry_run else _dsn(args)
+    opts = dataclasses.replace(opts, dsn=dsn)
+    summaries = run_loads(opts, reporter, plans, plan_s)
     if args.summary_json:
         loads = [s.as_dict() for s in summaries]
         Path(args.summary_json).write_text(json.dumps(
             {"loads": loads, "total_rows": sum(d["total_rows"] for d in loads)}, indent=2, default=str))
-    code = 4 if any(s.missing for s in summaries) and not args.dry_run else 0
+    code = 4 if any(s.missing for s in summaries) else 0
+    if args.dry_run and any(s.missing for s in summaries) and not args.allow_partial:
+        code = 1                       # the load would fail on these files
     if args.quiet:
         return code
     for summary in summaries:
         if summary.role == "nothing":
-            console.print(f"{summary.catalog}: all {summary.unchanged_files} files are published and unchanged in "
-                          f"schema {summary.schema}: nothing to load (--replace-all reloads them)")
+            console.print(f"{summary.catalog}: all {summary.unchanged_files} loadable files are published and "
+                          f"unchanged in schema {summary.schema}: nothing to load (--replace-all reloads them)")
+            for name, reason in summary.missing:
+                console.print(f"[yellow]not loaded: {name}[/yellow]: {reason}")
         elif args.dry_run:
             for entry in summary.plan:
                 sky = f", sky index hpx29 of ({', '.join(entry['sky'])})" if entry.get("sky") else ""
                 console.print(f"{summary.schema}.{entry['table']}: {entry['columns']} columns, "
                               f"key ({', '.join(entry['key'])}){sky}, {summary.rows[entry['table']]:,} rows")
-            console.print(f"{summary.catalog}: {summary.files} files, {summary.tasks} tasks; dry run: nothing loaded")
+            for path, reason in summary.files_failed:
+                console.print(f"[yellow]cannot load {os.path.basename(path)}[/yellow]: {reason}")
+            console.print(f"{summary.catalog}: {summary.files} files, {summary.tasks} tasks; dry run: nothing loaded"
+                          + (f"; {len(summary.files_failed)} file(s) cannot be loaded (exit {code})"
+                             if summary.files_failed else ""))
         else:
             _print_summary(console, summary, dsn)
     return code

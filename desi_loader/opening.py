@@ -15,7 +15,7 @@ right after a kill does not find the load held by its own ghosts.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 from .discover import split_tasks
@@ -36,7 +36,7 @@ class Opening:
     staging_mode: str = "unlogged"    # unlogged (SET LOGGED in the durable phase) | logged
     durable_path: str = ""            # why
     incremental: bool = False         # merge into the published tables instead of replacing them
-    unchanged: int = 0                # published files skipped because they did not change
+    unchanged: list = field(default_factory=list)   # paths of published files skipped: unchanged
 
 
 def staging_mode(opts, wal_level: str) -> tuple[str, str]:
@@ -60,25 +60,27 @@ def staging_mode(opts, wal_level: str) -> tuple[str, str]:
                       "benchmark, and a server crash loses nothing")
 
 
-def incremental(ledger: Ledger, plan, opts) -> tuple[bool, int]:
+def incremental(ledger: Ledger, plan, opts) -> tuple[bool, list]:
     """Decide how the load publishes, and leave in ``plan`` only the files to load.
 
     With files of these tables already published (and no --replace-all) the load is
     incremental: published files whose identity did not change are skipped, new files are
     added and changed ones replace their old rows; files not named stay.  Returns
-    (incremental, number of unchanged files skipped).
+    (incremental, paths of the unchanged files skipped).
     """
     published = {} if opts.replace_all else ledger.published_files(sorted(plan.tables))
     if not published:
-        return False, 0
+        return False, []
     return True, _drop_unchanged(plan, opts, published)
 
 
-def _drop_unchanged(plan, opts, published: dict) -> int:
-    """Leave in ``plan`` only the files that are not published as they are; returns how many went."""
+def _drop_unchanged(plan, opts, published: dict) -> list:
+    """Leave in ``plan`` only the files that are not published as they are; returns the paths
+    of those that went."""
     keep = [fp for fp in plan.files if not (fp.info.name in published
                                             and same_file(published[fp.info.name][1], fp.info))]
-    skipped = len(plan.files) - len(keep)
+    kept = {id(fp) for fp in keep}
+    skipped = [fp.info.path for fp in plan.files if id(fp) not in kept]
     if skipped:
         plan.files = keep
         plan.tasks = split_tasks(plan, opts.task_bytes, opts.task_rows)
@@ -112,7 +114,7 @@ def _fresh(ledger: Ledger, plan, opts) -> Opening:
     """A new load, incremental when files of these tables are published (or nothing to do)."""
     inc, skipped = incremental(ledger, plan, opts)
     if not plan.files:
-        return Opening(0, {}, "nothing", f"all {skipped} files are published and unchanged: nothing to load",
+        return Opening(0, {}, "nothing", f"all {len(skipped)} files are published and unchanged: nothing to load",
                        incremental=True, unchanged=skipped)
     return _start(ledger, plan, opts, inc, skipped)
 
@@ -121,7 +123,7 @@ def _staging(plan, load_id: int) -> dict:
     return {t: staging_name(t, load_id) for t in plan.tables}
 
 
-def _start(ledger: Ledger, plan, opts, inc: bool = False, skipped: int = 0) -> Opening:
+def _start(ledger: Ledger, plan, opts, inc: bool = False, skipped: Optional[list] = None) -> Opening:
     """A new load: its row, the manifest, staging tables and tasks, in the opening transaction."""
     if inc:   # rows go into the published (logged) tables by INSERT: staging is scratch space
         mode, why = "unlogged", "incremental: rows are inserted into the published tables (WAL-logged once)"
@@ -137,7 +139,8 @@ def _start(ledger: Ledger, plan, opts, inc: bool = False, skipped: int = 0) -> O
     if mode == "unlogged":
         ledger.arm_canary()
     ledger.join()
-    message = f"incremental load: {len(plan.files)} new or changed file(s), {skipped} unchanged" if inc else None
+    skipped = skipped or []
+    message = f"incremental load: {len(plan.files)} new or changed file(s), {len(skipped)} unchanged" if inc else None
     return Opening(ledger.load_id, staging, "started", message, staging_mode=mode, durable_path=why,
                    incremental=inc, unchanged=skipped)
 
@@ -148,9 +151,9 @@ def _mode(ledger: Ledger) -> dict:
             "incremental": bool(options.get("incremental"))}
 
 
-def _skip_published(ledger: Ledger, plan, opts, inc: bool) -> int:
+def _skip_published(ledger: Ledger, plan, opts, inc: bool) -> list:
     """For an incremental load being resumed or joined: drop the published, unchanged files."""
-    return _drop_unchanged(plan, opts, ledger.published_files(sorted(plan.tables))) if inc else 0
+    return _drop_unchanged(plan, opts, ledger.published_files(sorted(plan.tables))) if inc else []
 
 
 def _take_over(ledger: Ledger, plan, opts, reporter: NullReporter) -> Opening:
@@ -174,7 +177,7 @@ def _take_over(ledger: Ledger, plan, opts, reporter: NullReporter) -> Opening:
         return _fresh(ledger, plan, opts)
     staging = _staging(plan, old)
     mode = _mode(ledger)
-    _skip_published(ledger, plan, opts, mode["incremental"])
+    unchanged = _skip_published(ledger, plan, opts, mode["incremental"])
     kept = _reconcile(ledger, plan, staging, mode["staging_mode"] == "logged")
     retried = ledger.reset_failed()
     counts = ledger.task_counts()
@@ -182,7 +185,7 @@ def _take_over(ledger: Ledger, plan, opts, reporter: NullReporter) -> Opening:
                + (f" ({retried} failed before, retried)" if retried else "")
                + (f"; {kept} files kept" if kept else ""))
     ledger.join()
-    return Opening(old, staging, "resumed", message, **mode)
+    return Opening(old, staging, "resumed", message, unchanged=unchanged, **mode)
 
 
 def same_file(identity: dict, info) -> bool:
@@ -223,7 +226,7 @@ def _join(ledger: Ledger, plan, opts) -> Opening:
         raise UsageError(f"load {old} of {plan.catalog.name} is being run by {holders}; --restart would "
                          "discard their work", "stop them first (desi-loader status shows who), then rerun")
     mode = _mode(ledger)
-    _skip_published(ledger, plan, opts, mode["incremental"])
+    unchanged = _skip_published(ledger, plan, opts, mode["incremental"])
     known = ledger.registered_files()
     mine = {fp.info.name: fp for fp in plan.files}
     differ = sorted(set(known) ^ set(mine)) + sorted(n for n in set(known) & set(mine)
@@ -236,7 +239,8 @@ def _join(ledger: Ledger, plan, opts) -> Opening:
         fp.file_id = known[fp.info.name][0]
     staging = _staging(plan, old)
     if not ledger.join():
-        return Opening(old, staging, "finalizing", f"load {old} is being finalized by {holders}", **mode)
+        return Opening(old, staging, "finalizing", f"load {old} is being finalized by {holders}",
+                       unchanged=unchanged, **mode)
     counts = ledger.task_counts()
     return Opening(old, staging, "joined", f"joining load {old} (run by {holders}): {counts['done']} tasks done, "
-                   f"{counts['pending']} to do", **mode)
+                   f"{counts['pending']} to do", unchanged=unchanged, **mode)

@@ -7,6 +7,7 @@ as soon as every worker has read it; the DSN goes through the spawn pipe only.
 """
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
 import os
 import pickle
@@ -19,6 +20,8 @@ from typing import Callable, Optional
 
 from .report import NullReporter
 from .worker import STOP_SIGNALS, WorkerConfig, worker_main
+
+log = logging.getLogger(__name__)
 
 #: How often workers may die (signal, crash) in one run before no new one is started.
 MAX_WORKER_RESTARTS = 8
@@ -68,7 +71,8 @@ class WorkerPool:
         self._unread = 0
         self.handlers = {"rows": self._on_rows, "rewind": self._on_rewind, "done": self._on_done,
                          "task": self._on_task, "retry": self._on_retry, "failed": self._on_failed,
-                         "exit": self._on_exit, "fatal": self._on_fatal, "ready": self._on_ready}
+                         "exit": self._on_exit, "fatal": self._on_fatal, "ready": self._on_ready,
+                         "traceback": self._on_traceback}
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -203,6 +207,9 @@ class WorkerPool:
         slot = self.slots[w]
         slot.inflight, slot.task = [0, 0], None
         self.reporter.warn(f"task {payload[0]} failed: {payload[1]}")
+
+    def _on_traceback(self, w: int, text: str) -> None:
+        log.info("worker %d: task error\n%s", w, text)     # shown with -v
 
     def _on_exit(self, w: int, payload: tuple) -> None:
         peak_kb, cpu = payload

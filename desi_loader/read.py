@@ -128,6 +128,7 @@ def read_info(path: str) -> FitsInfo:
     from astropy.io import fits   # import here: workers that only read rows never need it
 
     name = os.path.basename(path)
+    sniff(path)
     try:
         size = os.path.getsize(path)
         with warnings.catch_warnings():
@@ -173,6 +174,31 @@ def read_info(path: str) -> FitsInfo:
     return FitsInfo(path, name, size, primary, tuple(hdus), checksum, primary_ok, os.stat(path).st_mtime_ns)
 
 
+#: How a FITS file starts (the first card of the primary header).
+FITS_MAGIC = b"SIMPLE  ="
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def sniff(path: str) -> str:
+    """'fits' or 'gzip' by the file's first bytes; BadFileError naming what it is otherwise."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(80)
+    except FileNotFoundError as exc:
+        raise BadFileError(path, "no such file") from exc
+    except OSError as exc:
+        raise BadFileError(path, f"cannot be read ({exc.strerror or exc})", "check its permissions") from exc
+    if head.startswith(GZIP_MAGIC):
+        return "gzip"
+    if head.startswith(FITS_MAGIC):
+        return "fits"
+    if not head:
+        raise BadFileError(path, "empty file (0 bytes)", "download it again")
+    shown = head[:16].decode("ascii", "replace").encode("unicode_escape").decode("ascii")
+    raise BadFileError(path, f"not a FITS file (a FITS file starts with 'SIMPLE  =', this one with "
+                       f"'{shown}')", "download it again, or leave it out of the paths")
+
+
 def _header_sum(path: str, start: int, stop: int) -> int:
     with open(path, "rb") as f:
         f.seek(start)
@@ -184,6 +210,8 @@ def read_rows(path: str, hdu: HduInfo, start: int, stop: int, fh: Optional[Any] 
     """Rows [start, stop) of an HDU as an (n, NAXIS1) uint8 array of raw record bytes."""
     n = stop - start
     buf = np.empty((n, hdu.row_bytes), np.uint8)
+    if buf.nbytes == 0:                    # an HDU without rows (a HEALPix file with no targets)
+        return buf
     own = fh is None
     f = open(path, "rb") if own else fh
     try:

@@ -109,6 +109,11 @@ class Summary:
     durable_path: str = ""           # which durable path was used, and why
     incremental: bool = False        # merged into the published tables (new and changed files only)
     unchanged_files: int = 0         # published files skipped because they did not change
+    # every named file, accounted for: loaded (published by this load), unchanged (published
+    # before, skipped), failed ((path, reason): not published, or left out by --allow-partial)
+    files_loaded: list = field(default_factory=list)
+    files_unchanged: list = field(default_factory=list)
+    files_failed: list = field(default_factory=list)
     replaced_rows: dict = field(default_factory=dict)   # table -> rows of replaced files deleted
     role: str = ""                   # started | resumed | joined | finalizing (how this process opened it)
     finalized: bool = False          # this process verified, indexed and published the load
@@ -177,13 +182,17 @@ def apply_distribution(plan: Plan, overrides: tuple) -> None:
         plan.tables[t.name] = _replace(t, distribution=dist)
 
 
-def run_loads(opts: LoadOptions, reporter: Optional[NullReporter] = None) -> list[Summary]:
-    """Plan, then load each catalog found among the paths; one Summary per catalog."""
+def run_loads(opts: LoadOptions, reporter: Optional[NullReporter] = None,
+              plans: Optional[list] = None, plan_s: float = 0.0) -> list[Summary]:
+    """Plan (unless ``plans`` are given: plan_loads needs no database, so a caller can check
+    paths and arguments before it starts a server), then load each catalog found among the
+    paths; one Summary per catalog."""
     reporter = reporter or NullReporter()
-    t0 = time.perf_counter()
-    reporter.phase("plan")
-    plans = plan_loads(opts)
-    plan_s = round(time.perf_counter() - t0, 3)
+    if plans is None:
+        t0 = time.perf_counter()
+        reporter.phase("plan")
+        plans = plan_loads(opts)
+        plan_s = round(time.perf_counter() - t0, 3)
     return [Coordinator(opts, plan, reporter).run(plan_s / len(plans)) for plan in plans]
 
 
@@ -237,11 +246,15 @@ class Coordinator:
         if self.opts.dry_run:
             summary.rows = {t: sum(per.values()) for t, per in expected_counts(plan).items()}
             summary.missing = [(os.path.basename(p), r) for p, r in plan.rejected]
+            summary.files_loaded = [fp.info.path for fp in plan.files]
+            summary.files_failed = list(plan.rejected)
             return summary
         try:
             self.ledger = Ledger(self.opts.dsn, plan.schema)
             summary.server = server_settings(self.ledger.conn)
             self._run_phases()
+            if summary.role != "nothing":
+                summary.files_loaded = [fp.info.path for fp in plan.files]
             for name, reason in summary.missing:
                 self.reporter.warn(f"published without {name}: {reason}")
             summary.finalized = self.finalizer
@@ -319,7 +332,10 @@ class Coordinator:
         self.staging_mode = opening.staging_mode
         self.incremental = opening.incremental
         self.summary.incremental = opening.incremental
-        self.summary.unchanged_files = opening.unchanged
+        self.summary.unchanged_files = len(opening.unchanged)
+        self.summary.files_unchanged = list(opening.unchanged)
+        if opening.how == "nothing" and self.plan.rejected:
+            self._nothing_but_failures()
         self.summary.files = len(self.plan.files)
         self.summary.tasks = len(self.plan.tasks)
         self.summary.fits_bytes = self.plan.total_bytes
@@ -331,6 +347,18 @@ class Coordinator:
         if opening.message:
             self.reporter.info(opening.message)
         self.describe_cluster()
+
+    def _nothing_but_failures(self) -> None:
+        """Every loadable file is published and unchanged, but some named files cannot load:
+        that is a failure to report (exit 1), or with --allow-partial a partial result (exit 4)."""
+        rejected = self.plan.rejected
+        if not self.opts.allow_partial:
+            raise LoadFailed(f"{len(rejected)} file(s) could not be loaded ({self.summary.unchanged_files} "
+                             f"published file(s) unchanged; the published tables were not changed):"
+                             + _reasons(rejected), "fix or re-download the named files and rerun the same "
+                             "command (or --allow-partial to accept the tables without them)")
+        self.summary.missing = [(os.path.basename(p), r) for p, r in rejected]
+        self.summary.files_failed = list(rejected)
 
     def describe_cluster(self) -> None:
         """On a Citus coordinator: say how each table is placed (and keys adapted)."""
@@ -542,6 +570,7 @@ class Coordinator:
         ledger.remove_files([names[n].file_id for n in loaded], self.staging)
         plan.files = [fp for fp in plan.files if fp.info.name not in loaded]
         self.summary.missing = [(os.path.basename(p), r) for p, r in uniq]
+        self.summary.files_failed = uniq
 
     # ----------------------------------------------------------------- finalize
 

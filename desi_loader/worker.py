@@ -15,6 +15,7 @@ import re
 import resource
 import signal
 import time
+import traceback
 from dataclasses import dataclass
 from typing import Optional
 
@@ -33,6 +34,9 @@ BACKOFF_START, BACKOFF_MAX = 0.5, 16.0
 #: Fault-injection aid for the test suite: seconds to sleep after each block, so that a
 #: kill or a server restart reliably lands in the middle of a load.  0 in normal use.
 BLOCK_DELAY = float(os.environ.get("DESI_LOADER_TEST_BLOCK_DELAY", "0") or 0)
+#: Fault-injection aid for the test suite: tasks of the file with this name raise an
+#: unexpected (non-loader) error, as a bug would.  Unset in normal use.
+FAIL_FILE = os.environ.get("DESI_LOADER_TEST_FAIL_FILE", "")
 
 
 @dataclass(frozen=True)
@@ -183,6 +187,8 @@ class _State:
         cfg = self.cfg
         tables = sky_first(by_table)
         sources = [part for _, part in tables]
+        if FAIL_FILE and os.path.basename(path) == FAIL_FILE:
+            raise RuntimeError("injected fault (DESI_LOADER_TEST_FAIL_FILE)")
         fh = self.handles.get(path) or self.handles.setdefault(path, open(path, "rb"))
         sums: Optional[dict] = {} if cfg.checksum else None
         self.orders = {}
@@ -212,13 +218,14 @@ class _State:
             self.messages.put(("task", self.id, (task_id, os.path.basename(path))))
             try:
                 sums, rows = self._copy(cur, task_id, path, sources)
-            except (LoaderError, OSError, psycopg2.Error) as exc:
+            except Exception as exc:                  # noqa: BLE001 -- every task error is the task's
                 if isinstance(exc, psycopg2.Error) and not is_data_error(exc):
                     raise                             # connection and server trouble: retried or fatal
                 self.conn.rollback()
                 self.messages.put(("rewind", self.id, tuple(self.sent)))
-                reason = (locate(exc, path, sources, self.orders) if isinstance(exc, psycopg2.Error)
-                          else str(exc) if isinstance(exc, LoaderError) else f"{path}: {exc}")
+                reason = task_error(exc, path, sources, self.orders)
+                if not isinstance(exc, (LoaderError, psycopg2.Error)):
+                    self.messages.put(("traceback", self.id, traceback.format_exc()))
                 self.ledger.fail(task_id, self.name, reason)
                 self.messages.put(("failed", self.id, (task_id, reason)))
                 return True
@@ -268,6 +275,32 @@ def locate(exc: psycopg2.Error, path: str, by_table: dict, orders: Optional[dict
         where = f"{path}: {hdus}, row {row}" + (f", column {m.group('column').upper()}" if m.group("column") else "")
     return (f"{where}: the server refused the value: {first_line(exc)} (SQLSTATE {exc.pgcode}); "
             "fix the file or the table's constraint, then rerun")
+
+
+def describe_parts(by_table: dict) -> str:
+    """'HDU 1 (METADATA) + HDU 2 (SPECPHOT), rows 0-999' for a task's parts."""
+    parts = list(by_table.values())
+    hdus = " + ".join(f"HDU {h.index} ({h.extname})" for p in parts for h in p.hdus)
+    spans = sorted({(p.start, p.stop) for p in parts})
+    rows = ", ".join(f"rows {a}-{b - 1}" if b > a else "no rows" for a, b in spans)
+    return f"{hdus}, {rows}"
+
+
+def task_error(exc: Exception, path: str, by_table: dict, orders: Optional[dict] = None) -> str:
+    """One line naming file, HDU and rows for whatever made a task fail.
+
+    A problem of the file (LoaderError) or a value the server refused says where itself;
+    anything else (a bug, an unexpected file layout) is a failure of this task, not a
+    dead worker: deterministic, so it is not retried, and its traceback goes to the
+    coordinator's log (shown with -v).
+    """
+    if isinstance(exc, psycopg2.Error):
+        return locate(exc, path, by_table, orders)
+    if isinstance(exc, LoaderError):
+        return str(exc)
+    what = f"{type(exc).__name__}: {exc}" if not isinstance(exc, OSError) else str(exc)
+    return (f"{path}: {describe_parts(by_table)}: {what} (an unexpected error; rerun with -v for the "
+            "traceback and report it)")
 
 
 class _Closed:

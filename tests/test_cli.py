@@ -43,7 +43,7 @@ def test_not_a_fits_file(capsys, tmp_path, pg_uri):
     bad.write_bytes(b"this is not FITS" * 100)
     code, _, err = run_cli(capsys, "load", str(bad), "--dsn", pg_uri)
     assert code == 1 and "Traceback" not in err
-    assert "  fastspec-iron-main-bright-nside1-hp00.fits: not a readable FITS file" in err
+    assert "  fastspec-iron-main-bright-nside1-hp00.fits: not a FITS file" in err
 
 
 def test_unknown_catalog(capsys, tmp_path, pg_uri):

@@ -165,7 +165,7 @@ def test_bad_files_named_others_load_nothing_published(good, bad_dir, pg_uri, sc
     assert code == 1, err
     assert "Traceback" not in err
     assert f"{NAMES[1]}: truncated" in err
-    assert f"{NAMES[2]}: not a readable FITS file" in err
+    assert f"{NAMES[2]}: not a FITS file" in err
     assert f"{NAMES[3]}: HDU 3 (FASTSPEC): DATASUM is" in err
     assert f"{NAMES[4]}: HDUs should be row-aligned but have METADATA=399, SPECPHOT=400" in err
     assert_exact(pg_uri, schema, 400)                                   # the old publication stands

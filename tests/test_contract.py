@@ -1,0 +1,149 @@
+"""The contract, scenario by scenario: every named file is loaded exactly, skipped as
+published and unchanged (and said so), or named with its reason and a failing exit code.
+
+The property layer (test_contract_props.py) checks the same promise over random file sets
+and command sequences; these are the cases the issue reported, each pinned down.
+"""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from desi_loader.cli import main
+from desi_loader.sample import write_fastspecfit_file
+from helpers import assert_fastspecfit_exact, fetch
+
+NAMES = ["fastspec-iron-main-bright-nside1-hp00.fits", "fastspec-iron-main-bright-nside1-hp01.fits",
+         "fastspec-iron-main-bright-nside1-hp02.fits", "fastspec-iron-main-bright-nside1-hp03.fits"]
+
+
+def cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def summary_of(path):
+    return json.loads(open(path).read())["loads"]
+
+
+@pytest.fixture(scope="module")
+def fsf(tmp_path_factory):
+    """Two good FastSpecFit files (30 rows each) and the damaged kinds, in a pristine folder."""
+    d = tmp_path_factory.mktemp("fsf")
+    for i, name in enumerate(NAMES[:2]):
+        write_fastspecfit_file(str(d / name), 30, seed=i + 1)
+    return d
+
+
+def _truncated(src, dst):
+    data = open(src, "rb").read()
+    open(dst, "wb").write(data[: len(data) - 20000])
+
+
+def test_incremental_rerun_names_damaged_files(capsys, tmp_path, fsf, pg_uri, schema, db):
+    """Two files published; adding a truncated file and a non-FITS file must not be 'nothing to load'."""
+    for name in NAMES[:2]:
+        shutil.copy2(fsf / name, tmp_path / name)
+    code, _, err = cli(capsys, "load", tmp_path, "--dsn", pg_uri, "--schema", schema, "-w", "1", "-q")
+    assert code == 0, err
+    _truncated(fsf / NAMES[0], tmp_path / NAMES[2])
+    (tmp_path / NAMES[3]).write_bytes(b"not FITS at all " * 300)
+    code, out, err = cli(capsys, "load", tmp_path, "--dsn", pg_uri, "--schema", schema, "-w", "1")
+    assert code == 1, (out, err)
+    assert f"{NAMES[2]}: truncated" in err and f"{NAMES[3]}: not a FITS file" in err
+    assert "Traceback" not in err
+    # the published tables are untouched
+    assert assert_fastspecfit_exact(db, schema, [tmp_path / n for n in NAMES[:2]])
+    # the dry run names them too, and exits as the load would
+    code, out, _ = cli(capsys, "load", tmp_path, "--dry-run")
+    assert code == 1 and f"cannot load {NAMES[2]}" in out and f"cannot load {NAMES[3]}" in out
+    # --allow-partial: the tables are as they were, the damaged files are listed, exit 4
+    js = tmp_path.parent / f"{tmp_path.name}.json"
+    code, out, err = cli(capsys, "load", tmp_path, "--dsn", pg_uri, "--schema", schema, "-w", "1",
+                         "--allow-partial", "--summary-json", js)
+    assert code == 4, (out, err)
+    s, = summary_of(js)
+    assert sorted(os.path.basename(p) for p in s["files_unchanged"]) == NAMES[:2]
+    assert sorted(os.path.basename(p) for p, _ in s["files_failed"]) == NAMES[2:]
+    assert f"not loaded: {NAMES[2]}" in out
+
+
+def test_every_named_file_accounted_in_the_summary(capsys, tmp_path, fsf, pg_uri, schema):
+    shutil.copy2(fsf / NAMES[0], tmp_path / NAMES[0])
+    code, _, err = cli(capsys, "load", tmp_path, "--dsn", pg_uri, "--schema", schema, "-w", "1", "-q")
+    assert code == 0, err
+    shutil.copy2(fsf / NAMES[1], tmp_path / NAMES[1])
+    js = tmp_path.parent / f"{tmp_path.name}.json"
+    code, out, err = cli(capsys, "load", tmp_path, "--dsn", pg_uri, "--schema", schema, "-w", "1",
+                         "--summary-json", js)
+    assert code == 0, err
+    s, = summary_of(js)
+    assert [os.path.basename(p) for p in s["files_loaded"]] == [NAMES[1]]
+    assert [os.path.basename(p) for p in s["files_unchanged"]] == [NAMES[0]]
+    assert s["files_failed"] == []
+    assert "named files: 1 loaded, 1 unchanged (published before), 0 not loaded" in out
+
+
+def _empty_fastspecfit(path):
+    """A FastSpecFit file whose three HDUs have no rows (a HEALPix without targets)."""
+    src = os.path.dirname(path) + "/.src.fits"
+    write_fastspecfit_file(src, 3, seed=7, like=os.path.basename(path))
+    with fits.open(src) as h:
+        out = [h[0].copy()] + [fits.BinTableHDU(data=h[i].data[:0], header=h[i].header, name=h[i].name)
+                               for i in (1, 2, 3)]
+        fits.HDUList(out).writeto(path, overwrite=True, checksum=True)
+    os.remove(src)
+
+
+@pytest.mark.parametrize("fmt", ["binary", "text"])
+def test_empty_hdus_in_sky_order(capsys, tmp_path, fsf, pg_uri, schema, db, fmt):
+    _empty_fastspecfit(str(tmp_path / NAMES[2]))
+    shutil.copy2(fsf / NAMES[0], tmp_path / NAMES[0])
+    code, out, err = cli(capsys, "load", tmp_path, "--dsn", pg_uri, "--schema", schema, "-w", "1",
+                         "--format", fmt)
+    assert code == 0, (out, err)
+    assert "Traceback" not in err and "died" not in err
+    assert assert_fastspecfit_exact(db, schema, [tmp_path / NAMES[0], tmp_path / NAMES[2]])
+    assert fetch(db, f'SELECT nrows FROM "{schema}".load_files ORDER BY filename') != []
+
+
+def test_unexpected_task_error_is_a_task_failure(capsys, tmp_path, pg_uri, schema, monkeypatch):
+    """A bug in a task (here: an encoder that raises) fails that task once, naming file, HDU and
+    rows; the worker is not treated as killed, and the traceback is only shown with -v."""
+    from astropy.table import Table
+    Table({"A": np.arange(10, dtype=np.int32)}).write(tmp_path / "a.fits")
+    Table({"A": np.arange(10, dtype=np.int32)}).write(tmp_path / "b.fits")
+    monkeypatch.setenv("DESI_LOADER_TEST_FAIL_FILE", "b.fits")
+    code, out, err = cli(capsys, "load", tmp_path, "--catalog", "generic", "--prefix", "x",
+                         "--dsn", pg_uri, "--schema", schema, "-w", "1")
+    assert code == 1, (out, err)
+    line = next(l for l in err.splitlines() if "b.fits" in l and "RuntimeError" in l)
+    assert "HDU 1" in line and "rows 0-9" in line
+    assert "died" not in err and "Traceback" not in err
+    assert fetch_tasks(pg_uri, schema) == [(1, 1)]          # one failed task, tried once
+
+
+def fetch_tasks(uri, schema):
+    import psycopg2
+    conn = psycopg2.connect(uri)
+    rows = fetch(conn, f'SELECT count(*), max(attempts) FROM "{schema}".loader_tasks WHERE status = %s', ("failed",))
+    conn.close()
+    return rows
+
+
+def test_bad_path_touches_nothing(capsys, tmp_path, monkeypatch):
+    """A mistake in the arguments neither starts (nor initialises) the embedded server."""
+    data = tmp_path / "pgdata"
+    for var in ("DESI_LOADER_DSN", "PGHOST", "PGSERVICE", "PGDATABASE"):
+        monkeypatch.delenv(var, raising=False)
+    code, _, err = cli(capsys, "load", "/no/such/path", "--data-dir", data)
+    assert code == 2 and "no such file or directory" in err
+    code, _, err = cli(capsys, "load", tmp_path, "--data-dir", data)
+    assert code == 2 and "no FITS files found" in err
+    code, _, err = cli(capsys, "load", tmp_path, "--catalog", "nosuch", "--data-dir", data)
+    assert code == 2
+    assert not data.exists()
