@@ -14,7 +14,8 @@ from .config import Catalog, Settings, generic
 from .datamodel import datamodel
 from .encode import Codec
 from .errors import BadFileError, UsageError
-from .schema import FitsColumn, PgColumn, TableSpec, pg_column, row_fields, sky_columns, union_columns
+from .schema import (FILE_ID, ROW_NUM, FitsColumn, PgColumn, TableSpec, pg_column, pg_name, row_fields,
+                     sky_columns, union_columns)
 from .sky import COLUMN as SKY_COLUMN, COMMENT as SKY_COMMENT
 
 #: Target FITS bytes per task.  Large enough that per-task overhead (a transaction, a
@@ -111,6 +112,7 @@ class Plan:
     files: list
     tasks: list = field(default_factory=list)
     rejected: list = field(default_factory=list)    # (path, reason) of files that cannot load
+    notes: list = field(default_factory=list)       # what users should know (names cut at 63 bytes)
 
     @property
     def total_rows(self) -> int:
@@ -180,6 +182,7 @@ def build_plan(infos: Sequence, catalog: Catalog, schema: str,
             continue
         tables = {}
         joined: dict = {}
+        with_sky: set = set()
         try:
             for h in hdus:
                 table = catalog.table_for(h.extname, h.index)
@@ -189,26 +192,50 @@ def build_plan(infos: Sequence, catalog: Catalog, schema: str,
                 h_desc = descs.get(ext, {})
                 joined.setdefault(table, []).extend(pg_column(c, h_desc.get(c.name.lower())) for c in cols)
                 pair = sky_columns(cols, catalog.sky_columns(h.extname))
-                if pair:
+                if pair and table not in with_sky:       # one sky column per table
+                    with_sky.add(table)
                     ra, dec = (c.name.lower() for c in pair)
                     joined[table].append(PgColumn(SKY_COLUMN, "int8", 0, SKY_COMMENT.format(ra=ra, dec=dec)))
                     sky.setdefault(table, tuple(c.name.lower() for c in pair))
         except BadFileError as exc:
             rejected.append((info.path, exc.reason))
             continue
+        clash = None
         for table, pg in joined.items():
             if table == catalog.join:
                 pg = pg + [PgColumn(name, "float4", 0, f"{op}({ext}.{col})")
                            for name, (op, ext, col) in catalog.derived.items()]
+                joined[table] = pg
+            clash = clash or _clash(table, pg, tuple(catalog.constants))
+        if clash:
+            rejected.append((info.path, clash))
+            continue
+        for table, pg in joined.items():
             sources.setdefault(table, []).append((info.name, pg))
             extra[table] = tuple(PgColumn(k, catalog.constant_types.get(k, "text"), 0, "from the file name")
                                  for k in catalog.constants)
         files.append(FilePlan(info, tables, constants))
     specs = {table: _table_spec(catalog, table, srcs, extra[table], sky.get(table, ()))
              for table, srcs in sources.items()}
-    plan = Plan(catalog, schema, specs, files, rejected=rejected)
+    cut = sorted({f"{h.extname or h.index}.{c.name} -> {pg_name(c.name)}" for fp in files for h in fp.info.hdus
+                  if h.index in fp.tables for c in h.columns if pg_name(c.name) != c.name.lower()})
+    notes = [f"FITS column names longer than PostgreSQL's 63 bytes are cut (the full name is in the column "
+             f"comment): {', '.join(cut)}"] if cut else []
+    plan = Plan(catalog, schema, specs, files, rejected=rejected, notes=notes)
     plan.tasks = split_tasks(plan, task_bytes, task_rows)
     return plan
+
+
+def _clash(table: str, columns: Sequence[PgColumn], constants: tuple) -> Optional[str]:
+    """Why one file's columns cannot share ``table`` (two named alike, or like a constant column)."""
+    seen = {FILE_ID: "the loader's", ROW_NUM: "the loader's", **{c: "the preset's" for c in constants}}
+    for c in columns:
+        if c.name in seen:
+            return (f"table {table}: column {c.name!r} appears twice ({seen[c.name]} column and a FITS or "
+                    "derived column of that name); rename the FITS column, or leave it out with a preset's "
+                    "columns.HDU list")
+        seen[c.name] = "a FITS"
+    return None
 
 
 def _table_spec(catalog: Catalog, table: str, srcs: list, extra: tuple, sky: tuple) -> TableSpec:

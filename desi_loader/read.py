@@ -15,7 +15,7 @@ import numpy as np
 
 from .checksum import checksum_ok, partial_sum
 from .errors import BadFileError, SchemaError
-from .schema import FitsColumn, parse_tdim, parse_tform
+from .schema import FILE_ID, ROW_NUM, FitsColumn, check_names, parse_tdim, parse_tform
 
 _COLUMN_KEYS = ("TTYPE", "TFORM", "TDIM", "TZERO", "TSCAL", "TNULL", "TUNIT", "TCOMM", "TDISP")
 
@@ -94,7 +94,6 @@ def _cards(header: Any, skip_columns: bool) -> dict:
 def _columns(header: Any, where: str) -> tuple[FitsColumn, ...]:
     cols = []
     offset = 0
-    seen: dict[str, str] = {}
     for i in range(1, int(header.get("TFIELDS", 0)) + 1):
         name = str(header.get(f"TTYPE{i}", f"COL{i}")).strip()
         tform = str(header[f"TFORM{i}"]).strip()
@@ -103,10 +102,6 @@ def _columns(header: Any, where: str) -> tuple[FitsColumn, ...]:
             dims = parse_tdim(header.get(f"TDIM{i}"), repeat, code)
         except SchemaError as exc:
             raise SchemaError(f"{where} column {name!r}: {exc}") from exc
-        low = name.lower()
-        if low in seen:
-            raise SchemaError(f"{where}: columns {seen[low]!r} and {name!r} differ only by case")
-        seen[low] = name
         tnull = header.get(f"TNULL{i}")
         col = FitsColumn(name=name, tform=tform, code=code, repeat=repeat, offset=offset, dims=dims,
                          tzero=header.get(f"TZERO{i}"), tscal=header.get(f"TSCAL{i}"),
@@ -114,6 +109,7 @@ def _columns(header: Any, where: str) -> tuple[FitsColumn, ...]:
                          unit=header.get(f"TUNIT{i}") or None, comment=header.get(f"TCOMM{i}") or None)
         cols.append(col)
         offset += col.width
+    check_names(cols, where, (FILE_ID, ROW_NUM))
     return tuple(cols)
 
 
@@ -141,7 +137,7 @@ def read_info(path: str) -> FitsInfo:
                     header = hdu.header
                     if idx == 0 or header.get("XTENSION", "").strip() != "BINTABLE":
                         continue
-                    where = f"{name} HDU {idx} ({header.get('EXTNAME', 'no EXTNAME')})"
+                    where = f"HDU {idx} ({header.get('EXTNAME', 'no EXTNAME')})"
                     nrows, row_bytes = int(header["NAXIS2"]), int(header["NAXIS1"])
                     cols = _columns(header, where)
                     if sum(c.width for c in cols) != row_bytes:
@@ -155,8 +151,8 @@ def read_info(path: str) -> FitsInfo:
                 primary_end = hdul[0].fileinfo()["datLoc"]
     except BadFileError:
         raise
-    except SchemaError:
-        raise
+    except SchemaError as exc:      # a column PostgreSQL cannot hold: this file cannot load
+        raise BadFileError(path, str(exc), exc.hint) from exc
     except FileNotFoundError as exc:
         raise BadFileError(path, "no such file") from exc
     except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:

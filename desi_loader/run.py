@@ -114,6 +114,7 @@ class Summary:
     files_loaded: list = field(default_factory=list)
     files_unchanged: list = field(default_factory=list)
     files_failed: list = field(default_factory=list)
+    notes: list = field(default_factory=list)          # the plan's notes (column names cut ...)
     replaced_rows: dict = field(default_factory=dict)   # table -> rows of replaced files deleted
     role: str = ""                   # started | resumed | joined | finalizing (how this process opened it)
     finalized: bool = False          # this process verified, indexed and published the load
@@ -240,6 +241,9 @@ class Coordinator:
         """Every phase in order: timed, retried where safe, reported."""
         summary, plan = self.summary, self.plan
         summary.phases["plan"] = plan_s
+        summary.notes = list(plan.notes)
+        for note in plan.notes:
+            self.reporter.warn(note)
         if not plan.files:
             raise LoadFailed(f"no {plan.catalog.name} file could be loaded:" + _reasons(plan.rejected),
                              "fix or re-download the named files")

@@ -42,6 +42,40 @@ UNSIGNED = {("I", 2 ** 15): ("int", "int4"), ("J", 2 ** 31): ("int", "int8"), ("
 #: columns every loaded table starts with
 FILE_ID, ROW_NUM = "file_id", "row_num"
 
+#: PostgreSQL keeps identifiers of at most NAMEDATALEN - 1 = 63 bytes; FITS allows 68 characters.
+PG_NAME_BYTES = 63
+
+
+def pg_name(fits_name: str) -> str:
+    """The PostgreSQL column of a FITS column: lower case, cut at 63 bytes as PostgreSQL would.
+
+    The cut is deterministic (the FITS name's first 63 bytes) and never silent: the column
+    comment keeps the full FITS name, the plan lists the cut names, and two FITS names that
+    would become one column are refused (check_names).
+    """
+    return fits_name.lower().encode("utf-8")[:PG_NAME_BYTES].decode("utf-8", "ignore")
+
+
+def check_names(columns: Sequence["FitsColumn"], where: str, reserved: Sequence[str] = ()) -> None:
+    """Refuse columns whose PostgreSQL names collide with each other or with the loader's own.
+
+    Raises
+    ------
+    SchemaError
+        Naming both columns and the PostgreSQL name they share.
+    """
+    seen: dict[str, str] = {n: f"the loader's column {n}" for n in reserved}
+    for c in columns:
+        name = pg_name(c.name)
+        if name in seen:
+            why = "names are lower-cased" + (" and cut at 63 bytes" if len(c.name.encode()) > PG_NAME_BYTES else "")
+            other = seen[name] if name in reserved else f"column {seen[name]!r}"
+            raise SchemaError(f"{where}: {other} and column {c.name!r} would both be PostgreSQL column "
+                              f"{name!r} ({why})",
+                              "rename one of them in the file (astropy: Table.rename_column), or leave one "
+                              "out with a preset's columns.HDU list")
+        seen[name] = c.name
+
 
 @dataclass(frozen=True)
 class FitsColumn:
@@ -139,17 +173,20 @@ def pg_column(col: FitsColumn, description: Optional[str] = None) -> PgColumn:
     if col.unit:
         parts.append(f"[{col.unit}]")
     comment = " ".join(p for p in parts if p) or None
-    return PgColumn(col.name.lower(), pgtype, len(col.dims), comment)
+    if pg_name(col.name) != col.name.lower():          # cut at 63 bytes: keep the FITS name
+        comment = f"FITS column {col.name}" + (f": {comment}" if comment else "")
+    return PgColumn(pg_name(col.name), pgtype, len(col.dims), comment)
 
 
 def encoder_field(col: FitsColumn) -> Field:
     """The encoder Field that reads this column from a FITS row block."""
     kind, pgtype = classify(col)
     t = FITS_TYPES[col.code]
+    name = pg_name(col.name)
     if kind == "text":
-        return Field(col.name, kind, pgtype, col.offset, col.repeat, 1, col.dims)
+        return Field(name, kind, pgtype, col.offset, col.repeat, 1, col.dims)
     src = t.stored if kind == "scaled" else ""
-    return Field(col.name, kind, pgtype, col.offset, t.nbytes, col.repeat, col.dims,
+    return Field(name, kind, pgtype, col.offset, t.nbytes, col.repeat, col.dims,
                  tzero=col.tzero or 0, tscal=col.tscal if col.tscal is not None else 1.0,
                  tnull=col.tnull, src=src)
 
@@ -243,7 +280,7 @@ def row_fields(table: TableSpec, hdu_columns: Sequence[FitsColumn],
     ``derived`` maps a column name to (op, source FitsColumn), e.g. ('inv_sqrt', *_IVAR);
     ``sky`` is the (RA, DEC) FitsColumn pair of the sky pixel column, if the table has one.
     """
-    by_name = {c.name.lower(): c for c in hdu_columns}
+    by_name = {pg_name(c.name): c for c in hdu_columns}
     derived = derived or {}
     fields = [Field(FILE_ID, "const", "int8", value=file_id), Field(ROW_NUM, "rownum", "int8")]
     for col in table.extra:

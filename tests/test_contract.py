@@ -147,3 +147,39 @@ def test_bad_path_touches_nothing(capsys, tmp_path, monkeypatch):
     code, _, err = cli(capsys, "load", tmp_path, "--catalog", "nosuch", "--data-dir", data)
     assert code == 2
     assert not data.exists()
+
+
+def _long_names_file(path, names):
+    cols = [fits.Column(name=n, format="J", array=np.arange(3, dtype=np.int32) + i) for i, n in enumerate(names)]
+    hdu = fits.BinTableHDU.from_columns(cols, name="T")
+    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(path)
+
+
+def test_names_postgresql_cannot_hold(capsys, tmp_path, pg_uri, schema, db):
+    """68-character FITS names: a unique cut is loaded under its 63-byte name, with the full
+    FITS name in the comment; two names alike in their first 63 bytes are refused by name."""
+    long_a = "A" * 63 + "_FLUX"
+    long_b = "A" * 63 + "_IVAR"
+    ok = tmp_path / "ok" / "ok.fits"
+    ok.parent.mkdir()
+    _long_names_file(ok, [long_a, "B"])
+    code, out, err = cli(capsys, "load", ok, "--catalog", "generic", "--prefix", "n", "--dsn", pg_uri,
+                         "--schema", schema, "-w", "1")
+    assert code == 0, (out, err)
+    got = fetch(db, f'SELECT {"a" * 63}, b FROM "{schema}".n_t ORDER BY row_num')
+    assert got == [(0, 1), (1, 2), (2, 3)]
+    comment = fetch(db, "SELECT col_description(%s::regclass, 3)", (f'"{schema}".n_t',))[0][0]
+    assert long_a in comment
+    assert f"T.{long_a} -> {'a' * 63}" in err
+    bad = tmp_path / "bad.fits"
+    _long_names_file(bad, [long_a, long_b])
+    code, out, err = cli(capsys, "load", bad, "--catalog", "generic", "--prefix", "m", "--dsn", pg_uri,
+                         "--schema", schema, "-w", "1")
+    assert code == 1 and "Traceback" not in err
+    assert f"column '{long_a}' and column '{long_b}' would both be PostgreSQL column" in err
+    assert "cut at 63 bytes" in err
+    case = tmp_path / "case.fits"
+    _long_names_file(case, ["Flux", "FLUX_", "ROW_NUM"])
+    code, out, err = cli(capsys, "load", case, "--catalog", "generic", "--prefix", "c", "--dsn", pg_uri,
+                         "--schema", schema, "-w", "1")
+    assert code == 1 and "the loader's column row_num and column 'ROW_NUM'" in err
