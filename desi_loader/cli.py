@@ -318,7 +318,7 @@ def _cmd_load(args, console) -> int:
         return code
     for summary in summaries:
         if summary.role == "nothing":
-            console.print(f"{summary.catalog}: all {summary.unchanged_files} loadable files are published and "
+            console.print(f"{summary.catalog}: all {summary.unchanged_files} files are published and "
                           f"unchanged in schema {summary.schema}: nothing to load (--replace-all reloads them)")
             for name, reason in summary.missing:
                 console.print(f"[yellow]not loaded: {name}[/yellow]: {reason}")

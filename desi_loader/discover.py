@@ -290,14 +290,14 @@ def split_tasks(plan: Plan, task_bytes: int, task_rows: Optional[int]) -> list[T
     for fi, fp in enumerate(plan.files):
         hdus = [h for h in fp.info.hdus if h.index in fp.tables]
         if plan.catalog.aligned and hdus:
-            width = sum(h.row_bytes for h in hdus)
+            width = sum(h.block_bytes for h in hdus)
             step = task_rows or max(1, task_bytes // max(width, 1))
             for s, e in _ranges(hdus[0].nrows, step):
                 parts = tuple(Part(h.index, fp.tables[h.index], s, e) for h in hdus)
                 tasks.append(Task(len(tasks), fi, parts))
         else:
             for h in hdus:
-                step = task_rows or max(1, task_bytes // max(h.row_bytes, 1))
+                step = task_rows or max(1, task_bytes // max(h.block_bytes, 1))
                 for s, e in _ranges(h.nrows, step):
                     tasks.append(Task(len(tasks), fi, (Part(h.index, fp.tables[h.index], s, e),)))
     return tasks
@@ -338,7 +338,7 @@ def encoder_plan(plan: Plan, staging: dict) -> dict[int, FileEncoding]:
             cols, shift = [], 0
             for h in hdus:
                 cols.extend(replace(c, offset=c.offset + shift) for c in selected_columns(h, plan.catalog))
-                shift += h.row_bytes
+                shift += h.block_bytes
             derived = {}
             if table == plan.catalog.join:
                 derived = _derived_sources(hdus, plan.catalog)
@@ -358,7 +358,7 @@ def _derived_sources(hdus, catalog: Catalog) -> dict:
     offsets = {}
     for h in hdus:
         offsets[(h.extname or "").upper()] = (h, shift)
-        shift += h.row_bytes
+        shift += h.block_bytes
     for name, (op, ext, col) in catalog.derived.items():
         h, base = offsets[ext]
         src = next(c for c in h.columns if c.name.upper() == col)

@@ -66,7 +66,8 @@ class Field:
     TZERO 2**63, to numeric), ``bool`` (L), ``text`` (A), ``null`` (column absent
     from this file), ``const`` (a file-level value), ``rownum`` (0-based FITS row),
     ``hpx`` (int8 nested HEALPix pixel of two float columns, see sky.py: ``offset``/``width``
-    locate RA, ``value`` = (offset, width) of DEC).
+    locate RA, ``value`` = (offset, width) of DEC), ``bits`` (X: ``count`` bits packed
+    most significant first, to a boolean array).
     """
 
     name: str
@@ -81,6 +82,8 @@ class Field:
     tnull: Optional[int] = None
     src: str = ""             # stored numpy dtype of a scaled column, e.g. '>i2'
     value: object = None      # for const: int or str
+    vla: Optional[tuple] = None   # variable-length array: (offset, bytes) of its element count in
+                                  # the row; offset/count then describe its region (read.expand_heap)
 
     @property
     def out_width(self) -> int:
@@ -275,6 +278,18 @@ def _bool_values(rows: np.ndarray, f: Field, first_row: int) -> tuple[np.ndarray
     return true, (null if null.any() else None)
 
 
+def _bits(rows: np.ndarray, f: Field) -> np.ndarray:
+    """A bit column (X) -> (n, count) uint8 of 0 and 1, first bit the most significant."""
+    packed = rows[:, f.offset:f.offset + (f.count + 7) // 8]
+    return np.unpackbits(packed, axis=1)[:, :f.count]
+
+
+def vla_counts(rows: np.ndarray, f: Field) -> np.ndarray:
+    """Elements of a variable-length array in each row (its descriptor's count)."""
+    offset, width = f.vla
+    return np.ascontiguousarray(rows[:, offset:offset + width]).view(">i%d" % width)[:, 0].astype(np.int64)
+
+
 def _string_lengths(chars: np.ndarray) -> np.ndarray:
     """Used length of fixed-width FITS strings: cut at first NUL, drop trailing spaces."""
     n, w = chars.shape
@@ -316,6 +331,8 @@ def _binary_elements(rows: np.ndarray, f: Field, first_row: int) -> tuple[np.nda
     if f.kind == "bool":
         true, null = _bool_values(rows, f, first_row)
         return true.astype(np.uint8).reshape(n, f.count, 1), null
+    if f.kind == "bits":
+        return _bits(rows, f).reshape(n, f.count, 1), None
     if f.kind == "hpx":
         vals, null = hpx_values(rows, f)
         return vals.astype(">i8").view(np.uint8).reshape(n, 1, 8), null
@@ -402,6 +419,47 @@ def _binary_array(layout: _Layout, f: Field, elems: np.ndarray, null: Optional[n
         dst[:, 4 + len(head):] = body.reshape(n, -1)
 
     layout.custom(4 + full, write, keep)
+
+
+def _binary_vla(layout: _Layout, f: Field, elems: np.ndarray, null: Optional[np.ndarray],
+                counts: np.ndarray) -> None:
+    """A variable-length array: a 1-D array of each row's elements ('{}' when it has none).
+
+    Written as an array of the column's largest size with the elements past a row's count
+    (and, for empty rows, the dimension words) dropped by the keep mask.
+    """
+    n, emax, w = elems.shape
+    used = np.arange(emax) < counts[:, None]
+    null = None if null is None else (null & used)
+    if null is not None and not null.any():
+        null = None
+    body = np.empty((n, emax, 4 + w), np.uint8)
+    body[:, :, 4:] = elems
+    body[:, :, :4] = np.frombuffer(struct.pack(">i", w), np.uint8)
+    body_keep = np.repeat(used[:, :, None], 4 + w, axis=2)
+    nnull = np.zeros(n, np.int64)
+    if null is not None:
+        body[:, :, :4][null] = _NULL_WORD
+        body_keep[:, :, 4:] &= ~null[:, :, None]
+        nnull = null.sum(axis=1)
+    empty = counts == 0
+    lengths = np.where(empty, 12, 20 + counts * (4 + w) - nnull * w)
+    keep = np.ones((n, 24 + emax * (4 + w)), bool)
+    keep[empty, 16:24] = False
+    keep[:, 24:] = body_keep.reshape(n, -1)
+    oid = np.frombuffer(struct.pack(">i", OID[f.pgtype]), np.uint8)
+    lb = np.frombuffer(struct.pack(">i", 1), np.uint8)
+
+    def write(dst: np.ndarray) -> None:
+        dst[:, :4] = lengths.astype(">i4").view(np.uint8).reshape(n, 4)
+        dst[:, 4:8] = (~empty).astype(">i4").view(np.uint8).reshape(n, 4)
+        dst[:, 8:12] = (nnull > 0).astype(">i4").view(np.uint8).reshape(n, 4)
+        dst[:, 12:16] = oid
+        dst[:, 16:20] = counts.astype(">i4").view(np.uint8).reshape(n, 4)
+        dst[:, 20:24] = lb
+        dst[:, 24:] = body.reshape(n, -1)
+
+    layout.custom(keep.shape[1], write, keep)
 
 
 def _binary_text(layout: _Layout, f: Field, rows: np.ndarray, first_row: int) -> None:
@@ -564,7 +622,9 @@ def encode_binary(rows: np.ndarray, fields: Sequence[Field], first_row: int = 0)
             _binary_text(layout, f, rows, first_row)
         else:
             elems, null = _binary_elements(rows, f, first_row)
-            if f.dims:
+            if f.vla:
+                _binary_vla(layout, f, elems, null, vla_counts(rows, f))
+            elif f.dims:
                 _binary_array(layout, f, elems, null)
             else:
                 _binary_scalar(layout, elems, null)
@@ -627,9 +687,9 @@ def _text_elements(rows: np.ndarray, f: Field, first_row: int
         vals, null = _float_values(rows, f)
         chars, keep = _text_floats(vals)
         return chars, keep, null
-    if f.kind == "bool":
-        true, null = _bool_values(rows, f, first_row)
-        chars = np.where(true, ord("t"), ord("f")).astype(np.uint8)[..., None]
+    if f.kind in ("bool", "bits"):
+        true, null = _bool_values(rows, f, first_row) if f.kind == "bool" else (_bits(rows, f), None)
+        chars = np.where(true, ord("t"), ord("f")).astype(np.uint8).reshape(n, f.count, 1)
         return chars, np.ones(chars.shape, bool), null
     vals, null = hpx_values(rows, f) if f.kind == "hpx" else _int_values(rows, f)
     chars, keep = _text_ints(vals.reshape(n, f.count))
@@ -690,6 +750,27 @@ def _text_array(layout: _Layout, f: Field, chars: np.ndarray, keep: np.ndarray,
     layout.const(b"}" * len(dims))
 
 
+def _text_vla(layout: _Layout, chars: np.ndarray, keep: np.ndarray, null: Optional[np.ndarray],
+              counts: np.ndarray) -> None:
+    """A variable-length array as '{e1,e2,...}' ('{}' when the row has none)."""
+    n, emax, w = chars.shape
+    width = max(w, 4) + 1
+    used = np.arange(emax) < counts[:, None]
+    c = np.zeros((n, emax, width), np.uint8)
+    k = np.zeros((n, emax, width), bool)
+    c[:, :, :w] = chars
+    k[:, :, :w] = keep & used[:, :, None]
+    if null is not None:
+        null = null & used
+        c[:, :, :4][null] = np.frombuffer(b"NULL", np.uint8)
+        k[:, :, :max(w, 4)][null] = np.arange(max(w, 4)) < 4
+    c[:, :, width - 1] = ord(",")
+    k[:, :, width - 1] = np.arange(emax) < (counts - 1)[:, None]
+    layout.const(b"{")
+    layout.array(c, k)
+    layout.const(b"}")
+
+
 def _text_field(layout: _Layout, f: Field, rows: np.ndarray, first_row: int) -> None:
     """One column's text (without its separator) added to ``layout``."""
     n = rows.shape[0]
@@ -716,7 +797,10 @@ def _text_field(layout: _Layout, f: Field, rows: np.ndarray, first_row: int) -> 
         layout.array(chars, None if keep.all() else keep)
     else:
         chars, keep, null = _text_elements(rows, f, first_row)
-        if f.dims:
+        if f.vla:
+            _text_vla(layout, chars.reshape(n, f.count, -1), keep.reshape(n, f.count, -1),
+                      None if null is None else null.reshape(n, f.count), vla_counts(rows, f))
+        elif f.dims:
             _text_array(layout, f, chars, keep, null)
         else:
             _text_value(layout, chars.reshape(n, -1), keep.reshape(n, -1),

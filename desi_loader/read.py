@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Optional
 
 import numpy as np
 
-from .checksum import checksum_ok, partial_sum
+from .checksum import checksum_ok, combine, partial_sum
 from .errors import BadFileError, SchemaError
-from .schema import FILE_ID, ROW_NUM, FitsColumn, check_names, parse_tdim, parse_tform
+from .schema import (COMPLEX, FILE_ID, FITS_TYPES, ROW_NUM, FitsColumn, check_names, parse_tdim, parse_tform,
+                     parse_vla)
 
 _COLUMN_KEYS = ("TTYPE", "TFORM", "TDIM", "TZERO", "TSCAL", "TNULL", "TUNIT", "TCOMM", "TDISP")
 
@@ -32,6 +33,14 @@ class HduInfo:
     columns: tuple[FitsColumn, ...]
     cards: dict
     header_sum: int = 0            # ones'-complement sum of the header bytes (CHECKSUM check)
+    pcount: int = 0                # bytes after the rows: gap + heap of variable-length arrays
+    theap: int = 0                 # where the heap starts, from the start of the data
+
+    @property
+    def block_bytes(self) -> int:
+        """Bytes of a row as the encoder sees it: the FITS row, then each VLA's elements
+        (expand_heap) padded to the column's largest array."""
+        return self.row_bytes + sum(c.heap_bytes for c in self.columns)
 
     @property
     def datasum(self) -> Optional[int]:
@@ -98,19 +107,62 @@ def _columns(header: Any, where: str) -> tuple[FitsColumn, ...]:
         name = str(header.get(f"TTYPE{i}", f"COL{i}")).strip()
         tform = str(header[f"TFORM{i}"]).strip()
         try:
-            repeat, code = parse_tform(tform)
-            dims = parse_tdim(header.get(f"TDIM{i}"), repeat, code)
+            heap, repeat, code, dims = _layout(tform, header.get(f"TDIM{i}"))
         except SchemaError as exc:
-            raise SchemaError(f"{where} column {name!r}: {exc}") from exc
+            raise SchemaError(f"{where} column {name!r}: {exc}", exc.hint) from exc
         tnull = header.get(f"TNULL{i}")
         col = FitsColumn(name=name, tform=tform, code=code, repeat=repeat, offset=offset, dims=dims,
                          tzero=header.get(f"TZERO{i}"), tscal=header.get(f"TSCAL{i}"),
                          tnull=int(tnull) if tnull is not None and code in "BIJK" else None,
-                         unit=header.get(f"TUNIT{i}") or None, comment=header.get(f"TCOMM{i}") or None)
+                         unit=header.get(f"TUNIT{i}") or None, comment=header.get(f"TCOMM{i}") or None,
+                         heap=heap)
         cols.append(col)
         offset += col.width
     check_names(cols, where, (FILE_ID, ROW_NUM))
     return tuple(cols)
+
+
+def _layout(tform: str, tdim: Optional[str]) -> tuple[str, int, str, tuple]:
+    """(heap, repeat, element code, dims) of a TFORM: complex as a last axis of 2 (real,
+    imaginary), bits as a boolean array, a VLA's repeat its maximum (-1: not declared)."""
+    vla = parse_vla(tform)
+    if vla is not None:
+        heap, code, emax = vla
+        emax = -1 if emax is None else emax
+        return heap, emax, code, (() if code == "A" else (emax,))
+    repeat, code = parse_tform(tform)
+    if code == "X":
+        return "", repeat, code, (repeat,)
+    if code in COMPLEX:
+        return "", 2 * repeat, COMPLEX[code], parse_tdim(tdim, repeat, "E") + (2,)
+    return "", repeat, code, parse_tdim(tdim, repeat, code)
+
+
+def _with_regions(path: str, cols: tuple, data_offset: int, nrows: int, row_bytes: int) -> tuple:
+    """VLA columns with their maximum (scanned from the descriptors when TFORM does not
+    declare it) and their region in an expanded row block (after the NAXIS1 row bytes)."""
+    out, region = [], row_bytes
+    for c in cols:
+        if c.heap:
+            emax = c.repeat if c.repeat >= 0 else _scan_vla_max(path, c, data_offset, nrows, row_bytes)
+            c = replace(c, repeat=emax, dims=() if c.code == "A" else (emax,), region=region)
+            region += c.heap_bytes
+        out.append(c)
+    return tuple(out)
+
+
+def _scan_vla_max(path: str, col: FitsColumn, data_offset: int, nrows: int, row_bytes: int) -> int:
+    """The largest element count of a VLA column whose TFORM has no (emax)."""
+    step, most = max(1, (16 << 20) // max(row_bytes, 1)), 0
+    width = col.width // 2
+    with open(path, "rb") as f:
+        for s in range(0, nrows, step):
+            e = min(nrows, s + step)
+            f.seek(data_offset + s * row_bytes)
+            rows = np.frombuffer(f.read((e - s) * row_bytes), np.uint8).reshape(-1, row_bytes)
+            counts = np.ascontiguousarray(rows[:, col.offset:col.offset + width]).view(f">i{width}")
+            most = max(most, int(counts.max(initial=0)))
+    return most
 
 
 def read_info(path: str) -> FitsInfo:
@@ -145,9 +197,13 @@ def read_info(path: str) -> FitsInfo:
                                            f"up to {sum(c.width for c in cols)} bytes")
                     loc = hdu.fileinfo()
                     offset = loc["datLoc"]
+                    pcount = int(header.get("PCOUNT", 0) or 0)
+                    heap = int(header.get("THEAP", row_bytes * nrows) or 0)
+                    if pcount and offset + row_bytes * nrows + pcount <= size:
+                        cols = _with_regions(path, cols, offset, nrows, row_bytes)
                     hdus.append(HduInfo(idx, (header.get("EXTNAME") or None), nrows, row_bytes,
                                         offset, cols, _cards(header, skip_columns=True),
-                                        _header_sum(path, loc["hdrLoc"], offset)))
+                                        _header_sum(path, loc["hdrLoc"], offset), pcount, heap))
                 primary_end = hdul[0].fileinfo()["datLoc"]
     except BadFileError:
         raise
@@ -159,7 +215,7 @@ def read_info(path: str) -> FitsInfo:
         raise BadFileError(path, f"not a readable FITS file ({exc})",
                            "check that the download completed (compare its size and sha256)") from exc
     for h in hdus:
-        end = h.data_offset + h.nrows * h.row_bytes
+        end = h.data_offset + h.nrows * h.row_bytes + h.pcount
         if end > size:
             raise BadFileError(path, f"truncated: HDU {h.index} ({h.extname}) needs {end} bytes, "
                                f"the file has {size}", "download the file again")
@@ -220,3 +276,57 @@ def read_rows(path: str, hdu: HduInfo, start: int, stop: int, fh: Optional[Any] 
         raise BadFileError(path, f"HDU {hdu.index} ({hdu.extname}): short read at row {start + got // max(hdu.row_bytes, 1)}"
                            f" (file truncated while loading?)")
     return buf
+
+
+def expand_heap(rows: np.ndarray, hdu: HduInfo, fh: Any, path: str, first_row: int = 0) -> np.ndarray:
+    """Rows of an HDU with variable-length arrays -> rows with each VLA's elements appended.
+
+    Each VLA column gets a region as wide as its largest array (``FitsColumn.region``),
+    filled from the heap with the row's elements and zeros after them; the encoder reads
+    the count from the descriptor (still in the row) and the elements from the region.
+    The heap bytes a block points into are read with one positioned read.
+    """
+    vlas = [c for c in hdu.columns if c.heap]
+    if not vlas:
+        return rows
+    n = rows.shape[0]
+    out = np.zeros((n, hdu.block_bytes), np.uint8)
+    out[:, :hdu.row_bytes] = rows
+    for c in vlas:
+        w = c.width // 2
+        desc = np.ascontiguousarray(rows[:, c.offset:c.offset + c.width]).view(f">i{w}").astype(np.int64)
+        counts, offsets = desc[:, 0], desc[:, 1]
+        nbytes = counts * FITS_TYPES[c.code].nbytes
+        bad = (counts < 0) | (counts > c.repeat) | (offsets < 0) | (offsets + nbytes > hdu.pcount)
+        if bad.any():
+            r = int(np.argmax(bad))
+            raise BadFileError(path, f"HDU {hdu.index} ({hdu.extname}) row {first_row + r}, column {c.name}: "
+                               f"variable-length array of {counts[r]} elements at heap offset {offsets[r]} does "
+                               f"not fit TFORM {c.tform} and a heap of {hdu.pcount} bytes (file corrupt?)")
+        total = int(nbytes.sum())
+        if total == 0:
+            continue
+        has = nbytes > 0
+        lo, hi = int(offsets[has].min()), int((offsets + nbytes)[has].max())
+        fh.seek(hdu.data_offset + hdu.theap + lo)
+        heap = np.frombuffer(fh.read(hi - lo), np.uint8)
+        if heap.size != hi - lo:
+            raise BadFileError(path, f"HDU {hdu.index} ({hdu.extname}): short read in the heap (file truncated?)")
+        starts = np.cumsum(nbytes) - nbytes                  # where each row's bytes start in the gather
+        src = np.repeat(offsets - lo - starts, nbytes) + np.arange(total)
+        dst = np.repeat(np.arange(n) * hdu.block_bytes + c.region - starts, nbytes) + np.arange(total)
+        out.reshape(-1)[dst] = heap[src]
+    return out
+
+
+def heap_sum(path: str, hdu: HduInfo, fh: Any) -> int:
+    """Ones'-complement partial sum of the bytes after the rows (gap and heap): DATASUM covers them."""
+    start = hdu.nrows * hdu.row_bytes
+    total, pos, step = [], 0, 16 << 20
+    while pos < hdu.pcount:
+        k = min(step, hdu.pcount - pos)
+        fh.seek(hdu.data_offset + start + pos)
+        data = np.frombuffer(fh.read(k), np.uint8)
+        total.append(partial_sum(data, start + pos))
+        pos += k
+    return combine(total)

@@ -14,6 +14,8 @@ from .errors import SchemaError
 from .sky import COLUMN as SKY_COLUMN
 
 _TFORM = re.compile(r"^\s*(\d*)([LXBIJKAEDCMPQ])(.*)$")
+#: a variable-length array: rPt(emax) or rQt(emax), r 0 or 1, emax optional
+_VLA = re.compile(r"^\s*([01]?)([PQ])([LXBIJKAEDCM])(?:\((\d+)\))?\s*$")
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,12 @@ FITS_TYPES = {t.code: t for t in (
     FitsType("L", 1, "S1", "bool", "bool"), FitsType("B", 1, "u1", "uint8", "int2"),
     FitsType("I", 2, ">i2", "int", "int2"), FitsType("J", 4, ">i4", "int", "int4"),
     FitsType("K", 8, ">i8", "int", "int8"), FitsType("A", 1, "S1", "text", "text"),
-    FitsType("E", 4, ">f4", "float", "float4"), FitsType("D", 8, ">f8", "float", "float8"))}
+    FitsType("E", 4, ">f4", "float", "float4"), FitsType("D", 8, ">f8", "float", "float8"),
+    FitsType("X", 1, "u1", "bits", "bool"))}
+#: complex columns load as arrays with a last axis of 2 (real, imaginary) of this code
+COMPLEX = {"C": "E", "M": "D"}
+#: bytes of a variable-length array descriptor (count, heap offset) in the row
+DESCRIPTOR_BYTES = {"P": 8, "Q": 16}
 
 #: Integer columns with the FITS unsigned convention's TZERO, widened losslessly:
 #: (code, TZERO) -> (encoder kind, PostgreSQL type).  Any other non-zero integer TZERO
@@ -92,27 +99,54 @@ class FitsColumn:
     tnull: Optional[int] = None
     unit: Optional[str] = None
     comment: Optional[str] = None
+    heap: str = ""                # 'P' or 'Q' for a variable-length array (repeat = its maximum)
+    region: int = 0               # a VLA's elements: offset in the row block read.expand_heap makes
 
     @property
     def width(self) -> int:
-        """Stored bytes of the whole cell."""
+        """Stored bytes of the cell in the FITS row (a VLA's descriptor)."""
+        if self.heap:
+            return DESCRIPTOR_BYTES[self.heap]
+        if self.code == "X":
+            return (self.repeat + 7) // 8
         return self.repeat * FITS_TYPES[self.code].nbytes
+
+    @property
+    def heap_bytes(self) -> int:
+        """Bytes of a VLA's largest array (its region in an expanded row); 0 otherwise."""
+        return self.repeat * FITS_TYPES[self.code].nbytes if self.heap else 0
 
 
 def parse_tform(tform: str) -> tuple[int, str]:
-    """'5E' -> (5, 'E'); raises SchemaError for unsupported codes."""
+    """'5E' -> (5, 'E'); complex 'C'/'M' and bits 'X' as they are; raises SchemaError for
+    variable-length arrays (parse_vla) and unknown codes."""
     m = _TFORM.match(tform)
     if not m:
         raise SchemaError(f"unrecognised TFORM {tform!r}")
     repeat = int(m.group(1)) if m.group(1) else 1
     code = m.group(2)
     if code in "PQ":
-        raise SchemaError(f"TFORM {tform!r}: variable-length arrays are not supported")
-    if code in "CM":
-        raise SchemaError(f"TFORM {tform!r}: complex columns are not supported")
-    if code == "X":
-        raise SchemaError(f"TFORM {tform!r}: bit columns are not supported")
+        raise SchemaError(f"TFORM {tform!r}: a variable-length array (read with parse_vla)")
     return repeat, code
+
+
+def parse_vla(tform: str) -> Optional[tuple[str, str, Optional[int]]]:
+    """'1PE(100)' -> ('P', 'E', 100); None when TFORM is not a variable-length array.
+
+    Raises
+    ------
+    SchemaError
+        For element types the loader does not take in a VLA (bits, complex).
+    """
+    m = _VLA.match(tform)
+    if not m:
+        return None
+    heap, code, emax = m.group(2), m.group(3), m.group(4)
+    if code in "XCM":
+        raise SchemaError(f"TFORM {tform!r}: variable-length arrays of {'bits' if code == 'X' else 'complex'} "
+                          "values are not supported", "store the column as a fixed-size array, or leave it out "
+                          "with a preset's columns.HDU list")
+    return heap, code, int(emax) if emax is not None else None
 
 
 def parse_tdim(tdim: Optional[str], repeat: int, code: str) -> tuple:
@@ -150,7 +184,7 @@ def classify(col: FitsColumn) -> tuple[str, str]:
     """(encoder kind, PostgreSQL element type) for a FITS column, widening losslessly."""
     t = FITS_TYPES[col.code]
     tzero, tscal = col.tzero or 0, col.tscal if col.tscal is not None else 1
-    if col.code in "AL" or (col.code == "B" and tscal == 1 and _is_int(tzero)):
+    if col.code in "ALX" or (col.code == "B" and tscal == 1 and _is_int(tzero)):
         return t.kind, t.pgtype          # B: 0..255, or -128..127 with TZERO=-128, fit smallint
     if tscal != 1 or not _is_int(tzero) or (col.code in "ED" and tzero):
         return "scaled", "float8"
@@ -183,10 +217,12 @@ def encoder_field(col: FitsColumn) -> Field:
     kind, pgtype = classify(col)
     t = FITS_TYPES[col.code]
     name = pg_name(col.name)
+    vla = (col.offset, DESCRIPTOR_BYTES[col.heap] // 2) if col.heap else None
+    offset = col.region if col.heap else col.offset      # a VLA's elements: its region of the block
     if kind == "text":
-        return Field(name, kind, pgtype, col.offset, col.repeat, 1, col.dims)
+        return Field(name, kind, pgtype, offset, col.repeat, 1, col.dims, vla=vla)
     src = t.stored if kind == "scaled" else ""
-    return Field(name, kind, pgtype, col.offset, t.nbytes, col.repeat, col.dims,
+    return Field(name, kind, pgtype, offset, t.nbytes, col.repeat, col.dims, vla=vla,
                  tzero=col.tzero or 0, tscal=col.tscal if col.tscal is not None else 1.0,
                  tnull=col.tnull, src=src)
 

@@ -17,7 +17,7 @@ import numpy as np
 from .checksum import combine, partial_sum
 from .encode import BINARY_HEADER, BINARY_TRAILER, Codec, EncodeError, encode_block, hpx_values
 from .errors import BadFileError
-from .read import read_rows
+from .read import expand_heap, heap_sum, read_rows
 
 #: FITS bytes read and encoded per block.  Small blocks let encoding overlap the
 #: server's work (the pipeline fills and drains at every COPY statement): measured on
@@ -68,7 +68,9 @@ def _read(path: str, fh: BinaryIO, part: PartSource, start: int, stop: int, sums
         rows = read_rows(path, h, start, stop, fh)
         if sums is not None:
             sums.setdefault(h.index, []).append(partial_sum(rows, start * h.row_bytes))
-        blocks.append(rows)
+            if start == part.start == 0 and h.pcount:        # the heap, once per HDU: DATASUM covers it
+                sums[h.index].append(heap_sum(path, h, fh))
+        blocks.append(expand_heap(rows, h, fh, path, start))
     return blocks[0] if len(blocks) == 1 else np.hstack(blocks)   # a joined table's rows
 
 
@@ -120,7 +122,7 @@ def part_blocks(path: str, fh: BinaryIO, part: PartSource, fmt: str, on_block: O
     """
     if fmt == "binary":
         yield BINARY_HEADER
-    width = sum(h.row_bytes for h in part.hdus)
+    width = sum(h.block_bytes for h in part.hdus)
     step = max(1, (BLOCK_BYTES if fmt == "binary" else TEXT_BLOCK_BYTES) // max(width, 1))
     orders = {} if orders is None else orders
     rows_range = (part.start, part.stop)

@@ -190,7 +190,7 @@ def _slot_width(f: E.Field) -> int:
         return INT_WIDTH
     if f.kind == "text":
         return 2 * f.width
-    if f.kind == "bool":
+    if f.kind in ("bool", "bits"):
         elem = 2
     elif f.kind in ("float", "scaled", "derived"):
         elem = FLOAT_WIDTH[8 if f.pgtype == "float8" else 4]

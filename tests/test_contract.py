@@ -183,3 +183,93 @@ def test_names_postgresql_cannot_hold(capsys, tmp_path, pg_uri, schema, db):
     code, out, err = cli(capsys, "load", case, "--catalog", "generic", "--prefix", "c", "--dsn", pg_uri,
                          "--schema", schema, "-w", "1")
     assert code == 1 and "the loader's column row_num and column 'ROW_NUM'" in err
+
+
+def _new_types_file(path, n=9, seed=0, emax=True):
+    """Variable-length arrays (P and Q, floats with NaN, ints, strings, empty ones), bits and
+    complex columns, written by astropy with CHECKSUM/DATASUM (which cover the heap)."""
+    rng = np.random.default_rng(seed)
+    vf, vi = np.empty(n, object), np.empty(n, object)
+    for i in range(n):
+        vf[i] = rng.standard_normal(i % 4).astype(np.float32)
+        vi[i] = (np.arange(i % 3) - 5).astype(np.int16)
+    if n > 2:
+        vf[2] = np.array([np.nan, -0.0], np.float32)
+    vs = np.array([["", "a", "bc\tx", "longer one", "z\\N"][i % 5] for i in range(n)], object)
+    cols = [fits.Column(name="VF", format="PE(3)" if emax else "PE", array=vf),
+            fits.Column(name="VI", format="QI(2)", array=vi),
+            fits.Column(name="VS", format="PA(10)", array=vs),
+            fits.Column(name="BITS", format="11X", array=rng.random((n, 11)) < 0.5),
+            fits.Column(name="BIT1", format="1X", array=rng.random((n, 1)) < 0.5),
+            fits.Column(name="C1", format="C", array=(rng.standard_normal(n) + 1j * rng.standard_normal(n))
+                        .astype(np.complex64)),
+            fits.Column(name="C3", format="3M", array=rng.standard_normal((n, 3)) + 1j * rng.standard_normal((n, 3)))]
+    hdu = fits.BinTableHDU.from_columns(cols, name="T")
+    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(path, overwrite=True, checksum=True)
+    return path
+
+
+def _same_floats(want, got):
+    want = np.asarray(want)
+    got = np.array([np.nan if g is None else g for g in got], want.dtype)
+    assert want.shape == got.shape
+    assert (want.view(f"u{want.itemsize}") == got.view(f"u{want.itemsize}")).all() or \
+        np.array_equal(want, got, equal_nan=True) and (np.signbit(want) == np.signbit(got)).all()
+
+
+def assert_new_types_exact(db, schema, table, path):
+    import fitsio                     # astropy's chararray drops a tab inside a PA string
+    data = fits.getdata(path, 1)
+    strings = fitsio.read(str(path), 1, columns=["VS"])["VS"] if len(data) else []
+    rows = fetch(db, f'SELECT vf, vi, vs, bits, bit1, c1, c3 FROM "{schema}".{table} ORDER BY row_num')
+    assert len(rows) == len(data)
+    for r, s, (vf, vi, vs, bits, bit1, c1, c3) in zip(data, strings, rows):
+        _same_floats(np.asarray(r["VF"], np.float32), vf)
+        assert vi == [int(x) for x in r["VI"]]
+        assert vs == s.rstrip(" ")
+        assert bits == [bool(b) for b in r["BITS"]] and bit1 == [bool(r["BIT1"][0])]
+        _same_floats(np.array([r["C1"].real, r["C1"].imag], np.float32), c1)
+        want = np.stack([r["C3"].real, r["C3"].imag], axis=-1)
+        for k in range(3):
+            _same_floats(want[k], c3[k])
+
+
+@pytest.mark.parametrize("fmt", ["binary", "text"])
+def test_variable_length_bit_and_complex_columns(capsys, tmp_path, pg_uri, schema, db, fmt):
+    _new_types_file(tmp_path / "a.fits")
+    _new_types_file(tmp_path / "b.fits", n=0, seed=1)
+    _new_types_file(tmp_path / "c.fits", n=40, seed=2, emax=False)
+    code, out, err = cli(capsys, "load", tmp_path, "--catalog", "generic", "--prefix", "v", "--dsn", pg_uri,
+                         "--schema", schema, "-w", "1", "--format", fmt, "--task-rows", "4")
+    assert code == 0, (out, err)
+    types = dict(fetch(db, "SELECT column_name, format_type(atttypid, atttypmod) FROM information_schema.columns c "
+                           "JOIN pg_attribute a ON a.attrelid = %s::regclass AND a.attname = c.column_name "
+                           "WHERE table_schema = %s AND table_name = 'v_t'", (f'"{schema}".v_t', schema)))
+    assert (types["vf"], types["vi"], types["vs"], types["bits"], types["c1"], types["c3"]) == (
+        "real[]", "smallint[]", "text", "boolean[]", "real[]", "double precision[]")
+    for name in ("a", "b", "c"):
+        ids = fetch(db, f'SELECT file_id FROM "{schema}".load_files WHERE filename = %s', (f"{name}.fits",))
+        want = fits.getdata(tmp_path / f"{name}.fits", 1)
+        got = fetch(db, f'SELECT count(*) FROM "{schema}".v_t WHERE file_id = %s', ids[0])
+        assert got == [(len(want),)]
+    db.rollback()
+    with db.cursor() as cur:
+        cur.execute(f'CREATE TEMP VIEW only_a AS SELECT t.* FROM "{schema}".v_t t JOIN "{schema}".load_files f '
+                    "USING (file_id) WHERE f.filename = 'a.fits'")
+    assert_new_types_exact(db, "pg_temp", "only_a", tmp_path / "a.fits")
+    assert fetch(db, f'SELECT vf, vi FROM "{schema}".v_t t JOIN "{schema}".load_files f USING (file_id) '
+                     "WHERE f.filename = 'a.fits' AND row_num = 0") == [([], [])]
+
+
+def test_damaged_heap_is_refused(capsys, tmp_path, pg_uri, schema):
+    """A heap pointer past the heap: the task fails naming file, HDU, row and column."""
+    path = _new_types_file(tmp_path / "a.fits")
+    with fits.open(path) as h:
+        off, naxis1 = h[1].fileinfo()["datLoc"], h[1].header["NAXIS1"]
+    with open(path, "r+b") as f:                   # row 3's VF descriptor: 2 elements at offset 10**6
+        f.seek(off + 3 * naxis1)
+        f.write(np.array([2, 10 ** 6], ">i4").tobytes())
+    code, out, err = cli(capsys, "load", path, "--catalog", "generic", "--prefix", "v", "--dsn", pg_uri,
+                         "--schema", schema, "-w", "1", "--no-verify-checksum")
+    assert code == 1, (out, err)
+    assert "a.fits: HDU 1 (T) row 3, column VF: variable-length array of 2 elements" in err

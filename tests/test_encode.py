@@ -181,3 +181,24 @@ def test_mixed_int_float_run_nan_only_for_floats():
     got = encode_binary(rows, [Field("a", "float", "float4", 0, 4), Field("b", "int", "int4", 4, 4)])
     want = (tup(fld(None), fld(i4[0:1].tobytes())) + tup(fld(f4[1:2].tobytes()), fld(i4[1:2].tobytes())))
     assert got == want
+
+
+def test_binary_golden_bits_and_vla():
+    """X bits -> boolean[]; a VLA region -> 1-D array of its row's count ('{}' has no dims)."""
+    bits = np.array([[0b10100000, 0b01000000], [0xff, 0xff]], "u1")           # 10 bits: 1010000001
+    desc = np.array([[2, 0], [0, 8]], ">i4")
+    region = np.array([[1.5, np.nan], [0.0, 0.0]], ">f4")
+    rows = rows_of(bits, desc, region)
+    fields = [Field("x", "bits", "bool", 0, 1, 10, (10,)),
+              Field("v", "float", "float4", 10, 4, 2, (2,), vla=(2, 4))]
+    got = encode_binary(rows, fields)
+
+    def boolarr(vals):
+        body = b"".join(struct.pack(">i", 1) + bytes([v]) for v in vals)
+        return struct.pack(">iiiii", 1, 0, 16, len(vals), 1) + body
+    row0 = tup(fld(boolarr([1, 0, 1, 0, 0, 0, 0, 0, 0, 1])),
+               fld(struct.pack(">iiiii", 1, 1, 700, 2, 1) + fld(np.float32(1.5).byteswap().tobytes()) + fld(None)))
+    row1 = tup(fld(boolarr([1] * 10)), fld(struct.pack(">iii", 0, 0, 700)))
+    assert got == row0 + row1
+    assert encode_text(rows, fields) == (b"{t,f,t,f,f,f,f,f,f,t}\t{+0x1.800000p+000,NULL}\n"
+                                         b"{t,t,t,t,t,t,t,t,t,t}\t{}\n")
