@@ -42,6 +42,19 @@ def parse_distribution(value: str) -> Distribution:
                      "write e.g. distribute = hash(targetid), distribute.VOIDS = reference")
 
 
+#: Suffixes of compressed files the loader reads (gzip: read.py decompresses them).
+COMPRESSED_SUFFIXES = (".gz",)
+
+
+def released_name(filename: str) -> str:
+    """The file name as released, without a compression suffix: presets recognise
+    ``fastspec-iron-main-bright-nside1-hp00.fits.gz`` as the .fits file it holds."""
+    for suffix in COMPRESSED_SUFFIXES:
+        if filename.endswith(suffix):
+            return filename[: -len(suffix)]
+    return filename
+
+
 @dataclass(frozen=True)
 class Catalog:
     """How the files of one catalog map to tables."""
@@ -89,7 +102,7 @@ class Catalog:
         return tuple(h for h in self.hdus if h not in self.optional)
 
     def matches(self, filename: str) -> bool:
-        return any(fnmatch.fnmatch(filename, pat) for pat in self.match)
+        return any(fnmatch.fnmatch(released_name(filename), pat) for pat in self.match)
 
     def table_for(self, extname: Optional[str], index: int) -> str:
         if self.join:
@@ -102,7 +115,7 @@ class Catalog:
     def file_constants(self, filename: str) -> dict:
         if not self.filename_regex:
             return {}
-        m = re.search(self.filename_regex, filename)
+        m = re.search(self.filename_regex, released_name(filename))
         if not m:
             raise UsageError(f"{filename}: name does not match the {self.name} pattern "
                              f"{self.filename_regex!r}", "rename the file as released")

@@ -24,24 +24,24 @@ from .sky import COLUMN as SKY_COLUMN, COMMENT as SKY_COMMENT
 TASK_BYTES = 256 * 1024 * 1024
 
 
+#: What a directory's FITS files are called: plain, gzip-compressed, fpack-compressed.
+FITS_PATTERNS = ("*.fits", "*.fit", "*.fits.gz", "*.fit.gz", "*.fits.fz")
+
+
 def find_files(paths: Sequence[str]) -> list[str]:
     """FITS files named or contained (not recursively) in ``paths``, sorted by name."""
     found: list[str] = []
     for p in paths:
         if os.path.isdir(p):
-            inside = sorted(glob.glob(os.path.join(p, "*.fits")) + glob.glob(os.path.join(p, "*.fit")))
-            compressed = glob.glob(os.path.join(p, "*.fits.gz")) + glob.glob(os.path.join(p, "*.fits.fz"))
-            if not inside and compressed:
-                raise UsageError(f"{p} holds only compressed FITS files ({os.path.basename(compressed[0])})",
-                                 "decompress them first (gunzip / funpack): the loader reads raw rows")
-            found.extend(inside)
+            # .fz (fpack) files are listed so that they are named with what to do (read.py)
+            found.extend(f for pattern in FITS_PATTERNS for f in glob.glob(os.path.join(p, pattern)))
         elif os.path.isfile(p):
             found.append(p)
         else:
             raise UsageError(f"{p}: no such file or directory", "check the path")
     if not found:
         raise UsageError(f"no FITS files found in {', '.join(paths)}",
-                         "give .fits files or a directory holding them")
+                         "give .fits (or .fits.gz) files or a directory holding them")
     uniq = sorted(set(os.path.abspath(f) for f in found), key=lambda f: (os.path.basename(f), f))
     names = [os.path.basename(f) for f in uniq]
     dup = {n for n in names if names.count(n) > 1}
@@ -178,7 +178,7 @@ def build_plan(infos: Sequence, catalog: Catalog, schema: str,
             constants = catalog.file_constants(info.name)
             hdus = _file_hdus(info, catalog, constants)
         except (BadFileError, UsageError) as exc:
-            rejected.append((info.path, exc.reason if isinstance(exc, BadFileError) else str(exc)))
+            rejected.append((info.path, exc.explained if isinstance(exc, BadFileError) else str(exc)))
             continue
         tables = {}
         joined: dict = {}
@@ -198,7 +198,7 @@ def build_plan(infos: Sequence, catalog: Catalog, schema: str,
                     joined[table].append(PgColumn(SKY_COLUMN, "int8", 0, SKY_COMMENT.format(ra=ra, dec=dec)))
                     sky.setdefault(table, tuple(c.name.lower() for c in pair))
         except BadFileError as exc:
-            rejected.append((info.path, exc.reason))
+            rejected.append((info.path, exc.explained))
             continue
         clash = None
         for table, pg in joined.items():
@@ -289,7 +289,12 @@ def split_tasks(plan: Plan, task_bytes: int, task_rows: Optional[int]) -> list[T
     tasks: list[Task] = []
     for fi, fp in enumerate(plan.files):
         hdus = [h for h in fp.info.hdus if h.index in fp.tables]
-        if plan.catalog.aligned and hdus:
+        if fp.info.compressed and hdus:
+            # one task: a gzip stream is read from its start (the worker decompresses it once,
+            # then loads it in TASK_BYTES chunks within the task's transaction)
+            parts = tuple(Part(h.index, fp.tables[h.index], 0, h.nrows) for h in hdus)
+            tasks.append(Task(len(tasks), fi, parts))
+        elif plan.catalog.aligned and hdus:
             width = sum(h.block_bytes for h in hdus)
             step = task_rows or max(1, task_bytes // max(width, 1))
             for s, e in _ranges(hdus[0].nrows, step):
@@ -318,6 +323,7 @@ class FileEncoding:
 
     path: str
     tables: dict                       # table name -> TableEncoding
+    compressed: str = ""               # 'gzip': decompressed to a temporary file by the worker
 
 
 def encoder_plan(plan: Plan, staging: dict) -> dict[int, FileEncoding]:
@@ -348,7 +354,7 @@ def encoder_plan(plan: Plan, staging: dict) -> dict[int, FileEncoding]:
                 pair = pair or (sky_columns(cols, names) if names else None)
             fields = Codec(row_fields(plan.tables[table], cols, fp.constants, fp.file_id, derived, pair))
             entry[table] = TableEncoding(staging[table], tuple(hdus), fields)
-        out[fp.file_id] = FileEncoding(fp.info.path, entry)
+        out[fp.file_id] = FileEncoding(fp.info.path, entry, fp.info.compressed)
     return out
 
 

@@ -28,6 +28,11 @@ class BadFileError(LoaderError):
         self.path = path
         self.reason = reason
 
+    @property
+    def explained(self) -> str:
+        """The reason with what to do about it, for a list of files that failed."""
+        return f"{self.reason} ({self.hint})" if self.hint else self.reason
+
 
 class DatabaseError(LoaderError):
     """The database refused or failed (connection, permission, disk full ...)."""

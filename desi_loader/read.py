@@ -6,10 +6,12 @@ FITS big-endian order, which is what binary COPY wants.
 """
 from __future__ import annotations
 
+import gzip
 import os
 import warnings
+import zlib
 from dataclasses import dataclass, replace
-from typing import Any, Optional
+from typing import Any, BinaryIO, Optional
 
 import numpy as np
 
@@ -64,6 +66,7 @@ class FitsInfo:
     checksum: str        # 'absent' | 'present' (verification is the coordinator's choice)
     primary_checksum_ok: Optional[bool] = None   # None when the PRIMARY HDU has no CHECKSUM
     mtime_ns: int = 0
+    compressed: str = ""           # 'gzip': offsets are in the decompressed stream (one task per file)
 
     @property
     def identity(self) -> dict:
@@ -138,30 +141,32 @@ def _layout(tform: str, tdim: Optional[str]) -> tuple[str, int, str, tuple]:
     return "", repeat, code, parse_tdim(tdim, repeat, code)
 
 
-def _with_regions(path: str, cols: tuple, data_offset: int, nrows: int, row_bytes: int) -> tuple:
+def _with_regions(raw: BinaryIO, cols: tuple, data_offset: int, nrows: int, row_bytes: int) -> tuple:
     """VLA columns with their maximum (scanned from the descriptors when TFORM does not
     declare it) and their region in an expanded row block (after the NAXIS1 row bytes)."""
     out, region = [], row_bytes
     for c in cols:
         if c.heap:
-            emax = c.repeat if c.repeat >= 0 else _scan_vla_max(path, c, data_offset, nrows, row_bytes)
+            emax = c.repeat if c.repeat >= 0 else _scan_vla_max(raw, c, data_offset, nrows, row_bytes)
             c = replace(c, repeat=emax, dims=() if c.code == "A" else (emax,), region=region)
             region += c.heap_bytes
         out.append(c)
     return tuple(out)
 
 
-def _scan_vla_max(path: str, col: FitsColumn, data_offset: int, nrows: int, row_bytes: int) -> int:
+def _scan_vla_max(raw: BinaryIO, col: FitsColumn, data_offset: int, nrows: int, row_bytes: int) -> int:
     """The largest element count of a VLA column whose TFORM has no (emax)."""
     step, most = max(1, (16 << 20) // max(row_bytes, 1)), 0
     width = col.width // 2
-    with open(path, "rb") as f:
-        for s in range(0, nrows, step):
-            e = min(nrows, s + step)
-            f.seek(data_offset + s * row_bytes)
-            rows = np.frombuffer(f.read((e - s) * row_bytes), np.uint8).reshape(-1, row_bytes)
-            counts = np.ascontiguousarray(rows[:, col.offset:col.offset + width]).view(f">i{width}")
-            most = max(most, int(counts.max(initial=0)))
+    for s in range(0, nrows, step):
+        e = min(nrows, s + step)
+        raw.seek(data_offset + s * row_bytes)
+        data = raw.read((e - s) * row_bytes)
+        if len(data) != (e - s) * row_bytes:
+            raise BadFileError(getattr(raw, "name", "?"), "truncated in the rows of a variable-length array column")
+        rows = np.frombuffer(data, np.uint8).reshape(-1, row_bytes)
+        counts = np.ascontiguousarray(rows[:, col.offset:col.offset + width]).view(f">i{width}")
+        most = max(most, int(counts.max(initial=0)))
     return most
 
 
@@ -176,19 +181,26 @@ def read_info(path: str) -> FitsInfo:
     from astropy.io import fits   # import here: workers that only read rows never need it
 
     name = os.path.basename(path)
-    sniff(path)
+    compressed = "gzip" if sniff(path) == "gzip" else ""
     try:
         size = os.path.getsize(path)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), open_data(path) as raw:
             warnings.simplefilter("ignore")
             with fits.open(path, memmap=False, lazy_load_hdus=True,
                            ignore_missing_simple=False) as hdul:
                 primary = _cards(hdul[0].header, skip_columns=False)
+                primary_end = hdul[0].fileinfo()["datLoc"]
+                primary_sum = _header_sum(raw, 0, primary_end) if "CHECKSUM" in primary else 0
                 hdus = []
                 for idx, hdu in enumerate(hdul):
                     header = hdu.header
-                    if idx == 0 or header.get("XTENSION", "").strip() != "BINTABLE":
-                        continue
+                    if idx == 0 or header.get("XTENSION", "").strip() != "BINTABLE" or header.get("ZIMAGE"):
+                        continue                 # images (fpack-compressed ones too) are not tables
+                    if header.get("ZTABLE"):
+                        raise BadFileError(path, f"HDU {idx} ({header.get('EXTNAME', 'no EXTNAME')}) is a "
+                                           "tile-compressed table (ZTABLE), which the loader does not read",
+                                           f"decompress it with CFITSIO's funpack ({name} -> .fits), then load "
+                                           "the .fits file")
                     where = f"HDU {idx} ({header.get('EXTNAME', 'no EXTNAME')})"
                     nrows, row_bytes = int(header["NAXIS2"]), int(header["NAXIS1"])
                     cols = _columns(header, where)
@@ -199,31 +211,31 @@ def read_info(path: str) -> FitsInfo:
                     offset = loc["datLoc"]
                     pcount = int(header.get("PCOUNT", 0) or 0)
                     heap = int(header.get("THEAP", row_bytes * nrows) or 0)
-                    if pcount and offset + row_bytes * nrows + pcount <= size:
-                        cols = _with_regions(path, cols, offset, nrows, row_bytes)
+                    hsum = _header_sum(raw, loc["hdrLoc"], offset)
+                    if pcount and (compressed or offset + row_bytes * nrows + pcount <= size):
+                        cols = _with_regions(raw, cols, offset, nrows, row_bytes)
                     hdus.append(HduInfo(idx, (header.get("EXTNAME") or None), nrows, row_bytes,
-                                        offset, cols, _cards(header, skip_columns=True),
-                                        _header_sum(path, loc["hdrLoc"], offset), pcount, heap))
-                primary_end = hdul[0].fileinfo()["datLoc"]
+                                        offset, cols, _cards(header, skip_columns=True), hsum, pcount, heap))
     except BadFileError:
         raise
     except SchemaError as exc:      # a column PostgreSQL cannot hold: this file cannot load
         raise BadFileError(path, str(exc), exc.hint) from exc
     except FileNotFoundError as exc:
         raise BadFileError(path, "no such file") from exc
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise BadFileError(path, f"truncated or corrupt gzip stream ({exc})", "download the file again") from exc
     except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
         raise BadFileError(path, f"not a readable FITS file ({exc})",
                            "check that the download completed (compare its size and sha256)") from exc
-    for h in hdus:
+    for h in hdus:                 # (a gzip file's end is checked while it is decompressed)
         end = h.data_offset + h.nrows * h.row_bytes + h.pcount
-        if end > size:
+        if end > size and not compressed:
             raise BadFileError(path, f"truncated: HDU {h.index} ({h.extname}) needs {end} bytes, "
                                f"the file has {size}", "download the file again")
     checksum = "present" if "CHECKSUM" in primary or any("DATASUM" in h.cards for h in hdus) else "absent"
-    primary_ok = None
-    if "CHECKSUM" in primary:
-        primary_ok = checksum_ok(_header_sum(path, 0, primary_end), 0)
-    return FitsInfo(path, name, size, primary, tuple(hdus), checksum, primary_ok, os.stat(path).st_mtime_ns)
+    primary_ok = checksum_ok(primary_sum, 0) if "CHECKSUM" in primary else None
+    return FitsInfo(path, name, size, primary, tuple(hdus), checksum, primary_ok, os.stat(path).st_mtime_ns,
+                    compressed)
 
 
 #: How a FITS file starts (the first card of the primary header).
@@ -251,10 +263,28 @@ def sniff(path: str) -> str:
                        f"'{shown}')", "download it again, or leave it out of the paths")
 
 
-def _header_sum(path: str, start: int, stop: int) -> int:
-    with open(path, "rb") as f:
-        f.seek(start)
-        data = np.frombuffer(f.read(stop - start), np.uint8)
+def open_data(path: str) -> BinaryIO:
+    """The file's FITS bytes: the file itself, or its decompressed stream when it is gzip'd
+    (seeking forward decompresses, seeking back starts over)."""
+    return gzip.open(path, "rb") if sniff(path) == "gzip" else open(path, "rb")
+
+
+def gzip_damage(path: str) -> Optional[str]:
+    """Why a gzip file's stream is broken (truncated, corrupt), or None when it decompresses
+    to its end.  astropy stops at the last complete HDU of a truncated stream, so a missing
+    HDU in a gzip file is checked here before it is reported as missing."""
+    try:
+        with gzip.open(path, "rb") as f:
+            while f.read(16 << 20):
+                pass
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        return f"truncated or corrupt gzip stream ({exc})"
+    return None
+
+
+def _header_sum(raw: BinaryIO, start: int, stop: int) -> int:
+    raw.seek(start)
+    data = np.frombuffer(raw.read(stop - start), np.uint8)
     return partial_sum(data, 0)
 
 

@@ -29,7 +29,7 @@ from .finalize import (FINALIZE_LOCK_TIMEOUT, add_columns, add_foreign_keys, mer
 from .ledger import Ledger, app_name, process_name
 from .opening import open_load
 from .pool import WorkerPool
-from .read import read_info
+from .read import gzip_damage, read_info
 from .report import NullReporter
 from .worker import WorkerConfig, peak_rss_kb
 
@@ -148,7 +148,7 @@ def plan_loads(opts: LoadOptions) -> list[Plan]:
             try:
                 info = read_info(f)
             except BadFileError as exc:
-                rejected.append((f, exc.reason))
+                rejected.append((f, exc.explained))
                 continue
             if opts.verify_checksum and info.primary_checksum_ok is False:
                 rejected.append((f, "CHECKSUM of the PRIMARY HDU does not match its header (file corrupt; "
@@ -156,6 +156,8 @@ def plan_loads(opts: LoadOptions) -> list[Plan]:
                 continue
             infos.append(info)
         plan = build_plan(infos, catalog, schema, opts.task_bytes, opts.task_rows)
+        compressed = {i.path for i in infos if i.compressed}
+        plan.rejected = [(p, gzip_damage(p) or r if p in compressed else r) for p, r in plan.rejected]
         plan.rejected[:0] = rejected
         apply_distribution(plan, opts.distribute)
         plans.append(plan)

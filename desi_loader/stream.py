@@ -173,9 +173,11 @@ def task_sums(sums: dict) -> dict:
     return {i: combine(v) for i, v in sums.items()}
 
 
-def copy_out_paths(directory: str, task_id: int, parts: Sequence[PartSource], fmt: str) -> list:
-    """Where ``--copy-out`` writes each part: DIR/<table>.task<ID>.<n>.copy-<fmt>."""
-    return [os.path.join(directory, f"{p.table}.task{task_id:06d}.{n}.copy-{fmt}") for n, p in enumerate(parts)]
+def copy_out_paths(directory: str, task_id: int, parts: Sequence[PartSource], fmt: str, chunk: int = 0) -> list:
+    """Where ``--copy-out`` writes each part: DIR/<table>.task<ID>.<n>.copy-<fmt> (a gzip
+    file's task is sent in chunks: <table>.task<ID>.c<chunk>.<n>.copy-<fmt> after the first)."""
+    tag = f"task{task_id:06d}" + (f".c{chunk}" if chunk else "")
+    return [os.path.join(directory, f"{p.table}.{tag}.{n}.copy-{fmt}") for n, p in enumerate(parts)]
 
 
 def tee(blocks: Iterable[bytes], paths: Sequence[str]) -> Iterator[bytes]:

@@ -8,14 +8,20 @@ failed transaction rolled back, so a retry never duplicates rows.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import dataclasses
+import gzip
 import os
 import pickle
 import re
 import resource
+import shutil
 import signal
+import tempfile
 import time
 import traceback
+import zlib
 from dataclasses import dataclass
 from typing import Optional
 
@@ -23,7 +29,7 @@ import psycopg2
 
 from .copy import copy_statement, send
 from .db import first_line, is_transient
-from .errors import DatabaseError, LoaderError
+from .errors import BadFileError, DatabaseError, LoaderError
 from .ledger import Ledger
 from .stream import PartSource, ReadAhead, copy_out_paths, sky_first, task_blocks, task_sums, tee
 
@@ -132,6 +138,7 @@ class _State:
         self.handles: dict = {}
         self.sent = [0, 0]
         self.orders: dict = {}                # the sky order of each row range of the current task
+        self.current: dict = {}               # the parts (by table) being sent now
         self.cpu = 0.0                        # CPU seconds (all threads) spent on tasks
 
     @property
@@ -182,20 +189,20 @@ class _State:
         return enc.path, {t: PartSource(enc.tables[t].staging, enc.tables[t].hdus, enc.tables[t].fields, a, b)
                           for t, (a, b) in ranges.items()}
 
-    def _copy(self, cur, task_id: int, path: str, by_table: dict) -> tuple[dict, dict]:
+    def _copy(self, cur, task_id: int, path: str, by_table: dict, fh, chunk: int = 0) -> tuple[dict, dict]:
         """Stream the task's parts into staging: ({hdu index: [partial sum]}, {table: rows})."""
         cfg = self.cfg
         tables = sky_first(by_table)
         sources = [part for _, part in tables]
+        self.current = by_table
         if FAIL_FILE and os.path.basename(path) == FAIL_FILE:
             raise RuntimeError("injected fault (DESI_LOADER_TEST_FAIL_FILE)")
-        fh = self.handles.get(path) or self.handles.setdefault(path, open(path, "rb"))
         sums: Optional[dict] = {} if cfg.checksum else None
         self.orders = {}
         blocks = task_blocks(path, fh, sources, cfg.fmt, self.on_block, sums, self.orders)
         statements = [copy_statement(cfg.schema, p.table, [f.name for f in p.fields], cfg.fmt) for p in sources]
         if cfg.copy_out:
-            outs = copy_out_paths(cfg.copy_out, task_id, sources, cfg.fmt)
+            outs = copy_out_paths(cfg.copy_out, task_id, sources, cfg.fmt, chunk)
             for out, stmt in zip(outs, statements):       # the statement that replays it (columns in copy order)
                 with open(out + ".sql", "w") as f:
                     f.write(stmt.as_string(self.conn) + "\n")
@@ -215,15 +222,16 @@ class _State:
                 return False
             task_id, file_id, parts, _nrows = row
             path, sources = self._sources(file_id, parts)
+            self.current = sources
             self.messages.put(("task", self.id, (task_id, os.path.basename(path))))
             try:
-                sums, rows = self._copy(cur, task_id, path, sources)
+                sums, rows = self._copy_task(cur, task_id, file_id, path, sources)
             except Exception as exc:                  # noqa: BLE001 -- every task error is the task's
                 if isinstance(exc, psycopg2.Error) and not is_data_error(exc):
                     raise                             # connection and server trouble: retried or fatal
                 self.conn.rollback()
                 self.messages.put(("rewind", self.id, tuple(self.sent)))
-                reason = task_error(exc, path, sources, self.orders)
+                reason = task_error(exc, path, self.current, self.orders)
                 if not isinstance(exc, (LoaderError, psycopg2.Error)):
                     self.messages.put(("traceback", self.id, traceback.format_exc()))
                 self.ledger.fail(task_id, self.name, reason)
@@ -233,6 +241,23 @@ class _State:
         self.conn.commit()
         self.messages.put(("done", self.id, task_id))
         return True
+
+    def _copy_task(self, cur, task_id: int, file_id: int, path: str, sources: dict) -> tuple[dict, dict]:
+        """All of a task's rows, in one transaction: a plain file's task in one go; a gzip
+        file's (the whole file) decompressed once into a temporary file, then in chunks."""
+        if not self.cfg.encodings[file_id].compressed:
+            fh = self.handles.get(path) or self.handles.setdefault(path, open(path, "rb"))
+            return self._copy(cur, task_id, path, sources, fh)
+        sums: dict = {}
+        rows: dict = {}
+        with decompressed(path) as fh:
+            for k, chunk in enumerate(chunks(sources)):
+                s, r = self._copy(cur, task_id, path, chunk, fh, k)
+                for hdu, v in s.items():
+                    sums.setdefault(hdu, []).extend(v)
+                for t, n in r.items():
+                    rows[t] = rows.get(t, 0) + n
+        return sums, rows
 
     def _rollback(self) -> None:
         try:
@@ -277,6 +302,50 @@ def locate(exc: psycopg2.Error, path: str, by_table: dict, orders: Optional[dict
             "fix the file or the table's constraint, then rerun")
 
 
+#: Rows of a gzip file's task go to the server in chunks of about this many FITS bytes
+#: (a chunk's sky order is held in memory, like a plain file's task of discover.TASK_BYTES).
+CHUNK_BYTES = 256 * 1024 * 1024
+#: Where gzip files are decompressed (one file per worker at a time, removed after its task).
+TMPDIR = os.environ.get("DESI_LOADER_TMPDIR") or None
+
+
+def chunks(sources: dict, chunk_bytes: int = CHUNK_BYTES) -> list:
+    """A task's parts ({table: PartSource}) as chunks of at most ``chunk_bytes`` of rows each;
+    parts over the same rows (row-aligned HDUs) stay together in every chunk."""
+    groups: dict = {}
+    for table, part in sources.items():
+        groups.setdefault((part.start, part.stop), {})[table] = part
+    out = []
+    for (start, stop), parts in groups.items():
+        width = sum(h.block_bytes for p in parts.values() for h in p.hdus)
+        step = max(1, chunk_bytes // max(width, 1))
+        for s in range(start, stop, step) if stop > start else [start]:
+            e = min(stop, s + step)
+            out.append({t: dataclasses.replace(p, start=s, stop=e) for t, p in parts.items()})
+    return out
+
+
+@contextlib.contextmanager
+def decompressed(path: str):
+    """A gzip file's content in a temporary file (open for reading), removed afterwards.
+
+    One sequential pass through the decompressor; the task then reads its rows, heap and
+    all, with positioned reads as from a plain file.  A truncated or corrupt stream is the
+    file's fault: BadFileError naming it.
+    """
+    fd, tmp = tempfile.mkstemp(prefix="desi-loader-", suffix=".fits", dir=TMPDIR)
+    try:
+        with os.fdopen(fd, "wb") as out, gzip.open(path, "rb") as src:
+            try:
+                shutil.copyfileobj(src, out, 4 << 20)
+            except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+                raise BadFileError(path, f"truncated or corrupt gzip stream ({exc})", "download the file again") from exc
+        with open(tmp, "rb") as fh:
+            yield fh
+    finally:
+        os.unlink(tmp)
+
+
 def describe_parts(by_table: dict) -> str:
     """'HDU 1 (METADATA) + HDU 2 (SPECPHOT), rows 0-999' for a task's parts."""
     parts = list(by_table.values())
@@ -297,7 +366,7 @@ def task_error(exc: Exception, path: str, by_table: dict, orders: Optional[dict]
     if isinstance(exc, psycopg2.Error):
         return locate(exc, path, by_table, orders)
     if isinstance(exc, LoaderError):
-        return str(exc)
+        return f"{exc} ({exc.hint})" if exc.hint else str(exc)
     what = f"{type(exc).__name__}: {exc}" if not isinstance(exc, OSError) else str(exc)
     return (f"{path}: {describe_parts(by_table)}: {what} (an unexpected error; rerun with -v for the "
             "traceback and report it)")

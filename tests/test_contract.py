@@ -273,3 +273,60 @@ def test_damaged_heap_is_refused(capsys, tmp_path, pg_uri, schema):
                          "--schema", schema, "-w", "1", "--no-verify-checksum")
     assert code == 1, (out, err)
     assert "a.fits: HDU 1 (T) row 3, column VF: variable-length array of 2 elements" in err
+
+
+def _gzip(src, dst, cut=0):
+    import gzip
+    data = gzip.compress(open(src, "rb").read())
+    open(dst, "wb").write(data[:len(data) - cut] if cut else data)
+
+
+def test_gzip_files_load_exactly_and_damaged_ones_are_named(capsys, tmp_path, fsf, pg_uri, schema, db):
+    """.fits.gz FastSpecFit files are recognised by the preset and load exactly (sky order, checksums);
+    a truncated gzip file is named; a VLA table inside gzip loads too."""
+    d = tmp_path / "in"
+    d.mkdir()
+    _gzip(fsf / NAMES[0], d / (NAMES[0] + ".gz"))
+    shutil.copy2(fsf / NAMES[1], d / NAMES[1])
+    js = tmp_path / "s.json"
+    code, out, err = cli(capsys, "load", d, "--dsn", pg_uri, "--schema", schema, "-w", "2", "--summary-json", js)
+    assert code == 0, (out, err)
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    shutil.copy2(fsf / NAMES[0], plain / NAMES[0])
+    # compare with the uncompressed content, as the loader names the file by its .gz name
+    db.rollback()
+    with db.cursor() as cur:
+        cur.execute(f'UPDATE "{schema}".load_files SET filename = %s WHERE filename = %s', (NAMES[0], NAMES[0] + ".gz"))
+    assert assert_fastspecfit_exact(db, schema, [plain / NAMES[0], d / NAMES[1]])
+    db.rollback()
+    s, = summary_of(js)
+    assert sorted(os.path.basename(p) for p in s["files_loaded"]) == sorted([NAMES[0] + ".gz", NAMES[1]])
+    # truncated gzip: named, exit 1
+    _gzip(fsf / NAMES[1], d / (NAMES[2] + ".gz"), cut=3000)
+    code, out, err = cli(capsys, "load", d, "--dsn", pg_uri, "--schema", schema, "-w", "1")
+    assert code == 1 and "Traceback" not in err, (out, err)
+    assert f"{NAMES[2]}.gz: truncated or corrupt gzip stream" in err, err
+
+
+@pytest.mark.parametrize("fmt", ["binary", "text"])
+def test_gzip_with_variable_length_arrays(capsys, tmp_path, pg_uri, schema, db, fmt):
+    src = _new_types_file(tmp_path / "a.fits", n=50, seed=3)
+    d = tmp_path / "gz"
+    d.mkdir()
+    _gzip(src, d / "a.fits.gz")
+    code, out, err = cli(capsys, "load", d, "--catalog", "generic", "--prefix", "v", "--dsn", pg_uri,
+                         "--schema", schema, "-w", "1", "--format", fmt)
+    assert code == 0, (out, err)
+    assert_new_types_exact(db, schema, "v_t", src)
+
+
+def test_tile_compressed_table_refused_by_name(capsys, tmp_path, pg_uri, schema):
+    path = tmp_path / "t.fits.fz"
+    hdu = fits.BinTableHDU.from_columns([fits.Column(name="A", format="J", array=np.arange(3))], name="T")
+    hdu.header["ZTABLE"] = True
+    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(path)
+    code, out, err = cli(capsys, "load", tmp_path, "--catalog", "generic", "--prefix", "z", "--dsn", pg_uri,
+                         "--schema", schema, "-w", "1")
+    assert code == 1
+    assert "t.fits.fz: HDU 1 (T) is a tile-compressed table (ZTABLE)" in err and "funpack" in err
