@@ -10,12 +10,14 @@ from typing import Sequence
 import psycopg2
 from psycopg2 import sql
 
+from .schema import pg_name
 from .stream import BLOCK_BYTES
 
 
 def copy_statement(schema: str, table: str, columns: Sequence[str], fmt: str) -> sql.Composed:
-    """``COPY schema.table (columns) FROM STDIN WITH (FORMAT fmt)``, names quoted."""
-    cols = sql.SQL(", ").join(sql.Identifier(c.lower()) for c in columns)
+    """``COPY schema.table (columns) FROM STDIN WITH (FORMAT fmt)``, names quoted; ``columns``
+    are FITS or loader names, sent as their PostgreSQL names (schema.pg_name)."""
+    cols = sql.SQL(", ").join(sql.Identifier(pg_name(c)) for c in columns)
     return sql.SQL("COPY {}.{} ({}) FROM STDIN WITH (FORMAT {})").format(
         sql.Identifier(schema), sql.Identifier(table), cols, sql.SQL(fmt))
 

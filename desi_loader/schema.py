@@ -216,7 +216,7 @@ def encoder_field(col: FitsColumn) -> Field:
     """The encoder Field that reads this column from a FITS row block."""
     kind, pgtype = classify(col)
     t = FITS_TYPES[col.code]
-    name = pg_name(col.name)
+    name = col.name                # the FITS name: errors name it; COPY sends pg_name(name)
     vla = (col.offset, DESCRIPTOR_BYTES[col.heap] // 2) if col.heap else None
     offset = col.region if col.heap else col.offset      # a VLA's elements: its region of the block
     if kind == "text":
