@@ -260,6 +260,9 @@ def _table_spec(catalog: Catalog, table: str, srcs: list, extra: tuple, sky: tup
 def _file_hdus(info, catalog: Catalog, constants: dict) -> list:
     """The HDUs of one file to load; BadFileError when the file does not fit the catalog."""
     if catalog.prefix is not None:
+        if not info.hdus:
+            raise BadFileError(info.path, "holds no binary table (images and ASCII tables are not loaded)",
+                               "is this the right file?")
         return list(info.hdus)
     required = catalog.required_hdus(constants)
     hdus = []

@@ -620,6 +620,8 @@ def encode_binary(rows: np.ndarray, fields: Sequence[Field], first_row: int = 0)
             if f.dims:
                 raise EncodeError(f"column {f.name!r}: string arrays are not supported")
             _binary_text(layout, f, rows, first_row)
+        elif f.vla and not f.count:                # TFORM P?(0): every array is empty
+            layout.const(struct.pack(">iiii", 12, 0, 0, OID[f.pgtype]))
         else:
             elems, null = _binary_elements(rows, f, first_row)
             if f.vla:
@@ -733,7 +735,7 @@ def _text_array(layout: _Layout, f: Field, chars: np.ndarray, keep: np.ndarray,
     n, count, w = chars.shape
     dims = f.dims or (count,)
     seps = _array_separators(dims)
-    sw = max(len(s) for s in seps)
+    sw = max((len(s) for s in seps), default=0)
     width = max(w, 4) + sw
     c = np.zeros((n, count, width), np.uint8)
     k = np.zeros((n, count, width), bool)
@@ -796,6 +798,9 @@ def _text_field(layout: _Layout, f: Field, rows: np.ndarray, first_row: int) -> 
         chars, keep = _escape_text(chars, keep)
         layout.array(chars, None if keep.all() else keep)
     else:
+        if f.vla and not f.count:                  # TFORM P?(0): every array is empty
+            layout.const(b"{}")
+            return
         chars, keep, null = _text_elements(rows, f, first_row)
         if f.vla:
             _text_vla(layout, chars.reshape(n, f.count, -1), keep.reshape(n, f.count, -1),

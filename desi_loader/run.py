@@ -397,7 +397,7 @@ class Coordinator:
                             f"{c.sql_type} in the new files (reload everything with --replace-all)"
                             for t, spec in plan.tables.items()
                             for have in [published_columns(cur, plan.schema, t)]
-                            for c in spec.all_columns if c.name in have and have[c.name] != c.sql_type]
+                            for c in spec.all_columns if c.name in have and have[c.name] != c.stored_type]
             else:
                 problems = attach.preflight(cur, plan.schema, new_columns, set(plan.tables),
                                             set(plan.catalog.views))

@@ -175,6 +175,12 @@ class PgColumn:
     def sql_type(self) -> str:
         return PG_TYPES[self.pgtype].sql + "[]" * self.ndims
 
+    @property
+    def stored_type(self) -> str:
+        """The type as the catalog shows it (format_type): PostgreSQL keeps no array
+        dimensions, so real[][] is stored as real[]."""
+        return PG_TYPES[self.pgtype].sql + ("[]" if self.ndims else "")
+
 
 def _is_int(x: Optional[float]) -> bool:
     return x is None or float(x).is_integer()

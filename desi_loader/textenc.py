@@ -199,7 +199,7 @@ def _slot_width(f: E.Field) -> int:
     if f.dims:
         count = int(np.prod(f.dims))
         seps = E._array_separators(f.dims)
-        return 2 * len(f.dims) + count * (max(elem, 4) + max(len(s) for s in seps))
+        return 2 * len(f.dims) + count * (max(elem, 4) + max((len(s) for s in seps), default=0))
     return elem
 
 

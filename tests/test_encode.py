@@ -202,3 +202,12 @@ def test_binary_golden_bits_and_vla():
     assert got == row0 + row1
     assert encode_text(rows, fields) == (b"{t,f,t,f,f,f,f,f,f,t}\t{+0x1.800000p+000,NULL}\n"
                                          b"{t,t,t,t,t,t,t,t,t,t}\t{}\n")
+
+
+def test_vla_of_at_most_zero_elements():
+    """astropy writes PJ(0) when every array of a file is empty: both formats give '{}'."""
+    desc = np.array([[0, 0], [0, 0]], ">i4")
+    rows = rows_of(desc)
+    f = Field("v", "int", "int4", 8, 4, 0, (0,), vla=(0, 4))
+    assert encode_text(rows, [f]) == b"{}\n{}\n"
+    assert encode_binary(rows, [f]) == tup(fld(struct.pack(">iii", 0, 0, 23))) * 2
