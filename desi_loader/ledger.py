@@ -411,6 +411,20 @@ class Ledger:
         self._run("UPDATE {s}.loader_loads SET phase = %s, finalizer = coalesce(%s, finalizer) "
                   "WHERE load_id = %s", (phase, finalizer, self.load_id))
 
+    def set_left_out(self, files: list) -> None:
+        """Record the (file, reason) pairs --allow-partial publishes without, for the processes
+        awaiting the outcome (they exit 4 as the finalizer does)."""
+        self._run("UPDATE {s}.loader_loads SET error = %s WHERE load_id = %s",
+                  (json.dumps([list(f) for f in files]), self.load_id))
+
+    @staticmethod
+    def left_out(error: Optional[str]) -> list:
+        """The pairs set_left_out recorded in a published load's error column."""
+        try:
+            return [tuple(f) for f in json.loads(error)] if error else []
+        except (ValueError, TypeError):
+            return []
+
     def set_status(self, status: str, error: Optional[str] = None) -> None:
         self._run("UPDATE {s}.loader_loads SET status = %s, error = %s, finished_at = now() WHERE load_id = %s",
                   (status, error, self.load_id))

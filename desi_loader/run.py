@@ -496,6 +496,8 @@ class Coordinator:
             if status == "published":
                 self.summary.published_by = finalizer
                 self.summary.rows = ledger.rows_by_table()
+                self.summary.missing = ledger.left_out(error)
+                self.summary.files_failed = [(n, r) for n, r in self.summary.missing]
                 self.reporter.info(f"load {ledger.load_id} was published by {finalizer}")
                 return
             if status in ("failed", "aborted"):
@@ -577,6 +579,7 @@ class Coordinator:
         plan.files = [fp for fp in plan.files if fp.info.name not in loaded]
         self.summary.missing = [(os.path.basename(p), r) for p, r in uniq]
         self.summary.files_failed = uniq
+        ledger.set_left_out(self.summary.missing)
 
     # ----------------------------------------------------------------- finalize
 

@@ -116,3 +116,49 @@ def test_status_shows_processes_of_a_running_load(files, pg_uri, schema):
     finally:
         kill_node(a)
     time.sleep(0)
+
+
+def _damaged_copies(files, d):
+    """The good files plus a truncated one and a non-FITS one, in folder ``d``."""
+    import shutil
+    os.makedirs(d, exist_ok=True)
+    for f in files[:2]:
+        shutil.copy2(f, d)
+    data = open(files[2], "rb").read()
+    bad = [os.path.join(d, NAMES[2]), os.path.join(d, "fastspec-iron-main-dark-nside1-hp09.fits")]
+    open(bad[0], "wb").write(data[:len(data) // 2])
+    open(bad[1], "wb").write(b"<html>not found</html>\n" * 50)
+    return bad
+
+
+def test_resume_and_join_name_damaged_files(files, pg_uri, schema, tmp_path):
+    """The contract across resume and join: damaged files among the paths of a resumed load and of
+    two cooperating nodes are named by every process, which exit 1 (nothing published), then
+    --allow-partial publishes exactly the good files (exit 4)."""
+    d = str(tmp_path / "in")
+    bad = _damaged_copies(files, d)
+    # a node killed mid-copy, then the same command resumes: the damaged files are named
+    proc = node([d], pg_uri, schema)
+    wait_until(lambda: done_tasks(pg_uri, schema) >= 2, [proc])
+    kill_node(proc)
+    rerun = node([d], pg_uri, schema, delay=0)
+    out, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 1, err
+    assert "resuming load" in out + err
+    for path in bad:
+        assert os.path.basename(path) in err, err
+    # two nodes join the same (failing) load: both exit 1 and name the damaged files
+    procs = [node([d], pg_uri, schema, delay=0) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [1, 1], outs
+    for _, err in outs:
+        assert "Traceback" not in err
+        assert all(os.path.basename(path) in err for path in bad), err
+    # --allow-partial on two nodes: published without them, exit 4 everywhere
+    js = [tmp_path / f"n{i}.json" for i in range(2)]
+    procs = [node([d], pg_uri, schema, "--allow-partial", delay=0, summary=js[i]) for i in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [4, 4], outs
+    for _, err in outs:
+        assert all(os.path.basename(path) in err for path in bad), err
+    assert_exact(pg_uri, schema, files[:2])
