@@ -569,7 +569,9 @@ class Coordinator:
         ledger.remove_files(sorted({names[os.path.basename(p)].file_id for p, _ in corrupt}), self.staging)
         uniq = list(dict.fromkeys(bad))
         loaded = {os.path.basename(p) for p, _ in uniq} & set(names)
-        if not opts.allow_partial or counts["pending"] or len(loaded) == len(plan.files):
+        # with every file of the load failed, --allow-partial has nothing to publish -- unless
+        # the load is incremental: then the published tables stay as they are (exit 4)
+        if not opts.allow_partial or counts["pending"] or (len(loaded) == len(plan.files) and not self.incremental):
             ledger.set_status("failed")
             raise LoadFailed(f"{len({p for p, _ in uniq})} file(s) could not be loaded; the published tables "
                              f"were not replaced (load {ledger.load_id} is kept for resume):" + _reasons(uniq),

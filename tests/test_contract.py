@@ -330,3 +330,22 @@ def test_tile_compressed_table_refused_by_name(capsys, tmp_path, pg_uri, schema)
                          "--schema", schema, "-w", "1")
     assert code == 1
     assert "t.fits.fz: HDU 1 (T) is a tile-compressed table (ZTABLE)" in err and "funpack" in err
+
+
+def test_allow_partial_when_every_new_file_fails_after_copy(capsys, tmp_path, fsf, pg_uri, schema, db):
+    """Incremental, --allow-partial, the only new file fails its DATASUM (found after the copy):
+    the published tables stay as they are, the file is named, exit 4 (as for plan-time failures)."""
+    shutil.copy2(fsf / NAMES[0], tmp_path / NAMES[0])
+    code, _, err = cli(capsys, "load", tmp_path, "--dsn", pg_uri, "--schema", schema, "-w", "1", "-q")
+    assert code == 0, err
+    data = bytearray(open(fsf / NAMES[1], "rb").read())
+    with fits.open(fsf / NAMES[1]) as h:
+        data[h[2].fileinfo()["datLoc"] + 5] ^= 0x11
+    open(tmp_path / NAMES[1], "wb").write(bytes(data))
+    code, out, err = cli(capsys, "load", tmp_path, "--dsn", pg_uri, "--schema", schema, "-w", "1")
+    assert code == 1 and f"{NAMES[1]}: HDU 2 (SPECPHOT): DATASUM is" in err
+    code, out, err = cli(capsys, "load", tmp_path, "--dsn", pg_uri, "--schema", schema, "-w", "1", "--allow-partial")
+    assert code == 4, (out, err)
+    assert f"published WITHOUT {NAMES[1]}" in out
+    assert assert_fastspecfit_exact(db, schema, [tmp_path / NAMES[0]])
+    assert fetch(db, f'SELECT count(*) FROM "{schema}".fastspecfit_metadata') == [(30,)]
