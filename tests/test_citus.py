@@ -220,3 +220,31 @@ def test_kill_in_the_finalize_phases_then_rerun(cluster, cschema, samples, phase
     out, err = b.communicate(timeout=600)
     assert b.returncode == 0, err[-3000:]
     assert_exact(uri, cschema, files)
+
+
+def test_contract_on_the_cluster(cluster, cschema, tmp_path, capsys):
+    """Empty HDUs in sky order, a gzip'd file and damaged files on Citus: the good files exact, the
+    damaged named (exit 1), then --allow-partial publishes the good ones (exit 4)."""
+    from desi_loader.cli import main
+    from test_contract import NAMES, _empty_fastspecfit, _gzip, _truncated
+    from desi_loader.sample import write_fastspecfit_file
+    uri, d = cluster["uri"], tmp_path / "in"
+    d.mkdir()
+    src = write_fastspecfit_file(str(tmp_path / NAMES[0]), 40, seed=3)
+    _gzip(src, d / (NAMES[0] + ".gz"))
+    _empty_fastspecfit(str(d / NAMES[1]))
+    _truncated(src, d / NAMES[2])
+    args = ["load", str(d), "--dsn", uri, "--schema", cschema, "-w", "2"]
+    assert main(args) == 1
+    out, err = capsys.readouterr()
+    assert f"{NAMES[2]}: truncated" in err and "Traceback" not in err
+    assert main(args + ["--allow-partial"]) == 4
+    conn = psycopg2.connect(uri)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f'UPDATE "{cschema}".load_files SET filename = %s WHERE filename = %s',
+                        (NAMES[0], NAMES[0] + ".gz"))
+        conn.commit()
+        assert assert_fastspecfit_exact(conn, cschema, [src, d / NAMES[1]])
+    finally:
+        conn.close()
