@@ -196,6 +196,8 @@ def _slot_width(f: E.Field) -> int:
         elem = FLOAT_WIDTH[8 if f.pgtype == "float8" else 4]
     else:
         elem = INT_WIDTH
+    if f.vla:                    # encode._text_vla: braces, then every element with a comma slot
+        return 2 + f.count * (max(elem, 4) + 1)
     if f.dims:
         count = int(np.prod(f.dims))
         seps = E._array_separators(f.dims)

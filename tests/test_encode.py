@@ -211,3 +211,13 @@ def test_vla_of_at_most_zero_elements():
     f = Field("v", "int", "int4", 8, 4, 0, (0,), vla=(0, 4))
     assert encode_text(rows, [f]) == b"{}\n{}\n"
     assert encode_binary(rows, [f]) == tup(fld(struct.pack(">iii", 0, 0, 23))) * 2
+
+
+def test_text_vla_between_columns_keeps_its_tab():
+    """Found by the contract's property layer: a VLA of one element before another column lost
+    the tab after it (its text slot was one character short)."""
+    rows = rows_of(np.array([[0b10100000]], "u1"), np.array([[1, 0]], ">i4"), np.array([-2 ** 63], ">i8"),
+                   np.array([[7]], ">i4"))
+    fields = [Field("x", "bits", "bool", 0, 1, 5, (5,)), Field("v", "int", "int4", 17, 4, 1, (1,), vla=(1, 4)),
+              Field("k", "int", "int8", 9, 8)]
+    assert encode_text(rows, fields) == b"{t,f,t,f,f}\t{7}\t-9223372036854775808\n"
