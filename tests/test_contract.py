@@ -349,3 +349,35 @@ def test_allow_partial_when_every_new_file_fails_after_copy(capsys, tmp_path, fs
     assert f"published WITHOUT {NAMES[1]}" in out
     assert assert_fastspecfit_exact(db, schema, [tmp_path / NAMES[0]])
     assert fetch(db, f'SELECT count(*) FROM "{schema}".fastspecfit_metadata') == [(30,)]
+
+
+def test_desivast_incremental_rerun_names_damaged_files(capsys, tmp_path, pg_uri, schema, db):
+    """The other preset: DESIVAST files published, then one re-downloaded truncated and a gzip'd
+    copy of another beside a non-FITS file named like a DESIVAST file: named, exit 1; the
+    published tables unchanged; --allow-partial takes the gzip'd file (exit 4)."""
+    from desi_loader.sample_vast import file_name, write_desivast_file
+    from helpers import assert_desivast_exact
+    d = tmp_path / "vast"
+    d.mkdir()
+    good = [write_desivast_file(str(d / file_name(a, "NGC")), a, "NGC", 0.0005, seed=2)
+            for a in ("REVOLVER", "VoidFinder")]
+    code, _, err = cli(capsys, "load", d, "--dsn", pg_uri, "--schema", schema, "-w", "1", "-q")
+    assert code == 0, err
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    for p in good:
+        shutil.copy2(p, kept)
+    _truncated(good[0], d / file_name("REVOLVER", "NGC"))
+    zobov = write_desivast_file(str(tmp_path / file_name("ZOBOV", "SGC")), "ZOBOV", "SGC", 0.0005, seed=3)
+    _gzip(zobov, d / (file_name("ZOBOV", "SGC") + ".gz"))
+    (d / file_name("VIDE", "SGC")).write_bytes(b"")
+    code, out, err = cli(capsys, "load", d, "--dsn", pg_uri, "--schema", schema, "-w", "1")
+    assert code == 1, (out, err)
+    assert f"{file_name('REVOLVER', 'NGC')}: truncated" in err and f"{file_name('VIDE', 'SGC')}: empty file" in err
+    assert_desivast_exact(db, schema, [kept / os.path.basename(p) for p in good])
+    db.rollback()
+    code, out, err = cli(capsys, "load", d, "--dsn", pg_uri, "--schema", schema, "-w", "1", "--allow-partial")
+    assert code == 4, (out, err)
+    assert f"published WITHOUT {file_name('REVOLVER', 'NGC')}" in out
+    assert fetch(db, f'SELECT filename FROM "{schema}".load_files WHERE published ORDER BY 1') == sorted(
+        [(os.path.basename(good[0]),), (os.path.basename(good[1]),), (file_name("ZOBOV", "SGC") + ".gz",)])
