@@ -570,8 +570,9 @@ class Coordinator:
         uniq = list(dict.fromkeys(bad))
         loaded = {os.path.basename(p) for p, _ in uniq} & set(names)
         # with every file of the load failed, --allow-partial has nothing to publish -- unless
-        # the load is incremental: then the published tables stay as they are (exit 4)
-        if not opts.allow_partial or counts["pending"] or (len(loaded) == len(plan.files) and not self.incremental):
+        # other named files are published and unchanged: the tables stay as they are (exit 4)
+        if not opts.allow_partial or counts["pending"] or (len(loaded) == len(plan.files)
+                                                           and not self.summary.files_unchanged):
             ledger.set_status("failed")
             raise LoadFailed(f"{len({p for p, _ in uniq})} file(s) could not be loaded; the published tables "
                              f"were not replaced (load {ledger.load_id} is kept for resume):" + _reasons(uniq),
