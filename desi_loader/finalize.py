@@ -106,7 +106,8 @@ def lost_tasks(conn, schema: str, staging: dict, done: list) -> list:
 
 
 def prepare_staging(conn, schema: str, staging: dict, specs: dict, logged: bool = False) -> None:
-    """Create missing UNLOGGED staging tables; add columns a resumed load's new files bring.
+    """Create missing staging tables (logged, or UNLOGGED: ``logged``); add columns a resumed
+    load's new files bring.
 
     Runs in the caller's transaction (the opening of a load commits it with the plan)."""
     with conn.cursor() as cur:
