@@ -13,7 +13,7 @@ from typing import Optional
 from .errors import UsageError
 
 PRESET_FILE = "desi_dr1.ini"
-#: operations a preset may use to derive a column (see encode.derive)
+#: operations a preset may use to derive a column (see fields._derive)
 DERIVE_OPS = ("inv_sqrt",)
 
 

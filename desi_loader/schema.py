@@ -25,8 +25,8 @@ class FitsType:
     code: str
     nbytes: int          # stored bytes per element
     stored: str          # numpy dtype of the stored (big-endian) element
-    kind: str            # encoder kind (encode.Field.kind)
-    pgtype: str          # PostgreSQL element type (key of encode.PG_TYPES)
+    kind: str            # encoder kind (fields.Field.kind)
+    pgtype: str          # PostgreSQL element type (key of fields.PG_TYPES)
 
 
 #: The one table of FITS types.  Integer TZERO and TSCAL go through the rules below.
