@@ -17,7 +17,22 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from . import __version__
+import runpy
+
+import psycopg2
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from . import __version__, citus, cone, server, voids
+from .config import load_settings
+from .db import connect, mask_dsn, resolve_dsn
+from .errors import Interrupted, LoaderError, UsageError
+from .ledger import Ledger, client_alive
+from .progress import PlainReporter, QuietReporter, RichReporter
+from .run import LoadOptions, plan_loads, run_loads
+from .sample import write_fastspecfit_sample
+from .sample_vast import DEFAULT_SCALE, fastspecfit_positions, fastspecfit_targets, write_desivast_sample
 
 EPILOG = """examples:
   desi-loader load --sample                      generate sample FastSpecFit files and load them
@@ -180,12 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _dsn(args) -> str:
-    from .config import load_settings
-    from .db import resolve_dsn
     settings = load_settings(getattr(args, "config", None))
     dsn = resolve_dsn(args.dsn, settings.dsn)
     if dsn is None:
-        from . import server
         return server.start(Path(args.data_dir) if args.data_dir else None)
     return dsn
 
@@ -193,8 +205,6 @@ def _dsn(args) -> str:
 def write_samples(outdir: str, catalog: str, rows: int, files: int, scale: Optional[float],
                   seed: int = 1) -> list:
     """Write sample files of one catalog or both (DESIVAST targets from FastSpecFit main-bright)."""
-    from .sample import write_fastspecfit_sample
-    from .sample_vast import DEFAULT_SCALE, fastspecfit_positions, fastspecfit_targets, write_desivast_sample
     scale = DEFAULT_SCALE if scale is None else scale
     if catalog == "fastspecfit":
         return write_fastspecfit_sample(outdir, rows=rows, files=files, seed=seed)
@@ -219,8 +229,6 @@ def _ensure_sample(rows: int, files: int, scale: Optional[float], console) -> li
 
 
 def _print_summary(console, summary, dsn: str) -> None:
-    from rich.table import Table
-    from .db import mask_dsn
     d = summary.as_dict()
     t = Table(title=f"load {summary.load_id}: {summary.catalog} -> schema {summary.schema}")
     t.add_column("table")
@@ -273,9 +281,6 @@ def _print_summary(console, summary, dsn: str) -> None:
 
 
 def _cmd_load(args, console) -> int:
-    from .progress import PlainReporter, QuietReporter, RichReporter
-    from .run import LoadOptions, plan_loads, run_loads
-    from .errors import UsageError
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")
     paths = list(args.paths)
@@ -337,15 +342,12 @@ def _cmd_load(args, console) -> int:
 
 
 def _cmd_sql(args, console) -> int:
-    from rich.table import Table
-    from .db import connect
     conn = connect(_dsn(args))
     try:
         with conn.cursor() as cur:
             try:
                 cur.execute(args.query)
             except Exception as exc:
-                from .errors import LoaderError
                 raise LoaderError(f"query failed: {str(exc).strip().splitlines()[0]}") from exc
             if cur.description is None:
                 conn.commit()
@@ -361,13 +363,10 @@ def _cmd_sql(args, console) -> int:
 
 
 def _schema(args) -> str:
-    from .config import load_settings
     return args.schema or load_settings(getattr(args, "config", None)).schema
 
 
 def _cmd_status(args, console) -> int:
-    from rich.table import Table
-    from .ledger import Ledger
     schema = _schema(args)
     ledger = Ledger(_dsn(args), schema, "status")
     try:
@@ -393,8 +392,6 @@ def _cmd_status(args, console) -> int:
 
 def _print_processes(console, ledger) -> None:
     """Who works on a running load now, and how far each host got."""
-    from rich.table import Table
-    from .ledger import client_alive
     t = Table("host:pid", "role", "session", "since", "holds the load", "client",
               title=f"load {ledger.load_id}: processes now")
     for _pid, _tag, role, host, cpid, state, since, holds in sorted(ledger.sessions(), key=lambda r: r[3:5]):
@@ -407,8 +404,6 @@ def _print_processes(console, ledger) -> None:
 
 
 def _cmd_abort(args, console) -> int:
-    from .errors import UsageError
-    from .ledger import Ledger
     schema = _schema(args)
     ledger = Ledger(_dsn(args), schema, "abort")
     try:
@@ -424,8 +419,6 @@ def _cmd_abort(args, console) -> int:
 
 
 def _cmd_cone(args, console) -> int:
-    from . import cone
-    from .db import connect
     schema = _schema(args)
     with connect(_dsn(args)) as conn, conn.cursor() as cur:
         t = cone.describe(cur, schema, args.table)
@@ -436,11 +429,8 @@ def _cmd_cone(args, console) -> int:
 
 
 def _cmd_xmatch(args, console) -> int:
-    from . import cone
-    from .db import connect
     schema = _schema(args)
     with connect(_dsn(args)) as conn, conn.cursor() as cur:
-        from . import citus
         a, b = cone.describe(cur, schema, args.table_a), cone.describe(cur, schema, args.table_b)
         distributed = citus.cluster(cur) is not None and any(
             (citus.placement(cur, schema, t.table) or "").startswith("hash") for t in (a, b))
@@ -485,9 +475,6 @@ def _print_query(cur, q, explain: bool, console, what: str) -> int:
 
 
 def _cmd_void_membership(args, console) -> int:
-    from rich.table import Table
-    from . import voids
-    from .db import connect
     schema = _schema(args)
     conn = connect(_dsn(args))
     try:
@@ -506,8 +493,6 @@ def _cmd_void_membership(args, console) -> int:
 
 def _cmd_bench(argv: list) -> int:
     """Run scripts/bench.py of the source tree (it needs pandas, which the package does not)."""
-    import runpy
-    from .errors import UsageError
     script = Path(__file__).resolve().parents[1] / "scripts" / "bench.py"
     if not script.is_file():
         raise UsageError("the benchmark lives in scripts/bench.py of the source tree",
@@ -521,7 +506,6 @@ def _cmd_bench(argv: list) -> int:
 
 
 def _cmd_server(args, console) -> int:
-    from . import server
     data_dir = Path(args.data_dir) if args.data_dir else None
     if args.action == "stop":
         console.print("stopped" if server.stop(data_dir) else "not running")
@@ -534,9 +518,20 @@ def _cmd_server(args, console) -> int:
     return 0
 
 
+def _cmd_sample(args, console) -> int:
+    for p in write_samples(args.outdir, args.catalog, args.rows, args.files, args.scale, args.seed):
+        console.print(p)
+    return 0
+
+
+#: command -> function(args, console) returning the exit code
+COMMANDS = {"load": _cmd_load, "sample": _cmd_sample, "sql": _cmd_sql, "server": _cmd_server,
+            "status": _cmd_status, "bench": lambda args, console: _cmd_bench(args.args), "abort": _cmd_abort,
+            "cone": _cmd_cone, "xmatch": _cmd_xmatch, "void-membership": _cmd_void_membership}
+
+
 def _stop_on_signals() -> None:
     """SIGTERM (a batch scheduler's time limit, scancel) and SIGHUP stop the load like Ctrl-C."""
-    from .errors import Interrupted
 
     def stop(signum, _frame):
         raise Interrupted(signum)
@@ -548,8 +543,6 @@ def _stop_on_signals() -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``desi-loader``; returns the exit code."""
-    from rich.console import Console
-    from .errors import LoaderError
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -562,40 +555,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     _stop_on_signals()
     try:
-        if args.command == "load":
-            return _cmd_load(args, console)
-        if args.command == "sample":
-            paths = write_samples(args.outdir, args.catalog, args.rows, args.files, args.scale, args.seed)
-            for p in paths:
-                console.print(p)
-            return 0
-        if args.command == "sql":
-            return _cmd_sql(args, console)
-        if args.command == "server":
-            return _cmd_server(args, console)
-        if args.command == "status":
-            return _cmd_status(args, console)
-        if args.command == "bench":
-            return _cmd_bench(args.args)
-        if args.command == "abort":
-            return _cmd_abort(args, console)
-        if args.command == "cone":
-            return _cmd_cone(args, console)
-        if args.command == "xmatch":
-            return _cmd_xmatch(args, console)
-        if args.command == "void-membership":
-            return _cmd_void_membership(args, console)
+        return COMMANDS[args.command](args, console)
     except LoaderError as exc:
-        from rich.markup import escape
         err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         if exc.hint:
             err.print(f"  hint: {escape(exc.hint)}", highlight=False, soft_wrap=True)
         return exc.exit_code
-    except Exception as exc:
-        import psycopg2
-        if not isinstance(exc, psycopg2.Error):
-            raise
-        from rich.markup import escape               # a query of cone / xmatch / void-membership
+    except psycopg2.Error as exc:                     # a query of sql / cone / xmatch / void-membership
         code = f" (SQLSTATE {exc.pgcode})" if getattr(exc, "pgcode", None) else ""
         err.print(f"[red]error:[/red] {escape(str(exc).strip().splitlines()[0])}{code}", highlight=False,
                   soft_wrap=True)
@@ -605,7 +571,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         err.print(f"interrupted ({signal.Signals(sig).name}): nothing was published half-way and staging is "
                   "kept; rerun the same command to resume", soft_wrap=True)
         return 128 + sig
-    return 2
 
 
 if __name__ == "__main__":  # pragma: no cover
