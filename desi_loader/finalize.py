@@ -12,6 +12,7 @@ from . import attach, citus
 from .db import first_line, is_transient, relation_exists
 from .cone import q3c_index_statement
 from .errors import DatabaseError, LoadFailed
+from .ledger import publish_merged, publish_swapped, replaced_files
 from .sqlgen import create_indexes, create_staging, index_name
 
 log = logging.getLogger(__name__)
@@ -236,12 +237,7 @@ def merge(conn, schema: str, staging: dict, specs: dict, load_id: int, order: li
     try:
         with conn.cursor() as cur:
             cur.execute("SET LOCAL lock_timeout = %s", (FINALIZE_LOCK_TIMEOUT,))
-            cur.execute(sql.SQL(
-                "SELECT f.file_id FROM {s}.load_files f JOIN {s}.loader_loads l USING (load_id) "
-                "WHERE f.published AND l.tables && %s AND f.load_id <> %s AND f.filename IN "
-                "(SELECT filename FROM {s}.load_files WHERE load_id = %s)").format(s=sql.Identifier(schema)),
-                (list(staging), load_id, load_id))
-            replaced = [r[0] for r in cur.fetchall()]
+            replaced = replaced_files(cur, schema, list(staging), load_id)
             for table in reversed(order):
                 cur.execute(sql.SQL("DELETE FROM {} WHERE file_id = ANY(%s)").format(sql.Identifier(schema, table)),
                             (replaced,))
@@ -250,15 +246,7 @@ def merge(conn, schema: str, staging: dict, specs: dict, load_id: int, order: li
                 cols = sql.SQL(", ").join(sql.Identifier(c.name) for c in specs[table].all_columns)
                 cur.execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(
                     sql.Identifier(schema, table), cols, cols, sql.Identifier(schema, staging[table])))
-            s = sql.Identifier(schema)
-            cur.execute(sql.SQL("DELETE FROM {}.load_files WHERE file_id = ANY(%s)").format(s), (replaced,))
-            cur.execute(sql.SQL("UPDATE {}.load_files SET published = true, loaded_at = now() WHERE load_id = %s")
-                        .format(s), (load_id,))
-            cur.execute(sql.SQL("UPDATE {}.loader_loads SET status = 'published', finished_at = now() "
-                                "WHERE load_id = %s").format(s), (load_id,))
-            cur.execute(sql.SQL("UPDATE {s}.loader_loads l SET status = 'replaced' WHERE status = 'published' "
-                                "AND NOT EXISTS (SELECT 1 FROM {s}.load_files f WHERE f.load_id = l.load_id)")
-                        .format(s=s))
+            publish_merged(cur, schema, load_id, replaced)
             cur.execute(sql.SQL("DROP TABLE {}").format(
                 sql.SQL(", ").join(sql.Identifier(schema, t) for t in staging.values())))
         conn.commit()
@@ -342,7 +330,7 @@ def swap(conn, schema: str, staging: dict, load_id: int, catalog: str, views: Op
             with conn.cursor() as cur:
                 cur.execute("SET LOCAL lock_timeout = %s", (SWAP_LOCK_TIMEOUT,))
                 _swap_tables(cur, schema, staging, load_id, views or {})
-                _flip_manifest(cur, schema, list(staging), load_id)
+                publish_swapped(cur, schema, list(staging), load_id)
             conn.commit()
             return attempt
         except psycopg2.Error as exc:
@@ -388,14 +376,3 @@ def _swap_tables(cur, schema: str, staging: dict, load_id: int, views: dict) -> 
     attach.create_views(cur, user_views)
 
 
-def _flip_manifest(cur, schema: str, tables: list, load_id: int) -> None:
-    cur.execute(sql.SQL(
-        "UPDATE {s}.loader_loads SET status = 'replaced' WHERE status = 'published' "
-        "AND tables && %s AND load_id <> %s").format(s=sql.Identifier(schema)), (tables, load_id))
-    cur.execute(sql.SQL(
-        "DELETE FROM {s}.load_files WHERE load_id IN (SELECT load_id FROM {s}.loader_loads "
-        "WHERE status = 'replaced')").format(s=sql.Identifier(schema)))
-    cur.execute(sql.SQL("UPDATE {s}.load_files SET published = true, loaded_at = now() "
-                        "WHERE load_id = %s").format(s=sql.Identifier(schema)), (load_id,))
-    cur.execute(sql.SQL("UPDATE {s}.loader_loads SET status = 'published', finished_at = now() "
-                        "WHERE load_id = %s").format(s=sql.Identifier(schema)), (load_id,))

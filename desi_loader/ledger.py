@@ -133,6 +133,56 @@ def staging_name(table: str, load_id: int) -> str:
     return f"{table}__load{load_id}"
 
 
+# ------------------------------------------------------------------ the manifest at publish
+# These run inside the publishing transaction of finalize.swap / finalize.merge (their cursor):
+# the data and the manifest change together.
+
+def replaced_files(cur, schema: str, tables: list, load_id: int) -> list:
+    """file_ids of published files that this (incremental) load's files of the same name replace."""
+    cur.execute(sql.SQL(
+        "SELECT f.file_id FROM {s}.load_files f JOIN {s}.loader_loads l USING (load_id) "
+        "WHERE f.published AND l.tables && %s AND f.load_id <> %s AND f.filename IN "
+        "(SELECT filename FROM {s}.load_files WHERE load_id = %s)").format(s=sql.Identifier(schema)),
+        (tables, load_id, load_id))
+    return [r[0] for r in cur.fetchall()]
+
+
+def publish_merged(cur, schema: str, load_id: int, replaced: list) -> None:
+    """Incremental publish: forget the replaced files, publish this load's, retire emptied loads."""
+    s = sql.Identifier(schema)
+    cur.execute(sql.SQL("DELETE FROM {}.load_files WHERE file_id = ANY(%s)").format(s), (replaced,))
+    cur.execute(sql.SQL("UPDATE {}.load_files SET published = true, loaded_at = now() WHERE load_id = %s")
+                .format(s), (load_id,))
+    cur.execute(sql.SQL("UPDATE {}.loader_loads SET status = 'published', finished_at = now() "
+                        "WHERE load_id = %s").format(s), (load_id,))
+    cur.execute(sql.SQL("UPDATE {s}.loader_loads l SET status = 'replaced' WHERE status = 'published' "
+                        "AND NOT EXISTS (SELECT 1 FROM {s}.load_files f WHERE f.load_id = l.load_id)")
+                .format(s=s))
+
+
+def publish_swapped(cur, schema: str, tables: list, load_id: int) -> None:
+    """Swap publish: the loads published before in these tables are replaced by this one."""
+    cur.execute(sql.SQL(
+        "UPDATE {s}.loader_loads SET status = 'replaced' WHERE status = 'published' "
+        "AND tables && %s AND load_id <> %s").format(s=sql.Identifier(schema)), (tables, load_id))
+    cur.execute(sql.SQL(
+        "DELETE FROM {s}.load_files WHERE load_id IN (SELECT load_id FROM {s}.loader_loads "
+        "WHERE status = 'replaced')").format(s=sql.Identifier(schema)))
+    cur.execute(sql.SQL("UPDATE {s}.load_files SET published = true, loaded_at = now() "
+                        "WHERE load_id = %s").format(s=sql.Identifier(schema)), (load_id,))
+    cur.execute(sql.SQL("UPDATE {s}.loader_loads SET status = 'published', finished_at = now() "
+                        "WHERE load_id = %s").format(s=sql.Identifier(schema)), (load_id,))
+
+
+def published_headers(cur, schema: str, catalog: str) -> list:
+    """(filename, PRIMARY header) of the published files of ``catalog`` ([] before any load)."""
+    if not relation_exists(cur, schema, "load_files"):
+        return []
+    cur.execute(sql.SQL("SELECT filename, header FROM {}.load_files WHERE published AND catalog = %s")
+                .format(sql.Identifier(schema)), (catalog,))
+    return cur.fetchall()
+
+
 class Ledger:
     """The ledger tables of one schema, and the load this process works on.
 

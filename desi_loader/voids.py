@@ -28,7 +28,9 @@ from typing import Optional
 import numpy as np
 from psycopg2 import sql
 
+from .config import released_name
 from .errors import UsageError
+from .ledger import published_headers
 
 log = logging.getLogger(__name__)
 
@@ -146,13 +148,11 @@ def in_spheres(points: np.ndarray, centres: np.ndarray, radii: np.ndarray,
 
 def _headers(cur, schema: str) -> dict:
     """(algorithm, cap) -> PRIMARY header of the published DESIVAST files."""
-    cur.execute(sql.SQL("SELECT filename, header FROM {} WHERE published AND catalog = 'desivast'").format(
-        sql.Identifier(schema, "load_files")))
     out = {}
-    for name, header in cur.fetchall():
+    for name, header in published_headers(cur, schema, "desivast"):
         for alg in ("VoidFinder",) + V2:
             for cap in ("NGC", "SGC"):
-                if name.endswith(f"_{alg}_{cap}.fits"):
+                if released_name(name).endswith(f"_{alg}_{cap}.fits"):
                     out[(alg, cap)] = header
     return out
 
@@ -223,7 +223,7 @@ def build(conn, schema: str) -> Membership:
     need = ("desivast_holes", "desivast_maximals", "fastspecfit_metadata", "fastspecfit_specphot")
     cur.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (schema,))
     have = {r[0] for r in cur.fetchall()}
-    headers = _headers(cur, schema) if "load_files" in have else {}
+    headers = _headers(cur, schema)
     if not headers:
         raise UsageError(f"no DESIVAST files are published in schema {schema}",
                          "load the DESIVAST files (and FastSpecFit) first")
