@@ -8,7 +8,7 @@ row, manifest, staging tables, tasks: one transaction) and the others find it:
   with the plan (kept, gone, new), retry failed tasks;
 - other processes copy (they hold its lock shared): **join** -- the same files are
   required, no file is added or removed under their feet;
-- its finalizer holds it alone: **wait** for the outcome (run.Coordinator.await_outcome).
+- its finalizer holds it alone: **wait** for the outcome (coordinator.Coordinator.await_outcome).
 
 Sessions of this load whose client process provably died are ended first, so a rerun
 right after a kill does not find the load held by its own ghosts.

@@ -1,0 +1,464 @@
+"""The coordinator: a load's phases (open, copy, await, verify, merge, index, durable,
+foreign keys, swap) from one table, timing, retrying and reporting each.
+
+Every process copies; the one that wins the load's lock alone (the finalizer) verifies,
+indexes and publishes, the others await the outcome (and take over if it dies).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import psycopg2
+
+from . import attach, citus, verify
+from .cone import ensure_q3c, install_functions
+from .db import as_database_error, connect, free_connections, mask_dsn, server_settings
+from .discover import Plan, encoder_plan, foreign_keys
+from .errors import DatabaseError, LoadFailed, UsageError
+from .finalize import (FINALIZE_LOCK_TIMEOUT, add_columns, add_foreign_keys, build_indexes, build_user_indexes,
+                       expected_counts, lost_tasks, make_logged, merge, published_columns, swap,
+                       table_order)
+from .ledger import Ledger, app_name, process_name
+from .opening import open_load
+from .options import LoadOptions, Summary
+from .pool import WorkerPool
+from .report import NullReporter
+from .worker import WorkerConfig, peak_rss_kb
+
+log = logging.getLogger(__name__)
+
+
+class RowsLost(Exception):
+    """A server crash emptied UNLOGGED staging: ``tasks`` done tasks were made pending again."""
+
+    def __init__(self, tasks: int) -> None:
+        super().__init__(tasks)
+        self.tasks = tasks
+
+#: A task whose worker died this many times is failed (it may be what kills them).
+MAX_TASK_ATTEMPTS = 3
+#: Seconds between looks at the ledger while other processes hold the load's tasks or
+#: finalize it (one cheap query each).
+WAIT_POLL = 1.0
+#: Fault-injection aid for the test suite: seconds to pause at the start of each finalize
+#: phase, so that a kill reliably lands in phases that take milliseconds on test data.
+#: 0 in normal use.
+PHASE_DELAY = float(os.environ.get("DESI_LOADER_TEST_PHASE_DELAY", "0") or 0)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One step of a load: ``retry`` steps are idempotent and rerun after transient errors."""
+
+    name: str
+    run: Callable[["Coordinator"], None]
+    retry: bool = True
+    when: Callable[["Coordinator"], bool] = lambda c: True
+
+
+class Coordinator:
+    """Runs one plan's load through PHASES; raises LoaderError subclasses for what users must fix."""
+
+    def __init__(self, opts: LoadOptions, plan: Plan, reporter: NullReporter) -> None:
+        self.opts, self.plan, self.reporter = opts, plan, reporter
+        self.ledger: Optional[Ledger] = None
+        self.finalizer = False
+        self.incremental = False
+        self.staging_mode = "unlogged"
+        self.staging: dict = {}
+        self.fkeys = foreign_keys(plan)
+        self.summary = Summary(workers=opts.workers, fmt=opts.fmt, durable=not opts.unlogged,
+                               dsn=mask_dsn(opts.dsn or ""), catalog=plan.catalog.name, schema=plan.schema,
+                               files=len(plan.files), fits_bytes=plan.total_bytes, tasks=len(plan.tasks))
+        self.summary.plan = [{"table": t, "columns": len(s.all_columns), "key": list(s.key), "sky": list(s.sky)}
+                             for t, s in plan.tables.items()]
+        self.summary.checksums = "verified" if opts.verify_checksum else "not verified (--no-verify-checksum)"
+
+    def run(self, plan_s: float) -> Summary:
+        """Every phase in order: timed, retried where safe, reported."""
+        summary, plan = self.summary, self.plan
+        summary.phases["plan"] = plan_s
+        summary.notes = list(plan.notes)
+        for note in plan.notes:
+            self.reporter.warn(note)
+        if not plan.files:
+            raise LoadFailed(f"no {plan.catalog.name} file could be loaded:" + verify.reasons(plan.rejected),
+                             "fix or re-download the named files")
+        if self.opts.dry_run:
+            summary.rows = {t: sum(per.values()) for t, per in expected_counts(plan).items()}
+            summary.missing = [(os.path.basename(p), r) for p, r in plan.rejected]
+            summary.files_loaded = [fp.info.path for fp in plan.files]
+            summary.files_failed = list(plan.rejected)
+            return summary
+        try:
+            self.ledger = Ledger(self.opts.dsn, plan.schema)
+            summary.server = server_settings(self.ledger.conn)
+            self._run_phases()
+            if summary.role != "nothing":
+                summary.files_loaded = [fp.info.path for fp in plan.files]
+            for name, reason in summary.missing:
+                self.reporter.warn(f"published without {name}: {reason}")
+            summary.finalized = self.finalizer
+            if self.finalizer:
+                summary.published_by = process_name()
+            summary.memory["coordinator_peak_mb"] = round(peak_rss_kb() / 1024, 1)
+            return summary
+        except psycopg2.Error as exc:
+            raise as_database_error(exc, "staging tables are kept; rerun the same command to resume") from exc
+        except LoadFailed as exc:
+            if self.finalizer:                # tell the processes waiting for this load why
+                why = str(exc)
+                self.ledger.resilient(lambda: self.ledger.set_status("failed", why))
+            raise
+        finally:
+            if self.ledger is not None:
+                self.ledger.close()
+
+    def _run_phases(self) -> None:
+        """PHASES in order; when a server crash took rows of done tasks, back to the copy."""
+        start = 0
+        while True:
+            try:
+                for phase in PHASES[start:]:
+                    if phase.when(self):
+                        self._run_phase(phase)
+                return
+            except RowsLost as lost:
+                self.reporter.warn(f"the server restarted after a crash: UNLOGGED staging lost the rows of "
+                                   f"{lost.tasks} done task(s); reloading exactly those")
+                self.ledger.unlock()
+                self.finalizer = False
+                self.ledger.join()
+                start = next(i for i, p in enumerate(PHASES) if p.name == "copy")
+
+    def check_rows(self) -> None:
+        """Raise RowsLost (after making them pending) when a crash emptied UNLOGGED staging.
+
+        The finalizer calls it before trusting staging: after the election, and before
+        each step that makes the result permanent (SET LOGGED, the swap).
+        """
+        ledger = self.ledger
+        if self.staging_mode != "unlogged" or not ledger.canary_lost():
+            return
+        lost = lost_tasks(ledger.conn, self.plan.schema, self.staging, ledger.done_tasks())
+        ledger.reset_tasks(lost)
+        ledger.arm_canary()
+        if lost:
+            raise RowsLost(len(lost))
+
+    def _run_phase(self, phase: Phase) -> None:
+        self.reporter.phase(phase.name)
+        if self.finalizer and phase.name != "await":
+            self.ledger.resilient(lambda: self.ledger.set_phase(phase.name))
+            if PHASE_DELAY:
+                time.sleep(PHASE_DELAY)
+        t0 = time.perf_counter()
+        try:
+            if phase.retry:
+                self.ledger.resilient(lambda: phase.run(self), f"{phase.name} phase")
+            else:
+                phase.run(self)
+        finally:
+            self.summary.phases[phase.name] = round(self.summary.phases.get(phase.name, 0)
+                                                    + time.perf_counter() - t0, 3)
+
+    # ----------------------------------------------------------------- open
+
+    def open(self) -> None:
+        """Start, resume or join the load of these tables (opening.py), after the preflight."""
+        self.ledger.ensure_tables()
+        self.preflight(not self.opts.replace_all and bool(self.ledger.published_files(sorted(self.plan.tables))))
+        opening = open_load(self.ledger, self.plan, self.opts, self.reporter)
+        self.staging = opening.staging
+        self.staging_mode = opening.staging_mode
+        self.incremental = opening.incremental
+        self.summary.incremental = opening.incremental
+        self.summary.unchanged_files = len(opening.unchanged)
+        self.summary.files_unchanged = list(opening.unchanged)
+        if opening.how == "nothing" and self.plan.rejected:
+            self._nothing_but_failures()
+        self.summary.files = len(self.plan.files)
+        self.summary.tasks = len(self.plan.tasks)
+        self.summary.fits_bytes = self.plan.total_bytes
+        self.summary.durable_path = opening.durable_path
+        self.summary.load_id = opening.load_id
+        self.summary.role = opening.how
+        if opening.how == "resumed":
+            self.summary.resumed = opening.message
+        if opening.message:
+            self.reporter.info(opening.message)
+        self.describe_cluster()
+
+    def _nothing_but_failures(self) -> None:
+        """Every loadable file is published and unchanged, but some named files cannot load:
+        that is a failure to report (exit 1), or with --allow-partial a partial result (exit 4)."""
+        rejected = self.plan.rejected
+        if not self.opts.allow_partial:
+            raise LoadFailed(f"{len(rejected)} file(s) could not be loaded ({self.summary.unchanged_files} "
+                             f"published file(s) unchanged; the published tables were not changed):"
+                             + verify.reasons(rejected), "fix or re-download the named files and rerun the same "
+                             "command (or --allow-partial to accept the tables without them)")
+        self.summary.missing = [(os.path.basename(p), r) for p, r in rejected]
+        self.summary.files_failed = list(rejected)
+
+    def describe_cluster(self) -> None:
+        """On a Citus coordinator: say how each table is placed (and keys adapted)."""
+        with self.ledger.conn.cursor() as cur:
+            info = citus.cluster(cur)
+        self.ledger.conn.commit()
+        if info is None:
+            return
+        self.summary.cluster = f"Citus {info.version}, {info.workers} worker node(s)"
+        for t, spec in self.plan.tables.items():
+            dist = spec.distribution
+            text = str(dist)
+            if dist.kind == "hash":
+                key = citus.unique_columns(spec.key, dist)
+                text += " co-located" + (f", primary key ({', '.join(key)})" if key != tuple(spec.key) else "")
+                text += f", unique ({', '.join(citus.unique_columns(('file_id', 'row_num'), dist))})"
+            self.summary.distribution[t] = text
+        self.reporter.info(f"{self.summary.cluster}: " + "; ".join(f"{t} {d}" for t, d in
+                                                                  self.summary.distribution.items()))
+
+    def preflight(self, incremental: bool) -> None:
+        """Refuse, before any data moves, what publishing could not do: a swap that would break
+        what users attached to the tables, or new rows whose column types differ from the
+        published ones (incremental)."""
+        plan, conn = self.plan, self.ledger.conn
+        new_columns = {t: {c.name for c in spec.all_columns} for t, spec in plan.tables.items()}
+        with conn.cursor() as cur:
+            if incremental:
+                problems = [f"{plan.schema}.{t}.{c.name} is {have[c.name]} in the published table but "
+                            f"{c.sql_type} in the new files (reload everything with --replace-all)"
+                            for t, spec in plan.tables.items()
+                            for have in [published_columns(cur, plan.schema, t)]
+                            for c in spec.all_columns if c.name in have and have[c.name] != c.stored_type]
+            else:
+                problems = attach.preflight(cur, plan.schema, new_columns, set(plan.tables),
+                                            set(plan.catalog.views))
+        conn.rollback()
+        if problems:
+            raise UsageError(f"publishing would break what users attached to the tables in {plan.schema}:"
+                             + "".join(f"\n  {p}" for p in problems),
+                             "fix the named objects (nothing was loaded), then rerun the same command")
+
+    # ----------------------------------------------------------------- copy
+
+    def copy(self) -> None:
+        """Run pools of workers until no task is pending, waiting while other processes hold the rest.
+
+        Then elect the finalizer: the process that takes the load's lock alone (every
+        copying process holds it shared until it has nothing left to copy).
+        """
+        ledger, waited_since = self.ledger, None
+        while self.summary.role != "finalizing":
+            pending = ledger.task_counts()["pending"]
+            if not pending:
+                break
+            if ledger.claimable():
+                waited_since = None
+                if self._run_pool(pending).gave_up:
+                    break                      # workers keep dying: settle_failures reports it
+                continue
+            if waited_since is None:
+                waited_since = time.monotonic()
+                self.reporter.info(f"{pending} task(s) are being loaded by other processes "
+                                   f"({', '.join(ledger.holders()) or 'unknown'}); waiting for them")
+            self._check_wait(waited_since, "tasks held by other processes")
+            ledger.end_orphans()
+            time.sleep(WAIT_POLL)
+        ledger.leave()
+        self.finalizer = ledger.try_lock()
+        if self.finalizer:
+            ledger.set_phase("verify", process_name())
+            self.check_rows()
+
+    def _run_pool(self, pending: int):
+        opts, plan, ledger = self.opts, self.plan, self.ledger
+        if opts.copy_out:
+            os.makedirs(opts.copy_out, exist_ok=True)
+        workers = self._budget(min(opts.workers, pending))
+        cfg = WorkerConfig(plan.schema, ledger.load_id, opts.fmt, opts.verify_checksum,
+                           encoder_plan(plan, self.staging), os.getpid(), opts.copy_out)
+        pool = WorkerPool(opts.dsn, cfg, workers, self.reporter, self._death)
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        result = pool.run(ledger.pending_rows(), plan.total_bytes)
+        cpu = self.summary.cpu
+        cpu["workers_s"] = round(cpu.get("workers_s", 0) + result.worker_cpu, 3)
+        cpu["coordinator_s"] = round(cpu.get("coordinator_s", 0) + time.process_time() - cpu0, 3)
+        self.summary.node_rows += result.rows
+        self.summary.node_seconds += time.perf_counter() - t0
+        self.summary.memory["worker_peak_mb"] = max(self.summary.memory.get("worker_peak_mb", 0),
+                                                    round(result.worker_peak_kb / 1024, 1))
+        if result.first_rows_at is not None:
+            # the streaming part of the copy: first rows encoded to last task committed (worker
+            # start-up and exit, about half a second each on a laptop, excluded)
+            end = result.last_done_at or time.perf_counter()
+            self.summary.phases["copy_stream"] = round(self.summary.phases.get("copy_stream", 0)
+                                                       + end - result.first_rows_at, 3)
+        if result.fatal:
+            raise DatabaseError(result.fatal, "staging tables are kept; fix the cause and rerun the same "
+                                "command to resume")
+        return result
+
+    def _budget(self, wanted: int) -> int:
+        """Workers that fit the server's free connection slots (each worker holds one)."""
+        free = free_connections(self.ledger.conn)
+        if free >= wanted:
+            return wanted
+        workers = max(1, free)
+        self.reporter.warn(f"the server has {free} free connection slot(s) (max_connections minus reserved minus "
+                           f"in use): starting {workers} worker(s) instead of {wanted}; raise max_connections "
+                           "or put pgbouncer (session mode) in front of the server")
+        return workers
+
+    def _death(self, task: int, why: str) -> bool:
+        return self.ledger.resilient(lambda: self.ledger.record_death(task, why, MAX_TASK_ATTEMPTS))
+
+    def _check_wait(self, since: float, what: str) -> None:
+        if time.monotonic() - since > self.opts.wait_timeout:
+            raise LoadFailed(f"load {self.ledger.load_id}: still waiting for {what} after "
+                             f"{self.opts.wait_timeout:.0f} s ({', '.join(self.ledger.holders()) or 'nobody'})",
+                             "see desi-loader status; rerun later (or raise --wait-timeout)")
+
+    # ----------------------------------------------------------------- await
+
+    def await_outcome(self) -> None:
+        """Another process finalizes: wait for it to publish or fail; take over if it dies."""
+        ledger, since, last = self.ledger, time.monotonic(), None
+        while True:
+            status, phase, finalizer, error = ledger.state()
+            if status == "published":
+                self.summary.published_by = finalizer
+                self.summary.rows = ledger.rows_by_table()
+                self.summary.missing = ledger.left_out(error)
+                self.summary.files_failed = [(n, r) for n, r in self.summary.missing]
+                self.reporter.info(f"load {ledger.load_id} was published by {finalizer}")
+                return
+            if status in ("failed", "aborted"):
+                raise LoadFailed(f"load {ledger.load_id} {status} in {finalizer or 'another process'}: "
+                                 f"{error or 'see desi-loader status'}",
+                                 "fix the cause and rerun the same command")
+            ledger.end_orphans()
+            if ledger.try_lock():                      # the finalizer died: take over
+                self.finalizer = True
+                ledger.set_phase("verify", process_name())
+                self.reporter.info(f"load {ledger.load_id}: taking over the finalize from {finalizer}")
+                self.check_rows()
+                return
+            if (phase, finalizer) != last:
+                last = (phase, finalizer)
+                self.reporter.info(f"load {ledger.load_id}: waiting for {finalizer or 'the other processes'}"
+                                   f" ({phase or 'copy'})")
+            self._check_wait(since, "the finalize of another process")
+            time.sleep(WAIT_POLL)
+
+    # ----------------------------------------------------------------- verify (verify.py)
+
+    def verify(self) -> None:
+        verify.verify(self)
+
+    # ----------------------------------------------------------------- finalize
+
+    def per_table(self, step: Callable[[object, str], None]) -> None:
+        """Run ``step(connection, table)`` for every table, tables in parallel (one connection each).
+
+        Index builds, ANALYZE and SET LOGGED are one-backend operations per table; the
+        tables of a catalog are independent, so on a many-core server they overlap.
+        """
+        conns: list = []
+
+        def one(table: str) -> None:
+            c = connect(self.opts.dsn, app_name("finalize", self.ledger.tag))
+            conns.append(c)
+            try:
+                with c.cursor() as cur:
+                    cur.execute("SET lock_timeout = %s", (FINALIZE_LOCK_TIMEOUT,))
+                c.commit()
+                step(c, table)
+            finally:
+                c.close()
+
+        tables = sorted(self.plan.tables, key=lambda t: -len(self.plan.tables[t].all_columns))   # widest first
+        pool = ThreadPoolExecutor(max_workers=max(1, min(len(tables), self.opts.workers)))
+        try:
+            for future in [pool.submit(one, t) for t in tables]:
+                future.result()
+        except BaseException:
+            # interrupted (Ctrl-C, SIGTERM) or one table failed: stop the others' statements
+            # now rather than wait minutes for index builds nobody will use
+            for c in list(conns):
+                if not c.closed:
+                    c.cancel()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def prepare_sky(self) -> Optional[str]:
+        """SQL functions of the cone search, and q3c where the server has it: q3c's schema."""
+        if not any(spec.sky for spec in self.plan.tables.values()):
+            return None
+        install_functions(self.ledger.conn, self.plan.schema)
+        return ensure_q3c(self.ledger.conn)
+
+    def index(self) -> None:
+        q3c = self.prepare_sky()
+
+        def step(c, t: str) -> None:
+            build_indexes(c, self.plan.schema, self.staging[t], self.plan.tables[t], q3c,
+                          on_cluster=bool(self.summary.cluster))
+            build_user_indexes(c, self.plan.schema, t, self.staging[t], self.plan.tables[t], self.ledger.load_id)
+        self.per_table(step)
+
+    def durable(self) -> None:
+        # before the foreign keys: a logged table may not reference an unlogged one
+        self.check_rows()
+        self.per_table(lambda c, t: make_logged(c, self.plan.schema, self.staging[t]))
+
+    def add_foreign_keys(self) -> None:
+        add_foreign_keys(self.ledger.conn, self.plan.schema, self.staging, self.fkeys)
+
+    def merge(self) -> None:
+        """Incremental publish: new columns, then one transaction replacing and adding rows."""
+        self.check_rows()
+        plan = self.plan
+        self.prepare_sky()
+        added = add_columns(self.ledger.conn, plan.schema, plan.tables)
+        if added:
+            self.reporter.info(f"new columns in the published tables: {', '.join(added)}")
+        deleted = merge(self.ledger.conn, plan.schema, self.staging, plan.tables, self.ledger.load_id,
+                        table_order(plan.tables, self.fkeys))
+        self.summary.replaced_rows = {t: n for t, n in deleted.items() if n}
+
+    def swap(self) -> None:
+        self.check_rows()
+        swap(self.ledger.conn, self.plan.schema, self.staging, self.ledger.load_id, self.plan.catalog.name,
+             self.plan.catalog.views)
+
+
+#: The phases of a load, in order.  ``open`` runs in one transaction (a failure leaves
+#: nothing); the others are idempotent and retried whole after a transient error (the
+#: copy phase only starts workers for the tasks still pending).  Every
+#: process copies; the one that wins the load's lock alone (``finalizer``) verifies,
+#: indexes and publishes, the others await the outcome (and take over if it dies).
+def _replacing(c: Coordinator) -> bool:
+    return c.finalizer and not c.incremental
+
+
+PHASES = (
+    Phase("open", Coordinator.open, retry=False),
+    Phase("copy", Coordinator.copy, when=lambda c: c.summary.role != "nothing"),
+    Phase("await", Coordinator.await_outcome, when=lambda c: not c.finalizer and c.summary.role != "nothing"),
+    Phase("verify", Coordinator.verify, when=lambda c: c.finalizer),
+    Phase("merge", Coordinator.merge, when=lambda c: c.finalizer and c.incremental),
+    Phase("index", Coordinator.index, when=_replacing),
+    Phase("durable", Coordinator.durable,
+          when=lambda c: _replacing(c) and not c.opts.unlogged and c.staging_mode == "unlogged"),
+    Phase("foreign_keys", Coordinator.add_foreign_keys, when=lambda c: _replacing(c) and bool(c.fkeys)),
+    Phase("swap", Coordinator.swap, when=_replacing),
+)
