@@ -9,29 +9,22 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import re
 import socket
-import time
-from contextlib import contextmanager
-from typing import Callable, Iterator, Optional, TypeVar
+from typing import Optional
 
-import psycopg2
 from psycopg2 import sql
 from psycopg2.extras import Json, execute_values
 
 from . import __version__
-from .db import connect, is_transient, relation_exists
-from .errors import DatabaseError, UsageError
+from .db import relation_exists
+from .errors import UsageError
+from .sessions import SETUP_LOCK, Session, app_name, client_alive, parse_app_name, process_name, transient
+
+#: sessions' names re-exported: callers know the ledger, the ledger knows its sessions
+__all__ = ["Ledger", "app_name", "client_alive", "parse_app_name", "process_name", "transient", "staging_name",
+           "replaced_files", "publish_merged", "publish_swapped", "published_headers"]
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-#: key of the advisory lock serialising DDL of the ledger tables between loaders
-_SETUP_LOCK = 0x6465_7369  # 'desi'
-
-#: advisory-lock sub-key serialising the opening of loads in one schema (load ids start at 1)
-_OPEN = 0
 
 DDL = """
 CREATE TABLE IF NOT EXISTS {s}.loader_loads (
@@ -89,43 +82,9 @@ CREATE INDEX IF NOT EXISTS loader_tasks_pending_idx ON {s}.loader_tasks (load_id
 """
 
 
-
 #: Reconnect attempts after a lost connection; with the backoff (0.5 s doubling, at most
 #: 16 s) the last comes about a minute after the first failure: a server restart fits.
 RECONNECT_ATTEMPTS = 8
-
-
-def process_name() -> str:
-    """host:pid of this process, as it appears in application_name and the ledger."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def app_name(role: str, tag: str = "-") -> str:
-    """``application_name`` of a loader connection: load tag, role, host:pid.
-
-    A later run reads it in pg_stat_activity to tell which sessions belong to a load and
-    whether their client process still exists (same host: does the pid exist?).
-    """
-    return f"desi-loader {tag} {role} {process_name()}"[:63]
-
-
-def parse_app_name(name: str) -> Optional[tuple[str, str, str, int]]:
-    """(tag, role, host, pid) of a loader's application_name; None for anything else."""
-    m = re.match(r"^desi-loader (\S+) (\S+) (.+):(\d+)$", name or "")
-    return (m.group(1), m.group(2), m.group(3), int(m.group(4))) if m else None
-
-
-def client_alive(host: str, pid: int) -> Optional[bool]:
-    """Whether the loader process host:pid exists: True/False on this host, None elsewhere."""
-    if host != socket.gethostname():
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def staging_name(table: str, load_id: int) -> str:
@@ -183,80 +142,18 @@ def published_headers(cur, schema: str, catalog: str) -> list:
     return cur.fetchall()
 
 
-class Ledger:
+class Ledger(Session):
     """The ledger tables of one schema, and the load this process works on.
 
-    Owns its connection (re-opened after a server restart, the load re-locked) and every
-    statement on ``loader_loads``, ``loader_tasks`` and ``load_files``.  ``load_id`` is
-    None until ``start`` or ``bind``.
+    Every statement on ``loader_loads``, ``loader_tasks`` and ``load_files``; its connection,
+    lock and retries are a Session's (sessions.py).  ``load_id`` is None until ``start`` or
+    ``bind``.
     """
-
-    def __init__(self, dsn: str, schema: str, role: str = "coordinator") -> None:
-        self.dsn, self.schema, self.role = dsn, schema, role
-        self.load_id: Optional[int] = None
-        self.locked = False
-        self.joined = False
-        self._oid: Optional[int] = None
-        self._in_transaction = False
-        self.conn = connect(dsn, app_name(role))
-
-    # ----------------------------------------------------------------- plumbing
-
-    def close(self) -> None:
-        if not self.conn.closed:
-            self.conn.close()
-
-    def _commit(self) -> None:
-        if not self._in_transaction:
-            self.conn.commit()
-
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """Statements inside commit together (the methods' own commits are deferred)."""
-        self._in_transaction = True
-        try:
-            yield
-            self._in_transaction = False
-            self.conn.commit()
-        except BaseException:
-            self._in_transaction = False
-            try:
-                self.conn.rollback()
-            except psycopg2.Error:
-                pass
-            raise
-
-    def _run(self, text: str, args: tuple = ()) -> Optional[list]:
-        """One statement in its own transaction (``{s}`` is the schema); its rows, if any."""
-        with self.conn.cursor() as cur:
-            cur.execute(sql.SQL(text).format(s=sql.Identifier(self.schema)), args)
-            rows = cur.fetchall() if cur.description else None
-        self._commit()
-        return rows
-
-    @property
-    def tag(self) -> str:
-        """Short name of the load for application_name: L<load id>@<oid of loader_loads>."""
-        return f"L{self.load_id}@{self._oid}" if self.load_id is not None else "-"
-
-    def _key(self, n: int) -> int:
-        key = (self._oid << 32) | (n & 0xFFFF_FFFF)
-        return key - (1 << 64) if key >= 1 << 63 else key
-
-    @property
-    def lock_key(self) -> int:
-        """The load's advisory-lock key, unique on the server.
-
-        Advisory locks are per database; the OID of this schema's ``loader_loads`` is
-        unique within the database, so (oid, load id) names one load of one schema.
-        Every process working on the load holds it shared; its finalizer holds it alone.
-        """
-        return self._key(self.load_id)
 
     def ensure_tables(self) -> None:
         """Create the schema and the ledger tables if missing (serialised by an advisory lock)."""
         with self.conn.cursor() as cur:
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SETUP_LOCK,))
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (SETUP_LOCK,))
             cur.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (self.schema,))
             if cur.fetchone() is None:   # CREATE SCHEMA needs CREATE on the database: only when missing
                 cur.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(self.schema)))
@@ -280,57 +177,6 @@ class Ledger:
         """True when the schema holds ledger tables."""
         return self._load_oid()
 
-    def bind(self, load_id: int) -> "Ledger":
-        """Work on load ``load_id`` from now on (names this connection after it)."""
-        if self._oid is None:
-            self._load_oid()
-        self.load_id = load_id
-        with self.conn.cursor() as cur:
-            cur.execute("SET application_name = %s", (app_name(self.role, self.tag),))
-        self._commit()
-        return self
-
-    def reconnect(self) -> None:
-        """Re-open the connection if the server dropped it, re-taking the load's lock."""
-        try:
-            with self.conn.cursor() as cur:
-                cur.execute("SELECT 1")
-            self.conn.commit()
-            return
-        except psycopg2.Error:
-            try:
-                self.conn.close()
-            except psycopg2.Error:
-                pass
-        for attempt in range(RECONNECT_ATTEMPTS):
-            try:
-                self.conn = connect(self.dsn, app_name(self.role, self.tag))
-                break
-            except DatabaseError:
-                if attempt == RECONNECT_ATTEMPTS - 1:
-                    raise
-                time.sleep(min(0.5 * 2 ** attempt, 16))
-        if self.locked and not self._try_lock():
-            raise UsageError(f"load {self.load_id} was taken over by another process while the "
-                             "server restarted")
-        if self.joined:
-            self.joined = False
-            self.join()
-
-    def resilient(self, step: Callable[[], T], what: str = "step", attempts: int = 7) -> T:
-        """Run ``step()``; after a transient error (server restart, lost connection, lock
-        timeout) reconnect, re-lock and run it again.  Steps given here are idempotent."""
-        for attempt in range(attempts):
-            try:
-                return step()
-            except (psycopg2.Error, DatabaseError) as exc:
-                if not transient(exc) or attempt == attempts - 1:
-                    raise
-                log.warning("%s interrupted (%s); retrying", what, str(exc).strip().splitlines()[0])
-                time.sleep(min(0.5 * 2 ** attempt, 16))
-                self.reconnect()
-        raise AssertionError("unreachable")
-
     # ----------------------------------------------------------------- loads
 
     def find_unfinished(self, catalog: str, tables: list) -> Optional[int]:
@@ -348,91 +194,6 @@ class Ledger:
             (catalog, sorted(tables), Json(options), socket.gethostname(), __version__))
         self.bind(load_id)
         return load_id
-
-    def lock_open(self) -> None:
-        """Serialise opening loads in this schema until the current transaction ends.
-
-        Finding an unfinished load and starting a new one then happen atomically: two
-        processes started at the same moment never create two loads of the same tables.
-        """
-        with self.conn.cursor() as cur:
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SETUP_LOCK,))    # no ledger DDL meanwhile
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (self._key(_OPEN),))
-
-    def _try_lock(self) -> bool:
-        with self.conn.cursor() as cur:
-            cur.execute("SELECT pg_try_advisory_lock(%s)", (self.lock_key,))
-            ok = cur.fetchone()[0]
-        self._commit()
-        return ok
-
-    def try_lock(self) -> bool:
-        """Take the load's lock alone: no other process works on it (finalize, resume, abort)."""
-        self.locked = self._try_lock() or self.locked
-        return self.locked
-
-    def unlock(self) -> None:
-        """Give up the exclusive lock taken by try_lock."""
-        if self.locked:
-            self._run("SELECT pg_advisory_unlock(%s)", (self.lock_key,))
-            self.locked = False
-
-    def join(self) -> bool:
-        """Take the load's lock shared (a process that copies); False while a finalizer holds it."""
-        (ok,), = self._run("SELECT pg_try_advisory_lock_shared(%s)", (self.lock_key,))
-        self.joined = self.joined or ok
-        return ok
-
-    def leave(self) -> None:
-        """Release every shared hold of the load's lock taken by join."""
-        while self.joined and self._run("SELECT pg_advisory_unlock_shared(%s)", (self.lock_key,))[0][0]:
-            pass
-        self.joined = False
-
-    def sessions(self) -> list:
-        """Server sessions of this load's processes: (pid, tag, role, host, client pid, state, since, holds)."""
-        hi, lo = (self.lock_key >> 32) & 0xFFFF_FFFF, self.lock_key & 0xFFFF_FFFF
-        rows = self._run(
-            "SELECT a.pid, a.application_name, a.state, a.state_change, "
-            "(SELECT string_agg(l.mode, ',') FROM pg_locks l WHERE l.pid = a.pid AND l.locktype = 'advisory' "
-            " AND l.granted AND l.classid = %s::bigint::oid AND l.objid = %s::bigint::oid AND l.objsubid = 1) "
-            "FROM pg_stat_activity a WHERE a.application_name LIKE %s AND a.pid <> pg_backend_pid()",
-            (hi, lo, f"desi-loader {self.tag} %"))
-        out = []
-        for pid, name, state, since, holds in rows:
-            parsed = parse_app_name(name)
-            if parsed:
-                out.append((pid, *parsed, state, since, holds))
-        return out
-
-    def end_orphans(self) -> list:
-        """End the server sessions of this load whose client process provably died.
-
-        A killed loader's session lives on until it next talks to its client: a finalize
-        statement (ANALYZE, CREATE INDEX) or a lock wait can keep it, and its locks, for
-        minutes.  Sessions of a process on this host that no longer exists are ended
-        (``pg_terminate_backend`` needs only the same role); others are left alone.
-        Returns the host:pid of the processes whose sessions were ended.
-        """
-        ended = []
-        for pid, _tag, _role, host, cpid, _state, _since, _holds in self.sessions():
-            if client_alive(host, cpid) is False:
-                try:
-                    if self.conn.server_version >= 140000:    # waits until the session is gone
-                        self._run("SELECT pg_terminate_backend(%s, 5000)", (pid,))
-                    else:
-                        self._run("SELECT pg_terminate_backend(%s)", (pid,))
-                except psycopg2.Error as exc:        # not ours to end (another role): leave it
-                    self.conn.rollback()
-                    log.info("could not end session %s of %s:%s: %s", pid, host, cpid, exc)
-                    continue
-                ended.append(f"{host}:{cpid}")
-        return sorted(set(ended))
-
-    def holders(self) -> list:
-        """'host:pid (role)' of the processes whose sessions hold this load's lock."""
-        return sorted({f"{host}:{cpid} ({role})" for _p, _t, role, host, cpid, _s, _since, holds
-                       in self.sessions() if holds})
 
     def state(self) -> tuple:
         """(status, phase, finalizer, error) of the load."""
@@ -704,8 +465,3 @@ class Ledger:
                          (self.load_id,))
 
 
-def transient(exc: BaseException) -> bool:
-    """True for errors a reconnect and retry can cure (also when connect() wrapped them)."""
-    if isinstance(exc, DatabaseError) and isinstance(exc.__cause__, psycopg2.Error):
-        exc = exc.__cause__                  # connect() failed while the server restarts
-    return isinstance(exc, psycopg2.Error) and is_transient(exc)
