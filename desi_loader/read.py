@@ -11,6 +11,7 @@ import os
 import warnings
 import zlib
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any, BinaryIO, Optional
 
 import numpy as np
@@ -38,11 +39,16 @@ class HduInfo:
     pcount: int = 0                # bytes after the rows: gap + heap of variable-length arrays
     theap: int = 0                 # where the heap starts, from the start of the data
 
-    @property
+    @cached_property
+    def vlas(self) -> tuple:
+        """The variable-length array columns (worked out once: blocks ask for every read)."""
+        return tuple(c for c in self.columns if c.heap)
+
+    @cached_property
     def block_bytes(self) -> int:
         """Bytes of a row as the encoder sees it: the FITS row, then each VLA's elements
         (expand_heap) padded to the column's largest array."""
-        return self.row_bytes + sum(c.heap_bytes for c in self.columns)
+        return self.row_bytes + sum(c.heap_bytes for c in self.vlas)
 
     @property
     def datasum(self) -> Optional[int]:
@@ -316,7 +322,7 @@ def expand_heap(rows: np.ndarray, hdu: HduInfo, fh: Any, path: str, first_row: i
     the count from the descriptor (still in the row) and the elements from the region.
     The heap bytes a block points into are read with one positioned read.
     """
-    vlas = [c for c in hdu.columns if c.heap]
+    vlas = hdu.vlas
     if not vlas:
         return rows
     n = rows.shape[0]

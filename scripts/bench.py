@@ -801,7 +801,8 @@ class Bench:
         """The whole command into one Debian PostgreSQL 15 server and into a local Citus cluster
         (coordinator + 2 workers, same binaries, same machine), the CPU each node spent, and a
         model of 1 coordinator + 8 workers on the full catalog from those per-row costs."""
-        from desi_loader import localpg
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))   # localpg: a tests helper
+        import localpg
         args, W = self.args, self.W
         if not localpg.has_extension("citus", "15"):
             print("\ncitus: skipped (no Citus for Debian's PostgreSQL 15: scripts/provision.sh builds it)")

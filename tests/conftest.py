@@ -39,7 +39,7 @@ def db(pg_uri):
 @pytest.fixture(scope="session")
 def pg15_uri():
     """Debian's PostgreSQL 15 with q3c, started by the suite on a loopback port."""
-    from desi_loader import localpg
+    import localpg
     from pg15 import require_extension
     require_extension("q3c", "postgresql-15 postgresql-15-q3c")
     data_dir = localpg.base_dir() / f"q3c-{uuid.uuid4().hex[:8]}"

@@ -21,15 +21,17 @@ def _default_signals():
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def node(paths, dsn, schema, *extra, delay="0.02", workers=1, summary=None, task_rows=50, phase_delay=0):
-    """Start one loader process in its own session (process group), like a node of a batch job."""
+def node(paths, dsn, schema, *extra, delay="0.02", workers=1, summary=None, task_rows=50, phase_delay=0,
+         new_session=True):
+    """Start one loader process in its own session (process group), like a node of a batch job
+    (``new_session=False``: in the test's process group, as a command typed in a shell)."""
     env = dict(os.environ, DESI_LOADER_TEST_BLOCK_DELAY=str(delay), DESI_LOADER_TEST_PHASE_DELAY=str(phase_delay))
     cmd = [sys.executable, os.path.join(ROOT, "scripts", "load.py"), *map(str, paths), "--dsn", dsn,
            "--schema", schema, "--workers", str(workers), "--task-rows", str(task_rows), *extra]
     if summary:
         cmd += ["--summary-json", str(summary)]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True, preexec_fn=_default_signals)
+                            start_new_session=new_session, preexec_fn=_default_signals)
 
 
 def kill_node(proc, sig=signal.SIGKILL):
@@ -93,6 +95,13 @@ def assert_exact(dsn, schema, files):
         assert n == distinct == total, t
     assert q(dsn, "SELECT count(*) FROM pg_tables WHERE schemaname = %s AND tablename ~ '__(load|old)[0-9]+$'",
              (schema,)) == [(0,)]
+
+
+def assert_rows_once(dsn, schema, nrows):
+    """Each FastSpecFit table holds ``nrows`` rows, every (file_id, row_num) once."""
+    for t in TABLES:
+        (n, distinct), = q(dsn, f'SELECT count(*), count(DISTINCT (file_id, row_num)) FROM "{schema}".{t}')
+        assert n == distinct == nrows, t
 
 
 def summaries(paths):

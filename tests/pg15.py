@@ -6,7 +6,7 @@ never skips (a skipped test proves nothing).
 """
 import pytest
 
-from desi_loader import localpg
+import localpg
 
 
 def require_extension(name: str, packages: str) -> None:

@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from nodes import ROOT
 
 
 def test_bench_quick_writes_json_and_chart(tmp_path, pg_uri):

@@ -7,7 +7,7 @@ import uuid
 import psycopg2
 import pytest
 
-from desi_loader import localpg
+import localpg
 from desi_loader.cli import write_samples
 from helpers import assert_desivast_exact, assert_fastspecfit_exact, load, polling
 from nodes import assert_exact, done_tasks, kill_node, node, q, wait_until

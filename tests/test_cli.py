@@ -6,8 +6,8 @@ import sys
 
 
 from desi_loader.cli import main
+from nodes import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_cli(capsys, *argv):

@@ -27,7 +27,6 @@ import uuid
 
 import numpy as np
 import psycopg2
-import pytest
 from astropy.io import fits
 from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st

@@ -15,11 +15,9 @@ from astropy.io import fits
 from desi_loader import server
 from desi_loader.db import is_transient
 from desi_loader.sample import write_fastspecfit_file
-from nodes import done_tasks, q
+from nodes import assert_rows_once as assert_exact, done_tasks, node, q, wait_until
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = [f"fastspec-iron-main-bright-nside1-hp{i:02d}.fits" for i in range(6)]
-TABLES = ("fastspecfit_metadata", "fastspecfit_specphot", "fastspecfit_fastspec")
 
 
 @pytest.fixture(scope="module")
@@ -31,17 +29,9 @@ def good(tmp_path_factory):
     return d
 
 
-def _default_sigint():
-    # a suite started in the background inherits SIGINT ignored; Ctrl-C tests need the default
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def start_load(paths, dsn, schema, *extra, delay="0.04", **popen):
-    env = dict(os.environ, DESI_LOADER_TEST_BLOCK_DELAY=delay)
-    cmd = [sys.executable, os.path.join(ROOT, "scripts", "load.py"), *map(str, paths), "--dsn", dsn,
-           "--schema", schema, "--workers", "2", "--task-rows", "50", *extra]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            preexec_fn=_default_sigint, **popen)
+def start_load(paths, dsn, schema, *extra, delay="0.04", start_new_session=False):
+    """A loader with 2 workers and 50-row tasks, slowed by ``delay`` s per block (nodes.node)."""
+    return node(paths, dsn, schema, *extra, delay=delay, workers=2, new_session=start_new_session)
 
 
 def run_load(paths, dsn, schema, *extra):
@@ -51,17 +41,7 @@ def run_load(paths, dsn, schema, *extra):
 
 
 def wait_for_done(dsn, schema, n, proc, timeout=60):
-    t0 = time.time()
-    while done_tasks(dsn, schema) < n:
-        assert proc.poll() is None, proc.communicate()
-        assert time.time() - t0 < timeout
-        time.sleep(0.02)
-
-
-def assert_exact(dsn, schema, nrows):
-    for t in TABLES:
-        (n, distinct), = q(dsn, f'SELECT count(*), count(DISTINCT (file_id, row_num)) FROM "{schema}".{t}')
-        assert n == distinct == nrows, t
+    wait_until(lambda: done_tasks(dsn, schema) >= n, [proc], timeout=timeout, poll=0.02)
 
 
 def workers_of(pid):

@@ -8,8 +8,8 @@ import pytest
 
 from desi_loader.sample import write_fastspecfit_file
 from helpers import load, polling
+from nodes import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = "fastspec-iron-main-bright-nside1-hp02.fits"
 SV3 = "fastspec-iron-sv3-bright.fits"
 

@@ -5,17 +5,9 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from helpers import load, write_all_types
+from helpers import fetch, load, write_all_types
 
 FLOAT_SEND = {">f4": "float4send", ">f8": "float8send"}
-
-
-def fetch(db, sql):
-    with db.cursor() as cur:
-        cur.execute(sql)
-        rows = cur.fetchall()
-    db.commit()
-    return rows
 
 
 @pytest.mark.parametrize("fmt", ["binary", "text"])

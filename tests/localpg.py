@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .errors import DatabaseError
+from desi_loader.errors import DatabaseError
 
 #: settings of a throwaway local server (no durability needed beyond a crash test)
 LOCAL_SETTINGS = {"max_connections": "100", "max_wal_size": "4GB", "checkpoint_timeout": "30min",
