@@ -7,32 +7,22 @@ files (--allow-partial); 130 interrupted.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import logging
 import os
 import signal
 import sys
-import time
-from pathlib import Path
 from typing import Optional, Sequence
-
-import runpy
 
 import psycopg2
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
-from . import __version__, citus, cone, server, voids
-from .config import load_settings
-from .db import connect, mask_dsn, resolve_dsn
-from .errors import Interrupted, LoaderError, UsageError
-from .ledger import Ledger, client_alive
-from .progress import PlainReporter, QuietReporter, RichReporter
-from .run import LoadOptions, plan_loads, run_loads
-from .sample import write_fastspecfit_sample
-from .sample_vast import DEFAULT_SCALE, fastspecfit_positions, fastspecfit_targets, write_desivast_sample
+from . import __version__
+from .commands import (cmd_abort, cmd_bench, cmd_cone, cmd_load, cmd_sample, cmd_server, cmd_sql,
+                       cmd_status, cmd_void_membership, cmd_xmatch, write_samples)
+from .errors import Interrupted, LoaderError
+
+__all__ = ["build_parser", "main", "write_samples"]     # write_samples: the tests' sample writer
 
 EPILOG = """examples:
   desi-loader load --sample                      generate sample FastSpecFit files and load them
@@ -63,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     top.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
     sub = top.add_subparsers(dest="command", metavar="COMMAND")
 
+    for add_parser, _run in COMMANDS.values():
+        add_parser(sub)
+    return top
+
+
+def _parser_load(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("load", help="load FITS files into PostgreSQL",
                        description="Load FITS files (or directories of them) into PostgreSQL tables.")
     p.add_argument("paths", nargs="*", help="FITS files or directories holding them")
@@ -120,7 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                    help="log details to stderr")
     _target(p)
+    return p
 
+
+def _parser_sample(sub) -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="write sample FITS files with the real DESI DR1 layout",
                        description="Write sample files. With --catalog all, FastSpecFit goes to OUTDIR/fastspecfit "
                        "and DESIVAST to OUTDIR/desivast, with DESIVAST GALZONE.TARGET taken from the "
@@ -132,11 +131,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scale", type=float, default=None,
                    help="DESIVAST rows as a fraction of the real counts (default 0.002; 1 = real size)")
     s.add_argument("--seed", type=int, default=1)
+    return s
 
+
+def _parser_sql(sub) -> argparse.ArgumentParser:
     q = sub.add_parser("sql", help="run SQL against the target database and print the result")
     q.add_argument("query")
     _target(q)
+    return q
 
+
+def _parser_cone(sub) -> argparse.ArgumentParser:
     c = sub.add_parser("cone", help="rows of a table within RADIUS degrees of (RA, DEC), nearest first",
                        description="Cone search on a table with a sky index (column hpx29; q3c where the "
                        "table has a q3c index). Exact: the same rows as a brute-force angular distance. "
@@ -154,7 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--explain", action="store_true", help="print the SQL and the query plan instead of rows")
     c.add_argument("--schema", default=None, help="schema of the table (default desi_dr1)")
     _target(c)
+    return c
 
+
+def _parser_xmatch(sub) -> argparse.ArgumentParser:
     x = sub.add_parser("xmatch", help="nearest neighbour in table B within RADIUS degrees of each row of table A",
                        description="Cross-match two tables with sky indexes: for every row of A, the nearest "
                        "row of B within RADIUS (rows of A without one are left out). Prints tab-separated rows.")
@@ -166,7 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--explain", action="store_true", help="print the SQL and the query plan instead of rows")
     x.add_argument("--schema", default=None, help="schema of both tables (default desi_dr1)")
     _target(x)
+    return x
 
+
+def _parser_void_membership(sub) -> argparse.ArgumentParser:
     vm = sub.add_parser("void-membership", help="materialise desivast_void_membership for the four void finders",
                         description="Re-create SCHEMA.desivast_void_membership (algorithm, cap, void, targetid, "
                         "...) from the loaded DESIVAST and FastSpecFit tables: V2 algorithms from "
@@ -174,360 +185,45 @@ def build_parser() -> argparse.ArgumentParser:
                         "void's holes, comoving coordinates with the file's cosmology). See docs/VOIDS.md.")
     vm.add_argument("--schema", default=None, help="schema of the loaded catalogs (default desi_dr1)")
     _target(vm)
+    return vm
 
+
+def _parser_bench(sub) -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="benchmark against the server's ceiling and pandas (scripts/bench.py)",
                        add_help=False)
     b.add_argument("args", nargs=argparse.REMAINDER, help="arguments of scripts/bench.py (--help for them)")
+    return b
 
+
+def _parser_status(sub) -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="list loads and their tasks (done, pending, failed)")
     st.add_argument("--schema", default=None, help="schema of the loads (default desi_dr1)")
     _target(st)
+    return st
 
+
+def _parser_abort(sub) -> argparse.ArgumentParser:
     ab = sub.add_parser("abort", help="drop an unfinished load's staging tables")
     ab.add_argument("load_id", type=int)
     ab.add_argument("--schema", default=None, help="schema of the load (default desi_dr1)")
     _target(ab)
+    return ab
 
+
+def _parser_server(sub) -> argparse.ArgumentParser:
     v = sub.add_parser("server", help="the embedded PostgreSQL server: start, stop, url, psql")
     v.add_argument("action", choices=("start", "stop", "url", "psql"))
     v.add_argument("--data-dir", help="data directory (default ~/.local/share/desi-loader/pgdata)")
-    return top
+    return v
 
 
-def _dsn(args) -> str:
-    settings = load_settings(getattr(args, "config", None))
-    dsn = resolve_dsn(args.dsn, settings.dsn)
-    if dsn is None:
-        return server.start(Path(args.data_dir) if args.data_dir else None)
-    return dsn
-
-
-def write_samples(outdir: str, catalog: str, rows: int, files: int, scale: Optional[float],
-                  seed: int = 1) -> list:
-    """Write sample files of one catalog or both (DESIVAST targets from FastSpecFit main-bright)."""
-    scale = DEFAULT_SCALE if scale is None else scale
-    if catalog == "fastspecfit":
-        return write_fastspecfit_sample(outdir, rows=rows, files=files, seed=seed)
-    if catalog == "desivast":
-        return write_desivast_sample(outdir, scale=scale, seed=seed, targets=fastspecfit_targets(outdir),
-                                     galaxies=fastspecfit_positions(outdir))
-    fsf = write_fastspecfit_sample(os.path.join(outdir, "fastspecfit"), rows=rows, files=files, seed=seed)
-    fdir = os.path.join(outdir, "fastspecfit")
-    return fsf + write_desivast_sample(os.path.join(outdir, "desivast"), scale=scale, seed=seed,
-                                       targets=fastspecfit_targets(fdir), galaxies=fastspecfit_positions(fdir))
-
-
-def _ensure_sample(rows: int, files: int, scale: Optional[float], console) -> list:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    outdir = os.path.join(base, "desi-loader", f"sample-{rows}x{files}-{scale or 'default'}")
-    marker = os.path.join(outdir, ".complete")
-    if not os.path.exists(marker):
-        console.print(f"writing sample files (FastSpecFit {files} x {rows} rows, DESIVAST 8 files) to {outdir} ...")
-        write_samples(outdir, "all", rows, files, scale)
-        Path(marker).touch()
-    return [os.path.join(outdir, "fastspecfit"), os.path.join(outdir, "desivast")]
-
-
-def _print_summary(console, summary, dsn: str) -> None:
-    d = summary.as_dict()
-    t = Table(title=f"load {summary.load_id}: {summary.catalog} -> schema {summary.schema}")
-    t.add_column("table")
-    t.add_column("rows", justify="right")
-    for name, n in summary.rows.items():
-        t.add_row(name, f"{n:,}")
-    t.add_row("[bold]total", f"[bold]{d['total_rows']:,}")
-    console.print(t)
-    phases = "  ".join(f"{k} {v:.2f}s" for k, v in summary.phases.items() if k != "copy_stream")
-    if "copy_stream" in summary.phases:
-        phases += f"  (copy streaming {summary.phases['copy_stream']:.2f}s, the rest is worker start-up and exit)"
-    console.print(f"named files: {len(summary.files_loaded)} loaded, {len(summary.files_unchanged)} unchanged "
-                  f"(published before), {len(summary.files_failed)} not loaded")
-    console.print(f"files {summary.files}  FITS {summary.fits_bytes / 1e6:,.1f} MB  tasks {summary.tasks}  "
-                  f"workers {summary.workers}  format {summary.fmt}")
-    console.print(f"phases: {phases}")
-    if d["copy_rows_per_s"]:
-        cpu = (f" (client CPU: workers {summary.cpu['workers_s']:.2f}s reading, encoding and sending, "
-               f"coordinator {summary.cpu['coordinator_s']:.2f}s)" if summary.cpu else "")
-        console.print(f"copy: {d['copy_rows_per_s']:,.0f} rows/s, {d['copy_mb_per_s']:,.1f} MB/s of FITS{cpu}")
-    if summary.memory:
-        console.print("peak memory: " + ", ".join(f"{k.replace('_peak_mb', '')} {v:,.0f} MB"
-                                                 for k, v in summary.memory.items()))
-    if summary.incremental:
-        console.print(f"incremental: {summary.files} new or changed file(s) merged into the published tables, "
-                      f"{summary.unchanged_files} unchanged file(s) skipped"
-                      + (f"; replaced rows: {summary.replaced_rows}" if summary.replaced_rows else ""))
-    if summary.durable_path:
-        console.print(f"durable path: {summary.durable_path}")
-    if summary.cluster:
-        console.print(f"{summary.cluster}: " + "; ".join(f"{t} {d}" for t, d in summary.distribution.items()))
-    console.print(f"checksums {summary.checksums}; " +
-                  ("row counts verified against NAXIS2 per file and HDU; " if summary.verified else "") +
-                  ("tables are durable (LOGGED)" if summary.durable else
-                   "[yellow]tables are UNLOGGED: a server crash empties them[/yellow]"))
-    if summary.resumed:
-        console.print(summary.resumed)
-    if summary.node_rows and summary.node_seconds:
-        console.print(f"this process ({summary.process}): {summary.node_rows:,} rows at "
-                      f"{summary.node_rows / summary.node_seconds:,.0f} rows/s")
-    if summary.published_by and not summary.finalized:
-        console.print(f"published by {summary.published_by} (this process copied and waited)")
-    for name, reason in summary.missing:
-        console.print(f"[yellow]published WITHOUT {name}[/yellow]: {reason}")
-    if summary.server:
-        console.print("server: " + ", ".join(f"{k}={v}" for k, v in summary.server.items()))
-    console.print(f"connection: {mask_dsn(dsn)}")
-    console.print(f'query it:   desi-loader sql "SELECT count(*) FROM {summary.schema}.'
-                  f'{next(iter(summary.rows), "load_files")}"')
-
-
-def _cmd_load(args, console) -> int:
-    if args.workers < 1:
-        raise UsageError("--workers must be at least 1")
-    paths = list(args.paths)
-    if args.sample:
-        paths.extend(_ensure_sample(args.sample_rows, args.sample_files, args.sample_scale, console))
-    if not paths:
-        raise UsageError("no input given", "name FITS files or directories, or use --sample")
-    opts = LoadOptions(paths=tuple(paths), dsn="", schema=args.schema, catalog=args.catalog,
-                       prefix=args.prefix, sky=args.sky,
-                       distribute=tuple(args.distribute), workers=args.workers, fmt=args.fmt, unlogged=args.unlogged,
-                       dry_run=args.dry_run, task_rows=args.task_rows, config=args.config,
-                       verify_checksum=args.verify_checksum, allow_partial=args.allow_partial,
-                       resume=args.resume, copy_out=args.copy_out, join=args.join, staging=args.staging,
-                       replace_all=args.replace_all,
-                       wait_timeout=args.wait_timeout)
-    if args.quiet:
-        reporter = QuietReporter()
-    elif console.is_terminal:
-        reporter = RichReporter(console)
-    else:
-        reporter = PlainReporter()
-    # paths, catalogs and headers are checked before anything is touched: a mistake in the
-    # arguments neither starts the embedded server nor creates a schema
-    t0 = time.perf_counter()
-    reporter.phase("plan")
-    plans = plan_loads(opts)
-    plan_s = round(time.perf_counter() - t0, 3)
-    dsn = "" if args.dry_run else _dsn(args)
-    opts = dataclasses.replace(opts, dsn=dsn)
-    summaries = run_loads(opts, reporter, plans, plan_s)
-    if args.summary_json:
-        loads = [s.as_dict() for s in summaries]
-        Path(args.summary_json).write_text(json.dumps(
-            {"loads": loads, "total_rows": sum(d["total_rows"] for d in loads)}, indent=2, default=str))
-    code = 4 if any(s.missing for s in summaries) else 0
-    if args.dry_run and any(s.missing for s in summaries) and not args.allow_partial:
-        code = 1                       # the load would fail on these files
-    if args.quiet:
-        return code
-    for summary in summaries:
-        if summary.role == "nothing":
-            console.print(f"{summary.catalog}: all {summary.unchanged_files} files are published and "
-                          f"unchanged in schema {summary.schema}: nothing to load (--replace-all reloads them)")
-            for name, reason in summary.missing:
-                console.print(f"[yellow]not loaded: {name}[/yellow]: {reason}")
-        elif args.dry_run:
-            for entry in summary.plan:
-                sky = f", sky index hpx29 of ({', '.join(entry['sky'])})" if entry.get("sky") else ""
-                console.print(f"{summary.schema}.{entry['table']}: {entry['columns']} columns, "
-                              f"key ({', '.join(entry['key'])}){sky}, {summary.rows[entry['table']]:,} rows")
-            for path, reason in summary.files_failed:
-                console.print(f"[yellow]cannot load {os.path.basename(path)}[/yellow]: {reason}")
-            console.print(f"{summary.catalog}: {summary.files} files, {summary.tasks} tasks; dry run: nothing loaded"
-                          + (f"; {len(summary.files_failed)} file(s) cannot be loaded (exit {code})"
-                             if summary.files_failed else ""))
-        else:
-            _print_summary(console, summary, dsn)
-    return code
-
-
-def _cmd_sql(args, console) -> int:
-    conn = connect(_dsn(args))
-    try:
-        with conn.cursor() as cur:
-            try:
-                cur.execute(args.query)
-            except Exception as exc:
-                raise LoaderError(f"query failed: {str(exc).strip().splitlines()[0]}") from exc
-            if cur.description is None:
-                conn.commit()
-                console.print(cur.statusmessage)
-                return 0
-            t = Table(*[d.name for d in cur.description])
-            for row in cur.fetchall():
-                t.add_row(*["NULL" if v is None else str(v) for v in row])
-            console.print(t)
-    finally:
-        conn.close()
-    return 0
-
-
-def _schema(args) -> str:
-    return args.schema or load_settings(getattr(args, "config", None)).schema
-
-
-def _cmd_status(args, console) -> int:
-    schema = _schema(args)
-    ledger = Ledger(_dsn(args), schema, "status")
-    try:
-        if not ledger.exists():
-            console.print(f"no loads in schema {schema}")
-            return 0
-        t = Table("load", "catalog", "status", "phase", "started", "finished", "host", "done", "pending", "failed",
-                  title=f"loads in schema {schema}")
-        running = []
-        for row in ledger.loads():
-            load_id, catalog, status, started, finished, host, done, pending, failed, _tables, phase = row
-            t.add_row(*[("" if v is None else str(v)[:19]) for v in
-                        (load_id, catalog, status, phase, started, finished, host, done, pending, failed)])
-            if status == "running":
-                running.append(load_id)
-        console.print(t)
-        for load_id in running:
-            _print_processes(console, ledger.bind(load_id))
-    finally:
-        ledger.close()
-    return 0
-
-
-def _print_processes(console, ledger) -> None:
-    """Who works on a running load now, and how far each host got."""
-    t = Table("host:pid", "role", "session", "since", "holds the load", "client",
-              title=f"load {ledger.load_id}: processes now")
-    for _pid, _tag, role, host, cpid, state, since, holds in sorted(ledger.sessions(), key=lambda r: r[3:5]):
-        alive = {True: "running", False: "gone (session orphaned)", None: "other host"}[client_alive(host, cpid)]
-        t.add_row(f"{host}:{cpid}", role, state or "", str(since)[:19], holds or "", alive)
-    console.print(t)
-    done = ledger.progress_by_host()
-    if done:
-        console.print("done so far: " + "; ".join(f"{h}: {n} tasks, {r:,} rows" for h, n, r in done))
-
-
-def _cmd_abort(args, console) -> int:
-    schema = _schema(args)
-    ledger = Ledger(_dsn(args), schema, "abort")
-    try:
-        if not ledger.exists():
-            raise UsageError(f"no loads in schema {schema}", "see desi-loader status")
-        if not ledger.bind(args.load_id).try_lock():
-            raise UsageError(f"load {args.load_id} is being run by another process", "stop it first")
-        dropped = ledger.abort()
-    finally:
-        ledger.close()
-    console.print(f"load {args.load_id} aborted; dropped {', '.join(dropped) or 'no staging tables'}")
-    return 0
-
-
-def _cmd_cone(args, console) -> int:
-    schema = _schema(args)
-    with connect(_dsn(args)) as conn, conn.cursor() as cur:
-        t = cone.describe(cur, schema, args.table)
-        cols = _columns(args.columns) or _default_columns(cur, t)
-        ranges = cone.cone_ranges(cur, schema, args.ra, args.dec, args.radius)
-        q = cone.cone_query(t, args.ra, args.dec, args.radius, cols, args.method, args.limit, args.count, ranges)
-        return _print_query(cur, q, args.explain, console, "rows")
-
-
-def _cmd_xmatch(args, console) -> int:
-    schema = _schema(args)
-    with connect(_dsn(args)) as conn, conn.cursor() as cur:
-        a, b = cone.describe(cur, schema, args.table_a), cone.describe(cur, schema, args.table_b)
-        distributed = citus.cluster(cur) is not None and any(
-            (citus.placement(cur, schema, t.table) or "").startswith("hash") for t in (a, b))
-        q = cone.crossmatch_query(a, b, args.radius, _columns(args.columns_a), _columns(args.columns_b),
-                                  pushdown=distributed)
-        return _print_query(cur, q, args.explain, console, "matches")
-
-
-def _columns(text: Optional[str]) -> list:
-    return [c.strip().lower() for c in text.split(",") if c.strip()] if text else []
-
-
-def _default_columns(cur, t) -> list:
-    cur.execute("SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
-                "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = %s::regclass AND i.indisprimary "
-                "ORDER BY array_position(i.indkey, a.attnum)", (f'"{t.schema}"."{t.table}"',))
-    return [r[0] for r in cur.fetchall()] + [t.ra, t.dec]
-
-
-def _print_query(cur, q, explain: bool, console, what: str) -> int:
-    text = q.as_string(cur.connection)
-    if explain:
-        cur.execute("EXPLAIN " + text)
-        print(text + ";\n")
-        print("\n".join(r[0] for r in cur.fetchall()))
-        return 0
-    cur.execute(text)
-    names = [d.name for d in cur.description]
-    n = 0
-    try:
-        print("\t".join(names))
-        for row in cur:
-            print("\t".join("" if v is None else repr(v) if isinstance(v, float) else str(v) for v in row))
-            n += 1
-        sys.stdout.flush()
-    except BrokenPipeError:                  # | head: the reader has what it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    if names != ["count"]:
-        print(f"{n} {what}", file=sys.stderr)
-    return 0
-
-
-def _cmd_void_membership(args, console) -> int:
-    schema = _schema(args)
-    conn = connect(_dsn(args))
-    try:
-        result = voids.build(conn, schema)
-    finally:
-        conn.close()
-    t = Table("algorithm", "cap", "method", "galaxies in voids", "galaxies considered", "fraction",
-              title=f"{schema}.{voids.TABLE}")
-    for (alg, cap), (members, considered) in sorted(result.counts.items()):
-        frac = voids.fraction(result.counts, (alg, cap))
-        t.add_row(alg, cap, "holes" if alg == "VoidFinder" else "zone", f"{members:,}", f"{considered:,}",
-                  "" if frac is None else f"{frac:.1%}")
-    console.print(t)
-    return 0
-
-
-def _cmd_bench(argv: list) -> int:
-    """Run scripts/bench.py of the source tree (it needs pandas, which the package does not)."""
-    script = Path(__file__).resolve().parents[1] / "scripts" / "bench.py"
-    if not script.is_file():
-        raise UsageError("the benchmark lives in scripts/bench.py of the source tree",
-                         "clone the repository, pip install -e '.[bench]', then desi-loader bench")
-    sys.argv = [str(script)] + list(argv)
-    try:
-        runpy.run_path(str(script), run_name="__main__")
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
-
-
-def _cmd_server(args, console) -> int:
-    data_dir = Path(args.data_dir) if args.data_dir else None
-    if args.action == "stop":
-        console.print("stopped" if server.stop(data_dir) else "not running")
-        return 0
-    uri = server.start(data_dir)
-    if args.action == "psql":
-        psql = server.psql_path()
-        os.execv(psql, [psql, uri])
-    console.print(uri)
-    return 0
-
-
-def _cmd_sample(args, console) -> int:
-    for p in write_samples(args.outdir, args.catalog, args.rows, args.files, args.scale, args.seed):
-        console.print(p)
-    return 0
-
-
-#: command -> function(args, console) returning the exit code
-COMMANDS = {"load": _cmd_load, "sample": _cmd_sample, "sql": _cmd_sql, "server": _cmd_server,
-            "status": _cmd_status, "bench": lambda args, console: _cmd_bench(args.args), "abort": _cmd_abort,
-            "cone": _cmd_cone, "xmatch": _cmd_xmatch, "void-membership": _cmd_void_membership}
+#: command -> (parser builder, function(args, console) returning the exit code), in --help order
+COMMANDS = {"load": (_parser_load, cmd_load), "sample": (_parser_sample, cmd_sample),
+            "sql": (_parser_sql, cmd_sql), "cone": (_parser_cone, cmd_cone), "xmatch": (_parser_xmatch, cmd_xmatch),
+            "void-membership": (_parser_void_membership, cmd_void_membership),
+            "bench": (_parser_bench, lambda args, console: cmd_bench(args.args)),
+            "status": (_parser_status, cmd_status), "abort": (_parser_abort, cmd_abort),
+            "server": (_parser_server, cmd_server)}
 
 
 def _stop_on_signals() -> None:
@@ -555,7 +251,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     _stop_on_signals()
     try:
-        return COMMANDS[args.command](args, console)
+        return COMMANDS[args.command][1](args, console)
     except LoaderError as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         if exc.hint:

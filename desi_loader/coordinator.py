@@ -20,9 +20,10 @@ from .cone import ensure_q3c, install_functions
 from .db import as_database_error, connect, free_connections, mask_dsn, server_settings
 from .discover import Plan, encoder_plan, foreign_keys
 from .errors import DatabaseError, LoadFailed, UsageError
-from .finalize import (FINALIZE_LOCK_TIMEOUT, add_columns, add_foreign_keys, build_indexes, build_user_indexes,
-                       expected_counts, lost_tasks, make_logged, merge, published_columns, swap,
-                       table_order)
+from .publish import add_columns, merge, published_columns, swap
+from .staging import (FINALIZE_LOCK_TIMEOUT, add_foreign_keys, build_indexes, build_user_indexes, make_logged,
+                      table_order)
+from .verify import expected_counts, lost_tasks
 from .ledger import Ledger, app_name, process_name
 from .opening import open_load
 from .options import LoadOptions, Summary

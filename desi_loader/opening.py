@@ -20,7 +20,7 @@ from typing import Optional
 
 from .discover import split_tasks
 from .errors import UsageError
-from .finalize import prepare_staging
+from .staging import prepare_staging
 from .ledger import Ledger, staging_name
 from .report import NullReporter
 

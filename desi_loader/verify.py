@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import os
 
+from psycopg2 import sql
+
 from .checksum import checksum_ok, combine
 from .errors import LoadFailed
-from .finalize import check_counts, count_staging, expected_counts
+from .staging import FINALIZE_LOCK_TIMEOUT
 
 
 def reasons(items) -> str:
@@ -83,3 +85,83 @@ def settle_failures(c) -> None:
     c.summary.missing = [(os.path.basename(p), r) for p, r in uniq]
     c.summary.files_failed = uniq
     ledger.set_left_out(c.summary.missing)
+
+
+# --------------------------------------------------------------------------- counts
+
+def expected_counts(plan) -> dict:
+    """{table: {file_id: rows}} the plan promises."""
+    out: dict = {}
+    for fp in plan.files:
+        for h in fp.info.hdus:
+            if h.index in fp.tables:
+                out.setdefault(fp.tables[h.index], {})[fp.file_id] = h.nrows
+    return out
+
+
+def count_staging(conn, schema: str, staging: dict, tables) -> dict:
+    """{table: {file_id: rows}} counted in the staging tables (a full scan of each)."""
+    out = {}
+    with conn.cursor() as cur:
+        cur.execute("SET LOCAL lock_timeout = %s", (FINALIZE_LOCK_TIMEOUT,))
+        for table in tables:
+            cur.execute(sql.SQL("SELECT file_id, count(*) FROM {} GROUP BY file_id").format(
+                sql.Identifier(schema, staging[table])))
+            out[table] = dict(cur.fetchall())
+    conn.commit()
+    return out
+
+
+def check_counts(loaded: dict, expected: dict) -> dict:
+    """Rows per table; raises LoadFailed when a file's rows in a table differ from its NAXIS2.
+
+    ``loaded`` is {table: {file_id: rows}} as the ledger recorded them (the rows each COPY
+    reported, committed with its task) or as counted in staging.
+    """
+    report = {}
+    for table, per_file in expected.items():
+        got = loaded.get(table, {})
+        bad = {f: (n, got.get(f, 0)) for f, n in per_file.items() if got.get(f, 0) != n}
+        extra = set(got) - set(per_file)
+        if bad or extra:
+            f, (want, have) = next(iter(bad.items())) if bad else (next(iter(extra)), (0, got[next(iter(extra))]))
+            raise LoadFailed(f"verification failed for {table}: file_id {f} has {have} rows, expected {want}",
+                             "nothing was published; rerun with --restart to load these files from scratch")
+        report[table] = sum(got.values())
+    return report
+
+
+def lost_tasks(conn, schema: str, staging: dict, done: list) -> list:
+    """Done tasks whose rows are not (all) in staging: after a server crash emptied UNLOGGED tables.
+
+    One scan per staging table finds the files whose rows are short; only their tasks are
+    then counted range by range.  A task with some rows left has them deleted, so that
+    reloading it cannot duplicate anything.  Returns the task ids to reload.
+    """
+    per_table: dict = {}
+    for _task_id, file_id, parts, _rows in done:
+        for _hdu, table, start, stop in {(p[1], p[2], p[3]): p for p in parts}.values():
+            per_table.setdefault(table, {}).setdefault(file_id, 0)
+            per_table[table][file_id] += stop - start
+    have = count_staging(conn, schema, staging, per_table)
+    short = {(t, f) for t, files in per_table.items() for f, n in files.items() if have[t].get(f, 0) != n}
+    lost = []
+    with conn.cursor() as cur:
+        for task_id, file_id, parts, _rows in done:
+            ranges = {(p[1], p[2], p[3]) for p in parts}
+            if not any((t, file_id) in short for t, _a, _b in ranges):
+                continue
+            counts = []
+            for table, start, stop in ranges:
+                cur.execute(sql.SQL("SELECT count(*) FROM {} WHERE file_id = %s AND row_num >= %s AND row_num < %s")
+                            .format(sql.Identifier(schema, staging[table])), (file_id, start, stop))
+                counts.append((table, start, stop, cur.fetchone()[0]))
+            if all(n == stop - start for _t, start, stop, n in counts):
+                continue
+            for table, start, stop, n in counts:
+                if n:
+                    cur.execute(sql.SQL("DELETE FROM {} WHERE file_id = %s AND row_num >= %s AND row_num < %s")
+                                .format(sql.Identifier(schema, staging[table])), (file_id, start, stop))
+            lost.append(task_id)
+    conn.commit()
+    return lost

@@ -4,6 +4,7 @@ import struct
 import numpy as np
 import pytest
 
+from copyformat import decode_binary
 from desi_loader.encode import Codec, EncodeError, Field, copy_order, encode_binary, encode_text
 
 
@@ -134,25 +135,6 @@ def test_bad_logical_and_non_ascii_name_column_and_row():
         encode_text(rows, [Field("name", "text", "text", 0, 2)])
 
 
-def _decode_binary(data, kinds):
-    """Minimal binary COPY decoder for the property test (scalars only)."""
-    out, pos = [], 0
-    while pos < len(data):
-        (n,) = struct.unpack_from(">h", data, pos)
-        pos += 2
-        row = []
-        for k in kinds:
-            (ln,) = struct.unpack_from(">i", data, pos)
-            pos += 4
-            if ln < 0:
-                row.append(None)
-                continue
-            row.append(np.frombuffer(data[pos:pos + ln], k)[0])
-            pos += ln
-        out.append(row)
-    return out
-
-
 @pytest.mark.parametrize("seed", range(5))
 def test_property_random_blocks_round_trip(seed):
     rng = np.random.default_rng(seed)
@@ -164,13 +146,10 @@ def test_property_random_blocks_round_trip(seed):
     rows = rows_of(f4, i8, f8)
     fields = [Field("a", "float", "float4", 0, 4), Field("b", "int", "int8", 4, 8),
               Field("c", "float", "float8", 12, 8)]
-    dec = _decode_binary(encode_binary(rows, fields), [">f4", ">i8", ">f8"])
+    dec = decode_binary(encode_binary(rows, fields), fields)
     for r, (a, b, c) in enumerate(dec):
-        if np.isnan(f4[r]):
-            assert a is None
-        else:
-            assert np.array(a, ">f4").tobytes() == f4[r:r + 1].tobytes()
-        assert b == i8[r] and c == f8[r]
+        assert a == (None if np.isnan(f4[r]) else f4[r:r + 1].tobytes())
+        assert b == i8[r] and c == f8[r:r + 1].tobytes()
 
 
 def test_mixed_int_float_run_nan_only_for_floats():

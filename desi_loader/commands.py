@@ -1,0 +1,358 @@
+"""What each command does (the CLI's parser builders and dispatch are in cli.py): load with
+progress and a summary, queries, status and abort, the embedded server, samples.
+
+Each ``cmd_*`` takes the parsed arguments and a rich Console and returns the exit code; a
+LoaderError it raises becomes one line and its exit code in cli.main.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import runpy
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+from rich.table import Table
+
+from . import citus, cone, server, voids
+from .config import load_settings
+from .db import connect, mask_dsn, resolve_dsn
+from .errors import LoaderError, UsageError
+from .ledger import Ledger, client_alive
+from .progress import PlainReporter, QuietReporter, RichReporter
+from .run import LoadOptions, plan_loads, run_loads
+from .sample import write_fastspecfit_sample
+from .sample_vast import DEFAULT_SCALE, fastspecfit_positions, fastspecfit_targets, write_desivast_sample
+
+
+def _dsn(args) -> str:
+    settings = load_settings(getattr(args, "config", None))
+    dsn = resolve_dsn(args.dsn, settings.dsn)
+    if dsn is None:
+        return server.start(Path(args.data_dir) if args.data_dir else None)
+    return dsn
+
+
+def write_samples(outdir: str, catalog: str, rows: int, files: int, scale: Optional[float],
+                  seed: int = 1) -> list:
+    """Write sample files of one catalog or both (DESIVAST targets from FastSpecFit main-bright)."""
+    scale = DEFAULT_SCALE if scale is None else scale
+    if catalog == "fastspecfit":
+        return write_fastspecfit_sample(outdir, rows=rows, files=files, seed=seed)
+    if catalog == "desivast":
+        return write_desivast_sample(outdir, scale=scale, seed=seed, targets=fastspecfit_targets(outdir),
+                                     galaxies=fastspecfit_positions(outdir))
+    fsf = write_fastspecfit_sample(os.path.join(outdir, "fastspecfit"), rows=rows, files=files, seed=seed)
+    fdir = os.path.join(outdir, "fastspecfit")
+    return fsf + write_desivast_sample(os.path.join(outdir, "desivast"), scale=scale, seed=seed,
+                                       targets=fastspecfit_targets(fdir), galaxies=fastspecfit_positions(fdir))
+
+
+def _ensure_sample(rows: int, files: int, scale: Optional[float], console) -> list:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    outdir = os.path.join(base, "desi-loader", f"sample-{rows}x{files}-{scale or 'default'}")
+    marker = os.path.join(outdir, ".complete")
+    if not os.path.exists(marker):
+        console.print(f"writing sample files (FastSpecFit {files} x {rows} rows, DESIVAST 8 files) to {outdir} ...")
+        write_samples(outdir, "all", rows, files, scale)
+        Path(marker).touch()
+    return [os.path.join(outdir, "fastspecfit"), os.path.join(outdir, "desivast")]
+
+
+def _print_summary(console, summary, dsn: str) -> None:
+    d = summary.as_dict()
+    t = Table(title=f"load {summary.load_id}: {summary.catalog} -> schema {summary.schema}")
+    t.add_column("table")
+    t.add_column("rows", justify="right")
+    for name, n in summary.rows.items():
+        t.add_row(name, f"{n:,}")
+    t.add_row("[bold]total", f"[bold]{d['total_rows']:,}")
+    console.print(t)
+    phases = "  ".join(f"{k} {v:.2f}s" for k, v in summary.phases.items() if k != "copy_stream")
+    if "copy_stream" in summary.phases:
+        phases += f"  (copy streaming {summary.phases['copy_stream']:.2f}s, the rest is worker start-up and exit)"
+    console.print(f"named files: {len(summary.files_loaded)} loaded, {len(summary.files_unchanged)} unchanged "
+                  f"(published before), {len(summary.files_failed)} not loaded")
+    console.print(f"files {summary.files}  FITS {summary.fits_bytes / 1e6:,.1f} MB  tasks {summary.tasks}  "
+                  f"workers {summary.workers}  format {summary.fmt}")
+    console.print(f"phases: {phases}")
+    if d["copy_rows_per_s"]:
+        cpu = (f" (client CPU: workers {summary.cpu['workers_s']:.2f}s reading, encoding and sending, "
+               f"coordinator {summary.cpu['coordinator_s']:.2f}s)" if summary.cpu else "")
+        console.print(f"copy: {d['copy_rows_per_s']:,.0f} rows/s, {d['copy_mb_per_s']:,.1f} MB/s of FITS{cpu}")
+    if summary.memory:
+        console.print("peak memory: " + ", ".join(f"{k.replace('_peak_mb', '')} {v:,.0f} MB"
+                                                 for k, v in summary.memory.items()))
+    if summary.incremental:
+        console.print(f"incremental: {summary.files} new or changed file(s) merged into the published tables, "
+                      f"{summary.unchanged_files} unchanged file(s) skipped"
+                      + (f"; replaced rows: {summary.replaced_rows}" if summary.replaced_rows else ""))
+    if summary.durable_path:
+        console.print(f"durable path: {summary.durable_path}")
+    if summary.cluster:
+        console.print(f"{summary.cluster}: " + "; ".join(f"{t} {d}" for t, d in summary.distribution.items()))
+    console.print(f"checksums {summary.checksums}; " +
+                  ("row counts verified against NAXIS2 per file and HDU; " if summary.verified else "") +
+                  ("tables are durable (LOGGED)" if summary.durable else
+                   "[yellow]tables are UNLOGGED: a server crash empties them[/yellow]"))
+    if summary.resumed:
+        console.print(summary.resumed)
+    if summary.node_rows and summary.node_seconds:
+        console.print(f"this process ({summary.process}): {summary.node_rows:,} rows at "
+                      f"{summary.node_rows / summary.node_seconds:,.0f} rows/s")
+    if summary.published_by and not summary.finalized:
+        console.print(f"published by {summary.published_by} (this process copied and waited)")
+    for name, reason in summary.missing:
+        console.print(f"[yellow]published WITHOUT {name}[/yellow]: {reason}")
+    if summary.server:
+        console.print("server: " + ", ".join(f"{k}={v}" for k, v in summary.server.items()))
+    console.print(f"connection: {mask_dsn(dsn)}")
+    console.print(f'query it:   desi-loader sql "SELECT count(*) FROM {summary.schema}.'
+                  f'{next(iter(summary.rows), "load_files")}"')
+
+
+def cmd_load(args, console) -> int:
+    if args.workers < 1:
+        raise UsageError("--workers must be at least 1")
+    paths = list(args.paths)
+    if args.sample:
+        paths.extend(_ensure_sample(args.sample_rows, args.sample_files, args.sample_scale, console))
+    if not paths:
+        raise UsageError("no input given", "name FITS files or directories, or use --sample")
+    opts = LoadOptions(paths=tuple(paths), dsn="", schema=args.schema, catalog=args.catalog,
+                       prefix=args.prefix, sky=args.sky,
+                       distribute=tuple(args.distribute), workers=args.workers, fmt=args.fmt, unlogged=args.unlogged,
+                       dry_run=args.dry_run, task_rows=args.task_rows, config=args.config,
+                       verify_checksum=args.verify_checksum, allow_partial=args.allow_partial,
+                       resume=args.resume, copy_out=args.copy_out, join=args.join, staging=args.staging,
+                       replace_all=args.replace_all,
+                       wait_timeout=args.wait_timeout)
+    if args.quiet:
+        reporter = QuietReporter()
+    elif console.is_terminal:
+        reporter = RichReporter(console)
+    else:
+        reporter = PlainReporter()
+    # paths, catalogs and headers are checked before anything is touched: a mistake in the
+    # arguments neither starts the embedded server nor creates a schema
+    t0 = time.perf_counter()
+    reporter.phase("plan")
+    plans = plan_loads(opts)
+    plan_s = round(time.perf_counter() - t0, 3)
+    dsn = "" if args.dry_run else _dsn(args)
+    opts = dataclasses.replace(opts, dsn=dsn)
+    summaries = run_loads(opts, reporter, plans, plan_s)
+    if args.summary_json:
+        loads = [s.as_dict() for s in summaries]
+        Path(args.summary_json).write_text(json.dumps(
+            {"loads": loads, "total_rows": sum(d["total_rows"] for d in loads)}, indent=2, default=str))
+    code = 4 if any(s.missing for s in summaries) else 0
+    if args.dry_run and any(s.missing for s in summaries) and not args.allow_partial:
+        code = 1                       # the load would fail on these files
+    if args.quiet:
+        return code
+    for summary in summaries:
+        if summary.role == "nothing":
+            console.print(f"{summary.catalog}: all {summary.unchanged_files} files are published and "
+                          f"unchanged in schema {summary.schema}: nothing to load (--replace-all reloads them)")
+            for name, reason in summary.missing:
+                console.print(f"[yellow]not loaded: {name}[/yellow]: {reason}")
+        elif args.dry_run:
+            for entry in summary.plan:
+                sky = f", sky index hpx29 of ({', '.join(entry['sky'])})" if entry.get("sky") else ""
+                console.print(f"{summary.schema}.{entry['table']}: {entry['columns']} columns, "
+                              f"key ({', '.join(entry['key'])}){sky}, {summary.rows[entry['table']]:,} rows")
+            for path, reason in summary.files_failed:
+                console.print(f"[yellow]cannot load {os.path.basename(path)}[/yellow]: {reason}")
+            console.print(f"{summary.catalog}: {summary.files} files, {summary.tasks} tasks; dry run: nothing loaded"
+                          + (f"; {len(summary.files_failed)} file(s) cannot be loaded (exit {code})"
+                             if summary.files_failed else ""))
+        else:
+            _print_summary(console, summary, dsn)
+    return code
+
+
+def cmd_sql(args, console) -> int:
+    conn = connect(_dsn(args))
+    try:
+        with conn.cursor() as cur:
+            try:
+                cur.execute(args.query)
+            except Exception as exc:
+                raise LoaderError(f"query failed: {str(exc).strip().splitlines()[0]}") from exc
+            if cur.description is None:
+                conn.commit()
+                console.print(cur.statusmessage)
+                return 0
+            t = Table(*[d.name for d in cur.description])
+            for row in cur.fetchall():
+                t.add_row(*["NULL" if v is None else str(v) for v in row])
+            console.print(t)
+    finally:
+        conn.close()
+    return 0
+
+
+def _schema(args) -> str:
+    return args.schema or load_settings(getattr(args, "config", None)).schema
+
+
+def cmd_status(args, console) -> int:
+    schema = _schema(args)
+    ledger = Ledger(_dsn(args), schema, "status")
+    try:
+        if not ledger.exists():
+            console.print(f"no loads in schema {schema}")
+            return 0
+        t = Table("load", "catalog", "status", "phase", "started", "finished", "host", "done", "pending", "failed",
+                  title=f"loads in schema {schema}")
+        running = []
+        for row in ledger.loads():
+            load_id, catalog, status, started, finished, host, done, pending, failed, _tables, phase = row
+            t.add_row(*[("" if v is None else str(v)[:19]) for v in
+                        (load_id, catalog, status, phase, started, finished, host, done, pending, failed)])
+            if status == "running":
+                running.append(load_id)
+        console.print(t)
+        for load_id in running:
+            _print_processes(console, ledger.bind(load_id))
+    finally:
+        ledger.close()
+    return 0
+
+
+def _print_processes(console, ledger) -> None:
+    """Who works on a running load now, and how far each host got."""
+    t = Table("host:pid", "role", "session", "since", "holds the load", "client",
+              title=f"load {ledger.load_id}: processes now")
+    for _pid, _tag, role, host, cpid, state, since, holds in sorted(ledger.sessions(), key=lambda r: r[3:5]):
+        alive = {True: "running", False: "gone (session orphaned)", None: "other host"}[client_alive(host, cpid)]
+        t.add_row(f"{host}:{cpid}", role, state or "", str(since)[:19], holds or "", alive)
+    console.print(t)
+    done = ledger.progress_by_host()
+    if done:
+        console.print("done so far: " + "; ".join(f"{h}: {n} tasks, {r:,} rows" for h, n, r in done))
+
+
+def cmd_abort(args, console) -> int:
+    schema = _schema(args)
+    ledger = Ledger(_dsn(args), schema, "abort")
+    try:
+        if not ledger.exists():
+            raise UsageError(f"no loads in schema {schema}", "see desi-loader status")
+        if not ledger.bind(args.load_id).try_lock():
+            raise UsageError(f"load {args.load_id} is being run by another process", "stop it first")
+        dropped = ledger.abort()
+    finally:
+        ledger.close()
+    console.print(f"load {args.load_id} aborted; dropped {', '.join(dropped) or 'no staging tables'}")
+    return 0
+
+
+def cmd_cone(args, console) -> int:
+    schema = _schema(args)
+    with connect(_dsn(args)) as conn, conn.cursor() as cur:
+        t = cone.describe(cur, schema, args.table)
+        cols = _columns(args.columns) or _default_columns(cur, t)
+        ranges = cone.cone_ranges(cur, schema, args.ra, args.dec, args.radius)
+        q = cone.cone_query(t, args.ra, args.dec, args.radius, cols, args.method, args.limit, args.count, ranges)
+        return _print_query(cur, q, args.explain, console, "rows")
+
+
+def cmd_xmatch(args, console) -> int:
+    schema = _schema(args)
+    with connect(_dsn(args)) as conn, conn.cursor() as cur:
+        a, b = cone.describe(cur, schema, args.table_a), cone.describe(cur, schema, args.table_b)
+        distributed = citus.cluster(cur) is not None and any(
+            (citus.placement(cur, schema, t.table) or "").startswith("hash") for t in (a, b))
+        q = cone.crossmatch_query(a, b, args.radius, _columns(args.columns_a), _columns(args.columns_b),
+                                  pushdown=distributed)
+        return _print_query(cur, q, args.explain, console, "matches")
+
+
+def _columns(text: Optional[str]) -> list:
+    return [c.strip().lower() for c in text.split(",") if c.strip()] if text else []
+
+
+def _default_columns(cur, t) -> list:
+    cur.execute("SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+                "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = %s::regclass AND i.indisprimary "
+                "ORDER BY array_position(i.indkey, a.attnum)", (f'"{t.schema}"."{t.table}"',))
+    return [r[0] for r in cur.fetchall()] + [t.ra, t.dec]
+
+
+def _print_query(cur, q, explain: bool, console, what: str) -> int:
+    text = q.as_string(cur.connection)
+    if explain:
+        cur.execute("EXPLAIN " + text)
+        print(text + ";\n")
+        print("\n".join(r[0] for r in cur.fetchall()))
+        return 0
+    cur.execute(text)
+    names = [d.name for d in cur.description]
+    n = 0
+    try:
+        print("\t".join(names))
+        for row in cur:
+            print("\t".join("" if v is None else repr(v) if isinstance(v, float) else str(v) for v in row))
+            n += 1
+        sys.stdout.flush()
+    except BrokenPipeError:                  # | head: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    if names != ["count"]:
+        print(f"{n} {what}", file=sys.stderr)
+    return 0
+
+
+def cmd_void_membership(args, console) -> int:
+    schema = _schema(args)
+    conn = connect(_dsn(args))
+    try:
+        result = voids.build(conn, schema)
+    finally:
+        conn.close()
+    t = Table("algorithm", "cap", "method", "galaxies in voids", "galaxies considered", "fraction",
+              title=f"{schema}.{voids.TABLE}")
+    for (alg, cap), (members, considered) in sorted(result.counts.items()):
+        frac = voids.fraction(result.counts, (alg, cap))
+        t.add_row(alg, cap, "holes" if alg == "VoidFinder" else "zone", f"{members:,}", f"{considered:,}",
+                  "" if frac is None else f"{frac:.1%}")
+    console.print(t)
+    return 0
+
+
+def cmd_bench(argv: list) -> int:
+    """Run scripts/bench.py of the source tree (it needs pandas, which the package does not)."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench.py"
+    if not script.is_file():
+        raise UsageError("the benchmark lives in scripts/bench.py of the source tree",
+                         "clone the repository, pip install -e '.[bench]', then desi-loader bench")
+    sys.argv = [str(script)] + list(argv)
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def cmd_server(args, console) -> int:
+    data_dir = Path(args.data_dir) if args.data_dir else None
+    if args.action == "stop":
+        console.print("stopped" if server.stop(data_dir) else "not running")
+        return 0
+    uri = server.start(data_dir)
+    if args.action == "psql":
+        psql = server.psql_path()
+        os.execv(psql, [psql, uri])
+    console.print(uri)
+    return 0
+
+
+def cmd_sample(args, console) -> int:
+    for p in write_samples(args.outdir, args.catalog, args.rows, args.files, args.scale, args.seed):
+        console.print(p)
+    return 0

@@ -1,0 +1,174 @@
+"""Publishing: a swap of staging tables into place (replace), or a merge into the published
+tables (incremental); either is one transaction that readers see whole or not at all."""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable, Optional
+
+import psycopg2
+from psycopg2 import sql
+
+from . import attach
+from .db import first_line, is_transient, relation_exists
+from .errors import DatabaseError, LoadFailed
+from .ledger import publish_merged, publish_swapped, replaced_files
+from .staging import FINALIZE_LOCK_TIMEOUT
+
+log = logging.getLogger(__name__)
+
+#: How long the swap waits for a lock before giving up and retrying.  Readers holding the
+#: published table delay the swap; a short timeout keeps new readers from queueing
+#: behind our pending ACCESS EXCLUSIVE request for long.
+SWAP_LOCK_TIMEOUT = "2s"
+SWAP_ATTEMPTS = 30
+
+
+def published_columns(cur, schema: str, table: str) -> dict:
+    """column -> SQL type of a published table ({} when it does not exist)."""
+    cur.execute("SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = "
+                "to_regclass(format('%%I.%%I', %s::text, %s::text)) AND attnum > 0 AND NOT attisdropped",
+                (schema, table))
+    return dict(cur.fetchall())
+
+
+def add_columns(conn, schema: str, specs: dict) -> list:
+    """Give the published tables the columns the new files bring (nullable: instant, no rewrite).
+
+    Its own short transaction before the merge, so the merge holds no exclusive lock.
+    """
+    added = []
+    with conn.cursor() as cur:
+        cur.execute("SET LOCAL lock_timeout = %s", (FINALIZE_LOCK_TIMEOUT,))
+        for table, spec in specs.items():
+            have = published_columns(cur, schema, table)
+            for col in spec.all_columns:
+                if col.name not in have:
+                    cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
+                        sql.Identifier(schema, table), sql.Identifier(col.name), sql.SQL(col.sql_type)))
+                    if col.comment:
+                        cur.execute(sql.SQL("COMMENT ON COLUMN {}.{} IS {}").format(
+                            sql.Identifier(schema, table), sql.Identifier(col.name), sql.Literal(col.comment)))
+                    added.append(f"{table}.{col.name}")
+    conn.commit()
+    return added
+
+
+def merge(conn, schema: str, staging: dict, specs: dict, load_id: int, order: list) -> dict:
+    """Publish an incremental load in one transaction: the rows of files this load replaces
+    are deleted, the staging rows inserted, the manifest flipped, staging dropped.
+
+    Readers see the tables before or after (MVCC), never in between, and are not blocked:
+    only row locks and the published tables' indexes are touched.  Keys and foreign keys
+    are checked against the whole published tables by the inserts themselves.  ``order``
+    lists tables parents first.  Returns {table: rows deleted}.
+    """
+    deleted = {}
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SET LOCAL lock_timeout = %s", (FINALIZE_LOCK_TIMEOUT,))
+            replaced = replaced_files(cur, schema, list(staging), load_id)
+            for table in reversed(order):
+                cur.execute(sql.SQL("DELETE FROM {} WHERE file_id = ANY(%s)").format(sql.Identifier(schema, table)),
+                            (replaced,))
+                deleted[table] = cur.rowcount
+            for table in order:
+                cols = sql.SQL(", ").join(sql.Identifier(c.name) for c in specs[table].all_columns)
+                cur.execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(
+                    sql.Identifier(schema, table), cols, cols, sql.Identifier(schema, staging[table])))
+            publish_merged(cur, schema, load_id, replaced)
+            cur.execute(sql.SQL("DROP TABLE {}").format(
+                sql.SQL(", ").join(sql.Identifier(schema, t) for t in staging.values())))
+        conn.commit()
+    except (psycopg2.errors.UniqueViolation, psycopg2.errors.ForeignKeyViolation) as exc:
+        conn.rollback()
+        detail = (exc.diag.message_detail or "").strip()
+        raise LoadFailed(f"the new rows conflict with the published {exc.diag.table_name}: "
+                         f"{first_line(exc)} ({detail})",
+                         "two files hold the same keys? nothing was published; remove the duplicate file, "
+                         "or reload everything with --replace-all") from exc
+    return deleted
+
+
+def _create_views(cur, schema: str, views: dict) -> None:
+    for name, select in views.items():
+        cur.execute("SAVEPOINT view")
+        try:
+            cur.execute(sql.SQL("CREATE VIEW {} AS ").format(sql.Identifier(schema, name)) +
+                        sql.SQL(select.replace("{schema}", "{s}")).format(s=sql.Identifier(schema)))
+            cur.execute("RELEASE SAVEPOINT view")
+        except psycopg2.errors.UndefinedTable:
+            cur.execute("ROLLBACK TO SAVEPOINT view")   # this load lacks a table the view needs
+            log.info("view %s not created: its tables are not all loaded", name)
+
+
+def _rename_indexes(cur, schema: str, table: str, old_prefix: str) -> None:
+    cur.execute("SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                "JOIN pg_class t ON t.oid = i.indrelid JOIN pg_namespace n ON n.oid = t.relnamespace "
+                "WHERE n.nspname = %s AND t.relname = %s", (schema, table))
+    for (name,) in cur.fetchall():
+        if name.startswith(old_prefix):
+            new = table + name[len(old_prefix):]
+            cur.execute(sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+                sql.Identifier(schema, name), sql.Identifier(new[:63])))
+
+
+def swap(conn, schema: str, staging: dict, load_id: int, catalog: str, views: Optional[dict] = None,
+         sleep: Callable[[float], None] = time.sleep) -> int:
+    """Publish every staging table in one short transaction; returns attempts used.
+
+    Each published table is renamed away, its staging table renamed in, the old one
+    dropped, and the manifest flipped to this load, all or nothing; what users attached to
+    the old tables (owner, grants, comments, row-level security, their views and indexes)
+    moves to the new ones in the same transaction (attach.py).  A reader sees the old
+    tables or the new ones.  Lock waits are bounded by SWAP_LOCK_TIMEOUT and retried.
+    """
+    for attempt in range(1, SWAP_ATTEMPTS + 1):
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SET LOCAL lock_timeout = %s", (SWAP_LOCK_TIMEOUT,))
+                _swap_tables(cur, schema, staging, load_id, views or {})
+                publish_swapped(cur, schema, list(staging), load_id)
+            conn.commit()
+            return attempt
+        except psycopg2.Error as exc:
+            conn.rollback()
+            if not is_transient(exc) or attempt == SWAP_ATTEMPTS:
+                raise DatabaseError(f"could not publish the tables: {str(exc).strip().splitlines()[0]}",
+                                    "long-running queries may hold the tables; staging is kept, "
+                                    "rerun to retry") from exc
+            log.info("swap attempt %d waited too long for a lock (%s); retrying", attempt, exc.pgcode)
+            sleep(min(0.2 * attempt, 2.0))
+    raise AssertionError("unreachable")
+
+
+def _swap_tables(cur, schema: str, staging: dict, load_id: int, views: dict) -> None:
+    published = [t for t in staging if relation_exists(cur, schema, t)]
+    kept = {t: attach.capture(cur, schema, t) for t in published}
+    user_views = attach.dependent_views(cur, schema, published, set(views))
+    moved = {t: [n for n, _ in attach.user_indexes(cur, schema, t, set())] for t in published}
+    attach.drop_views(cur, user_views)
+    for name in views:
+        cur.execute(sql.SQL("DROP VIEW IF EXISTS {}").format(sql.Identifier(schema, name)))
+    olds = []
+    for table, stage in staging.items():
+        if table in published:
+            old = f"{table}__old{load_id}"
+            cur.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(schema, table),
+                                                                    sql.Identifier(old)))
+            olds.append(old)
+        cur.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(schema, stage),
+                                                                sql.Identifier(table)))
+    if olds:   # one statement: old tables may reference each other
+        cur.execute(sql.SQL("DROP TABLE {}").format(sql.SQL(", ").join(sql.Identifier(schema, o) for o in olds)))
+    for table, stage in staging.items():
+        _rename_indexes(cur, schema, table, stage)
+        for name in moved.get(table, ()):       # users' indexes, built on staging in the index phase
+            cur.execute(sql.SQL("ALTER INDEX IF EXISTS {} RENAME TO {}").format(
+                sql.Identifier(schema, attach.staging_index_name(name, load_id)), sql.Identifier(name)))
+        if table in kept:
+            cur.execute("SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(format('%%I.%%I', "
+                        "%s::text, %s::text)) AND attnum > 0", (schema, table))
+            attach.restore(cur, schema, table, kept[table], {r[0] for r in cur.fetchall()})
+    _create_views(cur, schema, views)
+    attach.create_views(cur, user_views)

@@ -1,0 +1,140 @@
+"""Staging tables: created before the copy (distributed on Citus), then indexed, made durable
+and tied by foreign keys once the copy is done."""
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import psycopg2
+from psycopg2 import sql
+
+from . import attach, citus
+from .cone import q3c_index_statement
+from .errors import LoadFailed
+from .sqlgen import create_indexes, create_staging, index_name
+
+log = logging.getLogger(__name__)
+
+#: Finalize statements wait at most this long for a lock; the phase is then retried
+#: (lock timeouts are transient errors), so no session of a load queues indefinitely
+#: behind another (orphaned sessions of killed runs chained behind each other's ANALYZE).
+FINALIZE_LOCK_TIMEOUT = "10s"
+
+
+def prepare_staging(conn, schema: str, staging: dict, specs: dict, logged: bool = False) -> None:
+    """Create missing staging tables (logged, or UNLOGGED: ``logged``); add columns a resumed
+    load's new files bring.
+
+    Runs in the caller's transaction (the opening of a load commits it with the plan)."""
+    with conn.cursor() as cur:
+        on_cluster = citus.cluster(cur) is not None
+        hashed: list = []                   # staging tables hashed so far: co-locate the next ones
+        for table, spec in specs.items():
+            stage = staging[table]
+            cur.execute("SELECT column_name, data_type FROM information_schema.columns "
+                        "WHERE table_schema = %s AND table_name = %s", (schema, stage))
+            have = dict(cur.fetchall())
+            if not have:
+                for stmt in create_staging(schema, stage, spec, logged):
+                    cur.execute(stmt)
+                if on_cluster and spec.distribution is not None:
+                    partner = citus.colocation_partner(cur, schema, [table] + hashed, spec.distribution)
+                    citus.distribute(cur, schema, stage, spec.distribution, partner)
+                    if spec.distribution.kind == "hash":
+                        hashed.append(stage)
+                continue
+            for col in spec.all_columns:
+                if col.name not in have:
+                    cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
+                        sql.Identifier(schema, stage), sql.Identifier(col.name), sql.SQL(col.sql_type)))
+
+
+def _constraint_exists(cur, schema: str, table: str, name: str) -> bool:
+    cur.execute("SELECT 1 FROM pg_constraint WHERE conrelid = %s::regclass AND conname = %s",
+                (f'"{schema}"."{table}"', name))
+    return cur.fetchone() is not None
+
+
+def build_indexes(conn, schema: str, staging: str, spec, q3c: Optional[str] = None,
+                  on_cluster: bool = False) -> None:
+    """Primary key, unique (file_id, row_num), the preset's indexes and the q3c index (on
+    tables with a sky index, when ``q3c`` names the extension's schema), then ANALYZE.
+    ``on_cluster``: the server is a Citus coordinator (keys get the distribution column)."""
+    with conn.cursor() as cur:
+        on_cluster = on_cluster and spec.distribution is not None
+        if on_cluster:
+            citus.no_local_execution(cur)
+        stmts = create_indexes(schema, staging, spec, spec.distribution if on_cluster else None)
+        if q3c and spec.sky:
+            stmts.append(q3c_index_statement(schema, staging, index_name(staging, ("q3c",)), spec.sky, q3c))
+        if _constraint_exists(cur, schema, staging, f"{staging}_pkey"):
+            stmts = stmts[1:]          # a resumed load built it already
+        for stmt in stmts:
+            try:
+                cur.execute(stmt)
+            except psycopg2.errors.UniqueViolation as exc:
+                conn.rollback()
+                detail = (exc.diag.message_detail or "").strip()
+                raise LoadFailed(f"table {spec.name}: key ({', '.join(spec.key)}) is not unique: {detail}",
+                                  "two files hold the same rows? load each file once") from exc
+        cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, staging)))
+    conn.commit()
+
+
+def build_user_indexes(conn, schema: str, table: str, stage: str, spec, load_id: int) -> int:
+    """Build on staging the indexes users added to the published table (renamed back in the swap)."""
+    mine = {f"{table}_pkey", index_name(table, ("file_id", "row_num")), index_name(table, ("q3c",))} | {
+        index_name(table, c) for c in spec.indexes}
+    with conn.cursor() as cur:
+        found = attach.user_indexes(cur, schema, table, mine)
+        for name, definition in found:
+            cur.execute(attach.index_on(definition, schema, table, stage, name,
+                                        attach.staging_index_name(name, load_id)))
+    conn.commit()
+    return len(found)
+
+
+def table_order(tables, fkeys) -> list:
+    """Tables with foreign-key parents before their children."""
+    order: list = []
+    pending = list(tables)
+    while pending:
+        ready = [t for t in pending if not any(fk.child == t and fk.parent in pending and fk.parent != t
+                                               for fk in fkeys)]
+        if not ready:                      # a cycle: keep the given order for the rest
+            ready = pending[:1]
+        order += [t for t in ready if t not in order]
+        pending = [t for t in pending if t not in ready]
+    return order
+
+
+def add_foreign_keys(conn, schema: str, staging: dict, fkeys: list) -> int:
+    """Create and validate foreign keys between the staging tables; returns how many."""
+    with conn.cursor() as cur:
+        cur.execute("SET LOCAL lock_timeout = %s", (FINALIZE_LOCK_TIMEOUT,))
+        for fk in fkeys:
+            child, cols, parent, pcols = fk.child, fk.columns, fk.parent, fk.parent_columns
+            # named for the published table from the start: foreign keys (not indexes) may share
+            # names across tables, and Citus cannot rename constraints of distributed tables
+            name = f"{child}_{'_'.join(cols[-1:])}_fkey"[:63]
+            if _constraint_exists(cur, schema, staging[child], name):
+                continue
+            try:
+                cur.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} ({})").format(
+                    sql.Identifier(schema, staging[child]), sql.Identifier(name[:63]),
+                    sql.SQL(", ").join(map(sql.Identifier, cols)), sql.Identifier(schema, staging[parent]),
+                    sql.SQL(", ").join(map(sql.Identifier, pcols))))
+            except psycopg2.errors.ForeignKeyViolation as exc:
+                conn.rollback()
+                detail = (exc.diag.message_detail or "").strip()
+                raise LoadFailed(f"{child}.{cols[-1]} references a missing {parent}.{pcols[-1]}: {detail}",
+                                  "the files are inconsistent; nothing was published") from exc
+    conn.commit()
+    return len(fkeys)
+
+
+def make_logged(conn, schema: str, staging: str) -> None:
+    """SET LOGGED: rewrites the table (WAL-logged unless wal_level=minimal)."""
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("ALTER TABLE {} SET LOGGED").format(sql.Identifier(schema, staging)))
+    conn.commit()
