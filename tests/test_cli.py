@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 
 from desi_loader.cli import main
 from nodes import ROOT
@@ -74,6 +76,7 @@ def test_dry_run_prints_plan_without_database(capsys, tmp_path):
     assert "dry run: nothing loaded" in out
 
 
+@pytest.mark.slow
 def test_main_job_script_on_sample(tmp_path, pg_uri):
     env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
     js = tmp_path / "summary.json"

@@ -281,6 +281,7 @@ def _gzip(src, dst, cut=0):
     open(dst, "wb").write(data[:len(data) - cut] if cut else data)
 
 
+@pytest.mark.slow
 def test_gzip_files_load_exactly_and_damaged_ones_are_named(capsys, tmp_path, fsf, pg_uri, schema, db):
     """.fits.gz FastSpecFit files are recognised by the preset and load exactly (sky order, checksums);
     a truncated gzip file is named; a VLA table inside gzip loads too."""

@@ -63,6 +63,7 @@ def test_file_split_into_many_tasks_loads_every_row_once(fsf_files, pg_uri, sche
     assert scalar(db, f"SELECT count(*) FROM \"{schema}\".loader_tasks WHERE status = 'done'") == 15
 
 
+@pytest.mark.slow
 def test_previous_table_readable_until_swap_commits(fsf_files, pg_uri, schema, db):
     load(pg_uri, schema, fsf_files[:1])
     first_ids = scalar(db, f'SELECT array_agg(DISTINCT file_id) FROM "{schema}".fastspecfit_metadata')
@@ -134,6 +135,7 @@ def test_original_script_preset_selects_joins_and_derives(fsf_files, pg_uri, sch
                     assert bytes(got) == want.tobytes()
 
 
+@pytest.mark.slow
 def test_copy_out_files_replay_to_the_same_rows(fsf_files, pg_uri, schema, db, tmp_path):
     # --copy-out writes every task's exact COPY bytes and, next to each, the statement that
     # sent them (columns in copy order); replaying them into empty copies of the tables gives
