@@ -54,7 +54,7 @@ OnBlock = Callable[[int, int], None]
 class PartSource:
     """Rows [start, stop) of one HDU (or of row-aligned HDUs side by side) for one table."""
 
-    table: str                    # the staging table the rows go to
+    staging: str                  # the staging table the rows go to (never the published name)
     hdus: tuple                   # read.HduInfo, in the order their rows are concatenated
     fields: Codec                 # encoder fields of the table's columns
     start: int
@@ -149,17 +149,31 @@ def part_blocks(path: str, fh: BinaryIO, part: PartSource, fmt: str, on_block: O
         yield BINARY_TRAILER
 
 
-def task_blocks(path: str, fh: BinaryIO, parts: Sequence[PartSource], fmt: str, on_block: OnBlock,
-                sums: Optional[dict], orders: Optional[dict] = None) -> Iterator[bytes]:
-    """The COPY data of every part of a task, each part ended by ``b""``.
+class TaskStream:
+    """The COPY data of every part of a task (iterate it: each part ends with ``b""``) and
+    what streaming it measured.
 
     A task's parts cover the same rows of row-aligned HDUs; the first part with a sky
-    column fixes the order of the parts after it (``sky_first`` puts it first).
+    column fixes the order of the parts after it (``sky_first`` puts it first).  After (or
+    while) streaming, ``hdu_sums()`` gives the ones'-complement sum of the bytes read per
+    HDU (checksums on), and ``orders`` the sky order of each row range, so that a row the
+    server refuses can be named.
     """
-    orders = {} if orders is None else orders
-    for part in parts:
-        yield from part_blocks(path, fh, part, fmt, on_block, sums, orders)
-        yield b""
+
+    def __init__(self, path: str, fh: BinaryIO, parts: Sequence[PartSource], fmt: str, on_block: OnBlock,
+                 checksum: bool) -> None:
+        self.path, self.fh, self.parts, self.fmt, self.on_block = path, fh, list(parts), fmt, on_block
+        self.sums: Optional[dict] = {} if checksum else None
+        self.orders: dict = {}
+
+    def __iter__(self) -> Iterator[bytes]:
+        for part in self.parts:
+            yield from part_blocks(self.path, self.fh, part, self.fmt, self.on_block, self.sums, self.orders)
+            yield b""
+
+    def hdu_sums(self) -> dict:
+        """{hdu index: ones'-complement sum} of the bytes streamed so far ({} without checksums)."""
+        return {i: combine(v) for i, v in (self.sums or {}).items()}
 
 
 def sky_first(by_table: dict) -> list:
@@ -168,16 +182,11 @@ def sky_first(by_table: dict) -> list:
     return sorted(by_table.items(), key=lambda item: sky_field(item[1].fields) is None)
 
 
-def task_sums(sums: dict) -> dict:
-    """{hdu index: ones'-complement sum} of the bytes a task streamed."""
-    return {i: combine(v) for i, v in sums.items()}
-
-
 def copy_out_paths(directory: str, task_id: int, parts: Sequence[PartSource], fmt: str, chunk: int = 0) -> list:
     """Where ``--copy-out`` writes each part: DIR/<table>.task<ID>.<n>.copy-<fmt> (a gzip
     file's task is sent in chunks: <table>.task<ID>.c<chunk>.<n>.copy-<fmt> after the first)."""
     tag = f"task{task_id:06d}" + (f".c{chunk}" if chunk else "")
-    return [os.path.join(directory, f"{p.table}.{tag}.{n}.copy-{fmt}") for n, p in enumerate(parts)]
+    return [os.path.join(directory, f"{p.staging}.{tag}.{n}.copy-{fmt}") for n, p in enumerate(parts)]
 
 
 def tee(blocks: Iterable[bytes], paths: Sequence[str]) -> Iterator[bytes]:

@@ -31,7 +31,7 @@ from .copy import copy_statement, send
 from .db import first_line, is_transient
 from .errors import BadFileError, DatabaseError, LoaderError
 from .ledger import Ledger
-from .stream import PartSource, ReadAhead, copy_out_paths, sky_first, task_blocks, task_sums, tee
+from .stream import PartSource, ReadAhead, TaskStream, copy_out_paths, sky_first, tee
 
 #: Retries of one task after transient database errors; with the backoff below the
 #: last retry comes about a minute after the first failure (a server restart fits).
@@ -137,7 +137,7 @@ class _State:
         self.ledger: Optional[Ledger] = None
         self.handles: dict = {}
         self.sent = [0, 0]
-        self.orders: dict = {}                # the sky order of each row range of the current task
+        self.stream: Optional[TaskStream] = None   # the task's stream being sent (its sky orders name rows)
         self.current: dict = {}               # the parts (by table) being sent now
         self.cpu = 0.0                        # CPU seconds (all threads) spent on tasks
 
@@ -197,10 +197,9 @@ class _State:
         self.current = by_table
         if FAIL_FILE and os.path.basename(path) == FAIL_FILE:
             raise RuntimeError("injected fault (DESI_LOADER_TEST_FAIL_FILE)")
-        sums: Optional[dict] = {} if cfg.checksum else None
-        self.orders = {}
-        blocks = task_blocks(path, fh, sources, cfg.fmt, self.on_block, sums, self.orders)
-        statements = [copy_statement(cfg.schema, p.table, [f.name for f in p.fields], cfg.fmt) for p in sources]
+        self.stream = stream = TaskStream(path, fh, sources, cfg.fmt, self.on_block, cfg.checksum)
+        blocks = iter(stream)
+        statements = [copy_statement(cfg.schema, p.staging, [f.name for f in p.fields], cfg.fmt) for p in sources]
         if cfg.copy_out:
             outs = copy_out_paths(cfg.copy_out, task_id, sources, cfg.fmt, chunk)
             for out, stmt in zip(outs, statements):       # the statement that replays it (columns in copy order)
@@ -212,7 +211,7 @@ class _State:
             counts = send(cur, statements, reader)
         finally:
             reader.close()
-        return {str(i): [v] for i, v in task_sums(sums or {}).items()}, dict(zip((t for t, _ in tables), counts))
+        return {str(i): [v] for i, v in stream.hdu_sums().items()}, dict(zip((t for t, _ in tables), counts))
 
     def _attempt(self) -> bool:
         with self.conn.cursor() as cur:
@@ -222,7 +221,7 @@ class _State:
                 return False
             task_id, file_id, parts, _nrows = row
             path, sources = self._sources(file_id, parts)
-            self.current = sources
+            self.current, self.stream = sources, None
             self.messages.put(("task", self.id, (task_id, os.path.basename(path))))
             try:
                 sums, rows = self._copy_task(cur, task_id, file_id, path, sources)
@@ -231,7 +230,7 @@ class _State:
                     raise                             # connection and server trouble: retried or fatal
                 self.conn.rollback()
                 self.messages.put(("rewind", self.id, tuple(self.sent)))
-                reason = task_error(exc, path, self.current, self.orders)
+                reason = task_error(exc, path, self.current, self.stream.orders if self.stream else {})
                 if not isinstance(exc, (LoaderError, psycopg2.Error)):
                     self.messages.put(("traceback", self.id, traceback.format_exc()))
                 self.ledger.fail(task_id, self.name, reason)
@@ -291,7 +290,7 @@ def locate(exc: psycopg2.Error, path: str, by_table: dict, orders: Optional[dict
     """
     where = path
     m = _COPY_CONTEXT.search(getattr(exc.diag, "context", None) or "")
-    part = next((p for p in by_table.values() if m and p.table == m.group("table").strip('"')), None)
+    part = next((p for p in by_table.values() if m and p.staging == m.group("table").strip('"')), None)
     if m and part is not None:
         line = int(m.group("line")) - 1
         order = (orders or {}).get((part.start, part.stop))  # rows sent in sky order
