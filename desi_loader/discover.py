@@ -171,59 +171,68 @@ def build_plan(infos: Sequence, catalog: Catalog, schema: str,
     files: list[FilePlan] = []
     rejected: list[tuple[str, str]] = []
     sources: dict[str, list] = {}
-    extra: dict[str, tuple] = {}
     sky: dict[str, tuple] = {}                    # table -> (ra, dec) of its sky index
+    extra = tuple(PgColumn(k, catalog.constant_types.get(k, "text"), 0, "from the file name")
+                  for k in catalog.constants)
     for info in infos:
         try:
             constants = catalog.file_constants(info.name)
-            hdus = _file_hdus(info, catalog, constants)
+            tables, joined = _file_tables(info, catalog, constants, descs, sky)
         except (BadFileError, UsageError) as exc:
             rejected.append((info.path, exc.explained if isinstance(exc, BadFileError) else str(exc)))
             continue
-        tables = {}
-        joined: dict = {}
-        with_sky: set = set()
-        try:
-            for h in hdus:
-                table = catalog.table_for(h.extname, h.index)
-                tables[h.index] = table
-                ext = (h.extname or "").upper()
-                cols = selected_columns(h, catalog)
-                h_desc = descs.get(ext, {})
-                joined.setdefault(table, []).extend(pg_column(c, h_desc.get(c.name.lower())) for c in cols)
-                pair = sky_columns(cols, catalog.sky_columns(h.extname))
-                if pair and table not in with_sky:       # one sky column per table
-                    with_sky.add(table)
-                    ra, dec = (c.name.lower() for c in pair)
-                    joined[table].append(PgColumn(SKY_COLUMN, "int8", 0, SKY_COMMENT.format(ra=ra, dec=dec)))
-                    sky.setdefault(table, tuple(c.name.lower() for c in pair))
-        except BadFileError as exc:
-            rejected.append((info.path, exc.explained))
-            continue
-        clash = None
-        for table, pg in joined.items():
-            if table == catalog.join:
-                pg = pg + [PgColumn(name, "float4", 0, f"{op}({ext}.{col})")
-                           for name, (op, ext, col) in catalog.derived.items()]
-                joined[table] = pg
-            clash = clash or _clash(table, pg, tuple(catalog.constants))
-        if clash:
-            rejected.append((info.path, clash))
-            continue
         for table, pg in joined.items():
             sources.setdefault(table, []).append((info.name, pg))
-            extra[table] = tuple(PgColumn(k, catalog.constant_types.get(k, "text"), 0, "from the file name")
-                                 for k in catalog.constants)
         files.append(FilePlan(info, tables, constants))
-    specs = {table: _table_spec(catalog, table, srcs, extra[table], sky.get(table, ()))
+    specs = {table: _table_spec(catalog, table, srcs, extra, sky.get(table, ()))
              for table, srcs in sources.items()}
-    cut = sorted({f"{h.extname or h.index}.{c.name} -> {pg_name(c.name)}" for fp in files for h in fp.info.hdus
-                  if h.index in fp.tables for c in h.columns if pg_name(c.name) != c.name.lower()})
-    notes = [f"FITS column names longer than PostgreSQL's 63 bytes are cut (the full name is in the column "
-             f"comment): {', '.join(cut)}"] if cut else []
+    notes = _cut_names(files)
     plan = Plan(catalog, schema, specs, files, rejected=rejected, notes=notes)
     plan.tasks = split_tasks(plan, task_bytes, task_rows)
     return plan
+
+
+def _file_tables(info, catalog: Catalog, constants: dict, descs: dict, sky: dict) -> tuple[dict, dict]:
+    """One file's tables: ({hdu index: table}, {table: its PgColumns from this file}); adds
+    the (ra, dec) of tables with a sky index to ``sky``.
+
+    Raises
+    ------
+    BadFileError
+        The file does not fit the catalog, or its columns cannot share a table.
+    """
+    hdus = _file_hdus(info, catalog, constants)
+    tables: dict = {}
+    joined: dict = {}
+    with_sky: set = set()
+    for h in hdus:
+        table = catalog.table_for(h.extname, h.index)
+        tables[h.index] = table
+        cols = selected_columns(h, catalog)
+        h_desc = descs.get((h.extname or "").upper(), {})
+        joined.setdefault(table, []).extend(pg_column(c, h_desc.get(c.name.lower())) for c in cols)
+        pair = sky_columns(cols, catalog.sky_columns(h.extname))
+        if pair and table not in with_sky:       # one sky column per table
+            with_sky.add(table)
+            ra, dec = (c.name.lower() for c in pair)
+            joined[table].append(PgColumn(SKY_COLUMN, "int8", 0, SKY_COMMENT.format(ra=ra, dec=dec)))
+            sky.setdefault(table, (ra, dec))
+    if catalog.join in joined:
+        joined[catalog.join] += [PgColumn(name, "float4", 0, f"{op}({ext}.{col})")
+                                 for name, (op, ext, col) in catalog.derived.items()]
+    for table, pg in joined.items():
+        clash = _clash(table, pg, tuple(catalog.constants))
+        if clash:
+            raise BadFileError(info.path, clash)
+    return tables, joined
+
+
+def _cut_names(files: list) -> list:
+    """The plan's note on FITS names cut to PostgreSQL's 63 bytes ([] when none is)."""
+    cut = sorted({f"{h.extname or h.index}.{c.name} -> {pg_name(c.name)}" for fp in files for h in fp.info.hdus
+                  if h.index in fp.tables for c in h.columns if pg_name(c.name) != c.name.lower()})
+    return [f"FITS column names longer than PostgreSQL's 63 bytes are cut (the full name is in the column "
+            f"comment): {', '.join(cut)}"] if cut else []
 
 
 def _clash(table: str, columns: Sequence[PgColumn], constants: tuple) -> Optional[str]:

@@ -131,6 +131,31 @@ def _columns(header: Any, where: str) -> tuple[FitsColumn, ...]:
     return tuple(cols)
 
 
+def _hdu_info(path: str, idx: int, hdu: Any, raw: BinaryIO, size) -> HduInfo:
+    """One binary-table HDU of an open file: columns, rows, where its data is, its header sum.
+    ``size`` is the file's size, or 'gzip' (then VLA maxima are scanned through the stream)."""
+    header = hdu.header
+    where = f"HDU {idx} ({header.get('EXTNAME', 'no EXTNAME')})"
+    if header.get("ZTABLE"):
+        raise BadFileError(path, f"{where} is a tile-compressed table (ZTABLE), which the loader does not read",
+                           f"decompress it with CFITSIO's funpack ({os.path.basename(path)} -> .fits), then "
+                           "load the .fits file")
+    nrows, row_bytes = int(header["NAXIS2"]), int(header["NAXIS1"])
+    cols = _columns(header, where)
+    if sum(c.width for c in cols) != row_bytes:
+        raise BadFileError(path, f"HDU {idx}: NAXIS1={row_bytes} but the TFORMs add "
+                           f"up to {sum(c.width for c in cols)} bytes")
+    loc = hdu.fileinfo()
+    offset = loc["datLoc"]
+    pcount = int(header.get("PCOUNT", 0) or 0)
+    heap = int(header.get("THEAP", row_bytes * nrows) or 0)
+    hsum = _header_sum(raw, loc["hdrLoc"], offset)
+    if pcount and (size == "gzip" or offset + row_bytes * nrows + pcount <= size):
+        cols = _with_regions(raw, cols, offset, nrows, row_bytes)
+    return HduInfo(idx, (header.get("EXTNAME") or None), nrows, row_bytes, offset, cols,
+                   _cards(header, skip_columns=True), hsum, pcount, heap)
+
+
 def _layout(tform: str, tdim: Optional[str]) -> tuple[str, int, str, tuple]:
     """(heap, repeat, element code, dims) of a TFORM: complex as a last axis of 2 (real,
     imaginary), bits as a boolean array, a VLA's repeat its maximum (-1: not declared)."""
@@ -197,31 +222,9 @@ def read_info(path: str) -> FitsInfo:
                 primary = _cards(hdul[0].header, skip_columns=False)
                 primary_end = hdul[0].fileinfo()["datLoc"]
                 primary_sum = _header_sum(raw, 0, primary_end) if "CHECKSUM" in primary else 0
-                hdus = []
-                for idx, hdu in enumerate(hdul):
-                    header = hdu.header
-                    if idx == 0 or header.get("XTENSION", "").strip() != "BINTABLE" or header.get("ZIMAGE"):
-                        continue                 # images (fpack-compressed ones too) are not tables
-                    if header.get("ZTABLE"):
-                        raise BadFileError(path, f"HDU {idx} ({header.get('EXTNAME', 'no EXTNAME')}) is a "
-                                           "tile-compressed table (ZTABLE), which the loader does not read",
-                                           f"decompress it with CFITSIO's funpack ({name} -> .fits), then load "
-                                           "the .fits file")
-                    where = f"HDU {idx} ({header.get('EXTNAME', 'no EXTNAME')})"
-                    nrows, row_bytes = int(header["NAXIS2"]), int(header["NAXIS1"])
-                    cols = _columns(header, where)
-                    if sum(c.width for c in cols) != row_bytes:
-                        raise BadFileError(path, f"HDU {idx}: NAXIS1={row_bytes} but the TFORMs add "
-                                           f"up to {sum(c.width for c in cols)} bytes")
-                    loc = hdu.fileinfo()
-                    offset = loc["datLoc"]
-                    pcount = int(header.get("PCOUNT", 0) or 0)
-                    heap = int(header.get("THEAP", row_bytes * nrows) or 0)
-                    hsum = _header_sum(raw, loc["hdrLoc"], offset)
-                    if pcount and (compressed or offset + row_bytes * nrows + pcount <= size):
-                        cols = _with_regions(raw, cols, offset, nrows, row_bytes)
-                    hdus.append(HduInfo(idx, (header.get("EXTNAME") or None), nrows, row_bytes,
-                                        offset, cols, _cards(header, skip_columns=True), hsum, pcount, heap))
+                hdus = [_hdu_info(path, idx, hdu, raw, compressed or size) for idx, hdu in enumerate(hdul)
+                        if idx and hdu.header.get("XTENSION", "").strip() == "BINTABLE"
+                        and not hdu.header.get("ZIMAGE")]    # images (fpack'ed ones too) are not tables
     except BadFileError:
         raise
     except SchemaError as exc:      # a column PostgreSQL cannot hold: this file cannot load
