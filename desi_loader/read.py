@@ -6,13 +6,16 @@ FITS big-endian order, which is what binary COPY wants.
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
+import shutil
+import tempfile
 import warnings
 import zlib
 from dataclasses import dataclass, replace
 from functools import cached_property
-from typing import Any, BinaryIO, Optional
+from typing import Any, BinaryIO, Iterator, Optional
 
 import numpy as np
 
@@ -215,7 +218,7 @@ def read_info(path: str) -> FitsInfo:
     compressed = "gzip" if sniff(path) == "gzip" else ""
     try:
         size = os.path.getsize(path)
-        with warnings.catch_warnings(), open_data(path) as raw:
+        with warnings.catch_warnings(), open_data(path, compressed) as raw:
             warnings.simplefilter("ignore")
             with fits.open(path, memmap=False, lazy_load_hdus=True,
                            ignore_missing_simple=False) as hdul:
@@ -231,8 +234,8 @@ def read_info(path: str) -> FitsInfo:
         raise BadFileError(path, str(exc), exc.hint) from exc
     except FileNotFoundError as exc:
         raise BadFileError(path, "no such file") from exc
-    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
-        raise BadFileError(path, f"truncated or corrupt gzip stream ({exc})", "download the file again") from exc
+    except GZIP_ERRORS as exc:
+        raise gzip_error(path, exc) from exc
     except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
         raise BadFileError(path, f"not a readable FITS file ({exc})",
                            "check that the download completed (compare its size and sha256)") from exc
@@ -272,10 +275,21 @@ def sniff(path: str) -> str:
                        f"'{shown}')", "download it again, or leave it out of the paths")
 
 
-def open_data(path: str) -> BinaryIO:
+def open_data(path: str, compressed: Optional[str] = None) -> BinaryIO:
     """The file's FITS bytes: the file itself, or its decompressed stream when it is gzip'd
-    (seeking forward decompresses, seeking back starts over)."""
-    return gzip.open(path, "rb") if sniff(path) == "gzip" else open(path, "rb")
+    (seeking forward decompresses, seeking back starts over).  ``compressed``: what read_info
+    found ('gzip' or ''), else the file is sniffed."""
+    compressed = ("gzip" if sniff(path) == "gzip" else "") if compressed is None else compressed
+    return gzip.open(path, "rb") if compressed == "gzip" else open(path, "rb")
+
+
+#: What a damaged gzip stream raises while it is decompressed.
+GZIP_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile)
+
+
+def gzip_error(path: str, exc: BaseException) -> BadFileError:
+    """The error naming a gzip file whose stream ``exc`` broke."""
+    return BadFileError(path, f"truncated or corrupt gzip stream ({exc})", "download the file again")
 
 
 def gzip_damage(path: str) -> Optional[str]:
@@ -286,9 +300,34 @@ def gzip_damage(path: str) -> Optional[str]:
         with gzip.open(path, "rb") as f:
             while f.read(16 << 20):
                 pass
-    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
-        return f"truncated or corrupt gzip stream ({exc})"
+    except GZIP_ERRORS as exc:
+        return gzip_error(path, exc).reason
     return None
+
+
+#: Where gzip files are decompressed (one file per worker at a time, removed after its task).
+TMPDIR = os.environ.get("DESI_LOADER_TMPDIR") or None
+
+
+@contextlib.contextmanager
+def decompressed(path: str) -> Iterator[BinaryIO]:
+    """A gzip file's content in a temporary file (open for reading), removed afterwards.
+
+    One sequential pass through the decompressor; a task then reads its rows, heap and all,
+    with positioned reads as from a plain file.  A truncated or corrupt stream is the file's
+    fault: BadFileError naming it.
+    """
+    fd, tmp = tempfile.mkstemp(prefix="desi-loader-", suffix=".fits", dir=TMPDIR)
+    try:
+        with os.fdopen(fd, "wb") as out, gzip.open(path, "rb") as src:
+            try:
+                shutil.copyfileobj(src, out, 4 << 20)
+            except GZIP_ERRORS as exc:
+                raise gzip_error(path, exc) from exc
+        with open(tmp, "rb") as fh:
+            yield fh
+    finally:
+        os.unlink(tmp)
 
 
 def _header_sum(raw: BinaryIO, start: int, stop: int) -> int:

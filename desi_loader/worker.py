@@ -8,20 +8,15 @@ failed transaction rolled back, so a retry never duplicates rows.
 """
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import dataclasses
-import gzip
 import os
 import pickle
 import re
 import resource
-import shutil
 import signal
-import tempfile
 import time
 import traceback
-import zlib
 from dataclasses import dataclass
 from typing import Optional
 
@@ -29,8 +24,9 @@ import psycopg2
 
 from .copy import copy_statement, send
 from .db import first_line, is_transient
-from .errors import BadFileError, DatabaseError, LoaderError
+from .errors import DatabaseError, LoaderError
 from .ledger import Ledger
+from .read import decompressed
 from .stream import PartSource, ReadAhead, TaskStream, copy_out_paths, sky_first, tee
 
 #: Retries of one task after transient database errors; with the backoff below the
@@ -304,8 +300,6 @@ def locate(exc: psycopg2.Error, path: str, by_table: dict, orders: Optional[dict
 #: Rows of a gzip file's task go to the server in chunks of about this many FITS bytes
 #: (a chunk's sky order is held in memory, like a plain file's task of discover.TASK_BYTES).
 CHUNK_BYTES = 256 * 1024 * 1024
-#: Where gzip files are decompressed (one file per worker at a time, removed after its task).
-TMPDIR = os.environ.get("DESI_LOADER_TMPDIR") or None
 
 
 def chunks(sources: dict, chunk_bytes: int = CHUNK_BYTES) -> list:
@@ -322,27 +316,6 @@ def chunks(sources: dict, chunk_bytes: int = CHUNK_BYTES) -> list:
             e = min(stop, s + step)
             out.append({t: dataclasses.replace(p, start=s, stop=e) for t, p in parts.items()})
     return out
-
-
-@contextlib.contextmanager
-def decompressed(path: str):
-    """A gzip file's content in a temporary file (open for reading), removed afterwards.
-
-    One sequential pass through the decompressor; the task then reads its rows, heap and
-    all, with positioned reads as from a plain file.  A truncated or corrupt stream is the
-    file's fault: BadFileError naming it.
-    """
-    fd, tmp = tempfile.mkstemp(prefix="desi-loader-", suffix=".fits", dir=TMPDIR)
-    try:
-        with os.fdopen(fd, "wb") as out, gzip.open(path, "rb") as src:
-            try:
-                shutil.copyfileobj(src, out, 4 << 20)
-            except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
-                raise BadFileError(path, f"truncated or corrupt gzip stream ({exc})", "download the file again") from exc
-        with open(tmp, "rb") as fh:
-            yield fh
-    finally:
-        os.unlink(tmp)
 
 
 def describe_parts(by_table: dict) -> str:
