@@ -17,15 +17,16 @@ from typing import Optional
 
 from rich.table import Table
 
-from . import citus, cone, server, voids
-from .config import load_settings
+from .servers import citus, embedded as server
+from .query import cone, voids
+from .fits.config import load_settings
 from .db import connect, mask_dsn, resolve_dsn
 from .errors import LoaderError, UsageError
-from .ledger import Ledger, client_alive
+from .control.ledger import Ledger, client_alive
 from .progress import PlainReporter, QuietReporter, RichReporter
-from .run import LoadOptions, plan_loads, run_loads
-from .sample import write_fastspecfit_sample
-from .sample_vast import DEFAULT_SCALE, fastspecfit_positions, fastspecfit_targets, write_desivast_sample
+from .control.run import LoadOptions, plan_loads, run_loads
+from .samples.fastspecfit import write_fastspecfit_sample
+from .samples.desivast import DEFAULT_SCALE, fastspecfit_positions, fastspecfit_targets, write_desivast_sample
 
 
 def _dsn(args) -> str:

@@ -40,16 +40,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from desi_loader import server  # noqa: E402
-from desi_loader.config import load_settings  # noqa: E402
+from desi_loader.servers import embedded as server  # noqa: E402
+from desi_loader.fits.config import load_settings  # noqa: E402
 from desi_loader.db import connect, mask_dsn, server_settings  # noqa: E402
-from desi_loader.discover import build_plan, encoder_plan  # noqa: E402
+from desi_loader.fits.discover import build_plan, encoder_plan  # noqa: E402
 from desi_loader.encode import BINARY_HEADER, BINARY_TRAILER, encode_block  # noqa: E402
-from desi_loader.read import read_info, read_rows  # noqa: E402
-from desi_loader.run import LoadOptions, run_loads  # noqa: E402
-from desi_loader.sample import write_fastspecfit_file  # noqa: E402
-from desi_loader.sqlgen import create_staging  # noqa: E402
-from desi_loader.worker import keep_freed_memory  # noqa: E402
+from desi_loader.fits.read import read_info, read_rows  # noqa: E402
+from desi_loader.control.run import LoadOptions, run_loads  # noqa: E402
+from desi_loader.samples.fastspecfit import write_fastspecfit_file  # noqa: E402
+from desi_loader.control.sqlgen import create_staging  # noqa: E402
+from desi_loader.control.worker import keep_freed_memory  # noqa: E402
 
 MAIN = "fastspec-iron-main-bright-nside1-hp{:02d}.fits"
 HDUS = ("METADATA", "SPECPHOT", "FASTSPEC")
@@ -134,7 +134,7 @@ def pre_encode(files, fmt: str, outdir: Path) -> list:
 
 def encode_seconds(files, fmt: str) -> float:
     """CPU seconds to read and encode every row of ``files`` in ``fmt``, in 1 MB blocks, one core."""
-    from desi_loader.stream import BLOCK_BYTES
+    from desi_loader.pipeline.stream import BLOCK_BYTES
     plan = plan_for(files)
     enc = encoder_plan(plan, {t: t for t in plan.tables})
     t0 = time.process_time()
@@ -419,7 +419,7 @@ def by_hand(dsn: str, plan, chunks) -> float:
     """The hand-written load: per table, in its own backend and in parallel, CREATE TABLE and
     COPY FROM the pre-encoded binary files in one transaction (so wal_level=minimal skips the
     WAL of the COPY), then PRIMARY KEY and ANALYZE.  Seconds."""
-    from desi_loader.sqlgen import create_indexes
+    from desi_loader.control.sqlgen import create_indexes
     schema = "bench_hand"
     fresh_schema(dsn, schema)
 
@@ -748,7 +748,7 @@ class Bench:
 
     def _cones(self) -> None:
         from astropy.table import Table
-        from desi_loader import cone as cones
+        from desi_loader.query import cone as cones
         dsn, rows = self.dsn, self.args.sky_rows
         path = self.cache / f"positions-{rows}.fits"
         rng = np.random.default_rng(1)

@@ -23,8 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from desi_loader import server  # noqa: E402
-from desi_loader.sample import write_fastspecfit_file  # noqa: E402
+from desi_loader.servers import embedded as server  # noqa: E402
+from desi_loader.samples.fastspecfit import write_fastspecfit_file  # noqa: E402
 
 
 def one_load(tree: Path, files: list, dsn: str, workers: int, out: Path) -> float:

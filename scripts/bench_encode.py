@@ -17,13 +17,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from desi_loader.config import load_settings  # noqa: E402
-from desi_loader.discover import build_plan, encoder_plan  # noqa: E402
+from desi_loader.fits.config import load_settings  # noqa: E402
+from desi_loader.fits.discover import build_plan, encoder_plan  # noqa: E402
 from desi_loader.encode import Codec, encode_binary, encode_text, encode_text_fieldwise  # noqa: E402
-from desi_loader.read import read_info, read_rows  # noqa: E402
-from desi_loader.sample import write_fastspecfit_file  # noqa: E402
-from desi_loader.worker import keep_freed_memory  # noqa: E402
-from desi_loader.schema import FitsColumn, encoder_field  # noqa: E402
+from desi_loader.fits.read import read_info, read_rows  # noqa: E402
+from desi_loader.samples.fastspecfit import write_fastspecfit_file  # noqa: E402
+from desi_loader.control.worker import keep_freed_memory  # noqa: E402
+from desi_loader.fits.schema import FitsColumn, encoder_field  # noqa: E402
 
 
 def best(repeat: int, fn) -> float:

@@ -5,7 +5,7 @@ import uuid
 import psycopg2
 import pytest
 
-from desi_loader import server
+from desi_loader.servers import embedded as server
 
 
 @pytest.fixture(scope="session")

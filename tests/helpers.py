@@ -8,7 +8,7 @@ import psycopg2
 from astropy.io import fits
 from astropy.table import Table
 
-from desi_loader.run import LoadOptions, run_load
+from desi_loader.control.run import LoadOptions, run_load
 
 SPECIAL_STRINGS = [" lead", "back\\slash", "tab\there", "\\N", "q'uo\"te", "", "new\nline", "x"]
 

@@ -227,7 +227,7 @@ def test_contract_on_the_cluster(cluster, cschema, tmp_path, capsys):
     damaged named (exit 1), then --allow-partial publishes the good ones (exit 4)."""
     from desi_loader.cli import main
     from test_contract import NAMES, _empty_fastspecfit, _gzip, _truncated
-    from desi_loader.sample import write_fastspecfit_file
+    from desi_loader.samples.fastspecfit import write_fastspecfit_file
     uri, d = cluster["uri"], tmp_path / "in"
     d.mkdir()
     src = write_fastspecfit_file(str(tmp_path / NAMES[0]), 40, seed=3)

@@ -67,7 +67,7 @@ def test_unreachable_server_and_password_masked(capsys, tmp_path):
 
 
 def test_dry_run_prints_plan_without_database(capsys, tmp_path):
-    from desi_loader.sample import write_fastspecfit_sample
+    from desi_loader.samples.fastspecfit import write_fastspecfit_sample
     write_fastspecfit_sample(str(tmp_path), rows=20, files=3)
     code, out, _ = run_cli(capsys, "load", str(tmp_path), "--dry-run", "--dsn", "host=/nonexistent")
     assert code == 0
@@ -124,7 +124,7 @@ def test_every_cli_option_is_in_the_readme():
 
 
 def test_distribute_names_a_table_of_the_load(capsys, tmp_path):
-    from desi_loader.sample import write_fastspecfit_sample
+    from desi_loader.samples.fastspecfit import write_fastspecfit_sample
     write_fastspecfit_sample(str(tmp_path), rows=20, files=1)
     code, _, err = run_cli(capsys, "load", str(tmp_path), "--dry-run", "--dsn", "host=/nonexistent",
                            "--distribute", "fastspec=reference")

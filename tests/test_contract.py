@@ -13,7 +13,7 @@ import pytest
 from astropy.io import fits
 
 from desi_loader.cli import main
-from desi_loader.sample import write_fastspecfit_file
+from desi_loader.samples.fastspecfit import write_fastspecfit_file
 from helpers import assert_fastspecfit_exact, fetch
 
 NAMES = ["fastspec-iron-main-bright-nside1-hp00.fits", "fastspec-iron-main-bright-nside1-hp01.fits",
@@ -356,7 +356,7 @@ def test_desivast_incremental_rerun_names_damaged_files(capsys, tmp_path, pg_uri
     """The other preset: DESIVAST files published, then one re-downloaded truncated and a gzip'd
     copy of another beside a non-FITS file named like a DESIVAST file: named, exit 1; the
     published tables unchanged; --allow-partial takes the gzip'd file (exit 4)."""
-    from desi_loader.sample_vast import file_name, write_desivast_file
+    from desi_loader.samples.desivast import file_name, write_desivast_file
     from helpers import assert_desivast_exact
     d = tmp_path / "vast"
     d.mkdir()

@@ -5,7 +5,7 @@ import pytest
 from astropy.io import fits
 
 from desi_loader.cli import write_samples
-from desi_loader.sample_vast import file_name, write_desivast_file
+from desi_loader.samples.desivast import file_name, write_desivast_file
 from helpers import assert_desivast_exact, fetch, load
 
 
@@ -34,7 +34,7 @@ def test_eight_files_load_exactly_with_keys_and_foreign_keys(samples, pg_uri, sc
 
 def _tiny_revolver(path):
     """3 voids, 4 zones, 6 galaxies: the membership is known by hand."""
-    from desi_loader.datamodel import datamodel
+    from desi_loader.fits.datamodel import datamodel
     dm = datamodel("desivast")["algorithms"]["REVOLVER"]
     values = {
         "VOIDS": {"VOID": [0, 1, 2]},
@@ -75,7 +75,7 @@ def test_missing_required_hdu_is_named(tmp_path, pg_uri, schema):
 
 
 def test_fastspecfit_and_desivast_together_readme_join(samples, pg_uri, schema, db):
-    from desi_loader.run import LoadOptions, run_loads
+    from desi_loader.control.run import LoadOptions, run_loads
     summaries = run_loads(LoadOptions(paths=(str(samples / "fastspecfit"), str(samples / "desivast")),
                                       dsn=pg_uri, schema=schema, workers=2))
     assert {s.catalog for s in summaries} == {"fastspecfit", "desivast"}

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from copyformat import decode_binary, decode_text
 from desi_loader.encode import copy_order, encode_binary, encode_text
-from desi_loader.schema import FitsColumn, encoder_field
+from desi_loader.fits.schema import FitsColumn, encoder_field
 
 # (TFORM code, TZERO, stored dtype, PostgreSQL element type)
 KINDS = [("I", None, ">i2", "int2"), ("J", None, ">i4", "int4"), ("K", None, ">i8", "int8"),
@@ -107,11 +107,11 @@ def test_columnar_text_equals_the_fieldwise_reference(block):
 
 
 def test_columnar_text_equals_reference_on_the_fastspecfit_layout(tmp_path):
-    from desi_loader.config import load_settings
-    from desi_loader.discover import build_plan, encoder_plan
+    from desi_loader.fits.config import load_settings
+    from desi_loader.fits.discover import build_plan, encoder_plan
     from desi_loader.encode import encode_text_fieldwise
-    from desi_loader.read import read_info, read_rows
-    from desi_loader.sample import write_fastspecfit_file
+    from desi_loader.fits.read import read_info, read_rows
+    from desi_loader.samples.fastspecfit import write_fastspecfit_file
     path = write_fastspecfit_file(str(tmp_path / "fastspec-iron-sv3-bright.fits"), 60, seed=9)
     plan = build_plan([read_info(path)], load_settings().catalogs["fastspecfit"], "s")
     plan.files[0].file_id = 3

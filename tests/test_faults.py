@@ -12,9 +12,9 @@ import psycopg2
 import pytest
 from astropy.io import fits
 
-from desi_loader import server
+from desi_loader.servers import embedded as server
 from desi_loader.db import is_transient
-from desi_loader.sample import write_fastspecfit_file
+from desi_loader.samples.fastspecfit import write_fastspecfit_file
 from nodes import assert_rows_once as assert_exact, done_tasks, node, q, wait_until
 
 NAMES = [f"fastspec-iron-main-bright-nside1-hp{i:02d}.fits" for i in range(6)]

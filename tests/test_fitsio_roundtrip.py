@@ -6,7 +6,7 @@ equal what fitsio reads from the file, bit for bit for floats.
 """
 import pytest
 
-from desi_loader.sample import write_fastspecfit_file
+from desi_loader.samples.fastspecfit import write_fastspecfit_file
 from helpers import assert_fastspecfit_exact, load
 
 FILES = ("fastspec-iron-main-bright-nside1-hp03.fits", "fastspec-iron-sv3-bright.fits")

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from desi_loader.sample import write_fastspecfit_file
+from desi_loader.samples.fastspecfit import write_fastspecfit_file
 from nodes import assert_exact, kill_node, node, q
 
 NAMES = [f"fastspec-iron-main-bright-nside1-hp{i:02d}.fits" for i in range(3)]

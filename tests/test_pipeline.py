@@ -6,7 +6,7 @@ import sys
 import psycopg2
 import pytest
 
-from desi_loader.sample import write_fastspecfit_file
+from desi_loader.samples.fastspecfit import write_fastspecfit_file
 from helpers import load, polling
 from nodes import ROOT
 

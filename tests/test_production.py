@@ -3,7 +3,7 @@ import psycopg2
 import pytest
 
 from desi_loader.errors import UsageError
-from desi_loader.sample import write_fastspecfit_file
+from desi_loader.samples.fastspecfit import write_fastspecfit_file
 from helpers import load, polling
 from nodes import q
 

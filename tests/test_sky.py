@@ -5,7 +5,9 @@ import psycopg2
 import pytest
 from astropy.table import Table
 
-from desi_loader import cone, sky
+from desi_loader.query import cone
+
+from desi_loader import sky
 from helpers import load
 
 EDGE = 1e-9          # degrees: points this close to the cone's edge may fall either way in float8

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from desi_loader.sample import write_fastspecfit_file
+from desi_loader.samples.fastspecfit import write_fastspecfit_file
 from nodes import ROOT, assert_exact, done_tasks, q
 
 RECIPE = os.path.join(ROOT, "scripts", "slurm", "load.sbatch")

@@ -4,12 +4,12 @@ import os
 import numpy as np
 import pytest
 
-from desi_loader.checksum import checksum_ok, combine, fold, partial_sum
-from desi_loader.config import generic, load_settings
-from desi_loader.discover import FilePlan, Plan, find_files, group_by_catalog, split_tasks
+from desi_loader.fits.checksum import checksum_ok, combine, fold, partial_sum
+from desi_loader.fits.config import generic, load_settings
+from desi_loader.fits.discover import FilePlan, Plan, find_files, group_by_catalog, split_tasks
 from desi_loader.errors import SchemaError, UsageError
-from desi_loader.read import HduInfo
-from desi_loader.schema import FitsColumn, PgColumn, TableSpec, classify, parse_tdim, parse_tform, union_columns
+from desi_loader.fits.read import HduInfo
+from desi_loader.fits.schema import FitsColumn, PgColumn, TableSpec, classify, parse_tdim, parse_tform, union_columns
 
 # ----------------------------------------------------------------------------- schema
 
@@ -212,21 +212,21 @@ def test_checksum_ok_is_negative_zero():
 @pytest.mark.parametrize("text,kind,column", [("hash(targetid)", "hash", "targetid"), (" HASH( TargetID ) ", "hash", "targetid"),
                                              ("reference", "reference", None), ("local", "local", None)])
 def test_parse_distribution(text, kind, column):
-    from desi_loader.config import parse_distribution
+    from desi_loader.fits.config import parse_distribution
     d = parse_distribution(text)
     assert (d.kind, d.column) == (kind, column)
 
 
 @pytest.mark.parametrize("text", ["hash()", "range(z)", "replicated", "hash(a, b)"])
 def test_parse_distribution_refuses(text):
-    from desi_loader.config import parse_distribution
+    from desi_loader.fits.config import parse_distribution
     with pytest.raises(UsageError, match="hash\\(COLUMN\\), reference or local"):
         parse_distribution(text)
 
 
 def test_presets_place_the_catalogs_and_keys_gain_the_distribution_column():
-    from desi_loader.citus import unique_columns
-    from desi_loader.config import Distribution
+    from desi_loader.servers.citus import unique_columns
+    from desi_loader.fits.config import Distribution
     cats = load_settings().catalogs
     fsf, vast = cats["fastspecfit"], cats["desivast"]
     assert {str(fsf.distribution_of(t)) for t in fsf.table_names()} == {"hash(targetid)"}
@@ -239,7 +239,7 @@ def test_presets_place_the_catalogs_and_keys_gain_the_distribution_column():
 
 
 def test_sky_preset_columns_and_none():
-    from desi_loader.config import parse_sky
+    from desi_loader.fits.config import parse_sky
     cats = load_settings().catalogs
     assert cats["fastspecfit"].sky_columns("METADATA") == ("RA", "DEC")
     assert cats["fastspecfit"].sky_columns("FASTSPEC") is None
@@ -257,7 +257,7 @@ def test_workers_reuse_freed_blocks_without_page_faults():
     code = """
 import resource, sys
 import numpy as np
-from desi_loader.worker import keep_freed_memory
+from desi_loader.control.worker import keep_freed_memory
 if sys.argv[1] == "tuned":
     assert keep_freed_memory()
 def faults():
@@ -279,7 +279,7 @@ print(faults() - before)
 
 
 def test_read_ahead_sends_blocks_in_socket_sized_messages_and_keeps_part_ends():
-    from desi_loader.stream import SEND_BYTES, ReadAhead
+    from desi_loader.pipeline.stream import SEND_BYTES, ReadAhead
     big = bytes(range(256)) * (SEND_BYTES // 256 * 3 + 7)      # three messages and a bit
     blocks = [b"head", big, b"", b"next part", b""]
     reader = ReadAhead(iter(blocks))
@@ -297,7 +297,7 @@ def test_read_ahead_sends_blocks_in_socket_sized_messages_and_keeps_part_ends():
 
 
 def test_read_ahead_delivers_the_reader_thread_error():
-    from desi_loader.stream import ReadAhead
+    from desi_loader.pipeline.stream import ReadAhead
 
     def blocks():
         yield b"x" * 10
@@ -313,7 +313,7 @@ def test_read_ahead_delivers_the_reader_thread_error():
 
 
 def test_block_bounds_short_first_block_then_full_blocks_cover_each_row_once():
-    from desi_loader.stream import FIRST_BLOCK, block_bounds
+    from desi_loader.pipeline.stream import FIRST_BLOCK, block_bounds
     for start, stop, step in [(0, 20, 8), (5, 6, 100), (0, 0, 4), (3, 1000, 64), (0, 7, 1)]:
         b = list(block_bounds(start, stop, step))
         rows = [r for s, e in b for r in range(s, e)]
@@ -326,12 +326,12 @@ def test_block_bounds_short_first_block_then_full_blocks_cover_each_row_once():
 @pytest.mark.parametrize("tform,want", [("1PE(5)", ("P", "E", 5)), ("QD", ("Q", "D", None)), ("PA(80)", ("P", "A", 80)),
                                         ("5E", None)])
 def test_parse_vla(tform, want):
-    from desi_loader.schema import parse_vla
+    from desi_loader.fits.schema import parse_vla
     assert parse_vla(tform) == want
 
 
 @pytest.mark.parametrize("tform,message", [("PX(8)", "bits"), ("1PC(3)", "complex"), ("QM", "complex")])
 def test_parse_vla_refuses(tform, message):
-    from desi_loader.schema import parse_vla
+    from desi_loader.fits.schema import parse_vla
     with pytest.raises(SchemaError, match=message):
         parse_vla(tform)

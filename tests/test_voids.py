@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from desi_loader import voids
+from desi_loader.query import voids
 from desi_loader.cli import main, write_samples
-from desi_loader.run import LoadOptions, run_loads
+from desi_loader.control.run import LoadOptions, run_loads
 from helpers import fetch
 
 

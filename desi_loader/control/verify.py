@@ -8,8 +8,8 @@ import os
 
 from psycopg2 import sql
 
-from .checksum import checksum_ok, combine
-from .errors import LoadFailed
+from ..fits.checksum import checksum_ok, combine
+from ..errors import LoadFailed
 from .staging import FINALIZE_LOCK_TIMEOUT
 
 

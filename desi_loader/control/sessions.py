@@ -19,8 +19,8 @@ from typing import Callable, Iterator, Optional, TypeVar
 import psycopg2
 from psycopg2 import sql
 
-from .db import connect, is_transient
-from .errors import DatabaseError, UsageError
+from ..db import connect, is_transient
+from ..errors import DatabaseError, UsageError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

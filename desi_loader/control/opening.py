@@ -18,11 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .discover import split_tasks
-from .errors import UsageError
+from ..fits.discover import split_tasks
+from ..errors import UsageError
 from .staging import prepare_staging
 from .ledger import Ledger, staging_name
-from .report import NullReporter
+from ..report import NullReporter
 
 
 @dataclass

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from .report import NullReporter
+from ..report import NullReporter
 from .worker import STOP_SIGNALS, WorkerConfig, worker_main
 
 log = logging.getLogger(__name__)

@@ -11,69 +11,18 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from importlib import resources
 from typing import Optional, Sequence
 
-import psycopg2
 from psycopg2 import sql
 
-from .errors import UsageError
-from .sky import COLUMN
+from ..control.skyindex import q3c_schema
+from ..errors import UsageError
+from ..sky import COLUMN
 
 log = logging.getLogger(__name__)
 
 #: what ``--method auto`` picks: q3c where the table has a q3c index
 METHODS = ("auto", "hpx", "q3c")
-
-
-def install_functions(conn, schema: str) -> None:
-    """Create (or replace) angdist, hpx_center, hpx_max_pixrad and hpx_cone in ``schema``."""
-    text = resources.files("desi_loader").joinpath("data/sky.sql").read_text()
-    body = text.replace("{s}", sql.Identifier(schema).as_string(conn))
-    with conn.cursor() as cur:
-        cur.execute("SELECT pg_advisory_xact_lock(hashtext('desi-loader sky functions'))")
-        cur.execute(body)
-    conn.commit()
-
-
-def q3c_schema(cur) -> Optional[str]:
-    """The schema holding the q3c functions, or None when the extension is not installed."""
-    cur.execute("SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
-                "WHERE e.extname = 'q3c'")
-    row = cur.fetchone()
-    return row[0] if row else None
-
-
-def ensure_q3c(conn) -> Optional[str]:
-    """Install q3c when the server has it and we may; its schema, or None (with the reason logged)."""
-    with conn.cursor() as cur:
-        have = q3c_schema(cur)
-        if have:
-            conn.commit()
-            return have
-        cur.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'q3c'")
-        if cur.fetchone() is None:
-            conn.commit()
-            log.info("the server has no q3c extension: sky index is the hpx29 B-tree only")
-            return None
-        try:
-            cur.execute("SELECT pg_advisory_xact_lock(hashtext('desi-loader create q3c'))")
-            cur.execute("CREATE EXTENSION IF NOT EXISTS q3c")
-            have = q3c_schema(cur)
-            conn.commit()
-            return have
-        except psycopg2.Error as exc:
-            conn.rollback()
-            log.warning("q3c is available but could not be installed (%s): ask a database owner to run "
-                        "CREATE EXTENSION q3c; loading with the hpx29 index only", str(exc).strip())
-            return None
-
-
-def q3c_index_statement(schema: str, table: str, index: str, sky: Sequence[str], q3c: str) -> sql.Composed:
-    ra, dec = sky
-    return sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({}.q3c_ang2ipix({}, {}))").format(
-        sql.Identifier(index), sql.Identifier(schema, table), sql.Identifier(q3c),
-        sql.Identifier(ra), sql.Identifier(dec))
 
 
 @dataclass(frozen=True)

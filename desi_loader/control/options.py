@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from . import __version__
-from .discover import TASK_BYTES
+from .. import __version__
+from ..fits.discover import TASK_BYTES
 from .ledger import process_name
 
 

@@ -20,7 +20,7 @@ from typing import Any, BinaryIO, Iterator, Optional
 import numpy as np
 
 from .checksum import checksum_ok, combine, partial_sum
-from .errors import BadFileError, SchemaError
+from ..errors import BadFileError, SchemaError
 from .schema import (COMPLEX, FILE_ID, FITS_TYPES, ROW_NUM, FitsColumn, check_names, parse_tdim, parse_tform,
                      parse_vla)
 

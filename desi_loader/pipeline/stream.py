@@ -14,10 +14,10 @@ from typing import BinaryIO, Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from .checksum import combine, partial_sum
-from .encode import BINARY_HEADER, BINARY_TRAILER, Codec, EncodeError, encode_block, hpx_values
-from .errors import BadFileError
-from .read import expand_heap, heap_sum, read_rows
+from ..fits.checksum import combine, partial_sum
+from ..encode import BINARY_HEADER, BINARY_TRAILER, Codec, EncodeError, encode_block, hpx_values
+from ..errors import BadFileError
+from ..fits.read import expand_heap, heap_sum, read_rows
 
 #: FITS bytes read and encoded per block.  Small blocks let encoding overlap the
 #: server's work (the pipeline fills and drains at every COPY statement): measured on

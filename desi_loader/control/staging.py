@@ -8,9 +8,10 @@ from typing import Optional
 import psycopg2
 from psycopg2 import sql
 
-from . import attach, citus
-from .cone import q3c_index_statement
-from .errors import LoadFailed
+from . import attach
+from ..servers import citus
+from .skyindex import q3c_index_statement
+from ..errors import LoadFailed
 from .sqlgen import create_indexes, create_staging, index_name
 
 log = logging.getLogger(__name__)

@@ -28,9 +28,10 @@ from typing import Optional
 import numpy as np
 from psycopg2 import sql
 
-from .config import released_name
-from .errors import UsageError
-from .ledger import published_headers
+from ..fits.config import released_name
+from ..errors import UsageError
+from ..control import attach
+from ..control.ledger import published_headers
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +266,6 @@ def build(conn, schema: str) -> Membership:
 def _replace(cur, schema: str, new: sql.Composed) -> None:
     """The new table in place of the old one, keeping what users attached to the old one
     (owner, grants, comments, their views), as the loader's swap does (attach.py)."""
-    from . import attach
     old = None
     views: list = []
     cur.execute("SELECT to_regclass(format('%%I.%%I', %s::text, %s::text))", (schema, TABLE))

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from .errors import DatabaseError
+from ..errors import DatabaseError
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ import re
 from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
-from .encode import PG_TYPES, Field
-from .errors import SchemaError
-from .sky import COLUMN as SKY_COLUMN
+from ..encode import PG_TYPES, Field
+from ..errors import SchemaError
+from ..sky import COLUMN as SKY_COLUMN
 
 _TFORM = re.compile(r"^\s*(\d*)([LXBIJKAEDCMPQ])(.*)$")
 #: a variable-length array: rPt(emax) or rQt(emax), r 0 or 1, emax optional

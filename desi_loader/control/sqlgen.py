@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from psycopg2 import sql
 
-from .schema import TableSpec
+from ..fits.schema import TableSpec
+from ..servers.citus import unique_columns
 
 
 def create_staging(schema: str, name: str, spec: TableSpec, logged: bool = False) -> list:
@@ -33,7 +34,6 @@ def create_indexes(schema: str, name: str, spec: TableSpec, distributed=None) ->
 
     ``distributed`` (a hash Distribution on a Citus cluster) adds its column to the unique
     keys that lack it (citus.unique_columns)."""
-    from .citus import unique_columns
     ident = sql.Identifier(schema, name)
     key = unique_columns(spec.key, distributed)
     out = [sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({})").format(

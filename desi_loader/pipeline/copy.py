@@ -10,7 +10,7 @@ from typing import Sequence
 import psycopg2
 from psycopg2 import sql
 
-from .schema import pg_name
+from ..fits.schema import pg_name
 from .stream import BLOCK_BYTES
 
 

@@ -15,9 +15,9 @@ from typing import Optional
 from psycopg2 import sql
 from psycopg2.extras import Json, execute_values
 
-from . import __version__
-from .db import relation_exists
-from .errors import UsageError
+from .. import __version__
+from ..db import relation_exists
+from ..errors import UsageError
 from .sessions import SETUP_LOCK, Session, app_name, client_alive, parse_app_name, process_name, transient
 
 #: sessions' names re-exported: callers know the ledger, the ledger knows its sessions

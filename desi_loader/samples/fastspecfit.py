@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .datamodel import datamodel
+from ..fits.datamodel import datamodel
 
 _NUMPY = {"K": ">i8", "J": ">i4", "I": ">i2", "E": ">f4", "D": ">f8", "L": "?", "B": "u1"}
 

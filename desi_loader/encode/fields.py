@@ -11,7 +11,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from .sky import ang2pix
+from ..sky import ang2pix
 
 @dataclass(frozen=True)
 class PgType:

@@ -15,11 +15,12 @@ from typing import Callable, Optional
 
 import psycopg2
 
-from . import attach, citus, verify
-from .cone import ensure_q3c, install_functions
-from .db import as_database_error, connect, free_connections, mask_dsn, server_settings
-from .discover import Plan, encoder_plan, foreign_keys
-from .errors import DatabaseError, LoadFailed, UsageError
+from . import attach, verify
+from ..servers import citus
+from .skyindex import ensure_q3c, install_functions
+from ..db import as_database_error, connect, free_connections, mask_dsn, server_settings
+from ..fits.discover import Plan, encoder_plan, foreign_keys
+from ..errors import DatabaseError, LoadFailed, UsageError
 from .publish import add_columns, merge, published_columns, swap
 from .staging import (FINALIZE_LOCK_TIMEOUT, add_foreign_keys, build_indexes, build_user_indexes, make_logged,
                       table_order)
@@ -28,7 +29,7 @@ from .ledger import Ledger, app_name, process_name
 from .opening import open_load
 from .options import LoadOptions, Summary
 from .pool import WorkerPool
-from .report import NullReporter
+from ..report import NullReporter
 from .worker import WorkerConfig, peak_rss_kb
 
 log = logging.getLogger(__name__)

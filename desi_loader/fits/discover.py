@@ -9,14 +9,14 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence
 
-from .citus import check as check_distribution
+from .config import check_distribution
 from .config import Catalog, Settings, generic
 from .datamodel import datamodel
-from .encode import Codec
-from .errors import BadFileError, UsageError
+from ..encode import Codec
+from ..errors import BadFileError, UsageError
 from .schema import (FILE_ID, ROW_NUM, FitsColumn, PgColumn, TableSpec, pg_column, pg_name, row_fields,
                      sky_columns, union_columns)
-from .sky import COLUMN as SKY_COLUMN, COMMENT as SKY_COMMENT
+from ..sky import COLUMN as SKY_COLUMN, COMMENT as SKY_COMMENT
 
 #: Target FITS bytes per task.  Large enough that per-task overhead (a transaction, a
 #: ledger row) is noise, small enough that a 12.5 GB file spreads over 16+ workers

@@ -22,12 +22,12 @@ from typing import Optional
 
 import psycopg2
 
-from .copy import copy_statement, send
-from .db import first_line, is_transient
-from .errors import DatabaseError, LoaderError
+from ..pipeline.copy import copy_statement, send
+from ..db import first_line, is_transient
+from ..errors import DatabaseError, LoaderError
 from .ledger import Ledger
-from .read import decompressed
-from .stream import PartSource, ReadAhead, TaskStream, copy_out_paths, sky_first, tee
+from ..fits.read import decompressed
+from ..pipeline.stream import PartSource, ReadAhead, TaskStream, copy_out_paths, sky_first, tee
 
 #: Retries of one task after transient database errors; with the backoff below the
 #: last retry comes about a minute after the first failure (a server restart fits).

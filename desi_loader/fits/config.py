@@ -8,9 +8,9 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
-from .errors import UsageError
+from ..errors import UsageError
 
 PRESET_FILE = "desi_dr1.ini"
 #: operations a preset may use to derive a column (see fields._derive)
@@ -28,6 +28,12 @@ class Distribution:
 
     def __str__(self) -> str:
         return f"hash({self.column})" if self.kind == "hash" else self.kind
+
+
+def check_distribution(dist: Distribution, table: str, columns: Sequence[str]) -> None:
+    if dist.kind == "hash" and dist.column not in columns:
+        raise UsageError(f"table {table}: distribution column {dist.column!r} is not one of its columns",
+                         "fix distribute / distribute.HDU in the preset (or --distribute)")
 
 
 def parse_distribution(value: str) -> Distribution:
@@ -241,7 +247,7 @@ def preset_paths(extra: Optional[str]) -> list[Path]:
         paths.append(p)
     if os.environ.get("DESI_LOADER_CONF"):
         paths.append(Path(os.environ["DESI_LOADER_CONF"]))
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]
     for cand in (here.parent / "conf" / PRESET_FILE,
                  Path(sys.prefix) / "share" / "desi-loader" / "conf" / PRESET_FILE):
         if cand.is_file():

@@ -13,7 +13,8 @@ from typing import Optional
 
 import numpy as np
 
-from .datamodel import datamodel
+from ..fits.datamodel import datamodel
+from ..query.voids import NGC_RA, cartesian, comoving_distance
 
 ALGORITHMS = ("VoidFinder", "REVOLVER", "VIDE", "ZOBOV")
 CAPS = ("NGC", "SGC")
@@ -51,7 +52,6 @@ def _xyz(rng, n, rmax=600.0):
 
 def _near_galaxies(rng, n: int, cap: str, galaxies) -> Optional[np.ndarray]:
     """n points within 8 Mpc/h of random galaxies of the cap (so sample voids hold galaxies)."""
-    from .voids import NGC_RA, cartesian, comoving_distance
     ra, dec, z = galaxies
     ngc = (ra > NGC_RA[0]) & (ra < NGC_RA[1])
     pick = np.nonzero((ngc if cap == "NGC" else ~ngc) & (z > 0) & (z <= 0.24))[0]

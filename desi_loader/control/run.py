@@ -10,14 +10,14 @@ import time
 from dataclasses import replace
 from typing import Optional
 
-from .citus import check
-from .config import load_settings, parse_distribution
+from ..fits.config import check_distribution
+from ..fits.config import load_settings, parse_distribution
 from .coordinator import Coordinator
-from .discover import Plan, build_plan, find_files, group_by_catalog
-from .errors import BadFileError, LoaderError, UsageError
+from ..fits.discover import Plan, build_plan, find_files, group_by_catalog
+from ..errors import BadFileError, LoaderError, UsageError
 from .options import LoadOptions, Summary
-from .read import gzip_damage, read_info
-from .report import NullReporter
+from ..fits.read import gzip_damage, read_info
+from ..report import NullReporter
 
 __all__ = ["LoadOptions", "Summary", "plan_loads", "run_loads", "run_load"]
 
@@ -65,7 +65,7 @@ def apply_distribution(plan: Plan, overrides: tuple) -> None:
             continue                                  # a table of another catalog of this run
         t = plan.tables[table.strip()]
         dist = parse_distribution(spec)
-        check(dist, t.name, [c.name for c in t.all_columns])
+        check_distribution(dist, t.name, [c.name for c in t.all_columns])
         plan.tables[t.name] = replace(t, distribution=dist)
 
 

@@ -19,8 +19,7 @@ from typing import Optional, Sequence
 
 from psycopg2 import sql
 
-from .config import Distribution
-from .errors import UsageError
+from ..fits.config import Distribution
 
 
 @dataclass(frozen=True)
@@ -88,9 +87,3 @@ def unique_columns(columns: Sequence[str], dist: Optional[Distribution]) -> tupl
     if dist is not None and dist.kind == "hash" and dist.column not in cols:
         return cols + (dist.column,)
     return cols
-
-
-def check(dist: Distribution, table: str, columns: Sequence[str]) -> None:
-    if dist.kind == "hash" and dist.column not in columns:
-        raise UsageError(f"table {table}: distribution column {dist.column!r} is not one of its columns",
-                         "fix distribute / distribute.HDU in the preset (or --distribute)")

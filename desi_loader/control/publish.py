@@ -10,8 +10,8 @@ import psycopg2
 from psycopg2 import sql
 
 from . import attach
-from .db import first_line, is_transient, relation_exists
-from .errors import DatabaseError, LoadFailed
+from ..db import first_line, is_transient, relation_exists
+from ..errors import DatabaseError, LoadFailed
 from .ledger import publish_merged, publish_swapped, replaced_files
 from .staging import FINALIZE_LOCK_TIMEOUT
 

@@ -1,0 +1,2 @@
+"""The query side over loaded tables: cone search and cross-match (cone), void membership
+(voids)."""

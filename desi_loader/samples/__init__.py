@@ -1,0 +1,2 @@
+"""Sample files with the real data model of each catalog: FastSpecFit (fastspecfit) and
+DESIVAST (desivast)."""

@@ -1,0 +1,2 @@
+"""The servers the loader starts or places tables on: the embedded PostgreSQL (embedded)
+and a Citus cluster (citus)."""
