@@ -43,7 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from desi_loader.servers import embedded as server  # noqa: E402
 from desi_loader.fits.config import load_settings  # noqa: E402
 from desi_loader.db import connect, mask_dsn, server_settings  # noqa: E402
-from desi_loader.fits.discover import build_plan, encoder_plan  # noqa: E402
+from desi_loader.fits.discover import build_plan  # noqa: E402
+from desi_loader.pipeline.encodings import encoder_plan  # noqa: E402
 from desi_loader.encode import BINARY_HEADER, BINARY_TRAILER, encode_block  # noqa: E402
 from desi_loader.fits.read import read_info, read_rows  # noqa: E402
 from desi_loader.control.run import LoadOptions, run_loads  # noqa: E402
@@ -89,10 +90,13 @@ def fresh_schema(dsn: str, name: str) -> None:
 
 
 def plan_for(files, catalog="fastspecfit", schema="bench"):
-    plan = build_plan([read_info(f) for f in files], load_settings().catalogs[catalog], schema)
-    for i, fp in enumerate(plan.files, start=1):
-        fp.file_id = i
-    return plan
+    return build_plan([read_info(f) for f in files], load_settings().catalogs[catalog], schema)
+
+
+def encodings(plan) -> dict:
+    """The workers' encodings of every file (file ids 1, 2, ...), staging = published names."""
+    return encoder_plan(plan, {t: t for t in plan.tables},
+                        {fp.info.name: i for i, fp in enumerate(plan.files, start=1)})
 
 
 def create_tables(dsn: str, schema: str, plan) -> None:
@@ -114,18 +118,18 @@ CHUNK_ROWS = 2000
 def pre_encode(files, fmt: str, outdir: Path) -> list:
     """(table, path of a COPY file) chunks, encoded by desi-loader's encoder."""
     plan = plan_for(files)
-    enc = encoder_plan(plan, {t: t for t in plan.tables})
+    enc = encodings(plan)
     chunks = []
-    for fp in plan.files:
-        path = enc[fp.file_id].path
-        for table, te in enc[fp.file_id].tables.items():
+    for i, fp in enumerate(plan.files, start=1):
+        path = enc[fp.info.name].path
+        for table, te in enc[fp.info.name].tables.items():
             h, fields = te.hdus[0], te.fields
             for s in range(0, h.nrows, CHUNK_ROWS):
                 e = min(s + CHUNK_ROWS, h.nrows)
                 data = encode_block(read_rows(path, h, s, e), fields, fmt, s)
                 if fmt == "binary":
                     data = BINARY_HEADER + data + BINARY_TRAILER
-                out = outdir / f"{fp.file_id}-{table}-{s}.{fmt}"
+                out = outdir / f"{i}-{table}-{s}.{fmt}"
                 out.write_bytes(data)
                 os.chmod(out, 0o644)
                 chunks.append((table, str(out), [f.name.lower() for f in fields]))
@@ -136,10 +140,10 @@ def encode_seconds(files, fmt: str) -> float:
     """CPU seconds to read and encode every row of ``files`` in ``fmt``, in 1 MB blocks, one core."""
     from desi_loader.pipeline.stream import BLOCK_BYTES
     plan = plan_for(files)
-    enc = encoder_plan(plan, {t: t for t in plan.tables})
+    enc = encodings(plan)
     t0 = time.process_time()
     for fp in plan.files:
-        e = enc[fp.file_id]
+        e = enc[fp.info.name]
         for te in e.tables.values():
             h = te.hdus[0]
             step = max(1, BLOCK_BYTES // h.row_bytes)

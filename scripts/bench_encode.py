@@ -18,7 +18,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from desi_loader.fits.config import load_settings  # noqa: E402
-from desi_loader.fits.discover import build_plan, encoder_plan  # noqa: E402
+from desi_loader.fits.discover import build_plan  # noqa: E402
+from desi_loader.pipeline.encodings import encoder_plan  # noqa: E402
 from desi_loader.encode import Codec, encode_binary, encode_text, encode_text_fieldwise  # noqa: E402
 from desi_loader.fits.read import read_info, read_rows  # noqa: E402
 from desi_loader.samples.fastspecfit import write_fastspecfit_file  # noqa: E402
@@ -65,8 +66,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         path = write_fastspecfit_file(str(Path(tmp) / "fastspec-iron-main-bright-nside1-hp00.fits"), args.rows, seed=1)
         plan = build_plan([read_info(path)], load_settings().catalogs["fastspecfit"], "s")
-        plan.files[0].file_id = 1
-        enc = encoder_plan(plan, {t: t for t in plan.tables})[1]
+        name = plan.files[0].info.name
+        enc = encoder_plan(plan, {t: t for t in plan.tables}, {name: 1})[name]
         print(f"\n{'FastSpecFit table':24s} {'binary':>14s} {'text':>14s} {'text (column by column)':>26s}   rows/s")
         for table, te in enc.tables.items():
             rows = read_rows(path, te.hdus[0], 0, te.hdus[0].nrows)

@@ -71,8 +71,10 @@ def test_dry_run_prints_plan_without_database(capsys, tmp_path):
     write_fastspecfit_sample(str(tmp_path), rows=20, files=3)
     code, out, _ = run_cli(capsys, "load", str(tmp_path), "--dry-run", "--dsn", "host=/nonexistent")
     assert code == 0
+    # three files of 20 rows each: 60 (before file ids became the load's, every file of a dry
+    # run had file_id 0 and the plan's counts collapsed to one file's 20)
     assert ("fastspecfit_metadata: 70 columns, key (targetid, survey, program), sky index hpx29 of (ra, dec), "
-            "20 rows") in out.replace("\n", " ")
+            "60 rows") in out.replace("\n", " ")
     assert "dry run: nothing loaded" in out
 
 

@@ -108,14 +108,15 @@ def test_columnar_text_equals_the_fieldwise_reference(block):
 
 def test_columnar_text_equals_reference_on_the_fastspecfit_layout(tmp_path):
     from desi_loader.fits.config import load_settings
-    from desi_loader.fits.discover import build_plan, encoder_plan
+    from desi_loader.fits.discover import build_plan
+    from desi_loader.pipeline.encodings import encoder_plan
     from desi_loader.encode import encode_text_fieldwise
     from desi_loader.fits.read import read_info, read_rows
     from desi_loader.samples.fastspecfit import write_fastspecfit_file
     path = write_fastspecfit_file(str(tmp_path / "fastspec-iron-sv3-bright.fits"), 60, seed=9)
     plan = build_plan([read_info(path)], load_settings().catalogs["fastspecfit"], "s")
-    plan.files[0].file_id = 3
-    enc = encoder_plan(plan, {t: t for t in plan.tables})[3]
+    name = plan.files[0].info.name
+    enc = encoder_plan(plan, {t: t for t in plan.tables}, {name: 3})[name]
     for table, te in enc.tables.items():
         rows = read_rows(path, te.hdus[0], 5, 60)
         assert encode_text(rows, te.fields, 5) == encode_text_fieldwise(rows, te.fields, 5), table

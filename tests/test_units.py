@@ -156,6 +156,7 @@ def test_find_files(tmp_path):
 
 class _Info:
     compressed = ""
+    name = "f.fits"
 
     def __init__(self, hdus):
         self.hdus = hdus

@@ -9,38 +9,28 @@ from __future__ import annotations
 import logging
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 import psycopg2
 
-from . import attach, verify
-from ..servers import citus
-from .skyindex import ensure_q3c, install_functions
-from ..db import as_database_error, connect, free_connections, mask_dsn, server_settings
-from ..fits.discover import Plan, encoder_plan, foreign_keys
+from . import publish, staging, verify
+from ..db import as_database_error, free_connections, mask_dsn, server_settings
 from ..errors import DatabaseError, LoadFailed, UsageError
-from .publish import add_columns, merge, published_columns, swap
-from .staging import (FINALIZE_LOCK_TIMEOUT, add_foreign_keys, build_indexes, build_user_indexes, make_logged,
-                      table_order)
-from .verify import expected_counts, lost_tasks
-from .ledger import Ledger, app_name, process_name
+from ..fits.discover import Plan
+from ..pipeline.encodings import encoder_plan
+from ..report import NullReporter
+from ..servers import citus
+from .ledger import Ledger, process_name
+from .load import Load
 from .opening import open_load
 from .options import LoadOptions, Summary
 from .pool import WorkerPool
-from ..report import NullReporter
+from .verify import RowsLost, check_rows, expected_counts
 from .worker import WorkerConfig, peak_rss_kb
 
 log = logging.getLogger(__name__)
 
-
-class RowsLost(Exception):
-    """A server crash emptied UNLOGGED staging: ``tasks`` done tasks were made pending again."""
-
-    def __init__(self, tasks: int) -> None:
-        super().__init__(tasks)
-        self.tasks = tasks
 
 #: A task whose worker died this many times is failed (it may be what kills them).
 MAX_TASK_ATTEMPTS = 3
@@ -68,12 +58,8 @@ class Coordinator:
 
     def __init__(self, opts: LoadOptions, plan: Plan, reporter: NullReporter) -> None:
         self.opts, self.plan, self.reporter = opts, plan, reporter
-        self.ledger: Optional[Ledger] = None
+        self.load: Optional[Load] = None      # once the ledger is connected
         self.finalizer = False
-        self.incremental = False
-        self.staging_mode = "unlogged"
-        self.staging: dict = {}
-        self.fkeys = foreign_keys(plan)
         self.summary = Summary(workers=opts.workers, fmt=opts.fmt, durable=not opts.unlogged,
                                dsn=mask_dsn(opts.dsn or ""), catalog=plan.catalog.name, schema=plan.schema,
                                files=len(plan.files), fits_bytes=plan.total_bytes, tasks=len(plan.tasks))
@@ -98,8 +84,8 @@ class Coordinator:
             summary.files_failed = list(plan.rejected)
             return summary
         try:
-            self.ledger = Ledger(self.opts.dsn, plan.schema)
-            summary.server = server_settings(self.ledger.conn)
+            self.load = Load(self.opts, plan, Ledger(self.opts.dsn, plan.schema))
+            summary.server = server_settings(self.load.conn)
             self._run_phases()
             if summary.role != "nothing":
                 summary.files_loaded = [fp.info.path for fp in plan.files]
@@ -114,12 +100,12 @@ class Coordinator:
             raise as_database_error(exc, "staging tables are kept; rerun the same command to resume") from exc
         except LoadFailed as exc:
             if self.finalizer:                # tell the processes waiting for this load why
-                why = str(exc)
-                self.ledger.resilient(lambda: self.ledger.set_status("failed", why))
+                why, ledger = str(exc), self.load.ledger
+                ledger.resilient(lambda: ledger.set_status("failed", why))
             raise
         finally:
-            if self.ledger is not None:
-                self.ledger.close()
+            if self.load is not None:
+                self.load.ledger.close()
 
     def _run_phases(self) -> None:
         """PHASES in order; when a server crash took rows of done tasks, back to the copy."""
@@ -133,25 +119,14 @@ class Coordinator:
             except RowsLost as lost:
                 self.reporter.warn(f"the server restarted after a crash: UNLOGGED staging lost the rows of "
                                    f"{lost.tasks} done task(s); reloading exactly those")
-                self.ledger.unlock()
+                self.load.ledger.unlock()
                 self.finalizer = False
-                self.ledger.join()
+                self.load.ledger.join()
                 start = next(i for i, p in enumerate(PHASES) if p.name == "copy")
 
-    def check_rows(self) -> None:
-        """Raise RowsLost (after making them pending) when a crash emptied UNLOGGED staging.
-
-        The finalizer calls it before trusting staging: after the election, and before
-        each step that makes the result permanent (SET LOGGED, the swap).
-        """
-        ledger = self.ledger
-        if self.staging_mode != "unlogged" or not ledger.canary_lost():
-            return
-        lost = lost_tasks(ledger.conn, self.plan.schema, self.staging, ledger.done_tasks())
-        ledger.reset_tasks(lost)
-        ledger.arm_canary()
-        if lost:
-            raise RowsLost(len(lost))
+    @property
+    def ledger(self) -> Ledger:
+        return self.load.ledger
 
     def _run_phase(self, phase: Phase) -> None:
         self.reporter.phase(phase.name)
@@ -176,9 +151,7 @@ class Coordinator:
         self.ledger.ensure_tables()
         self.preflight(not self.opts.replace_all and bool(self.ledger.published_files(sorted(self.plan.tables))))
         opening = open_load(self.ledger, self.plan, self.opts, self.reporter)
-        self.staging = opening.staging
-        self.staging_mode = opening.staging_mode
-        self.incremental = opening.incremental
+        self.load.opened(opening)
         self.summary.incremental = opening.incremental
         self.summary.unchanged_files = len(opening.unchanged)
         self.summary.files_unchanged = list(opening.unchanged)
@@ -228,24 +201,10 @@ class Coordinator:
                                                                   self.summary.distribution.items()))
 
     def preflight(self, incremental: bool) -> None:
-        """Refuse, before any data moves, what publishing could not do: a swap that would break
-        what users attached to the tables, or new rows whose column types differ from the
-        published ones (incremental)."""
-        plan, conn = self.plan, self.ledger.conn
-        new_columns = {t: {c.name for c in spec.all_columns} for t, spec in plan.tables.items()}
-        with conn.cursor() as cur:
-            if incremental:
-                problems = [f"{plan.schema}.{t}.{c.name} is {have[c.name]} in the published table but "
-                            f"{c.sql_type} in the new files (reload everything with --replace-all)"
-                            for t, spec in plan.tables.items()
-                            for have in [published_columns(cur, plan.schema, t)]
-                            for c in spec.all_columns if c.name in have and have[c.name] != c.stored_type]
-            else:
-                problems = attach.preflight(cur, plan.schema, new_columns, set(plan.tables),
-                                            set(plan.catalog.views))
-        conn.rollback()
+        """Refuse, before any data moves, what publishing could not do (publish.preflight)."""
+        problems = publish.preflight(self.load, incremental)
         if problems:
-            raise UsageError(f"publishing would break what users attached to the tables in {plan.schema}:"
+            raise UsageError(f"publishing would break what users attached to the tables in {self.plan.schema}:"
                              + "".join(f"\n  {p}" for p in problems),
                              "fix the named objects (nothing was loaded), then rerun the same command")
 
@@ -278,7 +237,7 @@ class Coordinator:
         self.finalizer = ledger.try_lock()
         if self.finalizer:
             ledger.set_phase("verify", process_name())
-            self.check_rows()
+            check_rows(self.load)
 
     def _run_pool(self, pending: int):
         opts, plan, ledger = self.opts, self.plan, self.ledger
@@ -286,7 +245,7 @@ class Coordinator:
             os.makedirs(opts.copy_out, exist_ok=True)
         workers = self._budget(min(opts.workers, pending))
         cfg = WorkerConfig(plan.schema, ledger.load_id, opts.fmt, opts.verify_checksum,
-                           encoder_plan(plan, self.staging), os.getpid(), opts.copy_out)
+                           encoder_plan(plan, self.load.staging, self.load.file_ids), os.getpid(), opts.copy_out)
         pool = WorkerPool(opts.dsn, cfg, workers, self.reporter, self._death)
         t0, cpu0 = time.perf_counter(), time.process_time()
         result = pool.run(ledger.pending_rows(), plan.total_bytes)
@@ -351,7 +310,7 @@ class Coordinator:
                 self.finalizer = True
                 ledger.set_phase("verify", process_name())
                 self.reporter.info(f"load {ledger.load_id}: taking over the finalize from {finalizer}")
-                self.check_rows()
+                check_rows(self.load)
                 return
             if (phase, finalizer) != last:
                 last = (phase, finalizer)
@@ -360,87 +319,22 @@ class Coordinator:
             self._check_wait(since, "the finalize of another process")
             time.sleep(WAIT_POLL)
 
-    # ----------------------------------------------------------------- verify (verify.py)
-
-    def verify(self) -> None:
-        verify.verify(self)
-
-    # ----------------------------------------------------------------- finalize
-
-    def per_table(self, step: Callable[[object, str], None]) -> None:
-        """Run ``step(connection, table)`` for every table, tables in parallel (one connection each).
-
-        Index builds, ANALYZE and SET LOGGED are one-backend operations per table; the
-        tables of a catalog are independent, so on a many-core server they overlap.
-        """
-        conns: list = []
-
-        def one(table: str) -> None:
-            c = connect(self.opts.dsn, app_name("finalize", self.ledger.tag))
-            conns.append(c)
-            try:
-                with c.cursor() as cur:
-                    cur.execute("SET lock_timeout = %s", (FINALIZE_LOCK_TIMEOUT,))
-                c.commit()
-                step(c, table)
-            finally:
-                c.close()
-
-        tables = sorted(self.plan.tables, key=lambda t: -len(self.plan.tables[t].all_columns))   # widest first
-        pool = ThreadPoolExecutor(max_workers=max(1, min(len(tables), self.opts.workers)))
-        try:
-            for future in [pool.submit(one, t) for t in tables]:
-                future.result()
-        except BaseException:
-            # interrupted (Ctrl-C, SIGTERM) or one table failed: stop the others' statements
-            # now rather than wait minutes for index builds nobody will use
-            for c in list(conns):
-                if not c.closed:
-                    c.cancel()
-            raise
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-
-    def prepare_sky(self) -> Optional[str]:
-        """SQL functions of the cone search, and q3c where the server has it: q3c's schema."""
-        if not any(spec.sky for spec in self.plan.tables.values()):
-            return None
-        install_functions(self.ledger.conn, self.plan.schema)
-        return ensure_q3c(self.ledger.conn)
-
-    def index(self) -> None:
-        q3c = self.prepare_sky()
-
-        def step(c, t: str) -> None:
-            build_indexes(c, self.plan.schema, self.staging[t], self.plan.tables[t], q3c,
-                          on_cluster=bool(self.summary.cluster))
-            build_user_indexes(c, self.plan.schema, t, self.staging[t], self.plan.tables[t], self.ledger.load_id)
-        self.per_table(step)
-
-    def durable(self) -> None:
-        # before the foreign keys: a logged table may not reference an unlogged one
-        self.check_rows()
-        self.per_table(lambda c, t: make_logged(c, self.plan.schema, self.staging[t]))
-
-    def add_foreign_keys(self) -> None:
-        add_foreign_keys(self.ledger.conn, self.plan.schema, self.staging, self.fkeys)
+    # ----------------------------------------------------------------- the finalizer's steps
 
     def merge(self) -> None:
-        """Incremental publish: new columns, then one transaction replacing and adding rows."""
-        self.check_rows()
-        plan = self.plan
-        self.prepare_sky()
-        added = add_columns(self.ledger.conn, plan.schema, plan.tables)
+        check_rows(self.load)
+        added, replaced = publish.publish_merge(self.load)
         if added:
             self.reporter.info(f"new columns in the published tables: {', '.join(added)}")
-        deleted = merge(self.ledger.conn, plan.schema, self.staging, plan.tables, self.ledger.load_id,
-                        table_order(plan.tables, self.fkeys))
-        self.summary.replaced_rows = {t: n for t, n in deleted.items() if n}
+        self.summary.replaced_rows = replaced
+
+    def durable(self) -> None:
+        check_rows(self.load)
+        staging.durable(self.load)
 
     def swap(self) -> None:
-        self.check_rows()
-        swap(self.ledger.conn, self.plan.schema, self.staging, self.ledger.load_id, self.plan.catalog.name,
-             self.plan.catalog.views)
+        check_rows(self.load)
+        publish.publish_swap(self.load)
 
 
 #: The phases of a load, in order.  ``open`` runs in one transaction (a failure leaves
@@ -449,18 +343,18 @@ class Coordinator:
 #: process copies; the one that wins the load's lock alone (``finalizer``) verifies,
 #: indexes and publishes, the others await the outcome (and take over if it dies).
 def _replacing(c: Coordinator) -> bool:
-    return c.finalizer and not c.incremental
+    return c.finalizer and not c.load.incremental
 
 
 PHASES = (
     Phase("open", Coordinator.open, retry=False),
     Phase("copy", Coordinator.copy, when=lambda c: c.summary.role != "nothing"),
     Phase("await", Coordinator.await_outcome, when=lambda c: not c.finalizer and c.summary.role != "nothing"),
-    Phase("verify", Coordinator.verify, when=lambda c: c.finalizer),
-    Phase("merge", Coordinator.merge, when=lambda c: c.finalizer and c.incremental),
-    Phase("index", Coordinator.index, when=_replacing),
+    Phase("verify", lambda c: verify.verify(c.load, c.summary), when=lambda c: c.finalizer),
+    Phase("merge", Coordinator.merge, when=lambda c: c.finalizer and c.load.incremental),
+    Phase("index", lambda c: staging.index(c.load, on_cluster=bool(c.summary.cluster)), when=_replacing),
     Phase("durable", Coordinator.durable,
-          when=lambda c: _replacing(c) and not c.opts.unlogged and c.staging_mode == "unlogged"),
-    Phase("foreign_keys", Coordinator.add_foreign_keys, when=lambda c: _replacing(c) and bool(c.fkeys)),
+          when=lambda c: _replacing(c) and not c.opts.unlogged and c.load.staging_mode == "unlogged"),
+    Phase("foreign_keys", lambda c: staging.link(c.load), when=lambda c: _replacing(c) and bool(c.load.fkeys)),
     Phase("swap", Coordinator.swap, when=_replacing),
 )

@@ -37,6 +37,7 @@ class Opening:
     durable_path: str = ""            # why
     incremental: bool = False         # merge into the published tables instead of replacing them
     unchanged: list = field(default_factory=list)   # paths of published files skipped: unchanged
+    file_ids: dict = field(default_factory=dict)    # file name -> file_id of the load's files
 
 
 def staging_mode(opts, wal_level: str) -> tuple[str, str]:
@@ -133,16 +134,16 @@ def _start(ledger: Ledger, plan, opts, inc: bool = False, skipped: Optional[list
         "format": opts.fmt, "workers": opts.workers, "paths": [fp.info.path for fp in plan.files],
         "staging": mode, "durable_path": why, "incremental": inc})
     staging = _staging(plan, ledger.load_id)
-    ledger.register_files(plan.catalog.name, plan.files)
+    file_ids = ledger.register_files(plan.catalog.name, plan.files)
     prepare_staging(ledger.conn, plan.schema, staging, plan.tables, logged=mode == "logged")
-    ledger.insert_tasks(plan)
+    ledger.insert_tasks(plan.tasks, file_ids)
     if mode == "unlogged":
         ledger.arm_canary()
     ledger.join()
     skipped = skipped or []
     message = f"incremental load: {len(plan.files)} new or changed file(s), {len(skipped)} unchanged" if inc else None
     return Opening(ledger.load_id, staging, "started", message, staging_mode=mode, durable_path=why,
-                   incremental=inc, unchanged=skipped)
+                   incremental=inc, unchanged=skipped, file_ids=file_ids)
 
 
 def _mode(ledger: Ledger) -> dict:
@@ -178,14 +179,14 @@ def _take_over(ledger: Ledger, plan, opts, reporter: NullReporter) -> Opening:
     staging = _staging(plan, old)
     mode = _mode(ledger)
     unchanged = _skip_published(ledger, plan, opts, mode["incremental"])
-    kept = _reconcile(ledger, plan, staging, mode["staging_mode"] == "logged")
+    file_ids, kept = _reconcile(ledger, plan, staging, mode["staging_mode"] == "logged")
     retried = ledger.reset_failed()
     counts = ledger.task_counts()
     message = (f"resuming load {old}: {counts['done']} tasks done, {counts['pending']} to do"
                + (f" ({retried} failed before, retried)" if retried else "")
                + (f"; {kept} files kept" if kept else ""))
     ledger.join()
-    return Opening(old, staging, "resumed", message, unchanged=unchanged, **mode)
+    return Opening(old, staging, "resumed", message, unchanged=unchanged, file_ids=file_ids, **mode)
 
 
 def same_file(identity: dict, info) -> bool:
@@ -194,28 +195,25 @@ def same_file(identity: dict, info) -> bool:
     return all(identity.get(k, mine[k]) == mine[k] for k in ("size", "mtime_ns", "sums"))
 
 
-def _reconcile(ledger: Ledger, plan, staging: dict, logged: bool) -> int:
+def _reconcile(ledger: Ledger, plan, staging: dict, logged: bool) -> tuple[dict, int]:
     """Match the plan's files with the unfinished load: keep, drop and add files.
 
     A file is the same when its identity is (a re-downloaded or re-processed file of the
     same name and size has another mtime or other sums): its rows and tasks are kept.
+    Returns ({file name: file_id}, files kept).
     """
     known = ledger.registered_files()
     current = {fp.info.name: fp for fp in plan.files}
     gone = [fid for name, (fid, identity) in known.items()
             if name not in current or not same_file(identity, current[name].info)]
     ledger.remove_files(gone, staging)
-    new = set()
-    for i, fp in enumerate(plan.files):
-        entry = known.get(fp.info.name)
-        if entry and same_file(entry[1], fp.info):
-            fp.file_id = entry[0]
-        else:
-            new.add(i)
-    ledger.register_files(plan.catalog.name, [plan.files[i] for i in new])
+    kept = {name: known[name][0] for name, fp in current.items()
+            if name in known and same_file(known[name][1], fp.info)}
+    new = [fp for fp in plan.files if fp.info.name not in kept]
+    file_ids = {**kept, **ledger.register_files(plan.catalog.name, new)}
     prepare_staging(ledger.conn, plan.schema, staging, plan.tables, logged)
-    ledger.insert_tasks(plan, new)
-    return len(plan.files) - len(new)
+    ledger.insert_tasks([t for t in plan.tasks if t.file not in kept], file_ids)
+    return file_ids, len(kept)
 
 
 def _join(ledger: Ledger, plan, opts) -> Opening:
@@ -235,12 +233,11 @@ def _join(ledger: Ledger, plan, opts) -> Opening:
         raise UsageError(f"load {old} of {plan.catalog.name}, run by {holders}, loads other files than these "
                          f"(first difference: {differ[0]})",
                          "give every process the same paths, or wait until that load is published")
-    for fp in plan.files:
-        fp.file_id = known[fp.info.name][0]
+    file_ids = {name: known[name][0] for name in mine}
     staging = _staging(plan, old)
     if not ledger.join():
         return Opening(old, staging, "finalizing", f"load {old} is being finalized by {holders}",
-                       unchanged=unchanged, **mode)
+                       unchanged=unchanged, file_ids=file_ids, **mode)
     counts = ledger.task_counts()
     return Opening(old, staging, "joined", f"joining load {old} (run by {holders}): {counts['done']} tasks done, "
-                   f"{counts['pending']} to do", unchanged=unchanged, **mode)
+                   f"{counts['pending']} to do", unchanged=unchanged, file_ids=file_ids, **mode)

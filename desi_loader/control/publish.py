@@ -13,7 +13,7 @@ from . import attach
 from ..db import first_line, is_transient, relation_exists
 from ..errors import DatabaseError, LoadFailed
 from .ledger import publish_merged, publish_swapped, replaced_files
-from .staging import FINALIZE_LOCK_TIMEOUT
+from .staging import FINALIZE_LOCK_TIMEOUT, prepare_sky, table_order
 
 log = logging.getLogger(__name__)
 
@@ -172,3 +172,40 @@ def _swap_tables(cur, schema: str, staging: dict, load_id: int, views: dict) -> 
             attach.restore(cur, schema, table, kept[table], {r[0] for r in cur.fetchall()})
     _create_views(cur, schema, views)
     attach.create_views(cur, user_views)
+
+
+# ------------------------------------------------------------------ a whole load
+
+def publish_merge(load) -> tuple[list, dict]:
+    """Incremental publish of ``load`` (a load.Load): new columns, then one transaction
+    replacing and adding rows.  Returns (columns added, {table: rows replaced})."""
+    prepare_sky(load)
+    added = add_columns(load.conn, load.schema, load.tables)
+    deleted = merge(load.conn, load.schema, load.staging, load.tables, load.load_id,
+                    table_order(load.tables, load.fkeys))
+    return added, {t: n for t, n in deleted.items() if n}
+
+
+def publish_swap(load) -> int:
+    """Replace the published tables of ``load`` by its staging tables (``swap``)."""
+    return swap(load.conn, load.schema, load.staging, load.load_id, load.plan.catalog.name,
+                load.plan.catalog.views)
+
+
+def preflight(load, incremental: bool) -> list:
+    """What publishing ``load`` could not do, found before any data moves: a swap that would
+    break what users attached to the tables, or (incremental) new rows whose column types
+    differ from the published ones.  Returns one line per problem."""
+    plan, conn = load.plan, load.conn
+    with conn.cursor() as cur:
+        if incremental:
+            problems = [f"{plan.schema}.{t}.{c.name} is {have[c.name]} in the published table but "
+                        f"{c.sql_type} in the new files (reload everything with --replace-all)"
+                        for t, spec in plan.tables.items()
+                        for have in [published_columns(cur, plan.schema, t)]
+                        for c in spec.all_columns if c.name in have and have[c.name] != c.stored_type]
+        else:
+            new_columns = {t: {c.name for c in spec.all_columns} for t, spec in plan.tables.items()}
+            problems = attach.preflight(cur, plan.schema, new_columns, set(plan.tables), set(plan.catalog.views))
+    conn.rollback()
+    return problems

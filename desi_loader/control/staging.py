@@ -3,14 +3,17 @@ and tied by foreign keys once the copy is done."""
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Optional
 
 import psycopg2
 from psycopg2 import sql
 
 from . import attach
 from ..servers import citus
-from .skyindex import q3c_index_statement
+from ..db import connect
+from .ledger import app_name
+from .skyindex import ensure_q3c, install_functions, q3c_index_statement
 from ..errors import LoadFailed
 from .sqlgen import create_indexes, create_staging, index_name
 
@@ -139,3 +142,70 @@ def make_logged(conn, schema: str, staging: str) -> None:
     with conn.cursor() as cur:
         cur.execute(sql.SQL("ALTER TABLE {} SET LOGGED").format(sql.Identifier(schema, staging)))
     conn.commit()
+
+
+# ------------------------------------------------------------------ the finalizer's steps on a whole load
+
+def per_table(load, step: Callable[[object, str], None]) -> None:
+    """Run ``step(connection, table)`` for every table of ``load`` (a load.Load), tables in
+    parallel, one connection each.
+
+    Index builds, ANALYZE and SET LOGGED are one-backend operations per table; the
+    tables of a catalog are independent, so on a many-core server they overlap.
+    """
+    conns: list = []
+
+    def one(table: str) -> None:
+        c = connect(load.opts.dsn, app_name("finalize", load.ledger.tag))
+        conns.append(c)
+        try:
+            with c.cursor() as cur:
+                cur.execute("SET lock_timeout = %s", (FINALIZE_LOCK_TIMEOUT,))
+            c.commit()
+            step(c, table)
+        finally:
+            c.close()
+
+    tables = sorted(load.tables, key=lambda t: -len(load.tables[t].all_columns))   # widest first
+    pool = ThreadPoolExecutor(max_workers=max(1, min(len(tables), load.opts.workers)))
+    try:
+        for future in [pool.submit(one, t) for t in tables]:
+            future.result()
+    except BaseException:
+        # interrupted (Ctrl-C, SIGTERM) or one table failed: stop the others' statements
+        # now rather than wait minutes for index builds nobody will use
+        for c in list(conns):
+            if not c.closed:
+                c.cancel()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def prepare_sky(load) -> Optional[str]:
+    """SQL functions of the cone search, and q3c where the server has it: q3c's schema."""
+    if not any(spec.sky for spec in load.tables.values()):
+        return None
+    install_functions(load.conn, load.schema)
+    return ensure_q3c(load.conn)
+
+
+def index(load, on_cluster: bool) -> None:
+    """Every staging table's keys, indexes (the preset's, the sky's, the users') and ANALYZE."""
+    q3c = prepare_sky(load)
+
+    def step(c, t: str) -> None:
+        build_indexes(c, load.schema, load.staging[t], load.tables[t], q3c, on_cluster=on_cluster)
+        build_user_indexes(c, load.schema, t, load.staging[t], load.tables[t], load.load_id)
+    per_table(load, step)
+
+
+def durable(load) -> None:
+    """SET LOGGED on every staging table (before the foreign keys: a logged table may not
+    reference an unlogged one)."""
+    per_table(load, lambda c, t: make_logged(c, load.schema, load.staging[t]))
+
+
+def link(load) -> int:
+    """The preset's foreign keys between the staging tables."""
+    return add_foreign_keys(load.conn, load.schema, load.staging, load.fkeys)

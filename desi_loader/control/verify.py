@@ -1,10 +1,12 @@
 """Verification before publishing: failed files and tasks (or, with --allow-partial, the
 files left out), DATASUM/CHECKSUM of the bytes the workers loaded, rows per file and HDU
-against NAXIS2.  Functions of the Coordinator whose load they verify.
+against NAXIS2; and, after a server crash, the done tasks whose rows UNLOGGED staging lost.
+Each takes the load.Load it verifies (and the Summary it reports into).
 """
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 from psycopg2 import sql
 
@@ -18,29 +20,53 @@ def reasons(items) -> str:
     return "".join(f"\n  {os.path.basename(p)}: {r}" for p, r in items)
 
 
-def verify(c) -> None:
+class RowsLost(Exception):
+    """A server crash emptied UNLOGGED staging: ``tasks`` done tasks were made pending again."""
+
+    def __init__(self, tasks: int) -> None:
+        super().__init__(tasks)
+        self.tasks = tasks
+
+
+def verify(load, summary) -> None:
     """Refuse to publish with failed files or wrong row counts (or drop them: --allow-partial)."""
-    settle_failures(c)
-    c.summary.files = len(c.plan.files)
-    loaded = c.ledger.loaded_rows()          # what each COPY reported, committed with its task
+    settle_failures(load, summary)
+    summary.files = len(load.plan.files)
+    loaded = load.ledger.loaded_rows()          # what each COPY reported, committed with its task
     if loaded is None:                          # tasks of an older version: count staging
-        loaded = count_staging(c.ledger.conn, c.plan.schema, c.staging, c.plan.tables)
-    c.summary.rows = check_counts(loaded, expected_counts(c.plan))
-    c.summary.verified = True
+        loaded = count_staging(load.conn, load.schema, load.staging, load.tables)
+    summary.rows = check_counts(loaded, expected_counts(load.plan, load.file_ids))
+    summary.verified = True
 
 
-def checksum_failures(c, incomplete: set) -> list:
+def check_rows(load) -> None:
+    """Raise RowsLost (after making them pending) when a crash emptied UNLOGGED staging.
+
+    The finalizer calls it before trusting staging: after the election, and before
+    each step that makes the result permanent (SET LOGGED, the swap, the merge).
+    """
+    ledger = load.ledger
+    if load.staging_mode != "unlogged" or not ledger.canary_lost():
+        return
+    lost = lost_tasks(load.conn, load.schema, load.staging, ledger.done_tasks(), load.file_ids)
+    ledger.reset_tasks(lost)
+    ledger.arm_canary()
+    if lost:
+        raise RowsLost(len(lost))
+
+
+def checksum_failures(load, incomplete: set) -> list:
     """(path, reason) of files whose loaded bytes disagree with DATASUM/CHECKSUM
     (files in ``incomplete``, with failed or pending tasks, are not all loaded: skipped)."""
-    sums = c.ledger.datasums()
+    sums = load.ledger.datasums()
     bad = []
-    for fp in c.plan.files:
+    for fp in load.plan.files:
         if fp.info.name in incomplete:
             continue
         for h in fp.info.hdus:
             if h.index not in fp.tables or h.datasum is None:
                 continue
-            got = combine(sums.get((fp.file_id, h.index), []))
+            got = combine(sums.get((load.file_ids[fp.info.name], h.index), []))
             if got != h.datasum:
                 bad.append((fp.info.path, f"HDU {h.index} ({h.extname}): DATASUM is {h.datasum} but the "
                             f"data sum to {got} (file corrupt; download it again, or --no-verify-checksum)"))
@@ -50,10 +76,10 @@ def checksum_failures(c, incomplete: set) -> list:
     return bad
 
 
-def settle_failures(c) -> None:
+def settle_failures(load, summary) -> None:
     """Failed files (plan-time rejections, failed tasks, bad sums): LoadFailed, or with
     --allow-partial the load goes on without them (recorded for the other processes)."""
-    opts, plan, ledger = c.opts, c.plan, c.ledger
+    opts, plan, ledger, ids = load.opts, load.plan, load.ledger, load.file_ids
     bad = list(plan.rejected)
     names = {fp.info.name: fp for fp in plan.files}
     failed = ledger.failed_tasks()
@@ -62,40 +88,41 @@ def settle_failures(c) -> None:
     if counts["pending"]:
         bad.append(("(tasks)", f"{counts['pending']} tasks were not run (workers kept dying)"))
     incomplete = {fn for fn, _ in failed} | (set(names) if counts["pending"] else set())
-    corrupt = checksum_failures(c, incomplete) if opts.verify_checksum else []
+    corrupt = checksum_failures(load, incomplete) if opts.verify_checksum else []
     bad += corrupt
     if not bad:
         return
     # forget the rows of files that failed their checksum: a rerun after a re-download
     # (same name, even the same size) loads them again instead of keeping stale rows
-    ledger.remove_files(sorted({names[os.path.basename(p)].file_id for p, _ in corrupt}), c.staging)
+    ledger.remove_files(sorted({ids[os.path.basename(p)] for p, _ in corrupt}), load.staging)
     uniq = list(dict.fromkeys(bad))
     loaded = {os.path.basename(p) for p, _ in uniq} & set(names)
     # with every file of the load failed, --allow-partial has nothing to publish -- unless
     # other named files are published and unchanged: the tables stay as they are (exit 4)
     if not opts.allow_partial or counts["pending"] or (len(loaded) == len(plan.files)
-                                                       and not c.summary.files_unchanged):
+                                                       and not summary.files_unchanged):
         ledger.set_status("failed")
         raise LoadFailed(f"{len({p for p, _ in uniq})} file(s) could not be loaded; the published tables "
                          f"were not replaced (load {ledger.load_id} is kept for resume):" + reasons(uniq),
                          "fix or re-download the named files and rerun the same command "
                          "(or --allow-partial to publish without them)")
-    ledger.remove_files([names[n].file_id for n in loaded], c.staging)
+    ledger.remove_files([ids[n] for n in loaded], load.staging)
     plan.files = [fp for fp in plan.files if fp.info.name not in loaded]
-    c.summary.missing = [(os.path.basename(p), r) for p, r in uniq]
-    c.summary.files_failed = uniq
-    ledger.set_left_out(c.summary.missing)
+    summary.missing = [(os.path.basename(p), r) for p, r in uniq]
+    summary.files_failed = uniq
+    ledger.set_left_out(summary.missing)
 
 
 # --------------------------------------------------------------------------- counts
 
-def expected_counts(plan) -> dict:
-    """{table: {file_id: rows}} the plan promises."""
+def expected_counts(plan, file_ids: Optional[dict] = None) -> dict:
+    """{table: {file_id: rows}} the plan promises (keyed by file name without ``file_ids``)."""
     out: dict = {}
     for fp in plan.files:
+        key = file_ids[fp.info.name] if file_ids is not None else fp.info.name
         for h in fp.info.hdus:
             if h.index in fp.tables:
-                out.setdefault(fp.tables[h.index], {})[fp.file_id] = h.nrows
+                out.setdefault(fp.tables[h.index], {})[key] = h.nrows
     return out
 
 
@@ -131,24 +158,26 @@ def check_counts(loaded: dict, expected: dict) -> dict:
     return report
 
 
-def lost_tasks(conn, schema: str, staging: dict, done: list) -> list:
-    """Done tasks whose rows are not (all) in staging: after a server crash emptied UNLOGGED tables.
+def lost_tasks(conn, schema: str, staging: dict, done: list, file_ids: dict) -> list:
+    """Done tasks (discover.Task) whose rows are not (all) in staging: after a server crash
+    emptied UNLOGGED tables.
 
     One scan per staging table finds the files whose rows are short; only their tasks are
     then counted range by range.  A task with some rows left has them deleted, so that
     reloading it cannot duplicate anything.  Returns the task ids to reload.
     """
     per_table: dict = {}
-    for _task_id, file_id, parts, _rows in done:
-        for _hdu, table, start, stop in {(p[1], p[2], p[3]): p for p in parts}.values():
-            per_table.setdefault(table, {}).setdefault(file_id, 0)
-            per_table[table][file_id] += stop - start
+    for task in done:
+        for table, start, stop in {(p.table, p.start, p.stop) for p in task.parts}:
+            per_file = per_table.setdefault(table, {})
+            per_file[file_ids[task.file]] = per_file.get(file_ids[task.file], 0) + stop - start
     have = count_staging(conn, schema, staging, per_table)
     short = {(t, f) for t, files in per_table.items() for f, n in files.items() if have[t].get(f, 0) != n}
     lost = []
     with conn.cursor() as cur:
-        for task_id, file_id, parts, _rows in done:
-            ranges = {(p[1], p[2], p[3]) for p in parts}
+        for task in done:
+            file_id = file_ids[task.file]
+            ranges = {(p.table, p.start, p.stop) for p in task.parts}
             if not any((t, file_id) in short for t, _a, _b in ranges):
                 continue
             counts = []
@@ -162,6 +191,6 @@ def lost_tasks(conn, schema: str, staging: dict, done: list) -> list:
                 if n:
                     cur.execute(sql.SQL("DELETE FROM {} WHERE file_id = %s AND row_num >= %s AND row_num < %s")
                                 .format(sql.Identifier(schema, staging[table])), (file_id, start, stop))
-            lost.append(task_id)
+            lost.append(task.task_id)
     conn.commit()
     return lost

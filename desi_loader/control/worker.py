@@ -27,7 +27,7 @@ from ..db import first_line, is_transient
 from ..errors import DatabaseError, LoaderError
 from .ledger import Ledger
 from ..fits.read import decompressed
-from ..pipeline.stream import PartSource, ReadAhead, TaskStream, copy_out_paths, sky_first, tee
+from ..pipeline.stream import ReadAhead, TaskStream, copy_out_paths, sky_first, tee
 
 #: Retries of one task after transient database errors; with the backoff below the
 #: last retry comes about a minute after the first failure (a server restart fits).
@@ -49,7 +49,7 @@ class WorkerConfig:
     load_id: int
     fmt: str
     checksum: bool
-    encodings: dict       # file_id -> discover.FileEncoding
+    encodings: dict       # file name -> pipeline.encodings.FileEncoding
     parent_pid: int
     copy_out: Optional[str] = None    # directory for the exact COPY bytes of every task (debugging)
 
@@ -178,13 +178,6 @@ class _State:
                 self._reconnect()
         return False
 
-    def _sources(self, file_id: int, parts: list) -> tuple[str, dict]:
-        """The task's parts as stream sources by table (a joined table has one part per HDU: one source)."""
-        enc = self.cfg.encodings[file_id]
-        ranges = {table: (start, stop) for _hdu, table, start, stop in parts}
-        return enc.path, {t: PartSource(enc.tables[t].staging, enc.tables[t].hdus, enc.tables[t].fields, a, b)
-                          for t, (a, b) in ranges.items()}
-
     def _copy(self, cur, task_id: int, path: str, by_table: dict, fh, chunk: int = 0) -> tuple[dict, dict]:
         """Stream the task's parts into staging: ({hdu index: [partial sum]}, {table: rows})."""
         cfg = self.cfg
@@ -211,16 +204,16 @@ class _State:
 
     def _attempt(self) -> bool:
         with self.conn.cursor() as cur:
-            row = self.ledger.claim(cur)
-            if row is None:
+            task = self.ledger.claim(cur)
+            if task is None:
                 self.conn.rollback()
                 return False
-            task_id, file_id, parts, _nrows = row
-            path, sources = self._sources(file_id, parts)
+            enc = self.cfg.encodings[task.file]
+            task_id, path, sources = task.task_id, enc.path, enc.sources(task)
             self.current, self.stream = sources, None
-            self.messages.put(("task", self.id, (task_id, os.path.basename(path))))
+            self.messages.put(("task", self.id, (task_id, task.file)))
             try:
-                sums, rows = self._copy_task(cur, task_id, file_id, path, sources)
+                sums, rows = self._copy_task(cur, task_id, enc, sources)
             except Exception as exc:                  # noqa: BLE001 -- every task error is the task's
                 if isinstance(exc, psycopg2.Error) and not is_data_error(exc):
                     raise                             # connection and server trouble: retried or fatal
@@ -237,10 +230,11 @@ class _State:
         self.messages.put(("done", self.id, task_id))
         return True
 
-    def _copy_task(self, cur, task_id: int, file_id: int, path: str, sources: dict) -> tuple[dict, dict]:
+    def _copy_task(self, cur, task_id: int, enc, sources: dict) -> tuple[dict, dict]:
         """All of a task's rows, in one transaction: a plain file's task in one go; a gzip
         file's (the whole file) decompressed once into a temporary file, then in chunks."""
-        if not self.cfg.encodings[file_id].compressed:
+        path = enc.path
+        if not enc.compressed:
             fh = self.handles.get(path) or self.handles.setdefault(path, open(path, "rb"))
             return self._copy(cur, task_id, path, sources, fh)
         sums: dict = {}

@@ -12,10 +12,9 @@ from typing import Optional, Sequence
 from .config import check_distribution
 from .config import Catalog, Settings, generic
 from .datamodel import datamodel
-from ..encode import Codec
 from ..errors import BadFileError, UsageError
-from .schema import (FILE_ID, ROW_NUM, FitsColumn, PgColumn, TableSpec, pg_column, pg_name, row_fields,
-                     sky_columns, union_columns)
+from .schema import (FILE_ID, ROW_NUM, FitsColumn, PgColumn, TableSpec, pg_column, pg_name, sky_columns,
+                     union_columns)
 from ..sky import COLUMN as SKY_COLUMN, COMMENT as SKY_COMMENT
 
 #: Target FITS bytes per task.  Large enough that per-task overhead (a transaction, a
@@ -82,18 +81,30 @@ class Part:
     start: int
     stop: int
 
+    def as_json(self) -> list:
+        """As the ledger stores it: [hdu, table, start, stop]."""
+        return [self.hdu, self.table, self.start, self.stop]
+
 
 @dataclass(frozen=True)
 class Task:
-    """A unit of work: some rows of one file, all its HDUs' parts in one transaction."""
+    """A unit of work: some rows of one file, all its HDUs' parts in one transaction.
+
+    The same object from the plan to the worker: the ledger stores it (parts as JSON)
+    and ``Ledger.claim`` gives it back to the worker that streams it.
+    """
 
     task_id: int
-    file_index: int
+    file: str                          # the file's name (unique in a load; FitsInfo.name)
     parts: tuple[Part, ...]
 
     @property
     def rows(self) -> int:
         return sum(p.stop - p.start for p in self.parts)
+
+    @classmethod
+    def from_ledger(cls, task_id: int, file: str, parts: list) -> "Task":
+        return cls(task_id, file, tuple(Part(*p) for p in parts))
 
 
 @dataclass
@@ -101,7 +112,6 @@ class FilePlan:
     info: object                       # read.FitsInfo
     tables: dict                       # hdu index -> table name
     constants: dict
-    file_id: int = 0                   # assigned by the ledger
 
 
 @dataclass
@@ -299,89 +309,26 @@ def _ranges(nrows: int, step: int) -> list[tuple[int, int]]:
 def split_tasks(plan: Plan, task_bytes: int, task_rows: Optional[int]) -> list[Task]:
     """Row ranges so that no task holds more than ``task_bytes`` of FITS data."""
     tasks: list[Task] = []
-    for fi, fp in enumerate(plan.files):
+    for fp in plan.files:
+        name = fp.info.name
         hdus = [h for h in fp.info.hdus if h.index in fp.tables]
         if fp.info.compressed and hdus:
             # one task: a gzip stream is read from its start (the worker decompresses it once,
             # then loads it in TASK_BYTES chunks within the task's transaction)
             parts = tuple(Part(h.index, fp.tables[h.index], 0, h.nrows) for h in hdus)
-            tasks.append(Task(len(tasks), fi, parts))
+            tasks.append(Task(len(tasks), name, parts))
         elif plan.catalog.aligned and hdus:
             width = sum(h.block_bytes for h in hdus)
             step = task_rows or max(1, task_bytes // max(width, 1))
             for s, e in _ranges(hdus[0].nrows, step):
                 parts = tuple(Part(h.index, fp.tables[h.index], s, e) for h in hdus)
-                tasks.append(Task(len(tasks), fi, parts))
+                tasks.append(Task(len(tasks), name, parts))
         else:
             for h in hdus:
                 step = task_rows or max(1, task_bytes // max(h.block_bytes, 1))
                 for s, e in _ranges(h.nrows, step):
-                    tasks.append(Task(len(tasks), fi, (Part(h.index, fp.tables[h.index], s, e),)))
+                    tasks.append(Task(len(tasks), name, (Part(h.index, fp.tables[h.index], s, e),)))
     return tasks
-
-
-@dataclass(frozen=True)
-class TableEncoding:
-    """How one file's rows become one table's COPY data."""
-
-    staging: str                       # staging table the rows go to
-    hdus: tuple                        # read.HduInfo, row blocks concatenated in this order
-    fields: Codec                      # encoder fields, compiled once
-
-
-@dataclass(frozen=True)
-class FileEncoding:
-    """Everything a worker needs to stream any task of one file."""
-
-    path: str
-    tables: dict                       # table name -> TableEncoding
-    compressed: str = ""               # 'gzip': decompressed to a temporary file by the worker
-
-
-def encoder_plan(plan: Plan, staging: dict) -> dict[int, FileEncoding]:
-    """Per file_id: its path and, per table, the staging table, HDUs and encoder fields.
-
-    A joined table reads the same rows of several row-aligned HDUs side by side; its
-    columns' offsets are shifted into that concatenated row.
-    """
-    out = {}
-    for fp in plan.files:
-        per_table: dict = {}
-        for h in fp.info.hdus:
-            if h.index not in fp.tables:
-                continue
-            per_table.setdefault(fp.tables[h.index], []).append(h)
-        entry = {}
-        for table, hdus in per_table.items():
-            cols, shift = [], 0
-            for h in hdus:
-                cols.extend(replace(c, offset=c.offset + shift) for c in selected_columns(h, plan.catalog))
-                shift += h.block_bytes
-            derived = {}
-            if table == plan.catalog.join:
-                derived = _derived_sources(hdus, plan.catalog)
-            pair = None
-            for h in hdus:
-                names = plan.catalog.sky_columns(h.extname)
-                pair = pair or (sky_columns(cols, names) if names else None)
-            fields = Codec(row_fields(plan.tables[table], cols, fp.constants, fp.file_id, derived, pair))
-            entry[table] = TableEncoding(staging[table], tuple(hdus), fields)
-        out[fp.file_id] = FileEncoding(fp.info.path, entry, fp.info.compressed)
-    return out
-
-
-def _derived_sources(hdus, catalog: Catalog) -> dict:
-    """derived column -> (op, FitsColumn with offset in the concatenated row)."""
-    out, shift = {}, 0
-    offsets = {}
-    for h in hdus:
-        offsets[(h.extname or "").upper()] = (h, shift)
-        shift += h.block_bytes
-    for name, (op, ext, col) in catalog.derived.items():
-        h, base = offsets[ext]
-        src = next(c for c in h.columns if c.name.upper() == col)
-        out[name] = (op, replace(src, offset=src.offset + base))
-    return out
 
 
 @dataclass(frozen=True)

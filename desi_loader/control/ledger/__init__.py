@@ -1,0 +1,114 @@
+"""The load's plan, tasks and file manifest, kept in PostgreSQL next to the data: ``Ledger``.
+
+A task's completion is written in the same transaction as its COPY, and workers claim
+tasks with ``FOR UPDATE SKIP LOCKED``: a worker that dies rolls back both its rows and
+its claim, so every row ends up loaded exactly once, and any process that can reach the
+database (another HPC node, later) can take tasks from the same table.
+"""
+from __future__ import annotations
+
+import logging
+
+from psycopg2 import sql
+
+from ..sessions import SETUP_LOCK, Session, app_name, client_alive, parse_app_name, process_name, transient
+from .files import Files, published_headers, publish_merged, publish_swapped, replaced_files
+from .loads import Loads, staging_name
+from .tasks import Tasks
+
+#: sessions' names re-exported: callers know the ledger, the ledger knows its sessions
+__all__ = ["Ledger", "app_name", "client_alive", "parse_app_name", "process_name", "transient", "staging_name",
+           "replaced_files", "publish_merged", "publish_swapped", "published_headers"]
+
+log = logging.getLogger(__name__)
+
+DDL = """
+CREATE TABLE IF NOT EXISTS {s}.loader_loads (
+    load_id     bigserial PRIMARY KEY,
+    catalog     text NOT NULL,
+    tables      text[] NOT NULL,
+    status      text NOT NULL DEFAULT 'running',   -- running | published | failed | aborted | replaced
+    options     jsonb,
+    host        text,
+    loader_version text,
+    started_at  timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz
+);
+CREATE TABLE IF NOT EXISTS {s}.load_files (
+    file_id     bigserial PRIMARY KEY,
+    load_id     bigint NOT NULL,
+    catalog     text NOT NULL,
+    filename    text NOT NULL,
+    path        text NOT NULL,
+    size_bytes  bigint NOT NULL,
+    nrows       jsonb NOT NULL,        -- EXTNAME -> NAXIS2
+    header      jsonb NOT NULL,        -- PRIMARY header cards
+    hdu_headers jsonb NOT NULL,        -- non-column cards of each loaded HDU
+    checksum    text NOT NULL,         -- absent | present (not verified) | verified
+    loaded_at   timestamptz,
+    loader_version text NOT NULL,
+    published   boolean NOT NULL DEFAULT false
+);
+COMMENT ON TABLE {s}.load_files IS 'one row per loaded FITS file; data rows carry its file_id';
+CREATE TABLE IF NOT EXISTS {s}.loader_tasks (
+    load_id     bigint NOT NULL,
+    task_id     integer NOT NULL,
+    file_id     bigint NOT NULL,
+    parts       jsonb NOT NULL,        -- [[hdu, table, start, stop], ...]
+    nrows       bigint NOT NULL,
+    status      text NOT NULL DEFAULT 'pending',   -- pending | done | failed
+    attempts    integer NOT NULL DEFAULT 0,
+    worker      text,
+    error       text,
+    datasums    jsonb,                 -- hdu index -> ones'-complement sum of the bytes loaded
+    done_at     timestamptz,
+    PRIMARY KEY (load_id, task_id)
+);
+-- ledgers written by earlier versions
+ALTER TABLE {s}.loader_tasks ADD COLUMN IF NOT EXISTS datasums jsonb;
+ALTER TABLE {s}.loader_loads ADD COLUMN IF NOT EXISTS phase text;        -- what its finalizer does now
+ALTER TABLE {s}.loader_loads ADD COLUMN IF NOT EXISTS finalizer text;    -- host:pid that finalizes it
+ALTER TABLE {s}.loader_loads ADD COLUMN IF NOT EXISTS error text;        -- why it failed
+ALTER TABLE {s}.loader_tasks ADD COLUMN IF NOT EXISTS rows jsonb;        -- table -> rows its COPY reported
+ALTER TABLE {s}.load_files ADD COLUMN IF NOT EXISTS identity jsonb;      -- size, mtime, declared sums
+-- one row per load whose staging is UNLOGGED: a crash of the server empties it (and the staging)
+CREATE UNLOGGED TABLE IF NOT EXISTS {s}.loader_canary (load_id bigint PRIMARY KEY);
+CREATE INDEX IF NOT EXISTS loader_tasks_pending_idx ON {s}.loader_tasks (load_id, task_id)
+    WHERE status = 'pending';
+"""
+
+
+class Ledger(Loads, Files, Tasks, Session):
+    """The ledger tables of one schema, and the load this process works on.
+
+    Every statement on ``loader_loads`` (loads.py), ``load_files`` (files.py) and
+    ``loader_tasks`` (tasks.py); its connection, lock and retries are a Session's
+    (sessions.py).  ``load_id`` is None until ``start`` or ``bind``.
+    """
+
+    def ensure_tables(self) -> None:
+        """Create the schema and the ledger tables if missing (serialised by an advisory lock)."""
+        with self.conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (SETUP_LOCK,))
+            cur.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (self.schema,))
+            if cur.fetchone() is None:   # CREATE SCHEMA needs CREATE on the database: only when missing
+                cur.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(self.schema)))
+            # DDL only when the ledger is missing or older: its ALTERs take exclusive locks that
+            # would deadlock with other processes opening a load (they hold row locks on it)
+            cur.execute("SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass(format("
+                        "'%%I.load_files', %s::text)) AND attname = 'identity' AND NOT attisdropped", (self.schema,))
+            if not cur.fetchone()[0]:
+                cur.execute(sql.SQL(DDL).format(s=sql.Identifier(self.schema)))
+        self._commit()
+        self._load_oid()
+
+    def _load_oid(self) -> bool:
+        with self.conn.cursor() as cur:
+            cur.execute("SELECT to_regclass(format('%%I.loader_loads', %s::text))::oid", (self.schema,))
+            self._oid = cur.fetchone()[0]
+        self._commit()
+        return self._oid is not None
+
+    def exists(self) -> bool:
+        """True when the schema holds ledger tables."""
+        return self._load_oid()
