@@ -152,53 +152,22 @@ class Coordinator:
         self.preflight(not self.opts.replace_all and bool(self.ledger.published_files(sorted(self.plan.tables))))
         opening = open_load(self.ledger, self.plan, self.opts, self.reporter)
         self.load.opened(opening)
-        self.summary.incremental = opening.incremental
-        self.summary.unchanged_files = len(opening.unchanged)
-        self.summary.files_unchanged = list(opening.unchanged)
+        self.summary.opened(opening, self.plan)
         if opening.how == "nothing" and self.plan.rejected:
-            self._nothing_but_failures()
-        self.summary.files = len(self.plan.files)
-        self.summary.tasks = len(self.plan.tasks)
-        self.summary.fits_bytes = self.plan.total_bytes
-        self.summary.durable_path = opening.durable_path
-        self.summary.load_id = opening.load_id
-        self.summary.role = opening.how
-        if opening.how == "resumed":
-            self.summary.resumed = opening.message
+            verify.nothing_but_failures(self.load, self.summary)
         if opening.message:
             self.reporter.info(opening.message)
         self.describe_cluster()
 
-    def _nothing_but_failures(self) -> None:
-        """Every loadable file is published and unchanged, but some named files cannot load:
-        that is a failure to report (exit 1), or with --allow-partial a partial result (exit 4)."""
-        rejected = self.plan.rejected
-        if not self.opts.allow_partial:
-            raise LoadFailed(f"{len(rejected)} file(s) could not be loaded ({self.summary.unchanged_files} "
-                             f"published file(s) unchanged; the published tables were not changed):"
-                             + verify.reasons(rejected), "fix or re-download the named files and rerun the same "
-                             "command (or --allow-partial to accept the tables without them)")
-        self.summary.missing = [(os.path.basename(p), r) for p, r in rejected]
-        self.summary.files_failed = list(rejected)
-
     def describe_cluster(self) -> None:
         """On a Citus coordinator: say how each table is placed (and keys adapted)."""
         with self.ledger.conn.cursor() as cur:
-            info = citus.cluster(cur)
+            placed = citus.describe(cur, self.plan.tables)
         self.ledger.conn.commit()
-        if info is None:
-            return
-        self.summary.cluster = f"Citus {info.version}, {info.workers} worker node(s)"
-        for t, spec in self.plan.tables.items():
-            dist = spec.distribution
-            text = str(dist)
-            if dist.kind == "hash":
-                key = citus.unique_columns(spec.key, dist)
-                text += " co-located" + (f", primary key ({', '.join(key)})" if key != tuple(spec.key) else "")
-                text += f", unique ({', '.join(citus.unique_columns(('file_id', 'row_num'), dist))})"
-            self.summary.distribution[t] = text
-        self.reporter.info(f"{self.summary.cluster}: " + "; ".join(f"{t} {d}" for t, d in
-                                                                  self.summary.distribution.items()))
+        if placed is not None:
+            self.summary.cluster, self.summary.distribution = placed
+            self.reporter.info(f"{self.summary.cluster}: " + "; ".join(f"{t} {d}" for t, d in
+                                                                      self.summary.distribution.items()))
 
     def preflight(self, incremental: bool) -> None:
         """Refuse, before any data moves, what publishing could not do (publish.preflight)."""

@@ -80,6 +80,18 @@ class Summary:
     cluster: str = ""                # "Citus <version>, <n> workers" when the server is a Citus coordinator
     distribution: dict = field(default_factory=dict)    # table -> placement on the cluster
 
+    def opened(self, opening, plan) -> None:
+        """What the opening (an opening.Opening) decided about ``plan``'s load."""
+        self.incremental = opening.incremental
+        self.unchanged_files = len(opening.unchanged)
+        self.files_unchanged = list(opening.unchanged)
+        self.files, self.tasks, self.fits_bytes = len(plan.files), len(plan.tasks), plan.total_bytes
+        self.durable_path = opening.durable_path
+        self.load_id = opening.load_id
+        self.role = opening.how
+        if opening.how == "resumed":
+            self.resumed = opening.message
+
     def as_dict(self) -> dict:
         copy_s = self.phases.get("copy", 0) or 0
         total = sum(self.rows.values())

@@ -113,6 +113,19 @@ def settle_failures(load, summary) -> None:
     ledger.set_left_out(summary.missing)
 
 
+def nothing_but_failures(load, summary) -> None:
+    """Every loadable file is published and unchanged, but some named files cannot load:
+    that is a failure to report (exit 1), or with --allow-partial a partial result (exit 4)."""
+    rejected = load.plan.rejected
+    if not load.opts.allow_partial:
+        raise LoadFailed(f"{len(rejected)} file(s) could not be loaded ({summary.unchanged_files} "
+                         f"published file(s) unchanged; the published tables were not changed):"
+                         + reasons(rejected), "fix or re-download the named files and rerun the same "
+                         "command (or --allow-partial to accept the tables without them)")
+    summary.missing = [(os.path.basename(p), r) for p, r in rejected]
+    summary.files_failed = list(rejected)
+
+
 # --------------------------------------------------------------------------- counts
 
 def expected_counts(plan, file_ids: Optional[dict] = None) -> dict:

@@ -87,3 +87,21 @@ def unique_columns(columns: Sequence[str], dist: Optional[Distribution]) -> tupl
     if dist is not None and dist.kind == "hash" and dist.column not in cols:
         return cols + (dist.column,)
     return cols
+
+
+def describe(cur, tables: dict) -> Optional[tuple[str, dict]]:
+    """On a Citus coordinator: (the cluster, {table: how it is placed and its keys adapted}
+    for the TableSpecs ``tables``); None on a plain server."""
+    info = cluster(cur)
+    if info is None:
+        return None
+    placed = {}
+    for t, spec in tables.items():
+        dist = spec.distribution
+        text = str(dist)
+        if dist.kind == "hash":
+            key = unique_columns(spec.key, dist)
+            text += " co-located" + (f", primary key ({', '.join(key)})" if key != tuple(spec.key) else "")
+            text += f", unique ({', '.join(unique_columns(('file_id', 'row_num'), dist))})"
+        placed[t] = text
+    return f"Citus {info.version}, {info.workers} worker node(s)", placed
