@@ -12,7 +12,7 @@ from psycopg2 import sql
 from . import attach
 from ..db import first_line, is_transient, relation_exists
 from ..errors import DatabaseError, LoadFailed
-from .ledger import publish_merged, publish_swapped, replaced_files
+from .ledger import publish_columns, publish_merged, publish_swapped, replaced_files
 from .staging import FINALIZE_LOCK_TIMEOUT, prepare_sky, table_order
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,7 @@ def merge(conn, schema: str, staging: dict, specs: dict, load_id: int, order: li
                 cur.execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(
                     sql.Identifier(schema, table), cols, cols, sql.Identifier(schema, staging[table])))
             publish_merged(cur, schema, load_id, replaced)
+            publish_columns(cur, schema, specs, load_id, replace=False)
             cur.execute(sql.SQL("DROP TABLE {}").format(
                 sql.SQL(", ").join(sql.Identifier(schema, t) for t in staging.values())))
         conn.commit()
@@ -114,7 +115,7 @@ def _rename_indexes(cur, schema: str, table: str, old_prefix: str) -> None:
 
 
 def swap(conn, schema: str, staging: dict, load_id: int, catalog: str, views: Optional[dict] = None,
-         sleep: Callable[[float], None] = time.sleep) -> int:
+         sleep: Callable[[float], None] = time.sleep, specs: Optional[dict] = None) -> int:
     """Publish every staging table in one short transaction; returns attempts used.
 
     Each published table is renamed away, its staging table renamed in, the old one
@@ -129,6 +130,7 @@ def swap(conn, schema: str, staging: dict, load_id: int, catalog: str, views: Op
                 cur.execute("SET LOCAL lock_timeout = %s", (SWAP_LOCK_TIMEOUT,))
                 _swap_tables(cur, schema, staging, load_id, views or {})
                 publish_swapped(cur, schema, list(staging), load_id)
+                publish_columns(cur, schema, specs or {}, load_id, replace=True)
             conn.commit()
             return attempt
         except psycopg2.Error as exc:
@@ -189,7 +191,7 @@ def publish_merge(load) -> tuple[list, dict]:
 def publish_swap(load) -> int:
     """Replace the published tables of ``load`` by its staging tables (``swap``)."""
     return swap(load.conn, load.schema, load.staging, load.load_id, load.plan.catalog.name,
-                load.plan.catalog.views)
+                load.plan.catalog.views, specs=load.tables)
 
 
 def preflight(load, incremental: bool) -> list:

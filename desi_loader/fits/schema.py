@@ -6,8 +6,10 @@ TableSpec into DDL.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence
+
+import numpy as np
 
 from ..encode import PG_TYPES, Field
 from ..errors import SchemaError
@@ -163,6 +165,19 @@ def parse_tdim(tdim: Optional[str], repeat: int, code: str) -> tuple:
 
 
 @dataclass(frozen=True)
+class FitsSource:
+    """What a loaded column was in its FITS file, for reading it back as it was (query results
+    as astropy Tables, exports): recorded in the ledger's ``loader_columns`` at publish."""
+
+    name: str                      # the FITS name (TTYPE), case kept
+    dtype: str                     # numpy dtype astropy gives the column: uint16, float32, <U12, complex64 ...
+    shape: tuple = ()              # a cell's shape (TDIM, numpy order); () for scalars
+    unit: Optional[str] = None
+    description: Optional[str] = None
+    vla: bool = False              # variable-length array (an object column of 1-D arrays)
+
+
+@dataclass(frozen=True)
 class PgColumn:
     """A column of a PostgreSQL table: name, type, comment, and how to encode it."""
 
@@ -170,6 +185,7 @@ class PgColumn:
     pgtype: str                    # element type: int2/int4/int8/float4/float8/bool/numeric/text
     ndims: int = 0                 # 0 for scalars
     comment: Optional[str] = None
+    source: Optional[FitsSource] = field(default=None, compare=False)   # None: a column of the loader's
 
     @property
     def sql_type(self) -> str:
@@ -215,7 +231,35 @@ def pg_column(col: FitsColumn, description: Optional[str] = None) -> PgColumn:
     comment = " ".join(p for p in parts if p) or None
     if pg_name(col.name) != col.name.lower():          # cut at 63 bytes: keep the FITS name
         comment = f"FITS column {col.name}" + (f": {comment}" if comment else "")
-    return PgColumn(pg_name(col.name), pgtype, len(col.dims), comment)
+    dtype, shape = fits_dtype(col)
+    source = FitsSource(col.name, dtype, shape, col.unit, description or col.comment, bool(col.heap))
+    return PgColumn(pg_name(col.name), pgtype, len(col.dims), comment, source)
+
+
+#: numpy dtypes of FITS codes as astropy reads them (TZERO/TSCAL aside)
+_NUMPY = {"L": "bool", "X": "bool", "B": "uint8", "I": "int16", "J": "int32", "K": "int64",
+          "E": "float32", "D": "float64"}
+_UNSIGNED_NUMPY = {("B", -128): "int8", ("I", 2 ** 15): "uint16", ("J", 2 ** 31): "uint32",
+                   ("K", 2 ** 63): "uint64"}
+
+
+def fits_dtype(col: FitsColumn) -> tuple[str, tuple]:
+    """(numpy dtype, cell shape) astropy reads the column as: the unsigned conventions, scaled
+    columns as float64, complex as complex, strings as str of their width."""
+    letter = col.tform.lstrip("0123456789")[:1]
+    if letter in "PQ":
+        letter = col.tform.lstrip("0123456789")[1:2]
+    if letter in COMPLEX:
+        return ("complex64" if letter == "C" else "complex128"), tuple(col.dims[:-1])
+    if col.code == "A":
+        cells = int(np.prod(col.dims)) if col.dims else 1
+        return f"<U{max(col.repeat // max(cells, 1), 1)}", tuple(col.dims)
+    tzero, tscal = col.tzero or 0, col.tscal if col.tscal is not None else 1
+    if (col.code, tzero) in _UNSIGNED_NUMPY and tscal == 1:
+        return _UNSIGNED_NUMPY[(col.code, tzero)], tuple(col.dims)
+    if col.code not in "LX" and (tscal != 1 or tzero):
+        return "float64", tuple(col.dims)   # scaled (or another offset): astropy applies it
+    return _NUMPY[col.code], tuple(col.dims)
 
 
 def encoder_field(col: FitsColumn) -> Field:

@@ -12,13 +12,15 @@ import logging
 from psycopg2 import sql
 
 from ..sessions import SETUP_LOCK, Session, app_name, client_alive, parse_app_name, process_name, transient
+from .columns import column_sources, publish_columns
 from .files import Files, published_headers, publish_merged, publish_swapped, replaced_files
 from .loads import Loads, staging_name
 from .tasks import Tasks
 
 #: sessions' names re-exported: callers know the ledger, the ledger knows its sessions
 __all__ = ["Ledger", "app_name", "client_alive", "parse_app_name", "process_name", "transient", "staging_name",
-           "replaced_files", "publish_merged", "publish_swapped", "published_headers"]
+           "replaced_files", "publish_merged", "publish_swapped", "published_headers", "publish_columns",
+           "column_sources"]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,19 @@ ALTER TABLE {s}.loader_tasks ADD COLUMN IF NOT EXISTS rows jsonb;        -- tabl
 ALTER TABLE {s}.load_files ADD COLUMN IF NOT EXISTS identity jsonb;      -- size, mtime, declared sums
 -- one row per load whose staging is UNLOGGED: a crash of the server empties it (and the staging)
 CREATE UNLOGGED TABLE IF NOT EXISTS {s}.loader_canary (load_id bigint PRIMARY KEY);
+-- what each published column was in its FITS files (columns.py)
+CREATE TABLE IF NOT EXISTS {s}.loader_columns (
+    table_name  text NOT NULL,
+    column_name text NOT NULL,
+    fits_name   text NOT NULL,         -- TTYPE, case kept
+    dtype       text NOT NULL,         -- numpy dtype as astropy reads it (uint16, float32, <U12 ...)
+    shape       integer[] NOT NULL,    -- a cell's shape (empty for scalars)
+    unit        text,
+    description text,
+    vla         boolean NOT NULL DEFAULT false,
+    load_id     bigint NOT NULL,       -- the load that published it
+    PRIMARY KEY (table_name, column_name)
+);
 CREATE INDEX IF NOT EXISTS loader_tasks_pending_idx ON {s}.loader_tasks (load_id, task_id)
     WHERE status = 'pending';
 """
@@ -95,8 +110,7 @@ class Ledger(Loads, Files, Tasks, Session):
                 cur.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(self.schema)))
             # DDL only when the ledger is missing or older: its ALTERs take exclusive locks that
             # would deadlock with other processes opening a load (they hold row locks on it)
-            cur.execute("SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass(format("
-                        "'%%I.load_files', %s::text)) AND attname = 'identity' AND NOT attisdropped", (self.schema,))
+            cur.execute("SELECT to_regclass(format('%%I.loader_columns', %s::text)) IS NOT NULL", (self.schema,))
             if not cur.fetchone()[0]:
                 cur.execute(sql.SQL(DDL).format(s=sql.Identifier(self.schema)))
         self._commit()
