@@ -135,10 +135,18 @@ def _parser_sample(sub) -> argparse.ArgumentParser:
 
 
 def _parser_sql(sub) -> argparse.ArgumentParser:
-    q = sub.add_parser("sql", help="run SQL against the target database and print the result")
+    q = sub.add_parser("sql", help="run SQL against the target database and print the result (or --output FILE)")
     q.add_argument("query")
+    _output(q)
     _target(q)
     return q
+
+
+def _output(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output", "-o", metavar="FILE", default=None,
+                   help="write the result to FILE instead of printing it: FITS (.fits), VOTable (.vot, .xml), "
+                   "ECSV (.ecsv) or CSV (.csv), with each column's FITS dtype, unit and description; "
+                   "streamed in chunks, so any size fits")
 
 
 def _parser_cone(sub) -> argparse.ArgumentParser:
@@ -158,6 +166,7 @@ def _parser_cone(sub) -> argparse.ArgumentParser:
                    help="index to use: q3c when the table has one (auto), or the hpx29 B-tree")
     c.add_argument("--explain", action="store_true", help="print the SQL and the query plan instead of rows")
     c.add_argument("--schema", default=None, help="schema of the table (default desi_dr1)")
+    _output(c)
     _target(c)
     return c
 
@@ -173,6 +182,7 @@ def _parser_xmatch(sub) -> argparse.ArgumentParser:
     x.add_argument("--columns-b", default=None, help="columns of B to print (default file_id,row_num)")
     x.add_argument("--explain", action="store_true", help="print the SQL and the query plan instead of rows")
     x.add_argument("--schema", default=None, help="schema of both tables (default desi_dr1)")
+    _output(x)
     _target(x)
     return x
 

@@ -15,10 +15,11 @@ import time
 from pathlib import Path
 from typing import Optional
 
+import psycopg2
 from rich.table import Table
 
 from .servers import citus, embedded as server
-from .query import cone, voids
+from .queries import cone, export, tables, voids
 from .fits.config import load_settings
 from .db import connect, mask_dsn, resolve_dsn
 from .errors import LoaderError, UsageError
@@ -178,6 +179,11 @@ def cmd_load(args, console) -> int:
 
 def cmd_sql(args, console) -> int:
     conn = connect(_dsn(args))
+    if args.output:
+        try:
+            return _export(conn, args.query, args.output)
+        finally:
+            conn.close()
     try:
         with conn.cursor() as cur:
             try:
@@ -260,7 +266,7 @@ def cmd_cone(args, console) -> int:
         cols = _columns(args.columns) or _default_columns(cur, t)
         ranges = cone.cone_ranges(cur, schema, args.ra, args.dec, args.radius)
         q = cone.cone_query(t, args.ra, args.dec, args.radius, cols, args.method, args.limit, args.count, ranges)
-        return _print_query(cur, q, args.explain, console, "rows")
+        return _print_query(cur, q, args.explain, console, "rows", args.output)
 
 
 def cmd_xmatch(args, console) -> int:
@@ -271,7 +277,7 @@ def cmd_xmatch(args, console) -> int:
             (citus.placement(cur, schema, t.table) or "").startswith("hash") for t in (a, b))
         q = cone.crossmatch_query(a, b, args.radius, _columns(args.columns_a), _columns(args.columns_b),
                                   pushdown=distributed)
-        return _print_query(cur, q, args.explain, console, "matches")
+        return _print_query(cur, q, args.explain, console, "matches", args.output)
 
 
 def _columns(text: Optional[str]) -> list:
@@ -285,8 +291,24 @@ def _default_columns(cur, t) -> list:
     return [r[0] for r in cur.fetchall()] + [t.ra, t.dec]
 
 
-def _print_query(cur, q, explain: bool, console, what: str) -> int:
+def _export(conn, query: str, path: str) -> int:
+    """Write a query's result to ``path`` (queries/export.py), and say what was written."""
+    export.file_format(path)                      # a wrong extension fails before the query runs
+    t0 = time.perf_counter()
+    try:
+        written = export.write(tables.iter_tables(conn, query), path)
+    except psycopg2.Error as exc:
+        raise LoaderError(f"query failed: {str(exc).strip().splitlines()[0]}") from exc
+    dt = max(time.perf_counter() - t0, 1e-9)
+    print(f"wrote {written.rows:,} rows to {path} ({written.bytes / 1e6:,.1f} MB) in {dt:.2f} s: "
+          f"{written.rows / dt:,.0f} rows/s, {written.bytes / 1e6 / dt:,.1f} MB/s", file=sys.stderr)
+    return 0
+
+
+def _print_query(cur, q, explain: bool, console, what: str, output: Optional[str] = None) -> int:
     text = q.as_string(cur.connection)
+    if output and not explain:
+        return _export(cur.connection, text, output)
     if explain:
         cur.execute("EXPLAIN " + text)
         print(text + ";\n")

@@ -259,6 +259,71 @@ def pandas_csv(dsn: str, files, limit=None) -> tuple[float, int]:
     return secs, n
 
 
+def _arrow(path: str, hdu: str):
+    """One HDU as a pyarrow Table, as a user would hand it to ADBC: astropy reads it, fixed
+    arrays become fixed-size lists, unsigned integers the next wider signed type (PostgreSQL
+    has none), masked values nulls."""
+    import pyarrow as pa
+    from astropy.table import Table
+    t = Table.read(path, hdu=hdu, format="fits", character_as_bytes=False)
+    wider = {"u1": "i2", "u2": "i4", "u4": "i8", "u8": "f8"}
+    arrays = []
+    for name in t.colnames:
+        col = t[name]
+        data = np.asarray(col)
+        mask = np.ma.getmaskarray(col) if hasattr(col, "mask") else None
+        if data.dtype.kind in "US":
+            arrays.append(pa.array(data.astype(str).tolist(), mask=None if mask is None else mask.reshape(len(data))))
+            continue
+        key = f"{data.dtype.kind}{data.dtype.itemsize}"
+        data = data.astype(data.dtype.newbyteorder("=")).astype(wider.get(key, data.dtype.newbyteorder("=")))
+        if data.ndim == 1:
+            arrays.append(pa.array(data, mask=mask))
+            continue
+        arr = pa.array(data.reshape(-1))
+        for size in reversed(data.shape[1:]):
+            arr = pa.FixedSizeListArray.from_arrays(arr, size)
+        arrays.append(arr)
+    return pa.Table.from_arrays(arrays, names=[n.lower() for n in t.colnames])
+
+
+def adbc_files(dsn: str, files, schema: str) -> None:
+    """astropy -> pyarrow -> ADBC adbc_ingest, one call per HDU (the driver's binary COPY)."""
+    import adbc_driver_postgresql.dbapi as adbc
+    with adbc.connect(dsn) as conn:
+        for path in files:
+            for hdu in HDUS:
+                with conn.cursor() as cur:
+                    cur.adbc_ingest(hdu.lower(), _arrow(path, hdu), mode="create_append", db_schema_name=schema)
+                conn.commit()
+
+
+def adbc_ingest(dsn: str, files, nprocs: int) -> float:
+    """Seconds for ``nprocs`` processes, each with one ADBC connection, to load the files split
+    between them by file (how a user parallelises by hand)."""
+    import multiprocessing as mp
+    schema = "bench_adbc"
+    fresh_schema(dsn, schema)
+    import adbc_driver_postgresql.dbapi as adbc
+    with adbc.connect(dsn) as conn:                   # the tables first: concurrent CREATEs would race
+        for hdu in HDUS:
+            with conn.cursor() as cur:
+                cur.adbc_ingest(hdu.lower(), _arrow(files[0], hdu).slice(0, 0), mode="create", db_schema_name=schema)
+        conn.commit()
+    parts = [files[i::nprocs] for i in range(nprocs)]
+    ctx = mp.get_context("spawn")
+    t0 = time.perf_counter()
+    procs = [ctx.Process(target=adbc_files, args=(dsn, part, schema)) for part in parts if part]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    secs = time.perf_counter() - t0
+    if any(p.exitcode for p in procs):
+        raise RuntimeError(f"an ADBC process failed: {[p.exitcode for p in procs]}")
+    return secs
+
+
 def _pg(dtype) -> str:
     kind, size = getattr(dtype, "kind", "O"), getattr(dtype, "itemsize", 8)
     if kind == "f":
@@ -611,6 +676,13 @@ class Bench:
                 self.ratio(f"binary_vs_to_sql_{key}", binary / row["rows_per_s"])
         except ImportError as exc:
             print(f"skipping to_sql: {exc}")
+        try:
+            for procs in sorted({1, W}):
+                secs = min(adbc_ingest(dsn, files, procs) for _ in range(max(1, args.repeat)))
+                row = self.record("astropy -> pyarrow -> ADBC adbc_ingest", procs, secs, n, nb)
+                self.ratio(f"binary_vs_adbc_{procs}", self.best[("binary", procs)]["rows_per_s"] / row["rows_per_s"])
+        except ImportError as exc:
+            print(f"skipping ADBC: {exc} (pip install -e '.[bench]')")
         orig = self.record("original script, 12 columns (pandas)", 1, original_script(dsn, files), n, nb)
         r = min((loader(dsn, files, "binary", W, catalog="fastspecfit-original") for _ in range(args.repeat)),
                 key=lambda x: x["copy_stream"] or x["copy"])
@@ -752,7 +824,7 @@ class Bench:
 
     def _cones(self) -> None:
         from astropy.table import Table
-        from desi_loader.query import cone as cones
+        from desi_loader.queries import cone as cones
         dsn, rows = self.dsn, self.args.sky_rows
         path = self.cache / f"positions-{rows}.fits"
         rng = np.random.default_rng(1)

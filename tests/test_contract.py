@@ -99,6 +99,7 @@ def _empty_fastspecfit(path):
     os.remove(src)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["binary", "text"])
 def test_empty_hdus_in_sky_order(capsys, tmp_path, fsf, pg_uri, schema, db, fmt):
     _empty_fastspecfit(str(tmp_path / NAMES[2]))

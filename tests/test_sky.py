@@ -5,7 +5,7 @@ import psycopg2
 import pytest
 from astropy.table import Table
 
-from desi_loader.query import cone
+from desi_loader.queries import cone
 
 from desi_loader import sky
 from helpers import load

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from desi_loader.query import voids
+from desi_loader.queries import voids
 from desi_loader.cli import main, write_samples
 from desi_loader.control.run import LoadOptions, run_loads
 from helpers import fetch

@@ -1,6 +1,6 @@
 """The sky index a load builds: the SQL functions of the cone search (data/sky.sql),
 the q3c extension where the server has it, and the q3c index statement.  The cone search
-(query/cone.py) reads what these leave in the database."""
+(queries/cone.py) reads what these leave in the database."""
 from __future__ import annotations
 
 import logging
@@ -10,13 +10,17 @@ from typing import Optional, Sequence
 import psycopg2
 from psycopg2 import sql
 
+from .. import coords
+
 log = logging.getLogger(__name__)
 
 
 def install_functions(conn, schema: str) -> None:
-    """Create (or replace) angdist, hpx_center, hpx_max_pixrad and hpx_cone in ``schema``."""
+    """Create (or replace) angdist, hpx_center, hpx_max_pixrad and hpx_cone in ``schema``, and
+    the coordinate functions of coords.py (comoving_distance, comoving_xyz, galactic_l/b)."""
     text = resources.files("desi_loader").joinpath("data/sky.sql").read_text()
-    body = text.replace("{s}", sql.Identifier(schema).as_string(conn))
+    quoted = sql.Identifier(schema).as_string(conn)
+    body = text.replace("{s}", quoted) + coords.sql_functions(quoted)
     with conn.cursor() as cur:
         cur.execute("SELECT pg_advisory_xact_lock(hashtext('desi-loader sky functions'))")
         cur.execute(body)

@@ -175,6 +175,7 @@ class FitsSource:
     unit: Optional[str] = None
     description: Optional[str] = None
     vla: bool = False              # variable-length array (an object column of 1-D arrays)
+    null: Optional[int] = None     # the stored value a NULL stands for (TNULL, or the preset's sentinel)
 
 
 @dataclass(frozen=True)
@@ -232,7 +233,8 @@ def pg_column(col: FitsColumn, description: Optional[str] = None) -> PgColumn:
     if pg_name(col.name) != col.name.lower():          # cut at 63 bytes: keep the FITS name
         comment = f"FITS column {col.name}" + (f": {comment}" if comment else "")
     dtype, shape = fits_dtype(col)
-    source = FitsSource(col.name, dtype, shape, col.unit, description or col.comment, bool(col.heap))
+    source = FitsSource(col.name, dtype, shape, col.unit, description or col.comment, bool(col.heap),
+                        col.tnull)
     return PgColumn(pg_name(col.name), pgtype, len(col.dims), comment, source)
 
 

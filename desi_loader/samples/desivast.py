@@ -14,7 +14,8 @@ from typing import Optional
 import numpy as np
 
 from ..fits.datamodel import datamodel
-from ..query.voids import NGC_RA, cartesian, comoving_distance
+from ..coords import cartesian, comoving_distance
+from ..queries.voids import NGC_RA
 
 ALGORITHMS = ("VoidFinder", "REVOLVER", "VIDE", "ZOBOV")
 CAPS = ("NGC", "SGC")

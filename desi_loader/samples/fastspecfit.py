@@ -186,9 +186,12 @@ def write_fastspecfit_file(path: str, nrows: int, seed: int = 0,
         data = _fill(cols, widths, shared, nrows, rng)
         if extname == "METADATA":
             shared.update({"RA": data["RA"], "DEC": data["DEC"], "Z": data["Z"]})
-        hdu = fits.BinTableHDU(data=data, name=extname)
+        coldefs = fits.ColDefs(data)
+        for c, (_, _, _, unit, _) in zip(coldefs, cols):
+            c.unit = unit                                # the real files carry TUNITn as the data model lists them
+        hdu = fits.BinTableHDU.from_columns(coldefs, name=extname)
         for i, (name, _, tdim, _, _) in enumerate(cols, start=1):
-            if tdim and f"TDIM{i}" not in hdu.header:    # the real files carry TDIM6 = '(5)'
+            if tdim and f"TDIM{i}" not in hdu.header:    # and TDIM6 = '(5)'
                 hdu.header.insert(f"TFORM{i}", (f"TDIM{i}", tdim), after=True)
         hdus.append(hdu)
     fits.HDUList(hdus).writeto(path, overwrite=True, checksum=True)

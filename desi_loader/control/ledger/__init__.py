@@ -85,6 +85,7 @@ CREATE TABLE IF NOT EXISTS {s}.loader_columns (
     unit        text,
     description text,
     vla         boolean NOT NULL DEFAULT false,
+    tnull       bigint,                -- the stored value a NULL stands for (TNULL or the preset's sentinel)
     load_id     bigint NOT NULL,       -- the load that published it
     PRIMARY KEY (table_name, column_name)
 );

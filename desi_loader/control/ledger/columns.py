@@ -17,14 +17,15 @@ def publish_columns(cur, schema: str, specs: dict, load_id: int, replace: bool) 
     if replace:
         cur.execute(sql.SQL("DELETE FROM {}.loader_columns WHERE table_name = ANY(%s)").format(s), (list(specs),))
     rows = [(t, c.name, c.source.name, c.source.dtype, list(c.source.shape), c.source.unit,
-             c.source.description, c.source.vla, load_id)
+             c.source.description, c.source.vla, c.source.null, load_id)
             for t, spec in specs.items() for c in spec.all_columns if c.source is not None]
     if rows:
         execute_values(cur, sql.SQL(
             "INSERT INTO {}.loader_columns (table_name, column_name, fits_name, dtype, shape, unit, description, "
-            "vla, load_id) VALUES %s ON CONFLICT (table_name, column_name) DO UPDATE SET fits_name = "
+            "vla, tnull, load_id) VALUES %s ON CONFLICT (table_name, column_name) DO UPDATE SET fits_name = "
             "excluded.fits_name, dtype = excluded.dtype, shape = excluded.shape, unit = excluded.unit, "
-            "description = excluded.description, vla = excluded.vla, load_id = excluded.load_id").format(s)
+            "description = excluded.description, vla = excluded.vla, tnull = excluded.tnull, "
+            "load_id = excluded.load_id").format(s)
             .as_string(cur), rows)
 
 
@@ -33,6 +34,6 @@ def column_sources(cur, schema: str, table: str) -> dict:
     publish, or a schema whose ledger predates loader_columns)."""
     if not relation_exists(cur, schema, "loader_columns"):
         return {}
-    cur.execute(sql.SQL("SELECT column_name, fits_name, dtype, shape, unit, description, vla FROM {}.loader_columns "
-                        "WHERE table_name = %s").format(sql.Identifier(schema)), (table,))
-    return {r[0]: FitsSource(r[1], r[2], tuple(r[3]), r[4], r[5], r[6]) for r in cur.fetchall()}
+    cur.execute(sql.SQL("SELECT column_name, fits_name, dtype, shape, unit, description, vla, tnull "
+                        "FROM {}.loader_columns WHERE table_name = %s").format(sql.Identifier(schema)), (table,))
+    return {r[0]: FitsSource(r[1], r[2], tuple(r[3]), r[4], r[5], r[6], r[7]) for r in cur.fetchall()}

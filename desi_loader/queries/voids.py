@@ -30,6 +30,7 @@ from psycopg2 import sql
 
 from ..fits.config import released_name
 from ..errors import UsageError
+from ..coords import cartesian, comoving_distance
 from ..control import attach
 from ..control.ledger import published_headers
 
@@ -74,34 +75,6 @@ def limits(header: dict) -> Limits:
     except (KeyError, TypeError, ValueError) as exc:
         raise UsageError(f"the VoidFinder PRIMARY header lacks {exc}: cannot select its galaxies",
                          "load the released DESIVAST files") from exc
-
-
-#: c / H0 for h = 1, in Mpc/h
-HUBBLE_DISTANCE = 299792.458 / 100.0
-
-
-def comoving_distance(z: np.ndarray, omega_m: float) -> np.ndarray:
-    """Line-of-sight comoving distance in Mpc/h: flat LCDM with ``omega_m``, no radiation
-    (as VAST computes it), D = c/H0 * integral dz / sqrt(Om (1+z)^3 + 1 - Om).
-
-    The integral is taken once on a fine grid (trapezoid, step <= 1e-5) and interpolated:
-    within 1e-8 relative (2e-8 Mpc/h at z = 1.5) of Gauss-Legendre quadrature.  DESIVAST's own check: z = 0.24 with Om = 0.315 gives
-    677.40 Mpc/h, the DLIMU card of the files.
-    """
-    z = np.asarray(z, np.float64)
-    if z.size == 0:
-        return z.copy()
-    zmax = max(float(np.nanmax(z)), 0.0) * 1.0001 + 1e-6
-    n = max(1001, int(zmax / 1e-5) + 1)
-    grid = np.linspace(0.0, zmax, n)
-    f = 1.0 / np.sqrt(omega_m * (1 + grid) ** 3 + 1 - omega_m)
-    dist = HUBBLE_DISTANCE * np.concatenate([[0.0], np.cumsum((f[1:] + f[:-1]) / 2 * np.diff(grid))])
-    return np.interp(z, grid, dist)
-
-
-def cartesian(ra: np.ndarray, dec: np.ndarray, r: np.ndarray) -> np.ndarray:
-    a, d = np.radians(ra), np.radians(dec)
-    return np.stack([r * np.cos(d) * np.cos(a), r * np.cos(d) * np.sin(a), r * np.sin(d)], axis=1)
 
 
 def in_spheres(points: np.ndarray, centres: np.ndarray, radii: np.ndarray,

@@ -1,0 +1,29 @@
+"""The Python entry points: ``load`` files into PostgreSQL, ``query`` them back as astropy
+Tables.  ``from desi_loader import load, query`` (imported lazily by the package, which
+every worker process imports too)."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Sequence, Union
+
+from .control.options import LoadOptions, Summary
+from .control.run import plan_loads, run_loads
+from .queries.tables import default_dsn, query
+
+__all__ = ["load", "query"]
+
+
+def load(paths: Union[str, Sequence[str]], *, dsn: Optional[str] = None, workers: int = 2,
+         **options) -> list[Summary]:
+    """Load FITS files or directories, as ``desi-loader load`` does; one Summary per catalog.
+
+    ``dsn``: the database (default as the command line: DESI_LOADER_DSN, the config file,
+    libpq's environment, else the embedded server).  Other keyword arguments are the fields
+    of ``LoadOptions`` (catalog, schema, prefix, sky, fmt, allow_partial, replace_all, ...).
+    Raises a ``desi_loader.errors.LoaderError`` naming what failed.
+    """
+    paths = (paths,) if isinstance(paths, str) else tuple(paths)
+    opts = LoadOptions(paths=paths, dsn="", workers=workers, **options)
+    plans = plan_loads(opts)              # arguments and files checked before any server starts
+    opts = dataclasses.replace(opts, dsn=dsn if dsn is not None else default_dsn())
+    return run_loads(opts, None, plans)
