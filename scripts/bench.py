@@ -463,7 +463,7 @@ def parse_args(argv):
                     "multi-node estimate), whole (whole command vs by hand, both WAL levels, incremental "
                     "cost), sky (whole-load cost of the sky index, cone searches indexed vs sequential "
                     "scan), citus (one server vs a local 3-node Citus cluster, per-node CPU, a model "
-                    "of 1 + 8 nodes); default all")
+                    "of 1 + 8 nodes), export (query results to FITS, VOTable, ECSV, CSV); default all")
     ap.add_argument("--sky-rows", type=int, default=1_000_000,
                     help="rows of the positions table of the cone-search benchmark (default 1,000,000)")
     ap.add_argument("--whole-repeat", type=int, default=1,
@@ -915,6 +915,32 @@ class Bench:
         for line in self.results["citus_model"]["lines"]:
             print("  " + line)
 
+    def export(self) -> None:
+        """Query results written to files (desi-loader sql --output): the loaded METADATA table
+        whole, and a cone of it, to FITS, VOTable, ECSV and CSV; rows/s and MB/s of the file."""
+        from desi_loader.queries import export, tables
+        dsn, W = self.dsn, self.W
+        files = make_files(self.cache, self.args.whole_files, self.args.whole_rows)
+        fresh_schema(dsn, "bench_export")
+        command(dsn, files, "bench_export", W)
+        out = Path(tempfile.mkdtemp(prefix="desi-bench-export-"))
+        queries = {"METADATA, all rows and columns": "SELECT * FROM bench_export.fastspecfit_metadata",
+                   "cone of 20 deg, METADATA + SPECPHOT": (
+                       "SELECT m.*, s.* FROM bench_export.fastspecfit_metadata m JOIN "
+                       "bench_export.fastspecfit_specphot s USING (file_id, row_num) "
+                       "WHERE bench_export.angdist(m.ra, m.dec, 150, 2) <= 20")}
+        try:
+            for what, sql in queries.items():
+                for ext in (".fits", ".vot", ".ecsv", ".csv"):
+                    conn = connect(dsn)
+                    t0 = time.perf_counter()
+                    w = export.write(tables.iter_tables(conn, sql), str(out / f"result{ext}"))
+                    secs = time.perf_counter() - t0
+                    conn.close()
+                    self.record(f"export {ext[1:]}: {what}", 1, secs, w.rows, w.bytes)
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+
     def finish(self) -> None:
         print("\nratios (measured in this run):")
         for k, v in self.results["ratios"].items():
@@ -991,7 +1017,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     keep_freed_memory()          # in-process encoding measured with the workers' allocator setting
     bench = Bench(args)
-    only = ({"copy", "alternatives", "growth", "nodes", "whole", "sky", "citus"} if args.only == "all"
+    only = ({"copy", "alternatives", "growth", "nodes", "whole", "sky", "citus", "export"} if args.only == "all"
             else set(args.only.split(",")))
     if only & {"copy", "alternatives"}:
         bench.ceiling_and_loader()
@@ -1007,6 +1033,8 @@ def main(argv=None) -> int:
         bench.sky()
     if "citus" in only:
         bench.citus()
+    if "export" in only:
+        bench.export()
     bench.finish()
     return 0
 
