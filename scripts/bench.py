@@ -35,6 +35,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -287,20 +288,28 @@ def _arrow(path: str, hdu: str):
     return pa.Table.from_arrays(arrays, names=[n.lower() for n in t.colnames])
 
 
-def adbc_files(dsn: str, files, schema: str) -> None:
-    """astropy -> pyarrow -> ADBC adbc_ingest, one call per HDU (the driver's binary COPY)."""
+def adbc_files(dsn: str, files, schema: str, times=None) -> None:
+    """astropy -> pyarrow -> ADBC adbc_ingest, one call per HDU (the driver's binary COPY).
+    ``times``: a queue for (first read, last commit) wall-clock times, the streaming window
+    as desi-loader's copy phase counts it (process start and imports left out)."""
     import adbc_driver_postgresql.dbapi as adbc
+    import importlib
+    importlib.import_module("astropy.table")   # imported before the clock starts, as in a notebook
     with adbc.connect(dsn) as conn:
+        t0 = time.time()
         for path in files:
             for hdu in HDUS:
                 with conn.cursor() as cur:
                     cur.adbc_ingest(hdu.lower(), _arrow(path, hdu), mode="create_append", db_schema_name=schema)
                 conn.commit()
+        if times is not None:
+            times.put((t0, time.time()))
 
 
 def adbc_ingest(dsn: str, files, nprocs: int) -> float:
     """Seconds for ``nprocs`` processes, each with one ADBC connection, to load the files split
-    between them by file (how a user parallelises by hand)."""
+    between them by file (how a user parallelises by hand): from the first read to the last
+    commit, as desi-loader's copy phase (streaming) is counted."""
     import multiprocessing as mp
     schema = "bench_adbc"
     fresh_schema(dsn, schema)
@@ -312,16 +321,16 @@ def adbc_ingest(dsn: str, files, nprocs: int) -> float:
         conn.commit()
     parts = [files[i::nprocs] for i in range(nprocs)]
     ctx = mp.get_context("spawn")
-    t0 = time.perf_counter()
-    procs = [ctx.Process(target=adbc_files, args=(dsn, part, schema)) for part in parts if part]
+    times = ctx.Queue()
+    procs = [ctx.Process(target=adbc_files, args=(dsn, part, schema, times)) for part in parts if part]
     for p in procs:
         p.start()
+    windows = [times.get() for _ in procs]
     for p in procs:
         p.join()
-    secs = time.perf_counter() - t0
     if any(p.exitcode for p in procs):
         raise RuntimeError(f"an ADBC process failed: {[p.exitcode for p in procs]}")
-    return secs
+    return max(b for _, b in windows) - min(a for a, _ in windows)
 
 
 def _pg(dtype) -> str:
@@ -463,7 +472,9 @@ def parse_args(argv):
                     "multi-node estimate), whole (whole command vs by hand, both WAL levels, incremental "
                     "cost), sky (whole-load cost of the sky index, cone searches indexed vs sequential "
                     "scan), citus (one server vs a local 3-node Citus cluster, per-node CPU, a model "
-                    "of 1 + 8 nodes), export (query results to FITS, VOTable, ECSV, CSV); default all")
+                    "of 1 + 8 nodes), export (query results to FITS, VOTable, ECSV, CSV); default all; "
+                    "scale (the whole load at --scale-galaxies sizes and both WAL levels against the server's own "
+                    "path, per phase: seconds, server and client CPU, WAL, checkpoints) runs only when named")
     ap.add_argument("--sky-rows", type=int, default=1_000_000,
                     help="rows of the positions table of the cone-search benchmark (default 1,000,000)")
     ap.add_argument("--whole-repeat", type=int, default=1,
@@ -472,11 +483,16 @@ def parse_args(argv):
     ap.add_argument("--whole-rows", type=int, default=25000,
                     help="galaxies per file of the whole-load comparison (default 25000: 100,000 galaxies; "
                     "100000 makes the 400,000 of the README)")
+    ap.add_argument("--scale-galaxies", default="400000,1000000",
+                    help="total galaxies of the --only scale runs, comma separated (default 400000,1000000: "
+                    "1.7 and 4.2 GB of FITS)")
+    ap.add_argument("--scale-file-rows", type=int, default=100000, help="galaxies per file of the scale runs")
     ap.add_argument("--quick", action="store_true", help="smallest configuration (for tests)")
     args = ap.parse_args(argv)
     if args.quick:
         args.files, args.rows, args.to_sql_rows, args.growth, args.small_files = 2, 200, 20, "", 0
         args.whole_files, args.whole_rows = 2, 200
+        args.scale_galaxies, args.scale_file_rows = "400,1000", 200
         args.repeat, args.sky_rows = 1, 5000
         args.workers = min(args.workers, 2)
     return args
@@ -484,10 +500,11 @@ def parse_args(argv):
 
 # --------------------------------------------------------------------------- whole load
 
-def by_hand(dsn: str, plan, chunks) -> float:
+def by_hand(dsn: str, plan, chunks, copied: Optional[threading.Barrier] = None) -> float:
     """The hand-written load: per table, in its own backend and in parallel, CREATE TABLE and
     COPY FROM the pre-encoded binary files in one transaction (so wal_level=minimal skips the
-    WAL of the COPY), then PRIMARY KEY and ANALYZE.  Seconds."""
+    WAL of the COPY), then PRIMARY KEY and ANALYZE.  Seconds.  ``copied``: a barrier every
+    table's thread waits at between its COPY and its key (the scale section samples there)."""
     from desi_loader.control.sqlgen import create_indexes
     schema = "bench_hand"
     fresh_schema(dsn, schema)
@@ -503,6 +520,8 @@ def by_hand(dsn: str, plan, chunks) -> float:
                     collist = ", ".join(f'"{c}"' for c in cols)
                     cur.execute(f'COPY "{schema}".{table} ({collist}) FROM %s WITH (FORMAT binary)', (path,))
             conn.commit()
+            if copied is not None:
+                copied.wait()
             cur.execute(create_indexes(schema, table, spec)[0])          # the primary key
             cur.execute(f'ANALYZE "{schema}".{table}')
         conn.commit()
@@ -941,6 +960,67 @@ class Bench:
         finally:
             shutil.rmtree(out, ignore_errors=True)
 
+    def scale(self) -> None:
+        """The whole load at two sizes and both WAL levels, against the server's own path: per
+        phase the seconds, server and client CPU, WAL written and checkpoints."""
+        if self.data_dir is None or not can_read_server_files(self.dsn):
+            print("scale: skipped (needs the embedded server: it switches wal_level and reads server files)")
+            return
+        dsn, W, args = self.dsn, self.W, self.args
+        results = self.results.setdefault("scale", [])
+        sizes = [int(x) for x in args.scale_galaxies.split(",") if x.strip()]
+        per_file = args.scale_file_rows
+        try:
+            for total in sizes:
+                files = make_files(self.cache, max(1, total // per_file), min(per_file, total))
+                n, nb = galaxies(files), fits_bytes(files)
+                tmp = Path(tempfile.mkdtemp(prefix="desi-bench-scale-", dir="/tmp"))
+                os.chmod(tmp, 0o755)
+                try:
+                    plan, chunks = pre_encode(files, "binary", tmp)
+                    for level in ("minimal", "replica"):
+                        set_wal_level(dsn, self.data_dir, level)
+                        results.append(self._scale_one(files, n, nb, level, plan, chunks, W))
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    fresh_schema(dsn, "bench_hand")
+                    fresh_schema(dsn, "bench_scale")
+        finally:
+            set_wal_level(dsn, self.data_dir, "minimal")
+
+    def _scale_one(self, files, n, nb, level, plan, chunks, W) -> dict:
+        dsn = self.dsn
+        _checkpoint(dsn)
+        own = Probe(dsn, self.data_dir)
+        barrier = threading.Barrier(len(plan.tables) + 1)
+        own.mark("copy")
+        worker = threading.Thread(target=by_hand, args=(dsn, plan, chunks, barrier))
+        worker.start()
+        barrier.wait()
+        own.mark("index")
+        worker.join()
+        own.mark("end")
+        fresh_schema(dsn, "bench_hand")
+        _checkpoint(dsn)
+        fresh_schema(dsn, "bench_scale")
+        mine = Probe(dsn, self.data_dir)
+        secs, summary = watched_command(dsn, files, "bench_scale", W, mine, "--replace-all")
+        own_s = own.marks[-1][1]["t"] - own.marks[0][1]["t"]
+        row = {"galaxies": n, "fits_gb": round(nb / 1e9, 2), "wal_level": level, "workers": W,
+               "loader_s": round(secs, 2), "own_path_s": round(own_s, 2), "ratio": round(own_s / secs, 2),
+               "loader_phases": mine.phases(), "own_phases": own.phases(),
+               "loader_summary_phases": summary["phases"], "loader_client_cpu": summary.get("cpu")}
+        self.record(f"scale {n:,} galaxies, wal_level={level}: server's own path", len(plan.tables), own_s, n, nb,
+                    phases=row["own_phases"])
+        self.record(f"scale {n:,} galaxies, wal_level={level}: desi-loader whole command", W, secs, n, nb,
+                    phases=row["loader_phases"])
+        self.ratio(f"scale_{n}_{level}_loader_vs_own_path", own_s / secs)
+        for who, ph in (("own path", row["own_phases"]), ("desi-loader", row["loader_phases"])):
+            for name, v in ph.items():
+                print(f"    {who:12s} {name:13s} {v['seconds']:8.1f} s  server CPU {v['server_cpu_s']:7.1f} s  "
+                      f"client CPU {v['client_cpu_s']:7.1f} s  WAL {v['wal_mb']:9.1f} MB  checkpoints {v['checkpoints']}")
+        return row
+
     def finish(self) -> None:
         print("\nratios (measured in this run):")
         for k, v in self.results["ratios"].items():
@@ -948,6 +1028,96 @@ class Bench:
         (self.out / "bench.json").write_text(json.dumps(self.results, indent=2, default=str))
         _chart(self.results, self.out / "bench.png")
         print(f"\nwrote {self.out / 'bench.json'} and {self.out / 'bench.png'}")
+
+
+class Probe:
+    """What the server has done so far: its CPU (all its processes), WAL written (LSN), and
+    checkpoints; ``mark(name)`` samples, ``phases()`` gives the differences between marks."""
+
+    def __init__(self, dsn: str, data_dir) -> None:
+        self.dsn, self.data_dir, self.marks = dsn, data_dir, []
+        conn = connect(dsn)
+        with conn.cursor() as cur:
+            cur.execute("SELECT to_regclass('pg_catalog.pg_stat_checkpointer') IS NOT NULL")
+            self.checkpoints_sql = ("SELECT num_timed + num_requested FROM pg_stat_checkpointer" if cur.fetchone()[0]
+                                    else "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter")
+        conn.close()
+
+    def sample(self) -> dict:
+        conn = connect(self.dsn)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")
+            wal = int(cur.fetchone()[0])
+            cur.execute(self.checkpoints_sql)
+            ckpt = int(cur.fetchone()[0])
+        conn.close()
+        return {"t": time.perf_counter(), "server_cpu": server_cpu(self.data_dir), "wal": wal, "checkpoints": ckpt,
+                "client_cpu": _children_cpu()}
+
+    def mark(self, name: str) -> None:
+        self.marks.append((name, self.sample()))
+
+    def phases(self) -> dict:
+        """phase -> seconds, server CPU s, client CPU s (this script's waited-for children),
+        WAL bytes, checkpoints: between each mark and the next."""
+        out = {}
+        for (name, a), (_, b) in zip(self.marks, self.marks[1:]):
+            out[name] = {"seconds": round(b["t"] - a["t"], 2),
+                         "server_cpu_s": round(b["server_cpu"] - a["server_cpu"], 2),
+                         "client_cpu_s": round(b["client_cpu"] - a["client_cpu"], 2),
+                         "wal_mb": round((b["wal"] - a["wal"]) / 1e6, 1),
+                         "checkpoints": b["checkpoints"] - a["checkpoints"]}
+        return out
+
+
+def _children_cpu() -> float:
+    import resource
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    s = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime + s.ru_utime + s.ru_stime
+
+
+def _checkpoint(dsn: str) -> None:
+    """Start a measurement from a clean slate: a CHECKPOINT, so that none is due mid-run from before."""
+    conn = connect(dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("CHECKPOINT")
+    conn.close()
+
+
+def watched_command(dsn: str, files, schema: str, workers: int, probe: Probe, *extra) -> tuple[float, dict]:
+    """``command`` with a probe mark at every phase change of the load (polled in its ledger)."""
+    done = threading.Event()
+    probe.mark("open")
+
+    def watch() -> None:
+        last = "open"
+        while not done.wait(0.2):
+            try:
+                conn = connect(dsn)
+                with conn.cursor() as cur:
+                    cur.execute(f'SELECT coalesce(phase, %s) FROM "{schema}".loader_loads '
+                                "ORDER BY load_id DESC LIMIT 1", ("copy",))
+                    row = cur.fetchone()
+                conn.close()
+            except Exception:              # noqa: BLE001 -- the ledger does not exist yet
+                continue
+            phase = row[0] if row else last
+            phase = "copy" if phase in ("open", None) else phase
+            if phase != last:
+                probe.mark(phase)
+                last = phase
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    try:
+        return command(dsn, files, schema, workers, *extra)
+    finally:
+        done.set()
+        t.join()
+        probe.mark("end")
 
 
 def server_cpu(data_dir) -> float:
@@ -1035,6 +1205,8 @@ def main(argv=None) -> int:
         bench.citus()
     if "export" in only:
         bench.export()
+    if "scale" in only:                      # not in "all": two sizes of 0.4 and 1 million galaxies take long
+        bench.scale()
     bench.finish()
     return 0
 
