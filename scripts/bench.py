@@ -295,6 +295,7 @@ def adbc_files(dsn: str, files, schema: str, times=None) -> None:
     import adbc_driver_postgresql.dbapi as adbc
     import importlib
     importlib.import_module("astropy.table")   # imported before the clock starts, as in a notebook
+    quiet_units()
     with adbc.connect(dsn) as conn:
         t0 = time.time()
         for path in files:
@@ -1183,8 +1184,17 @@ def estimate(per_worker: float, one_backend: float, nodes: int = 8, workers: int
             "galaxies_per_s": round(FULL_CATALOG_GALAXIES / secs)}
 
 
+def quiet_units() -> None:
+    """astropy warns about every FITS unit it cannot parse (FastSpecFit's '1e-17 erg / (cm2 s)'
+    and 'nmgy'), thousands of lines per file; printing them would be timed as the reader's cost."""
+    import warnings
+    from astropy.units import UnitsWarning
+    warnings.simplefilter("ignore", UnitsWarning)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    quiet_units()
     keep_freed_memory()          # in-process encoding measured with the workers' allocator setting
     bench = Bench(args)
     only = ({"copy", "alternatives", "growth", "nodes", "whole", "sky", "citus", "export"} if args.only == "all"

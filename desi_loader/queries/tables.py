@@ -124,8 +124,8 @@ def to_table(cols: list[ResultColumn], rows: list, fits_names: bool = False) -> 
     """An astropy Table of ``rows`` (tuples as psycopg2 returns them) for ``cols``."""
     table = Table()
     names = _names(cols, fits_names)
-    for i, (col, name) in enumerate(zip(cols, names)):
-        values = [r[i] for r in rows]
+    columns = list(zip(*rows)) if rows else [()] * len(cols)      # one transpose, in C
+    for col, name, values in zip(cols, names, columns):
         data, mask = _column_data(col, values)
         kind = MaskedColumn if mask is not None and mask.any() else Column
         kw = {"mask": mask} if kind is MaskedColumn else {}
@@ -166,6 +166,9 @@ def _column_data(col: ResultColumn, values: list) -> tuple[np.ndarray, Optional[
         return _array_data(col, values, dtype, shape)
     if dtype is None:
         dtype = _scalar_dtype(col, values)
+    if None not in values and dtype.kind in "fb" or (dtype.kind in "iu" and col.pgtype != "numeric"
+                                                      and None not in values):
+        return _as(values, dtype, (n,)), None     # the common case: no NULL, numpy converts in C
     mask = np.array([v is None for v in values], bool)
     null = _zero(dtype)
     if src is not None and src.null is not None and dtype.kind in "iu":
@@ -240,7 +243,9 @@ def _as(values: list, dtype: np.dtype, shape: tuple) -> np.ndarray:
     if dtype.kind == "f":
         return np.array(values, np.float64).astype(dtype).reshape(shape)   # float4 text is exact via double
     if dtype.kind in "iu":
-        return np.array([int(v) for v in values], dtype).reshape(shape)
+        if not all(type(v) is int for v in values):                       # Decimal of numeric(20)
+            values = [int(v) for v in values]
+        return np.array(values, dtype).reshape(shape)
     if dtype == object:
         out = np.empty(len(values), object)
         out[:] = values
