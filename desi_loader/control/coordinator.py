@@ -15,7 +15,7 @@ from typing import Callable, Optional
 import psycopg2
 
 from . import publish, staging, verify
-from ..db import as_database_error, free_connections, mask_dsn, server_settings
+from ..db import as_database_error, checkpoint_advice, free_connections, mask_dsn, server_settings
 from ..errors import DatabaseError, LoadFailed, UsageError
 from ..fits.discover import Plan
 from ..pipeline.encodings import encoder_plan
@@ -86,6 +86,10 @@ class Coordinator:
         try:
             self.load = Load(self.opts, plan, Ledger(self.opts.dsn, plan.schema))
             summary.server = server_settings(self.load.conn)
+            advice = checkpoint_advice(summary.server, plan.total_bytes)
+            if advice:
+                summary.notes.append(advice)
+                self.reporter.warn(advice)
             self._run_phases()
             if summary.role != "nothing":
                 summary.files_loaded = [fp.info.path for fp in plan.files]
