@@ -86,10 +86,7 @@ class Coordinator:
         try:
             self.load = Load(self.opts, plan, Ledger(self.opts.dsn, plan.schema))
             summary.server = server_settings(self.load.conn)
-            advice = checkpoint_advice(summary.server, plan.total_bytes)
-            if advice:
-                summary.notes.append(advice)
-                self.reporter.warn(advice)
+            _advise(summary, checkpoint_advice(summary.server, plan.total_bytes), self.reporter)
             self._run_phases()
             if summary.role != "nothing":
                 summary.files_loaded = [fp.info.path for fp in plan.files]
@@ -308,6 +305,13 @@ class Coordinator:
     def swap(self) -> None:
         check_rows(self.load)
         publish.publish_swap(self.load)
+
+
+def _advise(summary: Summary, advice: Optional[str], reporter: NullReporter) -> None:
+    """A note on the server's settings for the summary and the user (when there is one)."""
+    if advice:
+        summary.notes.append(advice)
+        reporter.warn(advice)
 
 
 #: The phases of a load, in order.  ``open`` runs in one transaction (a failure leaves
