@@ -25,7 +25,7 @@ from astropy.table import Column, MaskedColumn, Table, vstack
 from ..control.ledger import column_sources
 from ..db import connect, resolve_dsn
 from ..fits.config import load_settings
-from ..fits.schema import FitsSource
+from ..fits.schema import FitsSource, pg_name
 from ..servers import embedded
 
 #: rows per chunk of a server-side cursor: a few MB of a wide table
@@ -139,15 +139,11 @@ def to_table(cols: list[ResultColumn], rows: list, fits_names: bool = False) -> 
 def _names(cols: list[ResultColumn], fits_names: bool) -> list[str]:
     names, seen = [], {}
     for c in cols:
-        name = c.source.name if fits_names and c.source is not None and c.name == _pg(c.source.name) else c.name
+        name = c.source.name if fits_names and c.source is not None and c.name == pg_name(c.source.name) else c.name
         n = seen.get(name, 0)
         seen[name] = n + 1
         names.append(name if n == 0 else f"{name}_{n + 1}")    # a join's second "ra": ra_2
     return names
-
-
-def _pg(fits_name: str) -> str:
-    return fits_name.lower().encode("utf-8")[:63].decode("utf-8", "ignore")
 
 
 def _column_data(col: ResultColumn, values: list) -> tuple[np.ndarray, Optional[np.ndarray]]:
@@ -165,9 +161,8 @@ def _column_data(col: ResultColumn, values: list) -> tuple[np.ndarray, Optional[
     if col.array:
         return _array_data(col, values, dtype, shape)
     if dtype is None:
-        dtype = _scalar_dtype(col, values)
-    if None not in values and dtype.kind in "fb" or (dtype.kind in "iu" and col.pgtype != "numeric"
-                                                      and None not in values):
+        dtype = _scalar_dtype(col)
+    if None not in values and (dtype.kind in "fb" or (dtype.kind in "iu" and col.pgtype != "numeric")):
         return _as(values, dtype, (n,)), None     # the common case: no NULL, numpy converts in C
     mask = np.array([v is None for v in values], bool)
     null = _zero(dtype)
@@ -193,10 +188,10 @@ def physical(dtype: np.dtype, stored: int) -> int:
 
 def stored(dtype: np.dtype, value: int) -> int:
     """The inverse of ``physical``."""
-    return value - (physical(dtype, 0) - 0)
+    return value - physical(dtype, 0)
 
 
-def _scalar_dtype(col: ResultColumn, values: list) -> np.dtype:
+def _scalar_dtype(col: ResultColumn) -> np.dtype:
     """A type without a FITS source: its numpy dtype; text (and anything else) an object
     column of str, since no width is known before the last row has arrived."""
     return np.dtype(PG_NUMPY.get(col.pgtype, "object"))
