@@ -21,7 +21,7 @@ from rich.table import Table
 from .servers import citus, embedded as server
 from .queries import cone, export, tables, voids
 from .fits.config import load_settings
-from .db import connect, mask_dsn, resolve_dsn
+from .db import connect, mask_dsn
 from .errors import LoaderError, UsageError
 from .control.ledger import Ledger, client_alive
 from .progress import PlainReporter, QuietReporter, RichReporter
@@ -31,11 +31,7 @@ from .samples.desivast import DEFAULT_SCALE, fastspecfit_positions, fastspecfit_
 
 
 def _dsn(args) -> str:
-    settings = load_settings(getattr(args, "config", None))
-    dsn = resolve_dsn(args.dsn, settings.dsn)
-    if dsn is None:
-        return server.start(Path(args.data_dir) if args.data_dir else None)
-    return dsn
+    return server.target(args.dsn, getattr(args, "config", None), args.data_dir)
 
 
 def write_samples(outdir: str, catalog: str, rows: int, files: int, scale: Optional[float],

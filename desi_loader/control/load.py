@@ -24,7 +24,7 @@ class Load:
     file_ids: dict = field(default_factory=dict)    # file name -> file_id (a column of every row)
     staging_mode: str = "unlogged"                  # unlogged | logged
     incremental: bool = False                       # merge into the published tables
-    fkeys: list = field(default_factory=list)       # discover.ForeignKey between loaded tables
+    fkeys: list = field(init=False)                 # discover.ForeignKey between loaded tables (from the plan)
 
     def __post_init__(self) -> None:
         self.fkeys = foreign_keys(self.plan)

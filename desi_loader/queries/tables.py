@@ -23,8 +23,7 @@ import numpy as np
 from astropy.table import Column, MaskedColumn, Table, vstack
 
 from ..control.ledger import column_sources
-from ..db import connect, resolve_dsn
-from ..fits.config import load_settings
+from ..db import connect
 from ..fits.schema import FitsSource, pg_name
 from ..servers import embedded
 
@@ -276,5 +275,4 @@ def query(sql: str, params=None, *, dsn: Optional[str] = None, fits_names: bool 
 
 def default_dsn() -> str:
     """The database the command line would use (starting the embedded server if that is it)."""
-    dsn = resolve_dsn(None, load_settings().dsn)
-    return embedded.start(None) if dsn is None else dsn
+    return embedded.target()

@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from ..db import resolve_dsn
+from ..fits.config import load_settings
 from ..errors import DatabaseError
 
 log = logging.getLogger(__name__)
@@ -121,3 +123,10 @@ def psql_path() -> str:
     if not found:
         raise DatabaseError("no psql client found", "use 'desi-loader sql QUERY' instead")
     return found
+
+
+def target(dsn: Optional[str] = None, config: Optional[str] = None, data_dir: Optional[str] = None) -> str:
+    """The database to use, as the command line chooses it: ``dsn``, DESI_LOADER_DSN, the config
+    file, libpq's environment, else this embedded server (started when needed)."""
+    resolved = resolve_dsn(dsn, load_settings(config).dsn)
+    return start(Path(data_dir) if data_dir else None) if resolved is None else resolved
