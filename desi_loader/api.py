@@ -4,11 +4,15 @@ every worker process imports too)."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Optional, Sequence, Union
 
 from .control.options import LoadOptions, Summary
 from .control.run import plan_loads, run_loads
 from .queries.tables import default_dsn, query
+from .tap import service as tap
+
+log = logging.getLogger(__name__)
 
 __all__ = ["load", "query"]
 
@@ -26,4 +30,7 @@ def load(paths: Union[str, Sequence[str]], *, dsn: Optional[str] = None, workers
     opts = LoadOptions(paths=paths, dsn="", workers=workers, **options)
     plans = plan_loads(opts)              # arguments and files checked before any server starts
     opts = dataclasses.replace(opts, dsn=dsn if dsn is not None else default_dsn())
-    return run_loads(opts, None, plans)
+    summaries = run_loads(opts, None, plans)
+    for schema in sorted({s.schema for s in summaries if s.role != "nothing" and s.rows}):
+        tap.sync(opts.dsn, schema, log.info)        # a schema served over TAP stays in sync
+    return summaries

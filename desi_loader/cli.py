@@ -19,7 +19,7 @@ from rich.markup import escape
 
 from . import __version__
 from .commands import (cmd_abort, cmd_bench, cmd_cone, cmd_load, cmd_sample, cmd_server, cmd_sql,
-                       cmd_status, cmd_void_membership, cmd_xmatch, write_samples)
+                       cmd_status, cmd_tap, cmd_void_membership, cmd_xmatch, write_samples)
 from .errors import Interrupted, LoaderError
 
 __all__ = ["build_parser", "main", "write_samples"]     # write_samples: the tests' sample writer
@@ -220,6 +220,33 @@ def _parser_abort(sub) -> argparse.ArgumentParser:
     return ab
 
 
+def _parser_tap(sub) -> argparse.ArgumentParser:
+    t = sub.add_parser("tap", help="serve the loaded tables over TAP/ADQL and cone search (GAVO DaCHS), "
+                       "for TOPCAT, pyvo, astroquery",
+                       description="Serve the published tables of a schema as a Virtual Observatory service: "
+                       "TAP (ADQL, sync and async, table upload) and a Simple Cone Search per sky-indexed table, "
+                       "with their units, UCDs and descriptions. Nothing is copied: GAVO DaCHS (Debian "
+                       "gavodachs2-server) reads the tables where they are; the target server needs pgsphere. "
+                       "Loads into a served schema keep the service in sync by themselves.",
+                       epilog="actions:\n  publish  describe the schema to DaCHS, set privileges, start or reload the "
+                       "server\n  url      print the TAP endpoint (one line)\n  status   what is served, and "
+                       "whether it matches the published tables\n  stop     stop the server\n\nexample:\n"
+                       "  desi-loader tap publish --dsn postgresql://me@127.0.0.1/desi --admin-dsn "
+                       "postgresql://postgres@127.0.0.1/desi\n  topcat: File > Load Table > TAP, URL from "
+                       "desi-loader tap url", formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("action", choices=("publish", "url", "status", "stop"))
+    t.add_argument("--schema", default=None, help="schema to serve (default desi_dr1)")
+    t.add_argument("--tap-dir", default=None, help="the DaCHS instance's directory (default "
+                   "~/.local/share/desi-loader/tap; one instance serves one database)")
+    t.add_argument("--host", default="127.0.0.1", help="address the server listens on (default 127.0.0.1)")
+    t.add_argument("--port", type=int, default=8080, help="its port (default 8080)")
+    t.add_argument("--admin-dsn", default=None, help="a superuser of the same database, needed once to set "
+                   "DaCHS up in it (its roles, schemas and pgsphere; default: --dsn)")
+    t.add_argument("--no-start", action="store_false", dest="start", help="publish without starting the server")
+    _target(t)
+    return t
+
+
 def _parser_server(sub) -> argparse.ArgumentParser:
     v = sub.add_parser("server", help="the embedded PostgreSQL server: start, stop, url, psql")
     v.add_argument("action", choices=("start", "stop", "url", "psql"))
@@ -233,7 +260,7 @@ COMMANDS = {"load": (_parser_load, cmd_load), "sample": (_parser_sample, cmd_sam
             "void-membership": (_parser_void_membership, cmd_void_membership),
             "bench": (_parser_bench, lambda args, console: cmd_bench(args.args)),
             "status": (_parser_status, cmd_status), "abort": (_parser_abort, cmd_abort),
-            "server": (_parser_server, cmd_server)}
+            "tap": (_parser_tap, cmd_tap), "server": (_parser_server, cmd_server)}
 
 
 def _stop_on_signals() -> None:

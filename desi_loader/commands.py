@@ -27,6 +27,7 @@ from .control.ledger import Ledger, client_alive
 from .progress import PlainReporter, QuietReporter, RichReporter
 from .control.run import LoadOptions, plan_loads, run_loads
 from .samples.fastspecfit import write_fastspecfit_sample
+from .tap import dachs, service as tap
 from .samples.desivast import DEFAULT_SCALE, fastspecfit_positions, fastspecfit_targets, write_desivast_sample
 
 
@@ -147,6 +148,8 @@ def cmd_load(args, console) -> int:
         loads = [s.as_dict() for s in summaries]
         Path(args.summary_json).write_text(json.dumps(
             {"loads": loads, "total_rows": sum(d["total_rows"] for d in loads)}, indent=2, default=str))
+    if not args.dry_run:
+        _sync_tap(dsn, summaries, (lambda m: None) if args.quiet else console.print)
     code = 4 if any(s.missing for s in summaries) else 0
     if args.dry_run and any(s.missing for s in summaries) and not args.allow_partial:
         code = 1                       # the load would fail on these files
@@ -171,6 +174,42 @@ def cmd_load(args, console) -> int:
         else:
             _print_summary(console, summary, dsn)
     return code
+
+
+def _sync_tap(dsn: str, summaries: list, say) -> None:
+    """Loads that published into a schema served over TAP bring the service up to date."""
+    for schema in sorted({s.schema for s in summaries if s.role != "nothing" and s.rows}):
+        tap.sync(dsn, schema, say, finalizer=any(s.finalized for s in summaries if s.schema == schema))
+
+
+def cmd_tap(args, console) -> int:
+    inst = dachs.Instance(Path(args.tap_dir) if args.tap_dir else dachs.default_dir())
+    if args.action == "publish":
+        result = tap.publish(_dsn(args), _schema(args), inst.root, args.host, args.port, args.admin_dsn, args.start)
+        for note in result.notes:
+            console.print(f"note: {note}", highlight=False, soft_wrap=True)
+        columns = sum(len(t.columns) for t in result.tables)
+        console.print(f"{result.schema}: {len(result.tables)} tables and views, {columns:,} columns served over TAP")
+        for table, url in result.cone_services.items():
+            console.print(f"cone search on {table}: {url}", highlight=False, soft_wrap=True)
+        console.print(f"TAP endpoint: {result.url}" + ("" if args.start else " (not started: --no-start)"),
+                      highlight=False, soft_wrap=True)
+        return 0
+    if not inst.exists():
+        raise UsageError(f"no TAP service in {inst.root}", "desi-loader tap publish creates it (--tap-dir for another)")
+    if args.action == "url":
+        print(tap.tap_url(inst.url))
+        return 0
+    if args.action == "stop":
+        console.print("stopped" if inst.stop() else "not running")
+        return 0
+    st = tap.status(inst, args.dsn or inst.state().get("dsn"))
+    console.print(f"{st.url}: {'running' if st.running else 'stopped'}, serving {st.database}", highlight=False)
+    for schema, (tables, in_sync, differ) in st.schemas.items():
+        state = "in sync with the published tables" if in_sync else \
+            f"OUT OF SYNC ({', '.join(differ[:8])}{' ...' if len(differ) > 8 else ''}): run desi-loader tap publish"
+        console.print(f"  {schema}: {tables} tables, {state}", highlight=False, soft_wrap=True)
+    return 0
 
 
 def cmd_sql(args, console) -> int:
@@ -334,6 +373,7 @@ def cmd_void_membership(args, console) -> int:
         result = voids.build(conn, schema)
     finally:
         conn.close()
+    tap.sync(_dsn(args), schema, console.print)
     t = Table("algorithm", "cap", "method", "galaxies in voids", "galaxies considered", "fraction",
               title=f"{schema}.{voids.TABLE}")
     for (alg, cap), (members, considered) in sorted(result.counts.items()):

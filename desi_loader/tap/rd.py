@@ -1,0 +1,132 @@
+"""The DaCHS resource descriptor of a schema's published tables: pure, TableMeta in, XML out.
+
+Every table is declared ``onDisk`` (it exists; ``dachs imp -m`` imports its metadata only,
+nothing is copied) and ``adql`` (served over TAP), with every column in table order (DaCHS
+checks that), its unit, UCD and description; primary and foreign keys; the q3c index, so
+that ADQL ``CONTAINS(POINT, CIRCLE)`` and ``DISTANCE() < r`` become ``q3c_join`` and use
+it; and one Simple Cone Search service per table with a sky index.
+"""
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from typing import Sequence
+
+from .describe import TableMeta
+from .vocab import adql_name
+
+#: the RD's name inside its resource directory: its id is "<schema>/q"
+RD_NAME = "q"
+
+
+@dataclass(frozen=True)
+class Privileges:
+    """DaCHS profile names: who may read (DaCHS's query roles, roles that could read before),
+    who keeps all rights (DaCHS's admin, the tables' owner, roles that had them).  DaCHS
+    makes the grants on the schema and the tables exactly these."""
+
+    read: tuple
+    all: tuple
+
+
+def service_id(table: str) -> str:
+    return f"cone_{table}"
+
+
+def resource_descriptor(schema: str, tables: Sequence[TableMeta], privileges: dict, title: str,
+                        created: str) -> str:
+    """The RD text. ``privileges``: relation name (and ``""`` for the schema) -> Privileges."""
+    schema_priv = privileges[""]
+    root = ET.Element("resource", schema=schema, resdir=schema, readProfiles=",".join(schema_priv.read),
+                      allProfiles=",".join(schema_priv.all))
+    _meta(root, "title", title)
+    _meta(root, "description", f"The tables desi-loader published in schema {schema}, served as they are "
+          "in the database (nothing copied): FITS units as VOUnits, descriptions from the files' data model.")
+    _meta(root, "creationDate", created)
+    _meta(root, "subject", "Galaxies")
+    _meta(root, "subject", "Redshift surveys")
+    _meta(root, "creator.name", "DESI Collaboration")
+    _meta(root, "contentLevel", "Research")
+    _meta(root, "type", "Catalog")
+    for t in _referenced_first(tables):
+        root.append(_table(t, privileges[t.name]))
+    data = ET.SubElement(root, "data", id="import")      # what dachs imp -m updates
+    for t in tables:
+        ET.SubElement(data, "make", table=t.name)
+    for t in tables:
+        if t.sky and t.q3c_index and t.kind == "table" and _has_main_id(t):
+            root.append(_cone_service(t))
+    ET.indent(root, "  ")
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def _referenced_first(tables: Sequence[TableMeta]) -> list:
+    """Tables in an order where a foreign key's table comes before the table pointing to it
+    (DaCHS resolves ``inTable`` while it parses); views last."""
+    done, out = set(), []
+    pending = {t.name: t for t in tables}
+
+    def visit(t: TableMeta, path: frozenset) -> None:
+        if t.name in done or t.name in path:
+            return
+        for _src, dest, _dcols in t.foreign_keys:
+            if dest in pending:
+                visit(pending[dest], path | {t.name})
+        done.add(t.name)
+        out.append(t)
+
+    for t in sorted(tables, key=lambda t: (t.kind == "view", t.name)):
+        visit(t, frozenset())
+    return out
+
+
+def _meta(parent: ET.Element, name: str, text: str) -> None:
+    ET.SubElement(parent, "meta", name=name).text = text
+
+
+def _has_main_id(t: TableMeta) -> bool:
+    return any(c.ucd == "meta.id;meta.main" for c in t.columns)
+
+
+def _table(t: TableMeta, priv: Privileges) -> ET.Element:
+    attrs = {"id": t.name, "onDisk": "True", "adql": "True", "readProfiles": ",".join(priv.read),
+             "allProfiles": ",".join(priv.all)}
+    if t.primary:
+        attrs["primary"] = ",".join(adql_name(c).replace("quoted/", "") for c in t.primary)
+    el = ET.Element("table", attrs)
+    _meta(el, "description", t.description)
+    if t.rows:
+        _meta(el, "_nrows", str(t.rows))
+    if t.sky and t.q3c_index:
+        ix = ET.SubElement(el, "index", name=t.q3c_index, kind="q3c")
+        ET.SubElement(ix, "columns").text = f"{t.sky[0]},{t.sky[1]}"
+        ix[-1].tail = f"q3c_ang2ipix({t.sky[0]}, {t.sky[1]})"
+    for src, dest, dcols in t.foreign_keys:
+        ET.SubElement(el, "foreignKey", inTable=dest, source=",".join(src), dest=",".join(dcols))
+    for c in t.columns:
+        col = ET.SubElement(el, "column", name=adql_name(c.name), type=c.dachs_type)
+        if c.unit:
+            col.set("unit", c.unit)
+        if c.ucd:
+            col.set("ucd", c.ucd)
+        if c.name in t.primary:
+            col.set("required", "True")
+        elif c.null_literal is not None:
+            ET.SubElement(col, "values", nullLiteral=str(c.null_literal))
+        description = c.description + (f" ({c.note})" if c.note else "")
+        if description:
+            ET.SubElement(col, "description").text = description
+    return el
+
+
+def _cone_service(t: TableMeta) -> ET.Element:
+    svc = ET.Element("service", id=service_id(t.name), allowed="scs.xml,form")
+    _meta(svc, "title", f"Cone search on {t.name}")
+    _meta(svc, "shortName", t.name[:16])
+    _meta(svc, "description", f"Simple Cone Search on {t.name} (q3c index on {t.sky[0]}, {t.sky[1]}).")
+    _meta(svc, "testQuery.ra", "150.0")
+    _meta(svc, "testQuery.dec", "30.0")
+    _meta(svc, "testQuery.sr", "1.0")
+    core = ET.SubElement(svc, "scsCore", queriedTable=t.name)
+    ET.SubElement(core, "FEED", source="//scs#coreDescs")
+    return svc

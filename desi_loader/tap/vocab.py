@@ -1,0 +1,175 @@
+"""What a TAP service says about a column, derived from what the loader knows: the unit as a
+VOUnit, a UCD from the column's name, the ADQL name (reserved words delimited) and the
+DaCHS type of a PostgreSQL type.  Pure: no database, no DaCHS.
+"""
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass
+from typing import Optional
+
+#: ADQL 2.1 reserved words (section 2.1.2 of the standard: its own words and SQL-92's).  A
+#: column of one of these names is served as a delimited identifier ("zone"), as ADQL asks.
+ADQL_RESERVED = frozenset("""
+ABS ACOS AREA ASIN ATAN ATAN2 BIT_AND BIT_NOT BIT_OR BIT_XOR BOX CEILING CENTROID CIRCLE CONTAINS
+COORD1 COORD2 COORDSYS COS COT DEGREES DISTANCE EXP FLOOR ILIKE INTERSECTS IN_UNIT LATITUDE
+LOG LOG10 LONGITUDE MOC MOD OFFSET PI POINT POLYGON POWER RADIANS REGION RAND ROUND SIN SQRT
+SQUARE STDDEV TAN TOP TRUNCATE
+ABSOLUTE ACTION ADD ALL ALLOCATE ALTER AND ANY ARE AS ASC ASSERTION AT AUTHORIZATION AVG BEGIN
+BETWEEN BIT BIT_LENGTH BOTH BY CASCADE CASCADED CASE CAST CATALOG CHAR CHARACTER CHAR_LENGTH
+CHARACTER_LENGTH CHECK CLOSE COALESCE COLLATE COLLATION COLUMN COMMIT CONNECT CONNECTION
+CONSTRAINT CONSTRAINTS CONTINUE CONVERT CORRESPONDING COUNT CREATE CROSS CURRENT CURRENT_DATE
+CURRENT_TIME CURRENT_TIMESTAMP CURRENT_USER CURSOR DATE DAY DEALLOCATE DECIMAL DECLARE DEFAULT
+DEFERRABLE DEFERRED DELETE DESC DESCRIBE DESCRIPTOR DIAGNOSTICS DISCONNECT DISTINCT DOMAIN
+DOUBLE DROP ELSE END END-EXEC ESCAPE EXCEPT EXCEPTION EXEC EXECUTE EXISTS EXTERNAL EXTRACT
+FALSE FETCH FIRST FLOAT FOR FOREIGN FOUND FROM FULL GET GLOBAL GO GOTO GRANT GROUP HAVING HOUR
+IDENTITY IMMEDIATE IN INDICATOR INITIALLY INNER INPUT INSENSITIVE INSERT INT INTEGER INTERSECT
+INTERVAL INTO IS ISOLATION JOIN KEY LANGUAGE LAST LEADING LEFT LEVEL LIKE LOCAL LOWER MATCH MAX
+MIN MINUTE MODULE MONTH NAMES NATIONAL NATURAL NCHAR NEXT NO NOT NULL NULLIF NUMERIC
+OCTET_LENGTH OF ON ONLY OPEN OPTION OR ORDER OUTER OUTPUT OVERLAPS PAD PARTIAL POSITION
+PRECISION PREPARE PRESERVE PRIMARY PRIOR PRIVILEGES PROCEDURE PUBLIC READ REAL REFERENCES
+RELATIVE RESTRICT REVOKE RIGHT ROLLBACK ROWS SCHEMA SCROLL SECOND SECTION SELECT SESSION
+SESSION_USER SET SIZE SMALLINT SOME SPACE SQL SQLCODE SQLERROR SQLSTATE SUBSTRING SUM
+SYSTEM_USER TABLE TEMPORARY THEN TIME TIMESTAMP TIMEZONE_HOUR TIMEZONE_MINUTE TO TRAILING
+TRANSACTION TRANSLATE TRANSLATION TRIM TRUE UNION UNIQUE UNKNOWN UPDATE UPPER USAGE USER USING
+VALUE VALUES VARCHAR VARYING VIEW WHEN WHENEVER WHERE WITH WORK WRITE YEAR ZONE TABLESAMPLE
+""".split())
+
+
+def adql_name(name: str) -> str:
+    """How a column is named in the resource descriptor: DaCHS's ``quoted/`` prefix for a
+    name ADQL reserves (or one that is not a regular identifier), the name itself otherwise."""
+    if name.upper() in ADQL_RESERVED or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+        return "quoted/" + name
+    return name
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A FITS unit as served: the VOUnit string ('' when none) and what was done to it."""
+
+    vounit: str
+    note: Optional[str] = None      # set when the FITS string was not served as it is
+
+
+#: FITS unit strings of the DESI catalogs that no unit parser reads as their authors meant
+#: (``h`` is little h, not the hour; maggies and percent are not VOUnits): the VOUnit
+#: standard's way for a unit it does not know is to quote it.
+_SPECIAL = {
+    "Mpc h-1": ("Mpc.'h'**-1", "little h quoted: VOUnit has no h (astropy would read it as the hour)"),
+    "Mpc/h": ("Mpc.'h'**-1", "little h quoted: VOUnit has no h"),
+    "(Mpc/h)^2": ("Mpc**2.'h'**-2", "not a FITS unit string; little h quoted"),
+    "(Mpc/h)^3": ("Mpc**3.'h'**-3", "not a FITS unit string; little h quoted"),
+    "nmgy": ("'nmgy'", "nanomaggy quoted: not a VOUnit"),
+    "1 / nmgy2": ("'nmgy'**-2", "nanomaggy quoted: not a VOUnit"),
+    "percent": ("'percent'", "percent quoted: VOUnit cannot scale a dimensionless unit"),
+}
+
+
+def vounit(fits_unit: Optional[str]) -> Unit:
+    """The VOUnit of a FITS TUNIT string (astropy's reading, written as a VOUnit), or an
+    empty unit with the reason when it cannot be written as one."""
+    text = (fits_unit or "").strip()
+    if not text:
+        return Unit("")
+    if text in _SPECIAL:
+        return Unit(*_SPECIAL[text])
+    import astropy.units as u            # astropy.units costs 0.3 s: only where units are needed
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # VOUnit deprecations (erg, Angstrom) are still VOUnits
+        try:
+            parsed = u.Unit(text, format="fits")
+        except ValueError:
+            try:
+                parsed = u.Unit(text)
+            except ValueError:
+                return Unit("", f"{text!r} is not a unit astropy can read: left out")
+        try:
+            out = parsed.to_string("vounit")
+        except ValueError as exc:
+            return Unit("", f"{text!r} has no VOUnit form ({str(exc).split('.')[0]}): left out")
+    if out == text:
+        return Unit(out)
+    return Unit(out, None if _same_words(out, text) else f"{text!r} written as the VOUnit {out!r}")
+
+
+def _same_words(a: str, b: str) -> bool:
+    return sorted(re.findall(r"[A-Za-z]+", a)) == sorted(re.findall(r"[A-Za-z]+", b))
+
+
+#: (table-name pattern, column-name pattern, UCD), first match wins; UCD1+ words only.  The
+#: main position of a sky-indexed table and the primary identifier are decided by the
+#: caller (they depend on the table's keys and sky index, not on names).
+UCD_RULES = (
+    (r"desivast_.*", r"[xyz]\d?", "pos.cartesian.{0}"),
+    (r"desivast_.*", r"redshift", "src.redshift"),
+    (r"desivast_.*", r"radius|r_eff", "phys.size.radius"),
+    (r"desivast_.*", r"(tot|edge)_area", "phys.area"),
+    (r"desivast_.*", r"target(id)?", "meta.id"),
+    (r"desivast_.*", r"void\d?|zone|gal|gid|g2v2?|hole", "meta.id"),
+    (r".*", r"ra", "pos.eq.ra"),
+    (r".*", r"dec", "pos.eq.dec"),
+    (r".*", r"z|z_rr|redshift", "src.redshift"),
+    (r".*", r"zerr|z_err", "stat.error;src.redshift"),
+    (r".*", r"targetid|ls_id|tileid|tileid_list", "meta.id"),
+    (r".*", r"file_id", "meta.id;meta.dataset"),
+    (r".*", r"row_num", "meta.record"),
+    (r".*", r"healpix|hpx29", "pos.healpix"),
+    (r".*", r"survey|program|algorithm|cap|spectype|subtype|photsys", "meta.code"),
+    (r".*", r".*_target|coadd_fiberstatus|zwarn.*|.*_bitmask|.*maskbits", "meta.code.qual"),
+    (r".*", r"ebv", "phys.absorption.gal"),
+    (r".*", r"mw_transmission_.*", "phys.transmission"),
+    (r".*", r"absmag.*_ivar.*", "stat.weight;phys.magAbs"),
+    (r".*", r"absmag.*", "phys.magAbs"),
+    (r".*", r"kcorr.*", "phot.mag;arith.diff"),
+    (r".*", r".*flux.*_ivar(_.*)?|flux_ivar_.*", "stat.weight;phot.flux"),
+    (r".*", r".*_ew_ivar", "stat.weight;spect.line.eqWidth"),
+    (r".*", r".*_ew", "spect.line.eqWidth"),
+    (r".*", r".*_sigma", "phys.veloc.dispersion"),
+    (r".*", r".*_vshift", "spect.dopplerVeloc"),
+    (r".*", r"vdisp", "phys.veloc.dispersion"),
+    (r".*", r"logmstar", "phys.mass"),
+    (r".*", r"sfr", "phys.SFR"),
+    (r".*", r"age", "time.age"),
+    (r".*", r".*_ivar", "stat.weight"),
+    (r".*", r".*_err", "stat.error"),
+    (r".*", r".*chi2.*", "stat.fit.chi2"),
+    (r".*", r"snr_.*|tsnr2_.*", "stat.snr"),
+    (r".*", r".*flux.*|.*_cont|.*_amp|.*_modelamp", "phot.flux"),
+    (r".*", r"mag_.*|.*_mag", "phot.mag"),
+    (r".*", r"coeff", "stat.fit.param"),
+)
+
+
+def ucd(table: str, column: str) -> str:
+    """The UCD of ``table.column`` from UCD_RULES ('' when no rule knows it)."""
+    for tpat, cpat, word in UCD_RULES:
+        if re.fullmatch(tpat, table) and re.fullmatch(cpat, column):
+            axis = re.match(r"[xyz]", column)
+            return word.format(axis.group(0) if axis else "")
+    return ""
+
+
+#: PostgreSQL element type -> DaCHS type (its column types are SQL type names)
+_DACHS = {"smallint": "smallint", "integer": "integer", "bigint": "bigint", "real": "real",
+          "double precision": "double precision", "boolean": "boolean", "text": "text",
+          "numeric": "double precision"}
+
+
+def dachs_type(pg_type: str, shape: tuple = ()) -> Optional[str]:
+    """The DaCHS column type of a PostgreSQL type (``format_type``), or None when DaCHS
+    cannot serve it (json, timestamps with time zone, ...).  ``shape`` is the FITS cell
+    shape: a 1-D array of fixed length is served with its length."""
+    base = re.sub(r"\(.*\)", "", pg_type).strip()
+    ndims = base.count("[]")
+    base = base.replace("[]", "").strip()
+    if base not in _DACHS:
+        return None
+    if ndims == 0:
+        return _DACHS[base]
+    if base == "text":
+        return None                      # DaCHS has no arrays of strings
+    if ndims == 1 and len(shape) == 1:
+        return f"{_DACHS[base]}[{shape[0]}]"
+    return f"{_DACHS[base]}[]"
