@@ -92,7 +92,7 @@ def _table(t: TableMeta, priv: Privileges) -> ET.Element:
     attrs = {"id": t.name, "onDisk": "True", "adql": "True", "readProfiles": ",".join(priv.read),
              "allProfiles": ",".join(priv.all)}
     if t.primary:
-        attrs["primary"] = ",".join(adql_name(c).replace("quoted/", "") for c in t.primary)
+        attrs["primary"] = ",".join(t.primary)
     el = ET.Element("table", attrs)
     _meta(el, "description", t.description)
     if t.rows:
@@ -102,7 +102,7 @@ def _table(t: TableMeta, priv: Privileges) -> ET.Element:
         ET.SubElement(ix, "columns").text = f"{t.sky[0]},{t.sky[1]}"
         ix[-1].tail = f"q3c_ang2ipix({t.sky[0]}, {t.sky[1]})"
     for src, dest, dcols in t.foreign_keys:
-        ET.SubElement(el, "foreignKey", inTable=dest, source=",".join(src), dest=",".join(dcols))
+        ET.SubElement(el, "foreignKey", inTable=dest, source=_key_list(src), dest=_key_list(dcols))
     for c in t.columns:
         col = ET.SubElement(el, "column", name=adql_name(c.name), type=c.dachs_type)
         if c.unit:
@@ -117,6 +117,11 @@ def _table(t: TableMeta, priv: Privileges) -> ET.Element:
         if description:
             ET.SubElement(col, "description").text = description
     return el
+
+
+def _key_list(columns: Sequence[str]) -> str:
+    """Key columns as TAP_SCHEMA names them: ADQL-reserved names delimited."""
+    return ",".join(f'"{c}"' if adql_name(c) != c else c for c in columns)
 
 
 def _cone_service(t: TableMeta) -> ET.Element:
