@@ -14,7 +14,7 @@ from .tap import service as tap
 
 log = logging.getLogger(__name__)
 
-__all__ = ["load", "query"]
+__all__ = ["load", "query", "tap_url"]
 
 
 def load(paths: Union[str, Sequence[str]], *, dsn: Optional[str] = None, workers: int = 2,
@@ -34,3 +34,15 @@ def load(paths: Union[str, Sequence[str]], *, dsn: Optional[str] = None, workers
     for schema in sorted({s.schema for s in summaries if s.role != "nothing" and s.rows}):
         tap.sync(opts.dsn, schema, log.info)        # a schema served over TAP stays in sync
     return summaries
+
+
+def tap_url(tap_dir: Optional[str] = None) -> str:
+    """The TAP endpoint of the service ``desi-loader tap publish`` set up (``tap_dir``:
+    its ``--tap-dir``), for ``pyvo.dal.TAPService``."""
+    from pathlib import Path
+    from .errors import UsageError
+    from .tap import dachs
+    inst = dachs.Instance(Path(tap_dir) if tap_dir else dachs.default_dir())
+    if not inst.exists():
+        raise UsageError(f"no TAP service in {inst.root}", "desi-loader tap publish creates it")
+    return tap.tap_url(inst.url)

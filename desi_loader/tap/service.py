@@ -54,17 +54,17 @@ def publish(dsn: str, schema: str, tap_dir: Path, host: str = "127.0.0.1", port:
     conn = connect(dsn, "desi-loader tap")
     try:
         conn.autocommit = True
-        with conn.cursor() as cur:
-            metas = describe.describe_schema(cur, schema)
-        if not [m for m in metas if m.kind == "table"]:
-            raise UsageError(f"schema {schema} has no tables published by desi-loader",
-                             "load a catalog first (desi-loader load ...), or name the schema with --schema")
         dachs.check_pgsphere(conn)
         target = dachs.Target.of(conn)
         if inst.exists() and inst.state()["database"] != target.label:
             raise UsageError(f"the TAP instance in {inst.root} serves {inst.state()['database']}, "
                              f"not {target.label}",
                              f"give --dsn for {inst.state()['database']}, or --tap-dir DIR for a second instance")
+        with conn.cursor() as cur:
+            metas = describe.describe_schema(cur, schema)
+        if not [m for m in metas if m.kind == "table"]:
+            raise UsageError(f"schema {schema} has no tables published by desi-loader",
+                             "load a catalog first (desi-loader load ...), or name the schema with --schema")
         if inst.exists():
             inst.set_port(host, port, dsn)
         else:

@@ -1,0 +1,343 @@
+"""The loaded catalog as a TAP and cone-search service, tested with real clients: GAVO DaCHS
+(Debian's gavodachs2-server) serving a Debian PostgreSQL 15 with q3c and pgsphere that the
+test starts, pyvo for sync/async/upload queries, STILTS taplint for the service.
+
+One service for the module: FastSpecFit (two main files) and DESIVAST loaded by an ordinary
+role, published with ``desi-loader tap publish``; later tests load more into it (a new
+table, an incremental merge that adds columns, a --replace-all swap) and check that TAP
+follows without any further command.
+"""
+import os
+import re
+import shutil
+import subprocess
+import threading
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import psycopg2
+import pytest
+
+import localpg
+from pg15 import require_extension
+
+import pyvo
+from astropy.table import Table
+
+from desi_loader import cli
+from desi_loader.commands import write_samples
+from desi_loader.tap import dachs, vocab
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _sql(dsn, query, params=None, autocommit=True):
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = autocommit
+    try:
+        with conn.cursor() as cur:
+            cur.execute(query, params)
+            return cur.fetchall() if cur.description else None
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def tap(tmp_path_factory):
+    require_extension("q3c", "postgresql-15 postgresql-15-q3c")
+    require_extension("pg_sphere", "postgresql-15-pgsphere")
+    if shutil.which("dachs") is None:
+        pytest.fail("GAVO DaCHS is not installed (gavodachs2-server): run scripts/provision.sh as root")
+    tmp = tmp_path_factory.mktemp("tap")
+    old_xdg = os.environ.get("XDG_DATA_HOME")
+    os.environ["XDG_DATA_HOME"] = str(tmp / "xdg")     # the default instance dir, as a user has it
+    data_dir = localpg.base_dir() / f"tap-{uuid.uuid4().hex[:8]}"
+    port = localpg.free_port()
+    superuser = localpg.start(data_dir, port, version="15")
+    _sql(superuser, "CREATE ROLE loader LOGIN")
+    _sql(superuser, "CREATE ROLE analyst LOGIN")
+    _sql(superuser, "CREATE DATABASE desi OWNER loader")
+    admin_dsn = f"postgresql://postgres@127.0.0.1:{port}/desi"
+    _sql(admin_dsn, "CREATE EXTENSION q3c")
+    dsn = f"postgresql://loader@127.0.0.1:{port}/desi"
+    files = write_samples(str(tmp / "sample"), "all", 2000, 3, None)
+    fsf = sorted(f for f in files if "fastspec-iron" in f)
+    main = [f for f in fsf if "-main-" in f]
+    sv3 = [f for f in fsf if "-sv3-" in f]
+    assert cli.main(["load", *main, str(tmp / "sample" / "desivast"), "--dsn", dsn, "-q", "--workers", "2"]) == 0
+    tap_port = localpg.free_port()
+    publish = ["tap", "publish", "--dsn", dsn, "--port", str(tap_port)]
+    assert cli.main(publish + ["--admin-dsn", admin_dsn, "--no-start"]) == 0
+    inst = dachs.Instance(dachs.default_dir())
+    untrusted = inst.query_roles()[1]
+    # the plans of what DaCHS runs go to the server's log (auto_explain, for its query role only)
+    _sql(superuser, f"ALTER ROLE {untrusted} SET session_preload_libraries = 'auto_explain'")
+    _sql(superuser, f"ALTER ROLE {untrusted} SET auto_explain.log_min_duration = 0")
+    assert cli.main(publish) == 0                  # the second publish starts the server
+    url = f"http://127.0.0.1:{tap_port}/tap"
+    ns = SimpleNamespace(dsn=dsn, admin_dsn=admin_dsn, superuser=superuser, url=url, inst=inst, tmp=tmp,
+                         main=main, sv3=sv3, desivast=str(tmp / "sample" / "desivast"), publish=publish,
+                         log=data_dir / "server.log", service=pyvo.dal.TAPService(url))
+    yield ns
+    cli.main(["tap", "stop"])
+    localpg.stop(data_dir, version="15")
+    shutil.rmtree(data_dir, ignore_errors=True)
+    if old_xdg is None:
+        os.environ.pop("XDG_DATA_HOME", None)
+    else:
+        os.environ["XDG_DATA_HOME"] = old_xdg
+
+
+def _cli_rows(capsys, args) -> list:
+    capsys.readouterr()
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out.splitlines()
+    return [tuple(line.split("\t")) for line in out[1:]]
+
+
+def _keys(table) -> set:
+    return {(str(r["targetid"]), str(r["survey"]), str(r["program"])) for r in table}
+
+
+#: (ra, dec, radius); None: near the galaxy with the smallest TARGETID (a cone of 0.5 degrees)
+CONES = [(150.0, 30.0, 5.0), (0.3, 10.0, 4.0), (359.7, -5.0, 3.0), (10.0, 89.0, 14.0), (None, None, 0.5)]
+
+
+@pytest.mark.parametrize("ra,dec,radius", CONES, ids=["plain", "ra0", "ra360", "pole", "small"])
+def test_adql_cones_equal_cli_cone(tap, capsys, ra, dec, radius):
+    """CONTAINS/CIRCLE and DISTANCE, sync and async: exactly the rows of desi-loader cone."""
+    if ra is None:
+        ra, dec = _sql(tap.dsn, "SELECT ra, dec + 0.3 FROM desi_dr1.fastspecfit_metadata ORDER BY targetid LIMIT 1")[0]
+    want = {r[:3] for r in _cli_rows(capsys, ["cone", str(ra), str(dec), str(radius), "--dsn", tap.dsn,
+                                              "--columns", "targetid,survey,program"])}
+    assert want, "a cone with no rows proves nothing"
+    point = "POINT('ICRS', ra, dec)"
+    contains = (f"SELECT targetid, survey, program FROM desi_dr1.fastspecfit_metadata "
+                f"WHERE 1 = CONTAINS({point}, CIRCLE('ICRS', {ra}, {dec}, {radius}))")
+    distance = (f"SELECT targetid, survey, program FROM desi_dr1.fastspecfit_metadata "
+                f"WHERE DISTANCE({point}, POINT('ICRS', {ra}, {dec})) < {radius}")
+    assert _keys(tap.service.run_sync(contains).to_table()) == want
+    assert _keys(tap.service.run_sync(distance).to_table()) == want
+    assert _keys(tap.service.run_async(contains).to_table()) == want
+
+
+def test_one_arcsec_cone_and_index_scan(tap, capsys):
+    ra, dec, tid = _sql(tap.dsn, "SELECT ra, dec, targetid FROM desi_dr1.fastspecfit_metadata "
+                                 "ORDER BY targetid LIMIT 1")[0]
+    r = 1 / 3600
+    want = _cli_rows(capsys, ["cone", repr(ra), repr(dec), repr(r), "--dsn", tap.dsn, "--columns", "targetid"])
+    marker = uuid.uuid4().hex[:8]
+    got = tap.service.run_sync(f"SELECT targetid, {marker!r} AS probe FROM desi_dr1.fastspecfit_metadata "
+                               f"WHERE 1 = CONTAINS(POINT('ICRS', ra, dec), CIRCLE('ICRS', {ra!r}, {dec!r}, {r!r}))")
+    assert [str(x) for x in got.to_table()["targetid"]] == [w[0] for w in want] == [str(tid)]
+    # the plan of the SQL DaCHS ran (auto_explain in the server's log): the q3c index
+    log = tap.log.read_text(errors="replace")
+    plan = log[log.rindex(marker):].split("LOG:")[0]
+    assert "q3c_join" in plan or "q3c_radial_query" in plan
+    assert re.search(r"(Bitmap Index Scan on|Index Scan using) fastspecfit_metadata_q3c_idx", plan), plan
+
+
+def test_tap_upload_crossmatch_equals_cli_xmatch(tap, capsys):
+    """A VOTable of positions uploaded and cross-matched in ADQL: the pairs of desi-loader xmatch."""
+    rows = _sql(tap.dsn, "SELECT ra, dec FROM desi_dr1.fastspecfit_metadata ORDER BY targetid LIMIT 40")
+    rng = np.random.default_rng(7)
+    ra = np.array([r[0] for r in rows] + list(rng.uniform(0, 360, 10)))
+    dec = np.array([r[1] for r in rows] + list(rng.uniform(-20, 70, 10)))
+    ra[:40] += rng.normal(0, 0.3 / 3600, 40) / np.cos(np.radians(dec[:40]))
+    dec[:40] += rng.normal(0, 0.3 / 3600, 40)
+    positions = Table({"ID": np.arange(50, dtype=np.int32), "RA": ra % 360, "DEC": dec})
+    positions.meta["EXTNAME"] = "POS"
+    path = tap.tmp / "upl" / "positions.fits"
+    path.parent.mkdir(exist_ok=True)
+    positions.write(path, overwrite=True)
+    assert cli.main(["load", str(path), "--catalog", "generic", "--prefix", "upl", "--sky", "RA,DEC",
+                     "--dsn", tap.dsn, "-q"]) == 0
+    r = 2 / 3600
+    want = {(int(a), int(b)) for a, b, _d in _cli_rows(capsys, ["xmatch", "upl_pos", "fastspecfit_metadata", repr(r),
+                                                               "--columns-a", "id", "--columns-b", "targetid",
+                                                               "--dsn", tap.dsn])}
+    assert len(want) >= 35
+    upload = Table({"id": positions["ID"], "ra": positions["RA"], "dec": positions["DEC"]})
+    got = tap.service.run_sync(
+        "SELECT u.id, m.targetid, DISTANCE(POINT('ICRS', u.ra, u.dec), POINT('ICRS', m.ra, m.dec)) AS d "
+        "FROM TAP_UPLOAD.pos AS u JOIN desi_dr1.fastspecfit_metadata AS m "
+        f"ON 1 = CONTAINS(POINT('ICRS', m.ra, m.dec), CIRCLE('ICRS', u.ra, u.dec, {r!r}))",
+        uploads={"pos": upload}).to_table()
+    nearest = {}
+    for row in got:
+        if row["id"] not in nearest or row["d"] < nearest[row["id"]][1]:
+            nearest[row["id"]] = (int(row["targetid"]), row["d"])
+    assert {(int(i), t) for i, (t, _d) in nearest.items()} == want
+    # the new table loaded into the served schema is served too, with no further command
+    assert len(tap.service.run_sync("SELECT id FROM desi_dr1.upl_pos").to_table()) == 50
+
+
+def test_tap_schema_metadata_is_what_the_loader_recorded(tap):
+    recorded = _sql(tap.admin_dsn, "SELECT table_name, column_name, unit, description FROM desi_dr1.loader_columns "
+                                   "WHERE table_name LIKE 'fastspecfit%%' OR table_name LIKE 'desivast%%'")
+    served = {(t.split(".")[1], c.strip('"')): (u, d, ucd) for t, c, u, d, ucd in _sql(
+        tap.admin_dsn, "SELECT table_name, column_name, unit, description, ucd FROM tap_schema.columns "
+                       "WHERE table_name LIKE 'desi_dr1.%%'")}
+    assert len(recorded) > 1000
+    for table, column, unit, description in recorded:
+        tap_unit, tap_description, _ucd = served[(table, column)]
+        assert (tap_unit or "") == vocab.vounit(unit).vounit, (table, column, unit)
+        assert (tap_description or "").startswith((description or "").strip()), (table, column)
+    ucds = {k: v[2] for k, v in served.items()}
+    assert ucds[("fastspecfit_metadata", "ra")] == "pos.eq.ra;meta.main"
+    assert ucds[("fastspecfit_metadata", "dec")] == "pos.eq.dec;meta.main"
+    assert ucds[("fastspecfit_metadata", "targetid")] == "meta.id;meta.main"
+    assert ucds[("fastspecfit_metadata", "z")] == "src.redshift"
+    assert ucds[("fastspecfit_metadata", "flux_g")] == "phot.flux"
+    assert ucds[("fastspecfit_metadata", "flux_ivar_g")] == "stat.weight;phot.flux"
+    assert ucds[("desivast_voids", "z")] == "pos.cartesian.z"
+    assert ucds[("desivast_voids", "void")] == "meta.id;meta.main"
+    assert served[("desivast_voids", "radius")][0] == "Mpc.'h'**-1"     # little h, quoted as VOUnit says
+
+
+def test_result_votable_has_fits_units_float32_arrays_and_nulls(tap):
+    import astropy.units as u
+    t = tap.service.run_sync("SELECT TOP 20 m.targetid, m.ra, m.flux_g, s.vdisp, s.coeff "
+                             "FROM desi_dr1.fastspecfit_metadata AS m JOIN desi_dr1.fastspecfit_specphot AS s "
+                             "ON s.targetid = m.targetid AND s.survey = m.survey AND s.program = m.program").to_table()
+    assert len(t) == 20
+    assert t["ra"].unit == u.deg and t["vdisp"].unit == u.Unit("km / s")
+    assert t["flux_g"].unit.to_string() == "nmgy"                  # quoted VOUnit, read back as the FITS unit
+    assert t["flux_g"].dtype == np.float32 and t["vdisp"].dtype == np.float32
+    assert t["targetid"].dtype == np.int64
+    assert t["coeff"].dtype == np.float32 and t["coeff"].shape[1:] == (5,)
+    want = _sql(tap.dsn, "SELECT coeff FROM desi_dr1.fastspecfit_specphot WHERE targetid = %s AND survey = %s",
+                (int(t["targetid"][0]), "main"))[0][0]
+    assert np.array_equal(np.asarray(t["coeff"][0], dtype=np.float32), np.asarray(want, dtype=np.float32))
+    z = tap.service.run_sync("SELECT algorithm, cap, \"zone\", void0, void1 FROM desi_dr1.desivast_zonevoid").to_table()
+    nulls = _sql(tap.dsn, "SELECT count(*) FROM desi_dr1.desivast_zonevoid WHERE void1 IS NULL")[0][0]
+    assert nulls > 0 and int(np.ma.count_masked(z["void1"])) == nulls
+
+
+def test_taplint_reports_no_errors(tap):
+    proc = subprocess.run(["stilts", "taplint", f"tapurl={tap.url}", "report=EW", "maxrepeat=3"],
+                          capture_output=True, text=True, timeout=600)
+    totals = re.search(r"Totals: Errors: (\d+); Warnings: (\d+)", proc.stdout)
+    assert totals, proc.stdout[-2000:] + proc.stderr[-2000:]
+    errors = [line for line in proc.stdout.splitlines() if line.startswith("E-")]
+    assert totals.group(1) == "0", "\n".join(errors)
+
+
+def test_cone_search_service(tap, capsys):
+    scs = pyvo.dal.SCSService(tap.url.replace("/tap", "/desi_dr1/q/cone_fastspecfit_metadata/scs.xml"))
+    got = scs.search(pos=(150.0, 30.0), radius=5.0).to_table()
+    want = _cli_rows(capsys, ["cone", "150", "30", "5", "--dsn", tap.dsn, "--columns", "targetid"])
+    assert sorted(str(x) for x in got["targetid"]) == sorted(w[0] for w in want)
+
+
+def test_query_role_reads_only_published_tables(tap):
+    _sql(tap.dsn, "CREATE TABLE desi_dr1.fastspecfit_metadata_staging_probe AS SELECT 1 AS x")
+    untrusted = tap.inst.profile_dsn("untrustedquery")
+    for table in ("loader_tasks", "loader_loads", "loader_columns", "load_files", "fastspecfit_metadata_staging_probe"):
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+            _sql(untrusted, f"SELECT 1 FROM desi_dr1.{table} LIMIT 1")
+        with pytest.raises(pyvo.dal.DALQueryError):
+            tap.service.run_sync(f"SELECT * FROM desi_dr1.{table}")
+    assert _sql(untrusted, "SELECT count(*) FROM desi_dr1.fastspecfit_metadata")[0][0] > 0
+    _sql(tap.dsn, "DROP TABLE desi_dr1.fastspecfit_metadata_staging_probe")
+
+
+def test_adql_cannot_write_and_limits_hold(tap):
+    before = _sql(tap.dsn, "SELECT count(*) FROM desi_dr1.fastspecfit_metadata")[0][0]
+    for bad in ("DELETE FROM desi_dr1.fastspecfit_metadata",
+                "SELECT 1 FROM desi_dr1.fastspecfit_metadata; DROP TABLE desi_dr1.fastspecfit_metadata",
+                "UPDATE desi_dr1.fastspecfit_metadata SET z = 0"):
+        with pytest.raises(pyvo.dal.DALQueryError):
+            tap.service.run_sync(bad)
+    assert _sql(tap.dsn, "SELECT count(*) FROM desi_dr1.fastspecfit_metadata")[0][0] == before
+    result = tap.service.run_sync("SELECT targetid FROM desi_dr1.fastspecfit_metadata", maxrec=7)
+    assert len(result) == 7 and result.query_status == "OVERFLOW"
+    # a query longer than its execution duration is cancelled: the job ends in ERROR
+    job = tap.service.submit_job("SELECT COUNT(*) FROM desi_dr1.fastspecfit_fastspec AS a, "
+                                 "desi_dr1.fastspecfit_fastspec AS b, desi_dr1.fastspecfit_metadata AS c")
+    job.execution_duration = 2
+    job.run()
+    job.wait(phases=["COMPLETED", "ERROR", "ABORTED"], timeout=300)
+    assert job.phase in ("ERROR", "ABORTED")
+    job.delete()
+
+
+def test_loader_role_keeps_its_rights(tap):
+    _sql(tap.dsn, "GRANT USAGE ON SCHEMA desi_dr1 TO analyst")
+    _sql(tap.dsn, "GRANT SELECT ON desi_dr1.fastspecfit_specphot TO analyst")
+    assert cli.main(tap.publish) == 0
+    assert cli.main(tap.publish) == 0
+    tables = [r[0] for r in _sql(tap.dsn, "SELECT DISTINCT table_name FROM desi_dr1.loader_columns")]
+    every = "SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER"
+    for t in tables + ["loader_tasks", "loader_loads", "load_files"]:
+        assert _sql(tap.admin_dsn, "SELECT has_table_privilege('loader', %s, %s)", (f"desi_dr1.{t}", every))[0][0], t
+    assert _sql(tap.admin_dsn, "SELECT has_schema_privilege('loader', 'desi_dr1', 'CREATE, USAGE')")[0][0]
+    assert _sql(tap.admin_dsn, "SELECT has_table_privilege('analyst', 'desi_dr1.fastspecfit_specphot', 'SELECT')")[0][0]
+    assert not _sql(tap.admin_dsn, "SELECT has_table_privilege('analyst', 'desi_dr1.fastspecfit_metadata', "
+                                   "'SELECT')")[0][0]
+
+
+def test_incremental_load_adding_columns_is_served_at_once(tap, capsys):
+    with pytest.raises(pyvo.dal.DALQueryError):
+        tap.service.run_sync("SELECT TOP 1 sv3_desi_target FROM desi_dr1.fastspecfit_metadata")
+    assert cli.main(["load", *tap.sv3, "--dsn", tap.dsn, "-q"]) == 0       # sv3: 13 more METADATA columns
+    t = tap.service.run_sync("SELECT sv3_desi_target FROM desi_dr1.fastspecfit_metadata WHERE survey = 'sv3'",
+                             maxrec=100000).to_table()
+    assert len(t) == 2000 and not np.ma.count_masked(t["sv3_desi_target"])
+    capsys.readouterr()
+    assert cli.main(["tap", "status"]) == 0
+    assert re.search(r"desi_dr1: \d+ tables, in sync with the published tables", capsys.readouterr().out)
+
+
+def test_queries_during_replace_all_swap_see_old_or_new(tap):
+    counts, errors, stop = [], [], threading.Event()
+    old = _sql(tap.dsn, "SELECT count(*) FROM desi_dr1.fastspecfit_metadata")[0][0]
+
+    def ask():
+        service = pyvo.dal.TAPService(tap.url)
+        while not stop.is_set():
+            try:
+                t = service.run_sync("SELECT COUNT(*) AS n FROM desi_dr1.fastspecfit_metadata AS m "
+                                     "JOIN desi_dr1.fastspecfit_specphot AS s ON s.targetid = m.targetid "
+                                     "AND s.survey = m.survey AND s.program = m.program").to_table()
+                counts.append(int(t["n"][0]))
+            except Exception as exc:            # any error a client sees is a failure
+                errors.append(repr(exc))
+
+    threads = [threading.Thread(target=ask) for _ in range(2)]
+    for th in threads:
+        th.start()
+    try:
+        assert cli.main(["load", tap.main[0], *tap.sv3, "--replace-all", "--dsn", tap.dsn, "-q"]) == 0
+    finally:
+        stop.set()
+        for th in threads:
+            th.join(timeout=120)
+    new = _sql(tap.dsn, "SELECT count(*) FROM desi_dr1.fastspecfit_metadata")[0][0]
+    assert new != old and counts
+    assert errors == []
+    assert set(counts) <= {old, new}
+    final = tap.service.run_sync("SELECT COUNT(*) AS n FROM desi_dr1.fastspecfit_metadata").to_table()
+    assert int(final["n"][0]) == new
+
+
+def test_clear_messages_without_dachs_pgsphere_or_the_served_database(tap, pg_uri, capsys, monkeypatch):
+    _sql(tap.superuser, "CREATE DATABASE other OWNER loader")
+    other = tap.dsn.rsplit("/", 1)[0] + "/other"
+    assert cli.main(["tap", "publish", "--dsn", other]) == 2
+    err = capsys.readouterr().err
+    assert "serves 127.0.0.1:" in err and "/desi, not 127.0.0.1:" in err and "Traceback" not in err
+    assert cli.main(["tap", "publish", "--dsn", pg_uri]) == 3            # the embedded server: no pgsphere
+    err = capsys.readouterr().err
+    assert "has no pgsphere" in err and "postgresql-15-pgsphere" in err and "Traceback" not in err
+    monkeypatch.setenv("PATH", str(tap.tmp))
+    assert cli.main(["tap", "publish", "--dsn", tap.dsn]) == 2
+    err = capsys.readouterr().err
+    assert "GAVO DaCHS is not installed" in err and "gavodachs2-server" in err
+    monkeypatch.setenv("XDG_DATA_HOME", str(tap.tmp / "nowhere"))
+    assert cli.main(["tap", "url"]) == 2
+    assert "no TAP service" in capsys.readouterr().err
