@@ -473,7 +473,8 @@ def parse_args(argv):
                     "multi-node estimate), whole (whole command vs by hand, both WAL levels, incremental "
                     "cost), sky (whole-load cost of the sky index, cone searches indexed vs sequential "
                     "scan), citus (one server vs a local 3-node Citus cluster, per-node CPU, a model "
-                    "of 1 + 8 nodes), export (query results to FITS, VOTable, ECSV, CSV); default all; "
+                    "of 1 + 8 nodes), export (query results to FITS, VOTable, ECSV, CSV), tap (the TAP service: a cone's "
+                    "latency and a sync VOTable query against the same SQL); default all; "
                     "scale (the whole load at --scale-galaxies sizes and both WAL levels against the server's own "
                     "path, per phase: seconds, server and client CPU, WAL, checkpoints) runs only when named")
     ap.add_argument("--sky-rows", type=int, default=1_000_000,
@@ -488,13 +489,16 @@ def parse_args(argv):
                     help="total galaxies of the --only scale runs, comma separated (default 400000,1000000: "
                     "1.7 and 4.2 GB of FITS)")
     ap.add_argument("--scale-file-rows", type=int, default=100000, help="galaxies per file of the scale runs")
+    ap.add_argument("--tap-rows", type=int, default=100_000,
+                    help="galaxies of the TAP section, and rows of its sync VOTable query (default 100,000)")
+    ap.add_argument("--tap-radius", type=float, default=3.0, help="cone radius of the TAP section, degrees (default 3)")
     ap.add_argument("--quick", action="store_true", help="smallest configuration (for tests)")
     args = ap.parse_args(argv)
     if args.quick:
         args.files, args.rows, args.to_sql_rows, args.growth, args.small_files = 2, 200, 20, "", 0
         args.whole_files, args.whole_rows = 2, 200
         args.scale_galaxies, args.scale_file_rows = "400,1000", 200
-        args.repeat, args.sky_rows = 1, 5000
+        args.repeat, args.sky_rows, args.tap_rows = 1, 5000, 800
         args.workers = min(args.workers, 2)
     return args
 
@@ -1022,6 +1026,91 @@ class Bench:
                       f"client CPU {v['client_cpu_s']:7.1f} s  WAL {v['wal_mb']:9.1f} MB  checkpoints {v['checkpoints']}")
         return row
 
+    def tap(self) -> None:
+        """The TAP service (GAVO DaCHS) against the same SQL on the server: one cone's latency
+        (median of 10 centres, radius --tap-radius) and a --tap-rows sync query as VOTable."""
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))   # localpg: a tests helper
+        import localpg
+        import pyvo
+        from desi_loader import cli
+        if not (localpg.has_extension("pg_sphere", "15") and shutil.which("dachs")):
+            print("\ntap: skipped (needs gavodachs2-server and postgresql-15-pgsphere: scripts/provision.sh)")
+            return
+        args = self.args
+        per_file = max(1, args.tap_rows // 4)
+        files = make_files(self.cache, 4, per_file)
+        base = localpg.base_dir() / f"bench-tap-{os.getpid()}"
+        tap_dir = Path(tempfile.mkdtemp(prefix="desi-bench-tap-"))
+        port, tap_port = localpg.free_port(), localpg.free_port()
+        try:
+            su = localpg.start(base, port, version="15")
+            conn = connect(su)
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute("CREATE DATABASE desi")
+            conn.close()
+            dsn = f"postgresql://postgres@127.0.0.1:{port}/desi"
+            conn = connect(dsn)
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute("CREATE EXTENSION q3c")
+            conn.close()
+            assert cli.main(["load", *map(str, files), "--dsn", dsn, "-q", "--workers", str(self.W)]) == 0
+            assert cli.main(["tap", "publish", "--dsn", dsn, "--tap-dir", str(tap_dir), "--port", str(tap_port)]) == 0
+            self._tap_measure(dsn, pyvo.dal.TAPService(f"http://127.0.0.1:{tap_port}/tap"), galaxies(files))
+        finally:
+            cli.main(["tap", "stop", "--tap-dir", str(tap_dir)])
+            localpg.stop(base, version="15")
+            shutil.rmtree(base, ignore_errors=True)
+            shutil.rmtree(tap_dir, ignore_errors=True)
+
+    def _tap_measure(self, dsn: str, service, n: int) -> None:
+        rng = np.random.default_rng(3)
+        r = self.args.tap_radius
+        centres = [(float(rng.uniform(0, 360)), float(rng.uniform(-10, 70))) for _ in range(10)]
+        conn = connect(dsn)
+        sql_t, tap_t, rows = [], [], []
+        with conn.cursor() as cur:
+            for ra, dec in centres:
+                t0 = time.perf_counter()
+                cur.execute("SELECT targetid, survey, program, ra, dec FROM desi_dr1.fastspecfit_metadata "
+                            "WHERE q3c_radial_query(ra, dec, %s, %s, %s)", (ra, dec, r))
+                got = cur.fetchall()
+                sql_t.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                t = service.run_sync(f"SELECT targetid, survey, program, ra, dec FROM desi_dr1.fastspecfit_metadata "
+                                     f"WHERE 1 = CONTAINS(POINT('ICRS', ra, dec), CIRCLE('ICRS', {ra}, {dec}, {r}))"
+                                     ).to_table()
+                tap_t.append(time.perf_counter() - t0)
+                assert len(t) == len(got), (ra, dec, len(t), len(got))
+                rows.append(len(got))
+        conn.close()
+        sql_ms, tap_ms = np.median(sql_t) * 1e3, np.median(tap_t) * 1e3
+        print(f"\ntap: a {r} degree cone on {n:,} galaxies (median of {len(centres)} centres, median "
+              f"{int(np.median(rows))} rows): SQL {sql_ms:.1f} ms, TAP (pyvo run_sync, VOTable) {tap_ms:.1f} ms")
+        self.results["tap_cone_ms"] = {"sql": round(sql_ms, 2), "tap": round(tap_ms, 2), "rows": int(np.median(rows))}
+        self.ratio("tap_cone_latency_vs_sql", tap_ms / sql_ms)
+        want = min(self.args.tap_rows, n)
+        t0 = time.perf_counter()
+        result = service.run_sync("SELECT * FROM desi_dr1.fastspecfit_metadata", maxrec=want)
+        votable = result.to_table()
+        secs = time.perf_counter() - t0
+        cols = len(votable.columns)
+        nbytes = sum(votable[c].nbytes for c in votable.columns)
+        conn = connect(dsn)
+        t0 = time.perf_counter()
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT * FROM desi_dr1.fastspecfit_metadata LIMIT {want}")
+            cur.fetchall()
+        sql_s = time.perf_counter() - t0
+        conn.close()
+        print(f"tap: {len(votable):,} rows x {cols} columns as one sync VOTable: {secs:.2f} s, "
+              f"{len(votable) / secs:,.0f} rows/s ({nbytes / 1e6 / secs:.1f} MB/s of values); "
+              f"the same rows through psycopg2: {sql_s:.2f} s")
+        self.record("TAP sync query as VOTable (pyvo)", 1, secs, len(votable), nbytes)
+        self.record("same rows, SQL through psycopg2", 1, sql_s, len(votable), nbytes)
+        self.ratio("tap_sync_query_vs_sql", sql_s / secs)
+
     def finish(self) -> None:
         print("\nratios (measured in this run):")
         for k, v in self.results["ratios"].items():
@@ -1197,7 +1286,7 @@ def main(argv=None) -> int:
     quiet_units()
     keep_freed_memory()          # in-process encoding measured with the workers' allocator setting
     bench = Bench(args)
-    only = ({"copy", "alternatives", "growth", "nodes", "whole", "sky", "citus", "export"} if args.only == "all"
+    only = ({"copy", "alternatives", "growth", "nodes", "whole", "sky", "citus", "export", "tap"} if args.only == "all"
             else set(args.only.split(",")))
     if only & {"copy", "alternatives"}:
         bench.ceiling_and_loader()
@@ -1215,6 +1304,8 @@ def main(argv=None) -> int:
         bench.citus()
     if "export" in only:
         bench.export()
+    if "tap" in only:
+        bench.tap()
     if "scale" in only:                      # not in "all": two sizes of 0.4 and 1 million galaxies take long
         bench.scale()
     bench.finish()
