@@ -17,22 +17,43 @@ log = logging.getLogger(__name__)
 __all__ = ["load", "query", "tap_url"]
 
 
-def load(paths: Union[str, Sequence[str]], *, dsn: Optional[str] = None, workers: int = 2,
-         **options) -> list[Summary]:
+def load(paths: Union[str, Sequence[str]] = (), *, dsn: Optional[str] = None, workers: int = 2,
+         sample: bool = False, quiet: bool = False, **options) -> list[Summary]:
     """Load FITS files or directories, as ``desi-loader load`` does; one Summary per catalog.
 
-    ``dsn``: the database (default as the command line: DESI_LOADER_DSN, the config file,
-    libpq's environment, else the embedded server).  Other keyword arguments are the fields
-    of ``LoadOptions`` (catalog, schema, prefix, sky, fmt, allow_partial, replace_all, ...).
-    Raises a ``desi_loader.errors.LoaderError`` naming what failed.
+    ``sample=True`` loads the sample files (FastSpecFit and DESIVAST, written to the cache
+    directory on first use), as ``--sample``.  Progress bars and a line per catalog are shown
+    (in a notebook too) unless ``quiet``.  ``dsn``: the database (default as the command
+    line: DESI_LOADER_DSN, the config file, libpq's environment, else the embedded server).
+    Other keyword arguments are the fields of ``LoadOptions`` (catalog, schema, prefix, sky,
+    fmt, allow_partial, replace_all, ...).  Raises a ``desi_loader.errors.LoaderError``
+    naming what failed.
     """
-    paths = (paths,) if isinstance(paths, str) else tuple(paths)
-    opts = LoadOptions(paths=paths, dsn="", workers=workers, **options)
+    from rich.console import Console
+    from .errors import UsageError
+    from .progress import PlainReporter, QuietReporter, RichReporter
+    from .samples.cache import ensure_sample
+    console = Console()
+    paths = [paths] if isinstance(paths, str) else list(paths)
+    if sample:
+        paths += ensure_sample(say=(lambda m: None) if quiet else console.print)
+    if not paths:
+        raise UsageError("no input given", "name FITS files or directories, or pass sample=True")
+    opts = LoadOptions(paths=tuple(paths), dsn="", workers=workers, **options)
     plans = plan_loads(opts)              # arguments and files checked before any server starts
     opts = dataclasses.replace(opts, dsn=dsn if dsn is not None else default_dsn())
-    summaries = run_loads(opts, None, plans)
+    reporter = QuietReporter() if quiet else (
+        RichReporter(console) if console.is_terminal or console.is_jupyter else PlainReporter())
+    summaries = run_loads(opts, reporter, plans)
     for schema in sorted({s.schema for s in summaries if s.role != "nothing" and s.rows}):
         tap.sync(opts.dsn, schema, log.info)        # a schema served over TAP stays in sync
+    if not quiet:
+        for s in summaries:
+            rows = sum(s.rows.values())
+            console.print(f"load {s.load_id}: {s.catalog} -> schema {s.schema}: {rows:,} rows in "
+                          f"{len(s.rows)} tables ({', '.join(s.rows)}) in {sum(s.phases.values()):.1f} s"
+                          if s.role != "nothing" else f"{s.catalog}: nothing to load (published and unchanged)",
+                          highlight=False)
     return summaries
 
 

@@ -72,7 +72,9 @@ def _parser_load(sub) -> argparse.ArgumentParser:
                    help="DESIVAST sample size as a fraction of the real row counts (default 0.002)")
     p.add_argument("-w", "--workers", type=int, default=min(os.cpu_count() or 2, 16),
                    help="worker processes, each with its own connection (default: cores, at most 16)")
-    p.add_argument("--catalog", help="fastspecfit, generic, ... (default: detected from file names)")
+    p.add_argument("--catalog", help="fastspecfit (FastSpecFit Iron v3.0), desivast (DESIVAST v1.0 void "
+                   "catalogs), or generic (any FITS binary tables: needs --prefix); default: detected from "
+                   "the file names")
     p.add_argument("--prefix", help="table name prefix for --catalog generic (tables PREFIX_<extname>)")
     p.add_argument("--sky", metavar="RA,DEC",
                    help="for --catalog generic: the position columns (degrees) that get a sky index "
@@ -139,7 +141,13 @@ def _parser_sql(sub) -> argparse.ArgumentParser:
     q.add_argument("query")
     _output(q)
     _target(q)
+    _start(q)
     return q
+
+
+def _start(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--start", action="store_true", dest="start_server",
+                   help="start the embedded server if it is not running (without it, a stopped server is an error)")
 
 
 def _output(p: argparse.ArgumentParser) -> None:
@@ -168,6 +176,7 @@ def _parser_cone(sub) -> argparse.ArgumentParser:
     c.add_argument("--schema", default=None, help="schema of the table (default desi_dr1)")
     _output(c)
     _target(c)
+    _start(c)
     return c
 
 
@@ -181,9 +190,11 @@ def _parser_xmatch(sub) -> argparse.ArgumentParser:
     x.add_argument("--columns-a", default=None, help="columns of A to print (default file_id,row_num)")
     x.add_argument("--columns-b", default=None, help="columns of B to print (default file_id,row_num)")
     x.add_argument("--explain", action="store_true", help="print the SQL and the query plan instead of rows")
-    x.add_argument("--schema", default=None, help="schema of both tables (default desi_dr1)")
+    x.add_argument("--schema", default=None, help="schema of both tables (default desi_dr1; name a table "
+                   "SCHEMA.TABLE to match across schemas)")
     _output(x)
     _target(x)
+    _start(x)
     return x
 
 
@@ -280,6 +291,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("astropy").propagate = False      # astropy prints its own warnings: not twice
     # batch logs and pipes: wide enough that tables and summaries do not wrap
     console = Console(stderr=False) if sys.stdout.isatty() else Console(stderr=False, width=200)
     err = Console(stderr=True)

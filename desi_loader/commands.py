@@ -19,51 +19,29 @@ import psycopg2
 from rich.table import Table
 
 from .servers import citus, embedded as server
-from .queries import cone, export, tables, voids
+from . import display
+from .queries import checks, cone, export, tables, voids
 from .fits.config import load_settings
 from .db import connect, mask_dsn
 from .errors import LoaderError, UsageError
 from .control.ledger import Ledger, client_alive
 from .progress import PlainReporter, QuietReporter, RichReporter
 from .control.run import LoadOptions, plan_loads, run_loads
-from .samples.fastspecfit import write_fastspecfit_sample
+from .samples.cache import ensure_sample, write_samples
 from .tap import dachs, service as tap
-from .samples.desivast import DEFAULT_SCALE, fastspecfit_positions, fastspecfit_targets, write_desivast_sample
 
 
-def _dsn(args) -> str:
-    return server.target(args.dsn, getattr(args, "config", None), args.data_dir)
-
-
-def write_samples(outdir: str, catalog: str, rows: int, files: int, scale: Optional[float],
-                  seed: int = 1) -> list:
-    """Write sample files of one catalog or both (DESIVAST targets from FastSpecFit main-bright)."""
-    scale = DEFAULT_SCALE if scale is None else scale
-    if catalog == "fastspecfit":
-        return write_fastspecfit_sample(outdir, rows=rows, files=files, seed=seed)
-    if catalog == "desivast":
-        return write_desivast_sample(outdir, scale=scale, seed=seed, targets=fastspecfit_targets(outdir),
-                                     galaxies=fastspecfit_positions(outdir))
-    fsf = write_fastspecfit_sample(os.path.join(outdir, "fastspecfit"), rows=rows, files=files, seed=seed)
-    fdir = os.path.join(outdir, "fastspecfit")
-    return fsf + write_desivast_sample(os.path.join(outdir, "desivast"), scale=scale, seed=seed,
-                                       targets=fastspecfit_targets(fdir), galaxies=fastspecfit_positions(fdir))
-
-
-def _ensure_sample(rows: int, files: int, scale: Optional[float], console) -> list:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    outdir = os.path.join(base, "desi-loader", f"sample-{rows}x{files}-{scale or 'default'}")
-    marker = os.path.join(outdir, ".complete")
-    if not os.path.exists(marker):
-        console.print(f"writing sample files (FastSpecFit {files} x {rows} rows, DESIVAST 8 files) to {outdir} ...")
-        write_samples(outdir, "all", rows, files, scale)
-        Path(marker).touch()
-    return [os.path.join(outdir, "fastspecfit"), os.path.join(outdir, "desivast")]
+def _dsn(args, start: bool = False) -> str:
+    """The target database; the embedded server is started only for ``start`` (load, or a
+    query command given --start): read-only commands never create or start one."""
+    return server.target(args.dsn, getattr(args, "config", None), args.data_dir,
+                         start_server=start or getattr(args, "start_server", False))
 
 
 def _print_summary(console, summary, dsn: str) -> None:
     d = summary.as_dict()
-    t = Table(title=f"load {summary.load_id}: {summary.catalog} -> schema {summary.schema}")
+    console.print(f"[bold]load {summary.load_id}: {summary.catalog} -> schema {summary.schema}", highlight=False)
+    t = Table()
     t.add_column("table")
     t.add_column("rows", justify="right")
     for name, n in summary.rows.items():
@@ -77,11 +55,14 @@ def _print_summary(console, summary, dsn: str) -> None:
                   f"(published before), {len(summary.files_failed)} not loaded")
     console.print(f"files {summary.files}  FITS {summary.fits_bytes / 1e6:,.1f} MB  tasks {summary.tasks}  "
                   f"workers {summary.workers}  format {summary.fmt}")
-    console.print(f"phases: {phases}")
+    console.print(f"phases: {phases}", highlight=False)
     if d["copy_rows_per_s"]:
         cpu = (f" (client CPU: workers {summary.cpu['workers_s']:.2f}s reading, encoding and sending, "
                f"coordinator {summary.cpu['coordinator_s']:.2f}s)" if summary.cpu else "")
-        console.print(f"copy: {d['copy_rows_per_s']:,.0f} rows/s, {d['copy_mb_per_s']:,.1f} MB/s of FITS{cpu}")
+        console.print(f"copy: {d['copy_rows_per_s']:,.0f} rows/s, {d['copy_mb_per_s']:,.1f} MB/s of FITS{cpu}",
+                      highlight=False)
+    elif summary.role != "nothing":
+        console.print("copy: no rows copied in this run (the rows were copied before it)", highlight=False)
     if summary.memory:
         console.print("peak memory: " + ", ".join(f"{k.replace('_peak_mb', '')} {v:,.0f} MB"
                                                  for k, v in summary.memory.items()))
@@ -90,7 +71,7 @@ def _print_summary(console, summary, dsn: str) -> None:
                       f"{summary.unchanged_files} unchanged file(s) skipped"
                       + (f"; replaced rows: {summary.replaced_rows}" if summary.replaced_rows else ""))
     if summary.durable_path:
-        console.print(f"durable path: {summary.durable_path}")
+        console.print(f"durable path: {summary.durable_path}", highlight=False)
     if summary.cluster:
         console.print(f"{summary.cluster}: " + "; ".join(f"{t} {d}" for t, d in summary.distribution.items()))
     console.print(f"checksums {summary.checksums}; " +
@@ -118,7 +99,7 @@ def cmd_load(args, console) -> int:
         raise UsageError("--workers must be at least 1")
     paths = list(args.paths)
     if args.sample:
-        paths.extend(_ensure_sample(args.sample_rows, args.sample_files, args.sample_scale, console))
+        paths.extend(ensure_sample(args.sample_rows, args.sample_files, args.sample_scale, console.print))
     if not paths:
         raise UsageError("no input given", "name FITS files or directories, or use --sample")
     opts = LoadOptions(paths=tuple(paths), dsn="", schema=args.schema, catalog=args.catalog,
@@ -141,7 +122,7 @@ def cmd_load(args, console) -> int:
     reporter.phase("plan")
     plans = plan_loads(opts)
     plan_s = round(time.perf_counter() - t0, 3)
-    dsn = "" if args.dry_run else _dsn(args)
+    dsn = "" if args.dry_run else _dsn(args, start=True)
     opts = dataclasses.replace(opts, dsn=dsn)
     summaries = run_loads(opts, reporter, plans, plan_s)
     if args.summary_json:
@@ -213,26 +194,21 @@ def cmd_tap(args, console) -> int:
 
 
 def cmd_sql(args, console) -> int:
+    checks.output(args.output)
     conn = connect(_dsn(args))
-    if args.output:
-        try:
-            return _export(conn, args.query, args.output)
-        finally:
-            conn.close()
     try:
+        if args.output:
+            return _export(conn, args.query, args.output)
         with conn.cursor() as cur:
             try:
                 cur.execute(args.query)
-            except Exception as exc:
-                raise LoaderError(f"query failed: {str(exc).strip().splitlines()[0]}") from exc
+            except psycopg2.Error as exc:
+                raise checks.explain_sql_error(exc, args.query, cur, _schema(args)) from exc
             if cur.description is None:
                 conn.commit()
-                console.print(cur.statusmessage)
+                console.print(cur.statusmessage, highlight=False)
                 return 0
-            t = Table(*[d.name for d in cur.description])
-            for row in cur.fetchall():
-                t.add_row(*["NULL" if v is None else str(v) for v in row])
-            console.print(t)
+            display.show(console, [d.name for d in cur.description], cur)
     finally:
         conn.close()
     return 0
@@ -295,24 +271,34 @@ def cmd_abort(args, console) -> int:
 
 
 def cmd_cone(args, console) -> int:
-    schema = _schema(args)
+    checks.position(args.ra, args.dec)
+    checks.radius(args.radius)
+    checks.limit(args.limit)
+    checks.output(args.output)
+    schema, table = checks.split_table(args.table, _schema(args)) if args.table else (_schema(args), None)
     with connect(_dsn(args)) as conn, conn.cursor() as cur:
-        t = cone.describe(cur, schema, args.table)
-        cols = _columns(args.columns) or _default_columns(cur, t)
-        ranges = cone.cone_ranges(cur, schema, args.ra, args.dec, args.radius)
+        t = cone.describe(cur, schema, table)
+        cols = _columns(args.columns)
+        checks.columns(cur, t.schema, t.table, cols, "--columns")
+        cols = cols or _default_columns(cur, t)
+        ranges = cone.cone_ranges(cur, t.schema, args.ra, args.dec, args.radius)
         q = cone.cone_query(t, args.ra, args.dec, args.radius, cols, args.method, args.limit, args.count, ranges)
-        return _print_query(cur, q, args.explain, console, "rows", args.output)
+        return _print_query(cur, q, args.explain, console, "row", args.output)
 
 
 def cmd_xmatch(args, console) -> int:
-    schema = _schema(args)
+    checks.radius(args.radius)
+    checks.output(args.output)
     with connect(_dsn(args)) as conn, conn.cursor() as cur:
-        a, b = cone.describe(cur, schema, args.table_a), cone.describe(cur, schema, args.table_b)
+        a = cone.describe(cur, *checks.split_table(args.table_a, _schema(args)))
+        b = cone.describe(cur, *checks.split_table(args.table_b, _schema(args)))
+        checks.columns(cur, a.schema, a.table, _columns(args.columns_a), "--columns-a")
+        checks.columns(cur, b.schema, b.table, _columns(args.columns_b), "--columns-b")
         distributed = citus.cluster(cur) is not None and any(
-            (citus.placement(cur, schema, t.table) or "").startswith("hash") for t in (a, b))
+            (citus.placement(cur, t.schema, t.table) or "").startswith("hash") for t in (a, b))
         q = cone.crossmatch_query(a, b, args.radius, _columns(args.columns_a), _columns(args.columns_b),
                                   pushdown=distributed)
-        return _print_query(cur, q, args.explain, console, "matches", args.output)
+        return _print_query(cur, q, args.explain, console, "match", args.output)
 
 
 def _columns(text: Optional[str]) -> list:
@@ -328,15 +314,20 @@ def _default_columns(cur, t) -> list:
 
 def _export(conn, query: str, path: str) -> int:
     """Write a query's result to ``path`` (queries/export.py), and say what was written."""
-    export.file_format(path)                      # a wrong extension fails before the query runs
+    checks.output(path)                           # a wrong extension or directory fails before the query runs
     t0 = time.perf_counter()
     try:
         written = export.write(tables.iter_tables(conn, query), path)
     except psycopg2.Error as exc:
-        raise LoaderError(f"query failed: {str(exc).strip().splitlines()[0]}") from exc
-    dt = max(time.perf_counter() - t0, 1e-9)
-    print(f"wrote {written.rows:,} rows to {path} ({written.bytes / 1e6:,.1f} MB) in {dt:.2f} s: "
-          f"{written.rows / dt:,.0f} rows/s, {written.bytes / 1e6 / dt:,.1f} MB/s", file=sys.stderr)
+        conn.rollback()
+        raise checks.explain_sql_error(exc, query, conn.cursor()) from exc
+    except OSError as exc:
+        raise UsageError(f"--output {path}: {exc.strerror or exc}", "choose a file you can write") from exc
+    dt = time.perf_counter() - t0
+    rate = f" in {dt:.2f} s: {written.rows / dt:,.0f} rows/s, {written.bytes / 1e6 / dt:,.1f} MB/s" \
+        if written.rows and dt > 0 else ""
+    print(f"wrote {display.plural(written.rows, 'row')} to {path} ({written.bytes / 1e6:,.1f} MB){rate}",
+          file=sys.stderr)
     return 0
 
 
@@ -344,25 +335,16 @@ def _print_query(cur, q, explain: bool, console, what: str, output: Optional[str
     text = q.as_string(cur.connection)
     if output and not explain:
         return _export(cur.connection, text, output)
-    if explain:
-        cur.execute("EXPLAIN " + text)
-        print(text + ";\n")
-        print("\n".join(r[0] for r in cur.fetchall()))
-        return 0
-    cur.execute(text)
-    names = [d.name for d in cur.description]
-    n = 0
     try:
-        print("\t".join(names))
-        for row in cur:
-            print("\t".join("" if v is None else repr(v) if isinstance(v, float) else str(v) for v in row))
-            n += 1
-        sys.stdout.flush()
-    except BrokenPipeError:                  # | head: the reader has what it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    if names != ["count"]:
-        print(f"{n} {what}", file=sys.stderr)
+        if explain:
+            cur.execute("EXPLAIN " + text)
+            print(text + ";\n")
+            print("\n".join(r[0] for r in cur.fetchall()))
+            return 0
+        cur.execute(text)
+    except psycopg2.Error as exc:
+        raise checks.explain_sql_error(exc, text) from exc
+    display.show(console, [d.name for d in cur.description], cur, what)
     return 0
 
 
@@ -403,11 +385,14 @@ def cmd_server(args, console) -> int:
     if args.action == "stop":
         console.print("stopped" if server.stop(data_dir) else "not running")
         return 0
+    if args.action != "start" and not server.running(data_dir):
+        where = data_dir or server.default_data_dir()
+        raise UsageError(f"the embedded server in {where} is not running", "desi-loader server start starts it")
     uri = server.start(data_dir)
     if args.action == "psql":
         psql = server.psql_path()
         os.execv(psql, [psql, uri])
-    console.print(uri)
+    console.print(uri, highlight=False, soft_wrap=True)
     return 0
 
 

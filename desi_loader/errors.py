@@ -34,6 +34,10 @@ class BadFileError(LoaderError):
         return f"{self.reason} ({self.hint})" if self.hint else self.reason
 
 
+class QueryError(LoaderError):
+    """SQL the server refused (a user's query, or a column or table that is not there)."""
+
+
 class DatabaseError(LoaderError):
     """The database refused or failed (connection, permission, disk full ...)."""
 

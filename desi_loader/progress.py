@@ -13,6 +13,10 @@ from .report import NullReporter
 #: seconds between plain progress lines when stderr is not a terminal (SLURM logs)
 PLAIN_INTERVAL = 5.0
 
+#: the share of the rows copied before an ETA is shown (rows are counted as tasks commit, so
+#: the first commits say little about the rest)
+ETA_AFTER = 0.1
+
 
 def _rate(n: float, secs: float) -> float:
     return n / secs if secs > 0 else 0.0
@@ -111,9 +115,10 @@ class PlainReporter(NullReporter):
             self.last = now
             secs = now - self.t0
             rate = _rate(self.rows, secs)
-            eta = (self.total - self.rows) / rate if rate else 0
+            # counts arrive when tasks commit: an ETA from the first few is noise
+            eta = f" eta {(self.total - self.rows) / rate:,.0f}s" if rate and self.rows >= ETA_AFTER * self.total else ""
             self._line(f"copy: {self.rows:,}/{self.total:,} rows ({100 * self.rows / max(self.total, 1):.0f}%) "
-                       f"{rate:,.0f} rows/s {_rate(self.bytes, secs) / 1e6:,.1f} MB/s eta {eta:,.0f}s")
+                       f"{rate:,.0f} rows/s {_rate(self.bytes, secs) / 1e6:,.1f} MB/s{eta}")
 
     def rewind(self, worker: int, rows: int, nbytes: int) -> None:
         self.rows -= rows
@@ -121,6 +126,9 @@ class PlainReporter(NullReporter):
 
     def stop_copy(self) -> None:
         secs = time.perf_counter() - self.t0
+        if not self.rows:
+            self._line("copy: no rows copied in this run")
+            return
         self._line(f"copy: {self.rows:,} rows in {secs:,.1f}s ({_rate(self.rows, secs):,.0f} rows/s)")
 
     def warn(self, message: str) -> None:

@@ -219,11 +219,9 @@ def _drop_desi_dr1(pg_uri):
 @pytest.mark.slow
 def test_readme_notebook_and_void_distance_examples_run_as_written(tmp_path, pg_uri, monkeypatch):
     from desi_loader import coords
-    from desi_loader.commands import write_samples
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DESI_LOADER_DSN", pg_uri)
-    write_samples("sample-data", "fastspecfit", 300, 2, None)
-    write_samples("sample-data", "desivast", 300, 2, 0.002)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))    # a fresh checkout: no sample files yet
     _drop_desi_dr1(pg_uri)
     try:
         out = io.StringIO()

@@ -95,7 +95,11 @@ class Summary:
     def as_dict(self) -> dict:
         copy_s = self.phases.get("copy", 0) or 0
         total = sum(self.rows.values())
+        # rates of the rows this process copied in this run only (a resumed load's earlier rows
+        # and a zero-length copy make no rate), over a measured interval
+        copied = self.node_rows if self.node_rows and copy_s >= 0.01 else 0
+        share = copied / total if total else 0
         return {**self.__dict__, "total_rows": total,
-                "copy_rows_per_s": round(total / copy_s, 1) if copy_s else None,
-                "copy_mb_per_s": round(self.fits_bytes / 1e6 / copy_s, 2) if copy_s else None,
+                "copy_rows_per_s": round(copied / copy_s, 1) if copied else None,
+                "copy_mb_per_s": round(self.fits_bytes * share / 1e6 / copy_s, 2) if copied else None,
                 "loader_version": __version__}

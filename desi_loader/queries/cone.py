@@ -52,7 +52,10 @@ def describe(cur, schema: str, table: Optional[str]) -> SkyTable:
     if table is None:
         table = "fastspecfit_metadata" if "fastspecfit_metadata" in tables else tables[0]
     if table not in tables:
-        raise UsageError(f"table {schema}.{table} has no sky index", f"tables with one: {', '.join(tables)}")
+        import difflib
+        close = difflib.get_close_matches(table, tables, n=1, cutoff=0.5)
+        raise UsageError(f"table {schema}.{table} has no sky index" + (f" (did you mean {close[0]}?)" if close else ""),
+                         f"tables with one in {schema}: {', '.join(tables)}")
     cur.execute("SELECT col_description(%s::regclass, a.attnum) FROM pg_attribute a "
                 "WHERE a.attrelid = %s::regclass AND a.attname = %s",
                 (f'"{schema}"."{table}"',) * 2 + (COLUMN,))

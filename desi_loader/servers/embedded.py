@@ -14,7 +14,7 @@ from typing import Optional
 
 from ..db import resolve_dsn
 from ..fits.config import load_settings
-from ..errors import DatabaseError
+from ..errors import DatabaseError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +125,30 @@ def psql_path() -> str:
     return found
 
 
-def target(dsn: Optional[str] = None, config: Optional[str] = None, data_dir: Optional[str] = None) -> str:
+def running(data_dir: Optional[Path] = None) -> bool:
+    """True when the embedded server of ``data_dir`` runs (its postmaster.pid names a live process)."""
+    pid_file = Path(data_dir or default_data_dir()).absolute() / "postmaster.pid"
+    try:
+        pid = int(pid_file.read_text().split("\n", 1)[0])
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def target(dsn: Optional[str] = None, config: Optional[str] = None, data_dir: Optional[str] = None,
+           start_server: bool = True) -> str:
     """The database to use, as the command line chooses it: ``dsn``, DESI_LOADER_DSN, the config
-    file, libpq's environment, else this embedded server (started when needed)."""
+    file, libpq's environment, else this embedded server: started when ``start_server``, else
+    it must be running (read-only commands neither create nor start a server)."""
     resolved = resolve_dsn(dsn, load_settings(config).dsn)
-    return start(Path(data_dir) if data_dir else None) if resolved is None else resolved
+    if resolved is not None:
+        return resolved
+    where = Path(data_dir).absolute() if data_dir else default_data_dir()
+    if not start_server and not running(where):
+        if not (where / "PG_VERSION").exists():
+            raise UsageError(f"no embedded server in {where}: nothing was loaded there",
+                             "load first (desi-loader load --sample), or give --dsn (or --data-dir)")
+        raise UsageError(f"the embedded server in {where} is not running",
+                         "start it with desi-loader server start (or add --start), or give --dsn")
+    return start(where)
