@@ -215,7 +215,7 @@ def cmd_sql(args, console) -> int:
 
 
 def _schema(args) -> str:
-    return args.schema or load_settings(getattr(args, "config", None)).schema
+    return getattr(args, "schema", None) or load_settings(getattr(args, "config", None)).schema
 
 
 def cmd_status(args, console) -> int:
