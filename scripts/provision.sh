@@ -57,16 +57,6 @@ apt_install() {    # install the Debian packages among "$@" that are missing; 1 
 # the server first (and its upgrades), then what builds on it
 apt_install slurm-wlm munge postgresql-15 postgresql-15-q3c postgresql-15-pgsphere stilts postgresql-server-dev-15 || true
 
-# gavodachs2-server's setup creates its database in Debian's cluster: the cluster must run
-# while the package installs (the TAP tests then use a DaCHS instance of their own).
-if ! installed gavodachs2-server && installed postgresql-15; then
-    if command -v pg_lsclusters >/dev/null && ! pg_lsclusters -h 2>/dev/null | grep -q "^15 main"; then
-        as_root pg_createcluster 15 main >/dev/null || true
-    fi
-    as_root pg_ctlcluster 15 main start 2>/dev/null || true
-    apt_install gavodachs2-server || true
-fi
-
 # pgsphere 1.2.0 as Debian packs it declares two legacy DaCHS operators (bigint @ smoc,
 # spoint @ smoc) with a commutator and a negator that other operators already claim;
 # PostgreSQL 15.19+ refuses that ("commutator operator @> is already the commutator of
@@ -82,6 +72,19 @@ if [ -f "$pgs" ] && grep -q "backwards-compatible operators for GAVO DaCHS" "$pg
         as_root cp "$fixed" "$pgs" || failed+=("pg_sphere script fix")
     fi
     rm -f "$fixed"
+fi
+
+# gavodachs2-server's setup creates its database (and pgsphere in it: the fix above first) in
+# Debian's cluster: the cluster must run while the package installs (the TAP tests then use a DaCHS instance of their own).
+if ! installed gavodachs2-server && installed postgresql-15; then
+    if command -v pg_lsclusters >/dev/null && ! pg_lsclusters -h 2>/dev/null | grep -q "^15 main"; then
+        as_root pg_createcluster 15 main >/dev/null || true
+    fi
+    was_down=""
+    pg_lsclusters -h 2>/dev/null | grep -q "^15 main .* online" || was_down=1
+    as_root pg_ctlcluster 15 main start 2>/dev/null || true
+    apt_install gavodachs2-server || true
+    [ -z "$was_down" ] || as_root pg_ctlcluster 15 main stop 2>/dev/null || true   # the tests start their own
 fi
 
 CITUS_VERSION=12.1.12

@@ -218,3 +218,10 @@ def test_random_command_lines_end_cleanly(command, tokens, tmp_path_factory, cap
     named = {os.path.basename(t.rstrip("/")) for t in tokens}
     assert made <= named | {"cache"}, (command, tokens, made)
     shutil.rmtree(work, ignore_errors=True)
+
+
+def test_python_api_errors_carry_their_hint(loaded):
+    from desi_loader import query
+    from desi_loader.errors import QueryError
+    with pytest.raises(QueryError, match=r"does not exist .*\(hint: the table lives in schema trust"):
+        query("SELECT count(*) FROM fastspecfit_metadata", dsn=loaded)

@@ -78,14 +78,24 @@ def explain_sql_error(exc: psycopg2.Error, query: str, cur=None, schema: str = "
     diag = getattr(exc, "diag", None)
     pos = getattr(diag, "statement_position", None)
     if pos and pos.isdigit() and "\n" not in query:
-        at = int(pos) - 1
-        message += f"\n  {query}\n  {' ' * at}^"
+        at = int(pos) - 1 - _offset(exc, query)
+        if 0 <= at <= len(query):
+            message += f"\n  {query}\n  {' ' * at}^"
     hint = (getattr(diag, "message_hint", None) or "") if diag else ""
     if getattr(exc, "pgcode", None) == "42P01" and cur is not None:
         hint = _table_hint(cur, message, schema) or hint
     code = f" (SQLSTATE {exc.pgcode})" if getattr(exc, "pgcode", None) else ""
     first, _, rest = message.partition("\n")
     return QueryError(first + code + (("\n" + rest) if rest else ""), hint)
+
+
+def _offset(exc: psycopg2.Error, query: str) -> int:
+    """Where the user's text starts in what was sent (a server-side cursor wraps it in DECLARE)."""
+    sent = getattr(getattr(exc, "cursor", None), "query", None)
+    if isinstance(sent, bytes):
+        sent = sent.decode("utf-8", "replace")
+    i = sent.find(query) if sent else -1
+    return max(i, 0)
 
 
 def _table_hint(cur, message: str, schema: str) -> str:
@@ -102,8 +112,9 @@ def _table_hint(cur, message: str, schema: str) -> str:
     except psycopg2.Error:
         return ""
     bare = name.split(".")[-1]
-    homes = sorted(s for s, t in tables if t == bare)
+    homes = sorted((s != schema, s) for s, t in tables if t == bare)      # the configured schema first
     if homes:
-        return f"the table lives in schema {homes[0]}: write {homes[0]}.{bare}"
+        home = homes[0][1]
+        return f"the table lives in schema {home}: write {home}.{bare}"
     return nearest(bare, [t for _s, t in tables]) or f"list the tables: desi-loader sql \"SELECT table_name " \
         f"FROM information_schema.tables WHERE table_schema = '{schema}'\""

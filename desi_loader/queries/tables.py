@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
+import psycopg2
 from astropy.table import Column, MaskedColumn, Table, vstack
 
 from ..control.ledger import column_sources
@@ -268,6 +269,11 @@ def query(sql: str, params=None, *, dsn: Optional[str] = None, fits_names: bool 
     conn = connect(dsn if dsn is not None else default_dsn())
     try:
         chunks = list(iter_tables(conn, sql, params, chunk_rows, fits_names))
+    except psycopg2.Error as exc:           # the API's error names what to write instead, in its message
+        from .checks import explain_sql_error
+        conn.rollback()
+        err = explain_sql_error(exc, sql, conn.cursor())
+        raise type(err)(str(err) + (f" (hint: {err.hint})" if err.hint else ""), err.hint) from exc
     finally:
         conn.close()
     return chunks[0] if len(chunks) == 1 else vstack(chunks, join_type="exact", metadata_conflicts="silent")
