@@ -4,6 +4,7 @@ that start nothing, true figures; and a property test feeding random argument li
 command."""
 import io
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -101,7 +102,8 @@ def test_sql_errors_say_where_and_what(capsys, loaded):
     shown, caret = err.splitlines()[1:3]                 # the query, and a caret under the position
     assert shown.strip() == query and caret.index("^") - shown.index("S") == query.index("trust")
     code, _out, err = run(capsys, "sql", "SELECT count(*) FROM fastspecfit_metadata", "--dsn", loaded)
-    assert code == 2 and "lives in schema trust: write trust.fastspecfit_metadata" in err
+    # the table lives in schema trust (and in desi_dr1 when other tests loaded it there: that one is named first)
+    assert code == 2 and re.search(r"lives in schema (trust|desi_dr1): write \1\.fastspecfit_metadata", err)
     code, _out, err = run(capsys, "cone", "150", "30", "5", "--schema", "trust", "--columns", "zz,targetid",
                           "--dsn", loaded)
     assert code == 2 and "has no column 'zz'" in err
@@ -223,5 +225,5 @@ def test_random_command_lines_end_cleanly(command, tokens, tmp_path_factory, cap
 def test_python_api_errors_carry_their_hint(loaded):
     from desi_loader import query
     from desi_loader.errors import QueryError
-    with pytest.raises(QueryError, match=r"does not exist .*\(hint: the table lives in schema trust"):
+    with pytest.raises(QueryError, match=r"(?s)does not exist .*\(hint: the table lives in schema (trust|desi_dr1)"):
         query("SELECT count(*) FROM fastspecfit_metadata", dsn=loaded)
