@@ -23,7 +23,7 @@ from . import display
 from .queries import checks, cone, export, tables, voids
 from .fits.config import load_settings
 from .db import connect, mask_dsn
-from .errors import LoaderError, UsageError
+from .errors import UsageError
 from .control.ledger import Ledger, client_alive
 from .progress import PlainReporter, QuietReporter, RichReporter
 from .control.run import LoadOptions, plan_loads, run_loads
@@ -94,7 +94,7 @@ def _print_summary(console, summary, dsn: str) -> None:
                   f'{next(iter(summary.rows), "load_files")}"')
 
 
-def cmd_load(args, console) -> int:
+def cmd_load(args, console, reporter=None) -> int:
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")
     paths = list(args.paths)
@@ -110,7 +110,9 @@ def cmd_load(args, console) -> int:
                        resume=args.resume, copy_out=args.copy_out, join=args.join, staging=args.staging,
                        replace_all=args.replace_all,
                        wait_timeout=args.wait_timeout)
-    if args.quiet:
+    if reporter is not None:
+        pass                           # given by the caller (a test's seam: it may stop the process at a point)
+    elif args.quiet:
         reporter = QuietReporter()
     elif console.is_terminal:
         reporter = RichReporter(console)
@@ -186,10 +188,10 @@ def cmd_tap(args, console) -> int:
         return 0
     st = tap.status(inst, args.dsn or inst.state().get("dsn"))
     console.print(f"{st.url}: {'running' if st.running else 'stopped'}, serving {st.database}", highlight=False)
-    for schema, (tables, in_sync, differ) in st.schemas.items():
+    for schema, (served, in_sync, differ) in st.schemas.items():
         state = "in sync with the published tables" if in_sync else \
             f"OUT OF SYNC ({', '.join(differ[:8])}{' ...' if len(differ) > 8 else ''}): run desi-loader tap publish"
-        console.print(f"  {schema}: {tables} tables, {state}", highlight=False, soft_wrap=True)
+        console.print(f"  {schema}: {served} tables, {state}", highlight=False, soft_wrap=True)
     return 0
 
 

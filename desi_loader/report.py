@@ -20,6 +20,9 @@ class NullReporter:
     def rewind(self, worker: int, rows: int, nbytes: int) -> None:
         """Rows counted by ``advance`` were rolled back (worker died or retried)."""
 
+    def task_done(self, worker: int, task) -> None:
+        """Worker ``worker`` committed a task (its rows and its done mark)."""
+
     def worker_state(self, worker: int, state: str) -> None:
         """What a worker does now (its task, finished, stopped)."""
 

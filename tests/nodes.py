@@ -22,16 +22,32 @@ def _default_signals():
 
 
 def node(paths, dsn, schema, *extra, delay="0.02", workers=1, summary=None, task_rows=50, phase_delay=0,
-         new_session=True):
+         new_session=True, pause=None):
     """Start one loader process in its own session (process group), like a node of a batch job
-    (``new_session=False``: in the test's process group, as a command typed in a shell)."""
+    (``new_session=False``: in the test's process group, as a command typed in a shell).
+    ``pause=(POINT, MARKER)``: it stops at POINT and waits to be killed (tests/pausing_load.py)."""
     env = dict(os.environ, DESI_LOADER_TEST_BLOCK_DELAY=str(delay), DESI_LOADER_TEST_PHASE_DELAY=str(phase_delay))
-    cmd = [sys.executable, os.path.join(ROOT, "scripts", "load.py"), *map(str, paths), "--dsn", dsn,
+    entry = [os.path.join(ROOT, "scripts", "load.py")] if pause is None else \
+        [os.path.join(ROOT, "tests", "pausing_load.py"), pause[0], str(pause[1])]
+    cmd = [sys.executable, *entry, *map(str, paths), "--dsn", dsn,
            "--schema", schema, "--workers", str(workers), "--task-rows", str(task_rows), *extra]
     if summary:
         cmd += ["--summary-json", str(summary)]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=new_session, preexec_fn=_default_signals)
+
+
+def paused(proc, marker, timeout=600) -> bool:
+    """Wait until a ``node(..., pause=...)`` process reached its point (True) or ended (False).
+    A rendezvous, not a race: the only way to fail is a process that hangs past ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(marker):
+        if proc.poll() is not None:
+            return False
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the loader neither reached its pause point nor ended in {timeout} s")
+        time.sleep(0.05)
+    return True
 
 
 def kill_node(proc, sig=signal.SIGKILL):

@@ -1,7 +1,6 @@
 """A Citus cluster on this machine: a coordinator and two workers on loopback ports (Debian's
 PostgreSQL 15 with Citus 12.1 built from ../shared/vendor by scripts/provision.sh)."""
 import shutil
-import time
 import uuid
 
 import psycopg2
@@ -10,7 +9,7 @@ import pytest
 import localpg
 from desi_loader.cli import write_samples
 from helpers import assert_desivast_exact, assert_fastspecfit_exact, load, polling
-from nodes import assert_exact, done_tasks, kill_node, node, q, wait_until
+from nodes import assert_exact, done_tasks, kill_node, node, paused, q, wait_until
 from pg15 import require_extension
 
 
@@ -204,16 +203,16 @@ def _running_phase(uri, schema):
 
 
 @pytest.mark.parametrize("phase", ["index", "swap"])
-def test_kill_in_the_finalize_phases_then_rerun(cluster, cschema, samples, phase):
+def test_kill_in_the_finalize_phases_then_rerun(cluster, cschema, samples, phase, tmp_path):
     """kill -9 of the loader inside a phase that runs DDL on the distributed tables (index builds
     on the shards, the swap's renames and drops), then the same command at once."""
     uri = cluster["uri"]
     files = sorted(str(p) for p in (samples / "fastspecfit").glob("*.fits"))
     if phase == "swap":
         load(uri, cschema, files[:2])                          # a published catalog to swap out
-    a = node(files, uri, cschema, "--replace-all", delay=0, workers=2, phase_delay=1.0)
-    wait_until(lambda: _running_phase(uri, cschema) == phase, [a], timeout=300, poll=0.02)
-    time.sleep(0.5)                                            # inside the phase (it waits 1 s first)
+    marker = tmp_path / "paused"
+    a = node(files, uri, cschema, "--replace-all", delay=0, workers=2, pause=(phase, marker))
+    assert paused(a, marker)                                   # stopped in the phase, waiting to be killed
     assert _running_phase(uri, cschema) == phase
     kill_node(a)
     b = node(files, uri, cschema, "--replace-all", delay=0, workers=2)

@@ -18,7 +18,6 @@ from desi_loader import display
 from desi_loader.cli import main
 from desi_loader.control.options import Summary
 from desi_loader.progress import PlainReporter
-from nodes import ROOT
 
 
 def run(capsys, *argv):

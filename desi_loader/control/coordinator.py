@@ -130,11 +130,11 @@ class Coordinator:
         return self.load.ledger
 
     def _run_phase(self, phase: Phase) -> None:
-        self.reporter.phase(phase.name)
         if self.finalizer and phase.name != "await":
             self.ledger.resilient(lambda: self.ledger.set_phase(phase.name))
             if PHASE_DELAY:
                 time.sleep(PHASE_DELAY)
+        self.reporter.phase(phase.name)            # after the ledger says so: a test can stop the process here
         t0 = time.perf_counter()
         try:
             if phase.retry:

@@ -195,6 +195,7 @@ class WorkerPool:
         slot = self.slots[w]
         self.result.rows += slot.inflight[0]
         slot.inflight, slot.task = [0, 0], None
+        self.reporter.task_done(w, _task)
 
     def _on_task(self, w: int, payload) -> None:
         self.slots[w].task = payload[0]
