@@ -226,3 +226,12 @@ def test_python_api_errors_carry_their_hint(loaded):
     from desi_loader.errors import QueryError
     with pytest.raises(QueryError, match=r"(?s)does not exist .*\(hint: the table lives in schema (trust|desi_dr1)"):
         query("SELECT count(*) FROM fastspecfit_metadata", dsn=loaded)
+
+
+def test_exported_file_loaded_again_says_what_to_do(capsys, loaded, tmp_path):
+    out = tmp_path / "exported.fits"
+    code, _o, _e = run(capsys, "sql", "SELECT * FROM trust.fastspecfit_metadata LIMIT 5", "-o", out, "--dsn", loaded)
+    assert code == 0
+    code, o, err = run(capsys, "load", out, "--catalog", "generic", "--prefix", "back", "--dsn", loaded,
+                       "--schema", "trust_back")
+    assert code in (1, 2) and "exported from a loaded table" in o + err and "without file_id and row_num" in o + err

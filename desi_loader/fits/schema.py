@@ -76,6 +76,11 @@ def check_names(columns: Sequence["FitsColumn"], where: str, reserved: Sequence[
     seen: dict[str, str] = {n: f"the loader's column {n}" for n in reserved}
     for c in columns:
         name = pg_name(c.name)
+        if name in seen and name in reserved and name in ("file_id", "row_num"):
+            raise SchemaError(f"{where}: the file has a column {c.name!r}, which the loader adds to every table "
+                              "(file_id and row_num): a file exported from a loaded table?",
+                              "export it without file_id and row_num (select the other columns), or rename them "
+                              "in the file (astropy: Table.rename_column)")
         if name in seen:
             why = "names are lower-cased" + (" and cut at 63 bytes" if len(c.name.encode()) > PG_NAME_BYTES else "")
             other = seen[name] if name in reserved else f"column {seen[name]!r}"
