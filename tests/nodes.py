@@ -21,12 +21,12 @@ def _default_signals():
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def node(paths, dsn, schema, *extra, delay="0.02", workers=1, summary=None, task_rows=50, phase_delay=0,
+def node(paths, dsn, schema, *extra, delay="0.02", workers=1, summary=None, task_rows=50,
          new_session=True, pause=None):
     """Start one loader process in its own session (process group), like a node of a batch job
     (``new_session=False``: in the test's process group, as a command typed in a shell).
     ``pause=(POINT, MARKER)``: it stops at POINT and waits to be killed (tests/pausing_load.py)."""
-    env = dict(os.environ, DESI_LOADER_TEST_BLOCK_DELAY=str(delay), DESI_LOADER_TEST_PHASE_DELAY=str(phase_delay))
+    env = dict(os.environ, DESI_LOADER_TEST_BLOCK_DELAY=str(delay))
     entry = [os.path.join(ROOT, "scripts", "load.py")] if pause is None else \
         [os.path.join(ROOT, "tests", "pausing_load.py"), pause[0], str(pause[1])]
     cmd = [sys.executable, *entry, *map(str, paths), "--dsn", dsn,

@@ -37,10 +37,6 @@ MAX_TASK_ATTEMPTS = 3
 #: Seconds between looks at the ledger while other processes hold the load's tasks or
 #: finalize it (one cheap query each).
 WAIT_POLL = 1.0
-#: Fault-injection aid for the test suite: seconds to pause at the start of each finalize
-#: phase, so that a kill reliably lands in phases that take milliseconds on test data.
-#: 0 in normal use.
-PHASE_DELAY = float(os.environ.get("DESI_LOADER_TEST_PHASE_DELAY", "0") or 0)
 
 
 @dataclass(frozen=True)
@@ -132,8 +128,6 @@ class Coordinator:
     def _run_phase(self, phase: Phase) -> None:
         if self.finalizer and phase.name != "await":
             self.ledger.resilient(lambda: self.ledger.set_phase(phase.name))
-            if PHASE_DELAY:
-                time.sleep(PHASE_DELAY)
         self.reporter.phase(phase.name)            # after the ledger says so: a test can stop the process here
         t0 = time.perf_counter()
         try:
