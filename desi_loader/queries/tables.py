@@ -27,6 +27,7 @@ from ..control.ledger import column_sources
 from ..db import connect
 from ..fits.schema import FitsSource, pg_name
 from ..servers import embedded
+from .sqlerrors import explain_sql_error
 
 #: rows per chunk of a server-side cursor: a few MB of a wide table
 CHUNK_ROWS = 50_000
@@ -270,7 +271,6 @@ def query(sql: str, params=None, *, dsn: Optional[str] = None, fits_names: bool 
     try:
         chunks = list(iter_tables(conn, sql, params, chunk_rows, fits_names))
     except psycopg2.Error as exc:           # the API's error names what to write instead, in its message
-        from .checks import explain_sql_error
         conn.rollback()
         err = explain_sql_error(exc, sql, conn.cursor())
         raise type(err)(str(err) + (f" (hint: {err.hint})" if err.hint else ""), err.hint) from exc
