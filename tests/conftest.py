@@ -47,16 +47,3 @@ def pg15_uri():
     yield uri
     localpg.stop(data_dir, version="15")
     shutil.rmtree(data_dir, ignore_errors=True)
-
-
-#: Modules whose tests start extra servers, SLURM, clusters or many loader processes, or run
-#: long searches: `pytest -m "not slow"` leaves them out (the developer's quick loop); the
-#: README's command and CI run everything.
-SLOW_MODULES = {"test_slurm", "test_citus", "test_kills", "test_nodes", "test_faults", "test_bench",
-                "test_contract_props", "test_production", "test_sky", "test_voids"}
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
-            item.add_marker(pytest.mark.slow)

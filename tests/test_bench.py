@@ -5,6 +5,9 @@ import subprocess
 import sys
 
 from nodes import ROOT
+import pytest
+
+pytestmark = pytest.mark.slow      # starts extra servers, clusters or many processes, or runs long
 
 
 def test_bench_quick_writes_json_and_chart(tmp_path, pg_uri):

@@ -12,6 +12,8 @@ from helpers import assert_desivast_exact, assert_fastspecfit_exact, load, polli
 from nodes import assert_exact, done_tasks, kill_node, node, paused, q, wait_until
 from pg15 import require_extension
 
+pytestmark = pytest.mark.slow      # starts extra servers, clusters or many processes, or runs long
+
 
 @pytest.fixture(scope="module")
 def cluster():

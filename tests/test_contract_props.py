@@ -33,6 +33,9 @@ from hypothesis import strategies as st
 
 from desi_loader.cli import main
 from helpers import fetch
+import pytest
+
+pytestmark = pytest.mark.slow      # starts extra servers, clusters or many processes, or runs long
 
 EXAMPLES = int(os.environ.get("DESI_LOADER_PROPS_EXAMPLES", "25"))
 STRINGS = [" lead", "back\\slash", "tab\there", "\\N", "q'uo\"te", "", "x", "trail  ", "new\nline"]

@@ -17,6 +17,8 @@ from desi_loader.db import is_transient
 from desi_loader.samples.fastspecfit import write_fastspecfit_file
 from nodes import assert_rows_once as assert_exact, done_tasks, node, q, wait_until
 
+pytestmark = pytest.mark.slow      # starts extra servers, clusters or many processes, or runs long
+
 NAMES = [f"fastspec-iron-main-bright-nside1-hp{i:02d}.fits" for i in range(6)]
 
 

@@ -7,6 +7,8 @@ import pytest
 from desi_loader.samples.fastspecfit import write_fastspecfit_file
 from nodes import assert_exact, kill_node, node, paused, q
 
+pytestmark = pytest.mark.slow      # starts extra servers, clusters or many processes, or runs long
+
 NAMES = [f"fastspec-iron-main-bright-nside1-hp{i:02d}.fits" for i in range(3)]
 #: Where the kills land, in turn: a phase (the process has recorded it in its ledger and
 #: stops there) or task@N (this run's workers have committed N tasks and go on copying while

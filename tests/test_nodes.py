@@ -8,6 +8,8 @@ import pytest
 from desi_loader.samples.fastspecfit import write_fastspecfit_file
 from nodes import assert_exact, done_tasks, kill_node, node, q, secret_files, summaries, wait_until
 
+pytestmark = pytest.mark.slow      # starts extra servers, clusters or many processes, or runs long
+
 NAMES = [f"fastspec-iron-main-bright-nside1-hp{i:02d}.fits" for i in range(3)]
 
 

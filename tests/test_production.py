@@ -7,6 +7,8 @@ from desi_loader.samples.fastspecfit import write_fastspecfit_file
 from helpers import load, polling
 from nodes import q
 
+pytestmark = pytest.mark.slow      # starts extra servers, clusters or many processes, or runs long
+
 MAIN = "fastspec-iron-main-bright-nside1-hp04.fits"
 SV3 = "fastspec-iron-sv3-dark.fits"
 

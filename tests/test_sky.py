@@ -10,6 +10,8 @@ from desi_loader.queries import cone
 from desi_loader import sky
 from helpers import load
 
+pytestmark = pytest.mark.slow      # starts extra servers, clusters or many processes, or runs long
+
 EDGE = 1e-9          # degrees: points this close to the cone's edge may fall either way in float8
 
 

@@ -15,6 +15,8 @@ import pytest
 from desi_loader.samples.fastspecfit import write_fastspecfit_file
 from nodes import ROOT, assert_exact, done_tasks, q
 
+pytestmark = pytest.mark.slow      # starts extra servers, clusters or many processes, or runs long
+
 RECIPE = os.path.join(ROOT, "scripts", "slurm", "load.sbatch")
 CLUSTER = os.path.join(ROOT, "scripts", "slurm", "test-cluster.sh")
 MISSING = [exe for exe in ("munged", "slurmctld", "slurmd", "sbatch") if shutil.which(exe) is None]

@@ -7,6 +7,8 @@ from desi_loader.cli import main, write_samples
 from desi_loader.control.run import LoadOptions, run_loads
 from helpers import fetch
 
+pytestmark = pytest.mark.slow      # starts extra servers, clusters or many processes, or runs long
+
 
 @pytest.fixture(scope="module")
 def loaded(tmp_path_factory, pg_uri):
