@@ -285,9 +285,10 @@ def _stop_on_signals() -> None:
             signal.signal(sig, stop)
 
 
-def main(argv: Optional[Sequence[str]] = None, reporter=None) -> int:
-    """Entry point of ``desi-loader``; returns the exit code.  ``reporter``: what ``load`` tells
-    its progress to, instead of the bars or lines it chooses (the fault tests' seam)."""
+def main(argv: Optional[Sequence[str]] = None, reporter=None, faults=None) -> int:
+    """Entry point of ``desi-loader``; returns the exit code.  The fault tests' seam, for
+    ``load`` only: ``reporter``, what it tells its progress to (instead of the bars or lines it
+    chooses; it may stop the process at a point), and ``faults`` (control.options.Faults)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -301,8 +302,8 @@ def main(argv: Optional[Sequence[str]] = None, reporter=None) -> int:
         return 2
     _stop_on_signals()
     try:
-        if reporter is not None and args.command == "load":
-            return cmd_load(args, console, reporter)
+        if (reporter is not None or faults is not None) and args.command == "load":
+            return cmd_load(args, console, reporter, faults)
         return COMMANDS[args.command][1](args, console)
     except LoaderError as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)

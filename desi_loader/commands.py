@@ -26,6 +26,7 @@ from .db import connect, mask_dsn
 from .errors import UsageError
 from .control.ledger import Ledger, client_alive
 from .progress import PlainReporter, QuietReporter, RichReporter
+from .control.options import Faults
 from .control.run import LoadOptions, plan_loads, run_loads
 from .samples.cache import ensure_sample, write_samples
 from .tap import dachs, service as tap
@@ -94,7 +95,7 @@ def _print_summary(console, summary, dsn: str) -> None:
                   f'{next(iter(summary.rows), "load_files")}"')
 
 
-def cmd_load(args, console, reporter=None) -> int:
+def cmd_load(args, console, reporter=None, faults=None) -> int:
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")
     paths = list(args.paths)
@@ -109,7 +110,7 @@ def cmd_load(args, console, reporter=None) -> int:
                        verify_checksum=args.verify_checksum, allow_partial=args.allow_partial,
                        resume=args.resume, copy_out=args.copy_out, join=args.join, staging=args.staging,
                        replace_all=args.replace_all,
-                       wait_timeout=args.wait_timeout)
+                       wait_timeout=args.wait_timeout, faults=faults or Faults())
     if reporter is not None:
         pass                           # given by the caller (a test's seam: it may stop the process at a point)
     elif args.quiet:

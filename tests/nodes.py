@@ -25,15 +25,14 @@ def node(paths, dsn, schema, *extra, delay="0.02", workers=1, summary=None, task
          new_session=True, pause=None):
     """Start one loader process in its own session (process group), like a node of a batch job
     (``new_session=False``: in the test's process group, as a command typed in a shell).
-    ``pause=(POINT, MARKER)``: it stops at POINT and waits to be killed (tests/pausing_load.py)."""
-    env = dict(os.environ, DESI_LOADER_TEST_BLOCK_DELAY=str(delay))
-    entry = [os.path.join(ROOT, "scripts", "load.py")] if pause is None else \
-        [os.path.join(ROOT, "tests", "pausing_load.py"), pause[0], str(pause[1])]
-    cmd = [sys.executable, *entry, *map(str, paths), "--dsn", dsn,
+    ``delay``: seconds each worker sleeps after each block; ``pause=(POINT, MARKER)``: it stops
+    at POINT and waits to be killed (both passed explicitly, by tests/loader_node.py)."""
+    faults = ["--block-delay", str(delay)] + (["--pause", pause[0], str(pause[1])] if pause else [])
+    cmd = [sys.executable, os.path.join(ROOT, "tests", "loader_node.py"), *faults, *map(str, paths), "--dsn", dsn,
            "--schema", schema, "--workers", str(workers), "--task-rows", str(task_rows), *extra]
     if summary:
         cmd += ["--summary-json", str(summary)]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=new_session, preexec_fn=_default_signals)
 
 

@@ -118,9 +118,11 @@ def test_unexpected_task_error_is_a_task_failure(capsys, tmp_path, pg_uri, schem
     from astropy.table import Table
     Table({"A": np.arange(10, dtype=np.int32)}).write(tmp_path / "a.fits")
     Table({"A": np.arange(10, dtype=np.int32)}).write(tmp_path / "b.fits")
-    monkeypatch.setenv("DESI_LOADER_TEST_FAIL_FILE", "b.fits")
-    code, out, err = cli(capsys, "load", tmp_path, "--catalog", "generic", "--prefix", "x",
-                         "--dsn", pg_uri, "--schema", schema, "-w", "1")
+    from desi_loader.cli import main
+    from desi_loader.control.options import Faults
+    code = main(["load", str(tmp_path), "--catalog", "generic", "--prefix", "x", "--dsn", pg_uri, "--schema", schema,
+                 "-w", "1"], faults=Faults(fail_file="b.fits"))
+    out, err = capsys.readouterr()
     assert code == 1, (out, err)
     line = next(l for l in err.splitlines() if "b.fits" in l and "RuntimeError" in l)
     assert "HDU 1" in line and "rows 0-9" in line

@@ -50,8 +50,8 @@ def test_recipe_on_a_slurm_cluster_with_scancel_and_requeue(slurm, tmp_path, pg_
     files = [write_fastspecfit_file(str(data / f"fastspec-iron-main-bright-nside1-hp{i:02d}.fits"), 300, seed=60 + i)
              for i in range(3)]
     env = dict(env, DESI_LOADER_DSN=pg_uri, DESI_DATA=str(data), DESI_LOADER_WORKERS="1",
-               DESI_LOADER=f"{sys.executable} {os.path.join(ROOT, 'scripts', 'load.py')}",
-               DESI_LOADER_ARGS=f"--schema {schema} --task-rows 30", DESI_LOADER_TEST_BLOCK_DELAY="0.03")
+               DESI_LOADER=f"{sys.executable} {os.path.join(ROOT, 'tests', 'loader_node.py')} --block-delay 0.03",
+               DESI_LOADER_ARGS=f"--schema {schema} --task-rows 30")
     log = tmp_path / "job-%j.log"
     jid = subprocess.run(["sbatch", "--parsable", "--nodes=1", "--ntasks=3", "--ntasks-per-node=3",
                           "--cpus-per-task=1", f"--output={log}", RECIPE], capture_output=True, text=True,

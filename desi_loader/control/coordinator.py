@@ -209,7 +209,8 @@ class Coordinator:
             os.makedirs(opts.copy_out, exist_ok=True)
         workers = self._budget(min(opts.workers, pending))
         cfg = WorkerConfig(plan.schema, ledger.load_id, opts.fmt, opts.verify_checksum,
-                           encoder_plan(plan, self.load.staging, self.load.file_ids), os.getpid(), opts.copy_out)
+                           encoder_plan(plan, self.load.staging, self.load.file_ids), os.getpid(), opts.copy_out,
+                           opts.faults)
         pool = WorkerPool(opts.dsn, cfg, workers, self.reporter, self._death)
         t0, cpu0 = time.perf_counter(), time.process_time()
         result = pool.run(ledger.pending_rows(), plan.total_bytes)

@@ -10,6 +10,15 @@ from .ledger import process_name
 
 
 @dataclass(frozen=True)
+class Faults:
+    """Faults a test injects into a load, passed in explicitly (nothing reads them from the
+    environment); none in normal use."""
+
+    block_delay: float = 0.0           # seconds a worker sleeps after each block: a kill or restart lands mid-load
+    fail_file: str = ""                # tasks of the file of this name raise an unexpected error, as a bug would
+
+
+@dataclass(frozen=True)
 class LoadOptions:
     """Everything a load needs; the CLI builds it from arguments."""
 
@@ -35,6 +44,7 @@ class LoadOptions:
     staging: str = "auto"                # auto | unlogged (+ SET LOGGED) | logged: how staging becomes durable
     join: bool = False                   # only join a load that other processes run
     wait_timeout: float = 3600.0         # longest wait for other processes of the same load (s)
+    faults: Faults = Faults()            # the tests' fault injection (tests/loader_node.py)
 
 
 @dataclass

@@ -26,6 +26,7 @@ from ..pipeline.copy import copy_statement, send
 from ..db import first_line, is_transient
 from ..errors import DatabaseError, LoaderError
 from .ledger import Ledger
+from .options import Faults
 from ..fits.read import decompressed
 from ..pipeline.stream import ReadAhead, TaskStream, copy_out_paths, sky_first, tee
 
@@ -33,12 +34,6 @@ from ..pipeline.stream import ReadAhead, TaskStream, copy_out_paths, sky_first, 
 #: last retry comes about a minute after the first failure (a server restart fits).
 TRANSIENT_RETRIES = 7
 BACKOFF_START, BACKOFF_MAX = 0.5, 16.0
-#: Fault-injection aid for the test suite: seconds to sleep after each block, so that a
-#: kill or a server restart reliably lands in the middle of a load.  0 in normal use.
-BLOCK_DELAY = float(os.environ.get("DESI_LOADER_TEST_BLOCK_DELAY", "0") or 0)
-#: Fault-injection aid for the test suite: tasks of the file with this name raise an
-#: unexpected (non-loader) error, as a bug would.  Unset in normal use.
-FAIL_FILE = os.environ.get("DESI_LOADER_TEST_FAIL_FILE", "")
 
 
 @dataclass(frozen=True)
@@ -52,6 +47,7 @@ class WorkerConfig:
     encodings: dict       # file name -> pipeline.encodings.FileEncoding
     parent_pid: int
     copy_out: Optional[str] = None    # directory for the exact COPY bytes of every task (debugging)
+    faults: Faults = Faults()         # a test's injected faults (options.Faults); none in normal use
 
 
 #: Signals that stop a load: the coordinator handles them and stops its workers.
@@ -148,8 +144,8 @@ class _State:
             self.ledger.close()
 
     def on_block(self, rows: int, nbytes: int) -> None:
-        if BLOCK_DELAY:
-            time.sleep(BLOCK_DELAY)
+        if self.cfg.faults.block_delay:
+            time.sleep(self.cfg.faults.block_delay)
         self.sent[0] += rows
         self.sent[1] += nbytes
         self.messages.put(("rows", self.id, (rows, nbytes)))
@@ -184,8 +180,8 @@ class _State:
         tables = sky_first(by_table)
         sources = [part for _, part in tables]
         self.current = by_table
-        if FAIL_FILE and os.path.basename(path) == FAIL_FILE:
-            raise RuntimeError("injected fault (DESI_LOADER_TEST_FAIL_FILE)")
+        if cfg.faults.fail_file and os.path.basename(path) == cfg.faults.fail_file:
+            raise RuntimeError("injected fault (Faults.fail_file)")
         self.stream = stream = TaskStream(path, fh, sources, cfg.fmt, self.on_block, cfg.checksum)
         blocks = iter(stream)
         statements = [copy_statement(cfg.schema, p.staging, [f.name for f in p.fields], cfg.fmt) for p in sources]
