@@ -101,8 +101,8 @@ def test_sql_errors_say_where_and_what(capsys, loaded):
     shown, caret = err.splitlines()[1:3]                 # the query, and a caret under the position
     assert shown.strip() == query and caret.index("^") - shown.index("S") == query.index("trust")
     code, _out, err = run(capsys, "sql", "SELECT count(*) FROM fastspecfit_metadata", "--dsn", loaded)
-    # the table lives in schema trust (and in desi_dr1 when other tests loaded it there: that one is named first)
-    assert code == 2 and re.search(r"lives in schema (trust|desi_dr1): write \1\.fastspecfit_metadata", err)
+    # the table lives in schema trust (and in others where other tests loaded it: one is named)
+    assert code == 2 and re.search(r"lives in schema (\w+): write \1\.fastspecfit_metadata", err)
     code, _out, err = run(capsys, "cone", "150", "30", "5", "--schema", "trust", "--columns", "zz,targetid",
                           "--dsn", loaded)
     assert code == 2 and "has no column 'zz'" in err
@@ -224,7 +224,7 @@ def test_random_command_lines_end_cleanly(command, tokens, tmp_path_factory, cap
 def test_python_api_errors_carry_their_hint(loaded):
     from desi_loader import query
     from desi_loader.errors import QueryError
-    with pytest.raises(QueryError, match=r"(?s)does not exist .*\(hint: the table lives in schema (trust|desi_dr1)"):
+    with pytest.raises(QueryError, match=r"(?s)does not exist .*\(hint: the table lives in schema \w+: write \w+\.fastspecfit_metadata"):
         query("SELECT count(*) FROM fastspecfit_metadata", dsn=loaded)
 
 
