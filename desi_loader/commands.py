@@ -95,6 +95,13 @@ def _print_summary(console, summary, dsn: str) -> None:
                   f'{next(iter(summary.rows), "load_files")}"')
 
 
+def _reporter(args, console):
+    """Rich bars on a terminal, plain lines in logs, nothing with --quiet."""
+    if args.quiet:
+        return QuietReporter()
+    return RichReporter(console) if console.is_terminal else PlainReporter()
+
+
 def cmd_load(args, console, reporter=None, faults=None) -> int:
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")
@@ -111,14 +118,7 @@ def cmd_load(args, console, reporter=None, faults=None) -> int:
                        resume=args.resume, copy_out=args.copy_out, join=args.join, staging=args.staging,
                        replace_all=args.replace_all,
                        wait_timeout=args.wait_timeout, faults=faults or Faults())
-    if reporter is not None:
-        pass                           # given by the caller (a test's seam: it may stop the process at a point)
-    elif args.quiet:
-        reporter = QuietReporter()
-    elif console.is_terminal:
-        reporter = RichReporter(console)
-    else:
-        reporter = PlainReporter()
+    reporter = reporter or _reporter(args, console)   # a caller's (a test's seam: it may stop the process)
     # paths, catalogs and headers are checked before anything is touched: a mistake in the
     # arguments neither starts the embedded server nor creates a schema
     t0 = time.perf_counter()
