@@ -235,3 +235,31 @@ def test_exported_file_loaded_again_says_what_to_do(capsys, loaded, tmp_path):
     code, o, err = run(capsys, "load", out, "--catalog", "generic", "--prefix", "back", "--dsn", loaded,
                        "--schema", "trust_back")
     assert code in (1, 2) and "exported from a loaded table" in o + err and "without file_id and row_num" in o + err
+
+
+def test_a_failed_tap_sync_does_not_fail_the_published_load(pg_uri, tmp_path, capsys):
+    """The schema is marked as served by a TAP instance that cannot be updated: the load still
+    publishes and exits 0, and says how to bring the service up to date."""
+    import psycopg2
+    from astropy.table import Table
+    from desi_loader.control.ledger import tap as marker
+    import numpy as np
+    Table({"A": np.arange(5, dtype=np.int32)}).write(tmp_path / "a.fits")
+    args = ["load", str(tmp_path / "a.fits"), "--catalog", "generic", "--prefix", "g", "--dsn", pg_uri,
+            "--schema", "trust_tap", "--replace-all"]
+    assert main(args) == 0
+    broken = tmp_path / "tap"
+    broken.mkdir()
+    (broken / "instance.json").write_text('{"database": "x", "host": "127.0.0.1", "port": 1, "roles": "dl_x_", '
+                                          '"schemas": ["trust_tap"]}')
+    conn = psycopg2.connect(pg_uri)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        marker.record_served(cur, "trust_tap", str(broken), "http://127.0.0.1:1/tap")
+    capsys.readouterr()
+    code = main(args)
+    out, err = capsys.readouterr()
+    assert code == 0 and "could not be brought up to date" in out + err and "tap publish --schema trust_tap" in out + err
+    with conn.cursor() as cur:
+        cur.execute("DROP SCHEMA trust_tap CASCADE")
+    conn.close()

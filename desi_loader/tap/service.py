@@ -21,7 +21,7 @@ from psycopg2 import sql
 
 from ..control.ledger import tap as marker
 from ..db import connect, first_line
-from ..errors import DatabaseError, UsageError
+from ..errors import DatabaseError, LoaderError, UsageError
 from . import dachs, describe, rd
 
 log = logging.getLogger(__name__)
@@ -228,7 +228,18 @@ def _profiles(inst: dachs.Instance, roles: set) -> tuple:
 def sync(dsn: str, schema: str, say: Optional[Callable[[str], None]] = None, finalizer: bool = True) -> Optional[str]:
     """After a load (or void-membership) published into ``schema``: bring the TAP service
     serving it up to date (its RD and TAP_SCHEMA describe exactly the published columns).
-    Returns a one-line message, or None when no TAP service serves the schema."""
+    Returns a one-line message, or None when no TAP service serves the schema.  A failure
+    here does not undo what was published: it is said, with the command that repairs it."""
+    try:
+        return _sync(dsn, schema, say, finalizer)
+    except (LoaderError, psycopg2.Error, OSError) as exc:
+        message = (f"warning: {schema} is published, but its TAP service could not be brought up to date "
+                   f"({first_line(exc)}): run desi-loader tap publish --schema {schema}")
+        (say or log.warning)(message)
+        return message
+
+
+def _sync(dsn: str, schema: str, say: Optional[Callable[[str], None]], finalizer: bool) -> Optional[str]:
     conn = connect(dsn, "desi-loader tap sync")
     try:
         conn.autocommit = True
