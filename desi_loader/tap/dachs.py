@@ -209,9 +209,10 @@ class Instance:
     def start(self) -> None:
         if self.running():
             return
-        if self.pid() is None:
-            (self.root / "state" / "web.pid").unlink(missing_ok=True)
-            self.run("serve", "start")
+        if self.pid() is not None:            # running, but not where the configuration says (--port changed)
+            self.run("serve", "stop")
+        (self.root / "state" / "web.pid").unlink(missing_ok=True)
+        self.run("serve", "start")
         deadline = time.monotonic() + START_TIMEOUT_S
         while not self.answers():
             if time.monotonic() > deadline:
