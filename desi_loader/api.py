@@ -10,11 +10,20 @@ from typing import Optional, Sequence, Union
 from .control.options import LoadOptions, Summary
 from .control.run import plan_loads, run_loads
 from .queries.tables import default_dsn, query
+from .errors import LoaderError
 from .tap import service as tap
 
 log = logging.getLogger(__name__)
 
 __all__ = ["load", "query", "tap_url"]
+
+
+def with_hint(exc: LoaderError) -> LoaderError:
+    """The error with its hint in its message (the CLI prints the hint on a line of its own;
+    a Python caller sees only the message)."""
+    if exc.hint and "(hint: " not in str(exc):
+        exc.args = (f"{exc} (hint: {exc.hint})",) + exc.args[1:]
+    return exc
 
 
 def load(paths: Union[str, Sequence[str]] = (), *, dsn: Optional[str] = None, workers: int = 2,
@@ -27,8 +36,15 @@ def load(paths: Union[str, Sequence[str]] = (), *, dsn: Optional[str] = None, wo
     line: DESI_LOADER_DSN, the config file, libpq's environment, else the embedded server).
     Other keyword arguments are the fields of ``LoadOptions`` (catalog, schema, prefix, sky,
     fmt, allow_partial, replace_all, ...).  Raises a ``desi_loader.errors.LoaderError``
-    naming what failed.
+    naming what failed, with its hint in the message.
     """
+    try:
+        return _load(paths, dsn, workers, sample, quiet, options)
+    except LoaderError as exc:
+        raise with_hint(exc)
+
+
+def _load(paths, dsn, workers, sample, quiet, options) -> list[Summary]:
     from rich.console import Console
     from .errors import UsageError
     from .progress import PlainReporter, QuietReporter, RichReporter

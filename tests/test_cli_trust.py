@@ -263,3 +263,12 @@ def test_a_failed_tap_sync_does_not_fail_the_published_load(pg_uri, tmp_path, ca
     with conn.cursor() as cur:
         cur.execute("DROP SCHEMA trust_tap CASCADE")
     conn.close()
+
+
+def test_python_api_load_errors_carry_their_hint(tmp_path):
+    from desi_loader import load
+    from desi_loader.errors import UsageError
+    with pytest.raises(UsageError, match=r"no input given \(hint: name FITS files"):
+        load([])
+    with pytest.raises(UsageError, match=r"no such file or directory"):
+        load([str(tmp_path / "missing.fits")], quiet=True)
