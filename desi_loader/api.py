@@ -10,20 +10,12 @@ from typing import Optional, Sequence, Union
 from .control.options import LoadOptions, Summary
 from .control.run import plan_loads, run_loads
 from .queries.tables import default_dsn, query
-from .errors import LoaderError
+from .errors import LoaderError, with_hint
 from .tap import service as tap
 
 log = logging.getLogger(__name__)
 
 __all__ = ["load", "query", "tap_url"]
-
-
-def with_hint(exc: LoaderError) -> LoaderError:
-    """The error with its hint in its message (the CLI prints the hint on a line of its own;
-    a Python caller sees only the message)."""
-    if exc.hint and "(hint: " not in str(exc):
-        exc.args = (f"{exc} (hint: {exc.hint})",) + exc.args[1:]
-    return exc
 
 
 def load(paths: Union[str, Sequence[str]] = (), *, dsn: Optional[str] = None, workers: int = 2,
@@ -61,8 +53,7 @@ def _load(paths, dsn, workers, sample, quiet, options) -> list[Summary]:
     reporter = QuietReporter() if quiet else (
         RichReporter(console) if console.is_terminal or console.is_jupyter else PlainReporter())
     summaries = run_loads(opts, reporter, plans)
-    for schema in sorted({s.schema for s in summaries if s.role != "nothing" and s.rows}):
-        tap.sync(opts.dsn, schema, log.info)        # a schema served over TAP stays in sync
+    tap.sync_loads(opts.dsn, summaries, log.info)     # a schema served over TAP stays in sync
     if not quiet:
         for s in summaries:
             rows = sum(s.rows.values())

@@ -133,7 +133,7 @@ def cmd_load(args, console, reporter=None, faults=None) -> int:
         Path(args.summary_json).write_text(json.dumps(
             {"loads": loads, "total_rows": sum(d["total_rows"] for d in loads)}, indent=2, default=str))
     if not args.dry_run:
-        _sync_tap(dsn, summaries, (lambda m: None) if args.quiet else console.print)
+        tap.sync_loads(dsn, summaries, (lambda m: None) if args.quiet else console.print)
     code = 4 if any(s.missing for s in summaries) else 0
     if args.dry_run and any(s.missing for s in summaries) and not args.allow_partial:
         code = 1                       # the load would fail on these files
@@ -158,12 +158,6 @@ def cmd_load(args, console, reporter=None, faults=None) -> int:
         else:
             _print_summary(console, summary, dsn)
     return code
-
-
-def _sync_tap(dsn: str, summaries: list, say) -> None:
-    """Loads that published into a schema served over TAP bring the service up to date."""
-    for schema in sorted({s.schema for s in summaries if s.role != "nothing" and s.rows}):
-        tap.sync(dsn, schema, say, finalizer=any(s.finalized for s in summaries if s.schema == schema))
 
 
 def cmd_tap(args, console) -> int:

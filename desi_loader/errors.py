@@ -12,6 +12,14 @@ class LoaderError(Exception):
         self.hint = hint
 
 
+def with_hint(exc: LoaderError) -> LoaderError:
+    """The error with its hint in its message (the CLI prints the hint on a line of its own;
+    a Python caller sees only the message)."""
+    if exc.hint and "(hint: " not in str(exc):
+        exc.args = (f"{exc} (hint: {exc.hint})",) + exc.args[1:]
+    return exc
+
+
 class UsageError(LoaderError):
     """Bad arguments, paths or configuration."""
 

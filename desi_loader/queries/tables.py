@@ -25,6 +25,7 @@ from astropy.table import Column, MaskedColumn, Table, vstack
 
 from ..control.ledger import column_sources
 from ..db import connect
+from ..errors import with_hint
 from ..fits.schema import FitsSource, pg_name
 from ..servers import embedded
 from .sqlerrors import explain_sql_error
@@ -272,8 +273,7 @@ def query(sql: str, params=None, *, dsn: Optional[str] = None, fits_names: bool 
         chunks = list(iter_tables(conn, sql, params, chunk_rows, fits_names))
     except psycopg2.Error as exc:           # the API's error names what to write instead, in its message
         conn.rollback()
-        err = explain_sql_error(exc, sql, conn.cursor())
-        raise type(err)(str(err) + (f" (hint: {err.hint})" if err.hint else ""), err.hint) from exc
+        raise with_hint(explain_sql_error(exc, sql, conn.cursor())) from exc
     finally:
         conn.close()
     return chunks[0] if len(chunks) == 1 else vstack(chunks, join_type="exact", metadata_conflicts="silent")

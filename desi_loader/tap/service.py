@@ -239,6 +239,13 @@ def sync(dsn: str, schema: str, say: Optional[Callable[[str], None]] = None, fin
         return message
 
 
+def sync_loads(dsn: str, summaries: list, say: Optional[Callable[[str], None]] = None) -> None:
+    """After loads: every schema they published rows into and a TAP service serves is brought
+    up to date (the process that finalized a schema says where to publish when it cannot)."""
+    for schema in sorted({s.schema for s in summaries if s.role != "nothing" and s.rows}):
+        sync(dsn, schema, say, finalizer=any(s.finalized for s in summaries if s.schema == schema))
+
+
 def _sync(dsn: str, schema: str, say: Optional[Callable[[str], None]], finalizer: bool) -> Optional[str]:
     conn = connect(dsn, "desi-loader tap sync")
     try:
