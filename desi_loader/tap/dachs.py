@@ -97,6 +97,9 @@ class Instance:
     def state(self) -> dict:
         return json.loads(self.state_file.read_text())
 
+    def _save(self, state: dict) -> None:
+        _write(self.state_file, json.dumps(state, indent=2) + "\n")
+
     def rd_path(self, schema: str) -> Path:
         return self.root / "inputs" / schema / "q.rd"
 
@@ -125,7 +128,7 @@ class Instance:
             if not (etc / profile).exists():     # kept on a second publish: the roles have these passwords
                 _write(etc / profile, f"include dsn\nuser = {prefix}{role}\npassword = {secrets.token_urlsafe(24)}\n")
         state = {"database": target.label, "dsn": dsn, "host": host, "port": port, "roles": prefix, "schemas": []}
-        _write(self.state_file, json.dumps(state, indent=2) + "\n")
+        self._save(state)
 
     def set_port(self, host: str, port: int, dsn: str) -> None:
         text = self.settings.read_text()
@@ -133,13 +136,13 @@ class Instance:
         text = re.sub(r"(?m)^bindAddress:.*$", f"bindAddress: {host}", text)
         text = re.sub(r"(?m)^serverURL:.*$", f"serverURL: http://{host}:{port}", text)
         _write(self.settings, text)
-        _write(self.state_file, json.dumps({**self.state(), "host": host, "port": port, "dsn": dsn}, indent=2) + "\n")
+        self._save({**self.state(), "host": host, "port": port, "dsn": dsn})
 
     def add_schema(self, schema: str) -> None:
         s = self.state()
         if schema not in s["schemas"]:
             s["schemas"] = sorted(s["schemas"] + [schema])
-            _write(self.state_file, json.dumps(s, indent=2) + "\n")
+            self._save(s)
 
     def profile_for(self, role: str) -> str:
         """A DaCHS profile naming database role ``role`` (DaCHS grants by profile)."""
