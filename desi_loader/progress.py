@@ -5,8 +5,8 @@ import sys
 import time
 
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TaskProgressColumn,
+                           TextColumn, TimeElapsedColumn, TimeRemainingColumn)
 
 from .report import NullReporter
 
@@ -32,10 +32,32 @@ class RichReporter(NullReporter):
         self.bytes = 0
         self.wbytes: dict = {}
         self.wrows: dict = {}
+        self.steps = None                  # the finalize's running steps (one line each)
+        self.step_ids: dict = {}
 
     def phase(self, name: str) -> None:
+        self._end_steps()
         if name != "copy":
             self.console.print(f"[bold]{name}[/bold] ...")
+
+    def step(self, what: str, state: str) -> None:
+        if self.steps is None:
+            self.steps = Progress(SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.fields[state]}"),
+                                  TimeElapsedColumn(), console=self.console, transient=True, refresh_per_second=4)
+            self.steps.start()
+        if state == "start":
+            self.step_ids[what] = self.steps.add_task(f"  {what}", total=None, state="")
+        elif what in self.step_ids:
+            if state.startswith("done"):
+                self.steps.remove_task(self.step_ids.pop(what))
+                self.console.print(f"  {what} [dim]{state}[/dim]")
+            else:
+                self.steps.update(self.step_ids[what], state=f"[dim]{state}[/dim]")
+
+    def _end_steps(self) -> None:
+        if self.steps is not None:
+            self.steps.stop()
+            self.steps, self.step_ids = None, {}
 
     def info(self, message: str) -> None:
         self.console.print(message)
@@ -80,6 +102,9 @@ class RichReporter(NullReporter):
         if self.progress:
             self.progress.stop()
 
+    def close(self) -> None:
+        self._end_steps()
+
     def warn(self, message: str) -> None:
         self.console.print(f"[yellow]warning:[/yellow] {message}")
 
@@ -91,12 +116,19 @@ class PlainReporter(NullReporter):
         self.stream = stream or sys.stderr
         self.rows = self.bytes = self.total = 0
         self.t0 = self.last = time.perf_counter()
+        self.step_last: dict = {}
 
     def _line(self, text: str) -> None:
         print(time.strftime("%H:%M:%S ") + text, file=self.stream, flush=True)
 
     def phase(self, name: str) -> None:
         self._line(f"phase {name}")
+
+    def step(self, what: str, state: str) -> None:
+        now = time.perf_counter()
+        if state == "start" or state.startswith("done") or now - self.step_last.get(what, 0) >= PLAIN_INTERVAL:
+            self.step_last[what] = now
+            self._line(f"  {what}: {state}")
 
     def info(self, message: str) -> None:
         self._line(message)

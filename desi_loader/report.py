@@ -29,5 +29,12 @@ class NullReporter:
     def stop_copy(self) -> None:
         """The copy phase ended."""
 
+    def step(self, what: str, state: str) -> None:
+        """A step of the finalize (``what``: "table: index NAME", "table: ANALYZE") is at
+        ``state``: "start", the server's progress ("building index 40%"), "done in 3.1 s"."""
+
+    def close(self) -> None:
+        """The load ended (published or not): stop any live display."""
+
     def warn(self, message: str) -> None:
         """Something the user should know about."""

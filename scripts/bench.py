@@ -51,6 +51,7 @@ from desi_loader.fits.read import read_info, read_rows  # noqa: E402
 from desi_loader.control.run import LoadOptions, run_loads  # noqa: E402
 from desi_loader.samples.fastspecfit import write_fastspecfit_file  # noqa: E402
 from desi_loader.control.sqlgen import create_staging  # noqa: E402
+from psycopg2 import sql  # noqa: E402
 from desi_loader.control.worker import keep_freed_memory  # noqa: E402
 
 MAIN = "fastspec-iron-main-bright-nside1-hp{:02d}.fits"
@@ -510,7 +511,7 @@ def by_hand(dsn: str, plan, chunks, copied: Optional[threading.Barrier] = None) 
     COPY FROM the pre-encoded binary files in one transaction (so wal_level=minimal skips the
     WAL of the COPY), then PRIMARY KEY and ANALYZE.  Seconds.  ``copied``: a barrier every
     table's thread waits at between its COPY and its key (the scale section samples there)."""
-    from desi_loader.control.sqlgen import create_indexes
+    from desi_loader.control.sqlgen import primary_key
     schema = "bench_hand"
     fresh_schema(dsn, schema)
 
@@ -518,8 +519,9 @@ def by_hand(dsn: str, plan, chunks, copied: Optional[threading.Barrier] = None) 
         conn = connect(dsn)
         spec = plan.tables[table]
         with conn.cursor() as cur:
-            for stmt in create_staging(schema, table, spec, logged=True):
-                cur.execute(stmt)
+            # as a hand-written load would: the columns in the files' order, no NOT NULL
+            cur.execute(sql.SQL("CREATE TABLE {} ({})").format(sql.Identifier(schema, table), sql.SQL(", ").join(
+                sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.sql_type)) for c in spec.all_columns)))
             for t, path, cols in chunks:
                 if t == table:
                     collist = ", ".join(f'"{c}"' for c in cols)
@@ -527,7 +529,7 @@ def by_hand(dsn: str, plan, chunks, copied: Optional[threading.Barrier] = None) 
             conn.commit()
             if copied is not None:
                 copied.wait()
-            cur.execute(create_indexes(schema, table, spec)[0])          # the primary key
+            cur.execute(primary_key(schema, table, spec))
             cur.execute(f'ANALYZE "{schema}".{table}')
         conn.commit()
         conn.close()
@@ -954,11 +956,11 @@ class Bench:
                        "bench_export.fastspecfit_specphot s USING (file_id, row_num) "
                        "WHERE bench_export.angdist(m.ra, m.dec, 150, 2) <= 20")}
         try:
-            for what, sql in queries.items():
+            for what, query in queries.items():
                 for ext in (".fits", ".vot", ".ecsv", ".csv"):
                     conn = connect(dsn)
                     t0 = time.perf_counter()
-                    w = export.write(tables.iter_tables(conn, sql), str(out / f"result{ext}"))
+                    w = export.write(tables.iter_tables(conn, query), str(out / f"result{ext}"))
                     secs = time.perf_counter() - t0
                     conn.close()
                     self.record(f"export {ext[1:]}: {what}", 1, secs, w.rows, w.bytes)

@@ -1,4 +1,4 @@
-"""The coordinator: a load's phases (open, copy, await, verify, merge, index, durable,
+"""The coordinator: a load's phases (open, copy, await, verify, merge, durable, index,
 foreign keys, swap) from one table, timing, retrying and reporting each.
 
 Every process copies; the one that wins the load's lock alone (the finalizer) verifies,
@@ -14,7 +14,7 @@ from typing import Callable, Optional
 
 import psycopg2
 
-from . import publish, staging, verify
+from . import indexes, publish, staging, verify
 from ..db import as_database_error, checkpoint_advice, free_connections, mask_dsn, server_settings
 from ..errors import DatabaseError, LoadFailed, UsageError
 from ..fits.discover import Plan
@@ -101,6 +101,7 @@ class Coordinator:
                 ledger.resilient(lambda: ledger.set_status("failed", why))
             raise
         finally:
+            self.reporter.close()
             if self.load is not None:
                 self.load.ledger.close()
 
@@ -293,6 +294,11 @@ class Coordinator:
             self.reporter.info(f"new columns in the published tables: {', '.join(added)}")
         self.summary.replaced_rows = replaced
 
+    def index(self) -> None:
+        result = indexes.index(self.load, bool(self.summary.cluster), staging.prepare_sky(self.load), self.reporter)
+        self.summary.index_steps.update(result.steps)
+        self.summary.index_sessions = result.sessions
+
     def durable(self) -> None:
         check_rows(self.load)
         staging.durable(self.load)
@@ -324,9 +330,10 @@ PHASES = (
     Phase("await", Coordinator.await_outcome, when=lambda c: not c.finalizer and c.summary.role != "nothing"),
     Phase("verify", lambda c: verify.verify(c.load, c.summary), when=lambda c: c.finalizer),
     Phase("merge", Coordinator.merge, when=lambda c: c.finalizer and c.load.incremental),
-    Phase("index", lambda c: staging.index(c.load, on_cluster=bool(c.summary.cluster)), when=_replacing),
+    # SET LOGGED rewrites the table and rebuilds its indexes: made durable first, indexed once
     Phase("durable", Coordinator.durable,
           when=lambda c: _replacing(c) and not c.opts.unlogged and c.load.staging_mode == "unlogged"),
+    Phase("index", Coordinator.index, when=_replacing),
     Phase("foreign_keys", lambda c: staging.link(c.load), when=lambda c: _replacing(c) and bool(c.load.fkeys)),
     Phase("swap", Coordinator.swap, when=_replacing),
 )

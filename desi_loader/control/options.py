@@ -89,6 +89,8 @@ class Summary:
     node_seconds: float = 0.0        # time its worker pools ran
     cluster: str = ""                # "Citus <version>, <n> workers" when the server is a Citus coordinator
     distribution: dict = field(default_factory=dict)    # table -> placement on the cluster
+    index_steps: dict = field(default_factory=dict)     # "table: step" -> seconds (index phase)
+    index_sessions: int = 0                             # sessions the index phase ran in
 
     def opened(self, opening, plan) -> None:
         """What the opening (an opening.Opening) decided about ``plan``'s load."""

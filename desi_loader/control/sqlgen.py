@@ -8,9 +8,13 @@ from ..servers.citus import unique_columns
 
 
 def create_staging(schema: str, name: str, spec: TableSpec, logged: bool = False) -> list:
-    """Statements creating the staging table (UNLOGGED unless ``logged``) with column comments."""
+    """Statements creating the staging table (UNLOGGED unless ``logged``) with column comments;
+    columns in their stored order (TableSpec.stored_columns), the key's NOT NULL (a primary
+    key then attaches to its index without a scan)."""
+    required = {"file_id", "row_num", *spec.key}
     cols = sql.SQL(", ").join(
-        sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.sql_type)) for c in spec.all_columns)
+        sql.SQL("{} {}{}").format(sql.Identifier(c.name), sql.SQL(c.sql_type),
+                                  sql.SQL(" NOT NULL" if c.name in required else "")) for c in spec.stored_columns)
     ident = sql.Identifier(schema, name)
     out = [sql.SQL("CREATE {}TABLE {} ({})").format(sql.SQL("" if logged else "UNLOGGED "), ident, cols)]
     for c in spec.all_columns:
@@ -29,21 +33,41 @@ def index_name(table: str, cols: tuple) -> str:
     return name
 
 
-def create_indexes(schema: str, name: str, spec: TableSpec, distributed=None) -> list:
-    """Primary key on the natural key, unique (file_id, row_num), then the preset's indexes.
+def primary_key(schema: str, name: str, spec: TableSpec, distributed=None) -> sql.Composed:
+    """ALTER TABLE ... ADD PRIMARY KEY on the natural key (built in the statement)."""
+    key = unique_columns(spec.key, distributed)
+    return sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({})").format(
+        sql.Identifier(schema, name), sql.Identifier(f"{name}_pkey"), sql.SQL(", ").join(map(sql.Identifier, key)))
+
+
+def key_index(schema: str, name: str, spec: TableSpec, distributed=None) -> sql.Composed:
+    """The primary key's unique index, built like any other and attached by attach_key."""
+    key = unique_columns(spec.key, distributed)
+    return sql.SQL("CREATE UNIQUE INDEX IF NOT EXISTS {} ON {} ({})").format(
+        sql.Identifier(f"{name}_pkey"), sql.Identifier(schema, name), sql.SQL(", ").join(map(sql.Identifier, key)))
+
+
+def attach_key(schema: str, name: str) -> sql.Composed:
+    """The primary key made of key_index's index (no scan: the key columns are NOT NULL)."""
+    return sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY USING INDEX {}").format(
+        sql.Identifier(schema, name), sql.Identifier(f"{name}_pkey"), sql.Identifier(f"{name}_pkey"))
+
+
+def secondary_indexes(schema: str, name: str, spec: TableSpec, distributed=None) -> list:
+    """(index name, statement, the unique columns or None) of unique (file_id, row_num)
+    and the preset's indexes.
 
     ``distributed`` (a hash Distribution on a Citus cluster) adds its column to the unique
     keys that lack it (citus.unique_columns)."""
     ident = sql.Identifier(schema, name)
-    key = unique_columns(spec.key, distributed)
-    out = [sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({})").format(
-        ident, sql.Identifier(f"{name}_pkey"), sql.SQL(", ").join(map(sql.Identifier, key)))]
+    out = []
     if tuple(spec.key) != ("file_id", "row_num"):
         rows = unique_columns(("file_id", "row_num"), distributed)
-        out.append(sql.SQL("CREATE UNIQUE INDEX IF NOT EXISTS {} ON {} ({})").format(
-            sql.Identifier(index_name(name, ("file_id", "row_num"))), ident,
-            sql.SQL(", ").join(map(sql.Identifier, rows))))
+        idx = index_name(name, ("file_id", "row_num"))
+        out.append((idx, sql.SQL("CREATE UNIQUE INDEX IF NOT EXISTS {} ON {} ({})").format(
+            sql.Identifier(idx), ident, sql.SQL(", ").join(map(sql.Identifier, rows))), ", ".join(rows)))
     for cols in spec.indexes:
-        out.append(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({})").format(
-            sql.Identifier(index_name(name, cols)), ident, sql.SQL(", ").join(map(sql.Identifier, cols))))
+        idx = index_name(name, cols)
+        out.append((idx, sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({})").format(
+            sql.Identifier(idx), ident, sql.SQL(", ").join(map(sql.Identifier, cols))), None))
     return out

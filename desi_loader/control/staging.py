@@ -1,5 +1,5 @@
-"""Staging tables: created before the copy (distributed on Citus), then indexed, made durable
-and tied by foreign keys once the copy is done."""
+"""Staging tables: created before the copy (distributed on Citus), then made durable and tied
+by foreign keys once the copy is done (indexes.py builds their indexes)."""
 from __future__ import annotations
 
 import logging
@@ -9,13 +9,12 @@ from typing import Callable, Optional
 import psycopg2
 from psycopg2 import sql
 
-from . import attach
 from ..servers import citus
 from ..db import connect
 from .ledger import app_name
-from .skyindex import ensure_q3c, install_functions, q3c_index_statement
+from .skyindex import ensure_q3c, install_functions
 from ..errors import LoadFailed
-from .sqlgen import create_indexes, create_staging, index_name
+from .sqlgen import create_staging
 
 log = logging.getLogger(__name__)
 
@@ -57,45 +56,6 @@ def _constraint_exists(cur, schema: str, table: str, name: str) -> bool:
     cur.execute("SELECT 1 FROM pg_constraint WHERE conrelid = %s::regclass AND conname = %s",
                 (f'"{schema}"."{table}"', name))
     return cur.fetchone() is not None
-
-
-def build_indexes(conn, schema: str, staging: str, spec, q3c: Optional[str] = None,
-                  on_cluster: bool = False) -> None:
-    """Primary key, unique (file_id, row_num), the preset's indexes and the q3c index (on
-    tables with a sky index, when ``q3c`` names the extension's schema), then ANALYZE.
-    ``on_cluster``: the server is a Citus coordinator (keys get the distribution column)."""
-    with conn.cursor() as cur:
-        on_cluster = on_cluster and spec.distribution is not None
-        if on_cluster:
-            citus.no_local_execution(cur)
-        stmts = create_indexes(schema, staging, spec, spec.distribution if on_cluster else None)
-        if q3c and spec.sky:
-            stmts.append(q3c_index_statement(schema, staging, index_name(staging, ("q3c",)), spec.sky, q3c))
-        if _constraint_exists(cur, schema, staging, f"{staging}_pkey"):
-            stmts = stmts[1:]          # a resumed load built it already
-        for stmt in stmts:
-            try:
-                cur.execute(stmt)
-            except psycopg2.errors.UniqueViolation as exc:
-                conn.rollback()
-                detail = (exc.diag.message_detail or "").strip()
-                raise LoadFailed(f"table {spec.name}: key ({', '.join(spec.key)}) is not unique: {detail}",
-                                  "two files hold the same rows? load each file once") from exc
-        cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, staging)))
-    conn.commit()
-
-
-def build_user_indexes(conn, schema: str, table: str, stage: str, spec, load_id: int) -> int:
-    """Build on staging the indexes users added to the published table (renamed back in the swap)."""
-    mine = {f"{table}_pkey", index_name(table, ("file_id", "row_num")), index_name(table, ("q3c",))} | {
-        index_name(table, c) for c in spec.indexes}
-    with conn.cursor() as cur:
-        found = attach.user_indexes(cur, schema, table, mine)
-        for name, definition in found:
-            cur.execute(attach.index_on(definition, schema, table, stage, name,
-                                        attach.staging_index_name(name, load_id)))
-    conn.commit()
-    return len(found)
 
 
 def table_order(tables, fkeys) -> list:
@@ -188,16 +148,6 @@ def prepare_sky(load) -> Optional[str]:
         return None
     install_functions(load.conn, load.schema)
     return ensure_q3c(load.conn)
-
-
-def index(load, on_cluster: bool) -> None:
-    """Every staging table's keys, indexes (the preset's, the sky's, the users') and ANALYZE."""
-    q3c = prepare_sky(load)
-
-    def step(c, t: str) -> None:
-        build_indexes(c, load.schema, load.staging[t], load.tables[t], q3c, on_cluster=on_cluster)
-        build_user_indexes(c, load.schema, t, load.staging[t], load.tables[t], load.load_id)
-    per_table(load, step)
 
 
 def durable(load) -> None:

@@ -183,6 +183,10 @@ class FitsSource:
     null: Optional[int] = None     # the stored value a NULL stands for (TNULL, or the preset's sentinel)
 
 
+#: Element types whose values are of one width (PostgreSQL caches their offset in a row).
+FIXED_WIDTH_TYPES = frozenset({"int2", "int4", "int8", "float4", "float8", "bool"})
+
+
 @dataclass(frozen=True)
 class PgColumn:
     """A column of a PostgreSQL table: name, type, comment, and how to encode it."""
@@ -196,6 +200,11 @@ class PgColumn:
     @property
     def sql_type(self) -> str:
         return PG_TYPES[self.pgtype].sql + "[]" * self.ndims
+
+    @property
+    def fixed_width(self) -> bool:
+        """Every value takes the same bytes in a row (no text, array or numeric)."""
+        return self.ndims == 0 and self.pgtype in FIXED_WIDTH_TYPES
 
     @property
     def stored_type(self) -> str:
@@ -284,6 +293,15 @@ def encoder_field(col: FitsColumn) -> Field:
                  tnull=col.tnull, src=src)
 
 
+#: Tables of at least this many columns store their variable-width columns after the
+#: fixed-width ones (``TableSpec.stored_columns``).  The server finds a column in a row at a
+#: cached offset only when no variable-width column (or NULL) precedes it; otherwise it
+#: walks the row from its start, so reading every column of a row costs columns^2 / 2 steps.
+#: ANALYZE reads every column of 30,000 sampled rows that way: FASTSPEC's 887 columns with
+#: ``survey`` fourth took 36.9 s on a 2-core machine, 9.5 s stored fixed-width first.
+WIDE_TABLE = 100
+
+
 @dataclass(frozen=True)
 class TableSpec:
     """A target table: its columns in order (file_id and row_num first)."""
@@ -301,6 +319,16 @@ class TableSpec:
         head = (PgColumn(FILE_ID, "int8", 0, "key of load_files"),
                 PgColumn(ROW_NUM, "int8", 0, "0-based row in the FITS HDU"))
         return head + self.extra + self.columns
+
+    @property
+    def stored_columns(self) -> tuple[PgColumn, ...]:
+        """The columns in the order the table stores them: ``all_columns``, except that a
+        wide table (WIDE_TABLE) keeps its fixed-width columns first, each group in order.
+        Everything the loader writes names its columns, so only ``SELECT *`` sees this."""
+        cols = self.all_columns
+        if len(cols) < WIDE_TABLE:
+            return cols
+        return tuple(c for c in cols if c.fixed_width) + tuple(c for c in cols if not c.fixed_width)
 
 
 def union_columns(table: str, sources: Sequence[tuple[str, Sequence[PgColumn]]]) -> tuple[PgColumn, ...]:

@@ -1,0 +1,291 @@
+"""The index phase: every index of every staging table built in a pool of sessions, each
+table's primary key attached and its statistics taken once its indexes are in, and what the
+server says of each build (pg_stat_progress_create_index / _analyze) shown as it runs.
+
+Why jobs rather than one session per table: several ``CREATE INDEX`` on one table run at
+once (their SHARE locks do not conflict), so the indexes of the widest table no longer wait
+for each other; the primary key is built as a unique index like the rest and attached with
+``ADD PRIMARY KEY USING INDEX`` (its columns are NOT NULL from the start, so that takes no
+scan).  ANALYZE conflicts with CREATE INDEX on the same table (SHARE UPDATE EXCLUSIVE
+against SHARE), so it runs after the table's indexes and beside other tables' builds.
+On a Citus coordinator each table's statements run in one session, in order, as before
+(its DDL propagates to the shards under its own locks).
+"""
+from __future__ import annotations
+
+import heapq
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import psycopg2
+from psycopg2 import sql
+
+from . import attach
+from ..db import connect, free_connections
+from ..errors import LoadFailed
+from ..servers import citus
+from .ledger import app_name
+from .skyindex import q3c_index_statement
+from .staging import FINALIZE_LOCK_TIMEOUT
+from .sqlgen import attach_key, index_name, key_index, primary_key, secondary_indexes
+
+log = logging.getLogger(__name__)
+
+#: seconds between looks at the server's progress views
+PROGRESS_POLL = 1.0
+
+#: heap pages an ANALYZE costs per column, for the order of the jobs (the biggest first)
+ANALYZE_COST = 20
+
+
+@dataclass
+class Job:
+    """One statement group of the index phase on one staging table."""
+
+    table: str                         # the published table's name (what the user sees)
+    what: str                          # "index <name>", "primary key", "ANALYZE", ...
+    statements: list                   # run in order, in one transaction
+    cost: float                        # a guess of the work (heap pages, columns): biggest first
+    after: int = 0                     # jobs of the same table that must end first
+    unique: Optional[str] = None       # the key a UniqueViolation breaks (for the message)
+
+
+@dataclass
+class IndexResult:
+    """What the index phase did: seconds per step ("table: what"), sessions used."""
+
+    steps: dict = field(default_factory=dict)
+    sessions: int = 0
+
+
+def table_jobs(schema: str, table: str, stage: str, spec, pages: int, q3c: Optional[str],
+               user: list, on_cluster: bool, has_key: bool) -> list:
+    """The jobs of one staging table: its index builds (no order between them), then the
+    primary key attached and ANALYZE (``after`` = the number of builds).
+
+    ``user``: (statement, name) of the indexes users added to the published table; ``has_key``:
+    a resumed load attached the primary key already.  On a Citus coordinator (``on_cluster``)
+    one job runs them all in order, the key built by ADD PRIMARY KEY."""
+    distribution = spec.distribution if on_cluster else None
+    key = ", ".join(spec.key)
+    builds = [] if has_key or on_cluster else [
+        Job(table, "primary key index", [key_index(schema, stage, spec)], pages, unique=key)]
+    for name, stmt, unique in secondary_indexes(schema, stage, spec, distribution):
+        builds.append(Job(table, f"index {name}", [stmt], pages, unique=unique))
+    if q3c and spec.sky:
+        name = index_name(stage, ("q3c",))
+        builds.append(Job(table, f"index {name}", [q3c_index_statement(schema, stage, name, spec.sky, q3c)], pages))
+    for stmt, name in user:
+        builds.append(Job(table, f"index {name} (yours)", [stmt], pages))
+    analyze = sql.SQL("ANALYZE {}").format(sql.Identifier(schema, stage))
+    if on_cluster:
+        first = [] if has_key else [primary_key(schema, stage, spec, distribution)]
+        return [Job(table, "keys, indexes, ANALYZE", first + [s for j in builds for s in j.statements] + [analyze],
+                    pages * (2 + len(builds)), unique=key)]
+    finish = ([] if has_key else [attach_key(schema, stage)]) + [analyze]
+    return builds + [Job(table, "ANALYZE" if has_key else "primary key, ANALYZE", finish,
+                         pages + ANALYZE_COST * len(spec.all_columns), after=len(builds))]
+
+
+def run_jobs(dsn: str, tag: str, jobs: list, sessions: int, reporter, on_cluster: bool) -> IndexResult:
+    """Run ``jobs`` in ``sessions`` connections, biggest first, each table's finishing job
+    after its builds; the server's progress of each running job reported every second."""
+    result = IndexResult(sessions=sessions)
+    lock = threading.Condition()
+    waiting = {id(j): j.after for j in jobs}            # builds left before a job may start
+    ready = [(-j.cost, n, j) for n, j in enumerate(jobs) if not j.after]
+    heapq.heapify(ready)
+    running: dict = {}                                  # backend pid -> Job
+    left = [len(jobs)]
+    failure: list = []
+    conns: list = []
+    stop = threading.Event()
+
+    def take() -> Optional[Job]:
+        with lock:
+            while not ready and left[0] and not failure:
+                lock.wait()
+            if failure or not ready:
+                return None
+            return heapq.heappop(ready)[2]
+
+    def finished(job: Job) -> None:
+        with lock:
+            left[0] -= 1
+            for n, other in enumerate(jobs):
+                if other.table == job.table and waiting[id(other)] and job.after == 0:
+                    waiting[id(other)] -= 1
+                    if not waiting[id(other)]:
+                        heapq.heappush(ready, (-other.cost, len(jobs) + n, other))
+            lock.notify_all()
+
+    def session() -> None:
+        conn = connect(dsn, app_name("finalize", tag))
+        conns.append(conn)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SET lock_timeout = %s", (FINALIZE_LOCK_TIMEOUT,))
+                if on_cluster:
+                    citus.no_local_execution(cur)
+            conn.commit()
+            pid = conn.get_backend_pid()
+            while (job := take()) is not None:
+                label = f"{job.table}: {job.what}"
+                reporter.step(label, "start")
+                with lock:
+                    running[pid] = job
+                t0 = time.perf_counter()
+                try:
+                    _execute(conn, job)
+                finally:
+                    with lock:
+                        running.pop(pid, None)
+                secs = time.perf_counter() - t0
+                result.steps[label] = round(secs, 3)
+                reporter.step(label, f"done in {secs:.1f} s")
+                finished(job)
+        except BaseException as exc:               # noqa: BLE001 -- handed to the caller below
+            with lock:
+                failure.append(exc)
+                lock.notify_all()
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=session, name=f"index-{i}", daemon=True) for i in range(sessions)]
+    watcher = threading.Thread(target=_watch, args=(dsn, tag, running, lock, stop, reporter), daemon=True)
+    for t in threads:
+        t.start()
+    watcher.start()
+    try:
+        for t in threads:
+            while t.is_alive():
+                t.join(0.2)
+    except BaseException:
+        # interrupted (Ctrl-C, SIGTERM): stop the statements now rather than wait minutes
+        # for index builds nobody will use
+        with lock:
+            failure.append(KeyboardInterrupt())
+            lock.notify_all()
+        for c in list(conns):
+            if not c.closed:
+                c.cancel()
+        raise
+    finally:
+        stop.set()
+    if failure:
+        for c in list(conns):
+            if not c.closed:
+                c.cancel()
+        raise failure[0]
+    return result
+
+
+def _execute(conn, job: Job) -> None:
+    try:
+        with conn.cursor() as cur:
+            for stmt in job.statements:
+                cur.execute(stmt)
+        conn.commit()
+    except psycopg2.errors.UniqueViolation as exc:
+        conn.rollback()
+        detail = (exc.diag.message_detail or "").strip()
+        raise LoadFailed(f"table {job.table}: key ({job.unique}) is not unique: {detail}",
+                         "two files hold the same rows? load each file once") from exc
+    except BaseException:
+        try:
+            conn.rollback()
+        except psycopg2.Error:
+            pass
+        raise
+
+
+#: The server's own account of a running CREATE INDEX or ANALYZE (PostgreSQL 12+/13+).
+_PROGRESS = """
+SELECT pid, phase, blocks_done, blocks_total, tuples_done, tuples_total FROM pg_stat_progress_create_index
+WHERE pid = ANY(%(pids)s)
+UNION ALL
+SELECT pid, phase, sample_blks_scanned, sample_blks_total, ext_stats_computed, ext_stats_total
+FROM pg_stat_progress_analyze WHERE pid = ANY(%(pids)s)"""
+
+
+def progress_text(phase: str, blocks_done: int, blocks_total: int, tuples_done: int, tuples_total: int) -> str:
+    """One line of a running build: its phase and how far it is ("scanning table 40%")."""
+    if blocks_total:
+        return f"{phase} {100 * blocks_done / blocks_total:.0f}%"
+    if tuples_total:
+        return f"{phase} {100 * tuples_done / tuples_total:.0f}%"
+    return phase
+
+
+def _watch(dsn: str, tag: str, running: dict, lock, stop: threading.Event, reporter) -> None:
+    """Every PROGRESS_POLL seconds: what the server says of each running job."""
+    conn = None
+    try:
+        while not stop.wait(PROGRESS_POLL):
+            with lock:
+                jobs = dict(running)
+            if not jobs:
+                continue
+            if conn is None:
+                conn = connect(dsn, app_name("progress", tag))
+                conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(_PROGRESS, {"pids": list(jobs)})
+                rows = cur.fetchall()
+            for pid, phase, bd, bt, td, tt in rows:
+                job = jobs.get(pid)
+                if job is not None:
+                    reporter.step(f"{job.table}: {job.what}", progress_text(phase, bd or 0, bt or 0, td or 0, tt or 0))
+    except Exception as exc:                        # noqa: BLE001 -- progress is best effort
+        log.info("finalize progress not shown: %s", exc)
+    finally:
+        if conn is not None:
+            conn.close()
+
+
+def sessions_for(conn, workers: int, jobs: int) -> int:
+    """Sessions of the index phase: as many as the load's workers (the user's measure of the
+    server's cores), no more than the jobs, within the server's free connection slots."""
+    return max(1, min(workers, jobs, free_connections(conn)))
+
+
+def table_pages(cur, schema: str, stage: str) -> int:
+    cur.execute("SELECT pg_relation_size(%s::regclass) / 8192", (f'"{schema}"."{stage}"',))
+    return int(cur.fetchone()[0])
+
+
+def index(load, on_cluster: bool, q3c: Optional[str], reporter) -> IndexResult:
+    """Every staging table's keys, indexes (the preset's, the sky's, the users') and ANALYZE."""
+    jobs = []
+    conn = load.conn
+    with conn.cursor() as cur:
+        for table, spec in load.tables.items():
+            stage = load.staging[table]
+            cluster = on_cluster and spec.distribution is not None
+            cur.execute("SELECT 1 FROM pg_constraint WHERE conrelid = %s::regclass AND conname = %s",
+                        (f'"{load.schema}"."{stage}"', f"{stage}_pkey"))
+            has_key = cur.fetchone() is not None
+            jobs += table_jobs(load.schema, table, stage, spec, table_pages(cur, load.schema, stage), q3c,
+                               user_index_statements(cur, load.schema, table, stage, spec, load.load_id),
+                               cluster, has_key)
+    conn.commit()
+    return run_jobs(load.opts.dsn, load.ledger.tag, jobs, sessions_for(conn, load.opts.workers, len(jobs)),
+                    reporter, on_cluster)
+
+
+def user_index_statements(cur, schema: str, table: str, stage: str, spec, load_id: int) -> list:
+    """(statement, name) building on staging the indexes users added to the published table
+    (renamed back in the swap); none that a resumed load built already."""
+    mine = {f"{table}_pkey", index_name(table, ("file_id", "row_num")),
+            index_name(table, ("q3c",))} | {index_name(table, c) for c in spec.indexes}
+    out = []
+    for name, definition in attach.user_indexes(cur, schema, table, mine):
+        new = attach.staging_index_name(name, load_id)
+        cur.execute("SELECT to_regclass(%s)", (f'"{schema}"."{new}"',))
+        if cur.fetchone()[0] is None:
+            out.append((attach.index_on(definition, schema, table, stage, name, new), name))
+    return out
+
