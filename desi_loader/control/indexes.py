@@ -18,12 +18,12 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import psycopg2
 from psycopg2 import sql
 
-from . import attach
+from . import analyze as statistics, attach
 from ..db import connect, free_connections
 from ..errors import LoadFailed
 from ..servers import citus
@@ -51,6 +51,7 @@ class Job:
     cost: float                        # a guess of the work (heap pages, columns): biggest first
     after: int = 0                     # jobs of the same table that must end first
     unique: Optional[str] = None       # the key a UniqueViolation breaks (for the message)
+    then: Optional[Callable] = None    # run(conn, dsn, tag) after the statements' commit
 
 
 @dataclass
@@ -80,14 +81,18 @@ def table_jobs(schema: str, table: str, stage: str, spec, pages: int, q3c: Optio
         builds.append(Job(table, f"index {name}", [q3c_index_statement(schema, stage, name, spec.sky, q3c)], pages))
     for stmt, name in user:
         builds.append(Job(table, f"index {name} (yours)", [stmt], pages))
-    analyze = sql.SQL("ANALYZE {}").format(sql.Identifier(schema, stage))
     if on_cluster:
         first = [] if has_key else [primary_key(schema, stage, spec, distribution)]
+        analyze = sql.SQL("ANALYZE {}").format(sql.Identifier(schema, stage))
         return [Job(table, "keys, indexes, ANALYZE", first + [s for j in builds for s in j.statements] + [analyze],
                     pages * (2 + len(builds)), unique=key)]
-    finish = ([] if has_key else [attach_key(schema, stage)]) + [analyze]
-    return builds + [Job(table, "ANALYZE" if has_key else "primary key, ANALYZE", finish,
-                         pages + ANALYZE_COST * len(spec.all_columns), after=len(builds))]
+
+    def take_statistics(conn, dsn: str, tag: str) -> None:
+        statistics.analyze(conn, dsn, tag, schema, stage)
+
+    finish = [] if has_key else [attach_key(schema, stage)]
+    return builds + [Job(table, "statistics" if has_key else "primary key, statistics", finish,
+                         pages + ANALYZE_COST * len(spec.all_columns), after=len(builds), then=take_statistics)]
 
 
 def run_jobs(dsn: str, tag: str, jobs: list, sessions: int, reporter, on_cluster: bool) -> IndexResult:
@@ -128,8 +133,6 @@ def run_jobs(dsn: str, tag: str, jobs: list, sessions: int, reporter, on_cluster
         try:
             with conn.cursor() as cur:
                 cur.execute("SET lock_timeout = %s", (FINALIZE_LOCK_TIMEOUT,))
-                if on_cluster:
-                    citus.no_local_execution(cur)
             conn.commit()
             pid = conn.get_backend_pid()
             while (job := take()) is not None:
@@ -139,7 +142,9 @@ def run_jobs(dsn: str, tag: str, jobs: list, sessions: int, reporter, on_cluster
                     running[pid] = job
                 t0 = time.perf_counter()
                 try:
-                    _execute(conn, job)
+                    _execute(conn, job, on_cluster)
+                    if job.then is not None:
+                        job.then(conn, dsn, tag)
                 finally:
                     with lock:
                         running.pop(pid, None)
@@ -183,9 +188,11 @@ def run_jobs(dsn: str, tag: str, jobs: list, sessions: int, reporter, on_cluster
     return result
 
 
-def _execute(conn, job: Job) -> None:
+def _execute(conn, job: Job, on_cluster: bool) -> None:
     try:
         with conn.cursor() as cur:
+            if on_cluster:                  # SET LOCAL: for this job's transaction
+                citus.no_local_execution(cur)
             for stmt in job.statements:
                 cur.execute(stmt)
         conn.commit()
