@@ -475,7 +475,8 @@ def parse_args(argv):
                     "cost), sky (whole-load cost of the sky index, cone searches indexed vs sequential "
                     "scan), citus (one server vs a local 3-node Citus cluster, per-node CPU, a model "
                     "of 1 + 8 nodes), export (query results to FITS, VOTable, ECSV, CSV), tap (the TAP service: a cone's "
-                    "latency and a sync VOTable query against the same SQL); default all; "
+                    "latency and a sync VOTable query against the same SQL), statistics (ANALYZE of FASTSPEC "
+                    "in FITS and stored column order against the loader's statistics); default all; "
                     "scale (the whole load at --scale-galaxies sizes and both WAL levels against the server's own "
                     "path, per phase: seconds, server and client CPU, WAL, checkpoints) runs only when named")
     ap.add_argument("--sky-rows", type=int, default=1_000_000,
@@ -493,6 +494,8 @@ def parse_args(argv):
     ap.add_argument("--tap-rows", type=int, default=100_000,
                     help="galaxies of the TAP section, and rows of its sync VOTable query (default 100,000)")
     ap.add_argument("--tap-radius", type=float, default=3.0, help="cone radius of the TAP section, degrees (default 3)")
+    ap.add_argument("--stats-rows", type=int, default=30000,
+                    help="galaxies of the statistics section (default 30000: ANALYZE's sample of FASTSPEC)")
     ap.add_argument("--quick", action="store_true", help="smallest configuration (for tests)")
     args = ap.parse_args(argv)
     if args.quick:
@@ -847,6 +850,70 @@ class Bench:
         self.ratio("sky_index_whole_load_cost", min(with_sky) / min(without))
         shutil.rmtree(conf.parent, ignore_errors=True)
         self._cones()
+
+    def statistics(self) -> None:
+        """The planner's statistics of FASTSPEC (887 columns) at --stats-rows galaxies:
+        ANALYZE with the columns in FITS order, ANALYZE in the stored order (fixed-width columns
+        first), and the loader's own (computed from one read of the sample, restored with
+        pg_restore_attribute_stats on PostgreSQL 18+); the last checked against ANALYZE's
+        pg_stats, column by column."""
+        from desi_loader.control import analyze as statistics
+        dsn, args = self.dsn, self.args
+        files = make_files(self.cache, 1, args.stats_rows)
+        schema, table = "bench_stats", "fastspecfit_fastspec"
+        fresh_schema(dsn, schema)
+        command(dsn, files, schema, self.W, "--replace-all")
+        conn = connect(dsn)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
+                        "AND NOT attisdropped ORDER BY attnum", (f"{schema}.{table}",))
+            stored = [r[0] for r in cur.fetchall()]
+            import fitsio
+            fits = [c.lower() for c in fitsio.FITS(files[0])["FASTSPEC"].get_colnames()]
+            order = [c for c in stored if c not in set(fits)] + [c for c in fits if c in set(stored)]
+            cur.execute(sql.SQL("CREATE TABLE {} AS SELECT {} FROM {}").format(
+                sql.Identifier(schema, "fits_order"), sql.SQL(", ").join(map(sql.Identifier, order)),
+                sql.Identifier(schema, table)))
+
+            def timed(stmt) -> float:
+                t0 = time.perf_counter()
+                cur.execute(stmt)
+                return time.perf_counter() - t0
+            fits_s = min(timed(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, "fits_order")))
+                         for _ in range(max(1, args.repeat)))
+            stored_s = min(timed(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, table)))
+                           for _ in range(max(1, args.repeat)))
+            stats_sql = ("SELECT attname, null_frac, avg_width, n_distinct, most_common_vals::text, "
+                         "most_common_freqs::text, histogram_bounds::text, correlation FROM pg_stats "
+                         "WHERE schemaname = %s AND tablename = %s ORDER BY attname")
+            cur.execute(stats_sql, (schema, table))
+            by_server = cur.fetchall()
+        own_s, how = [], ""
+        for _ in range(max(1, args.repeat)):
+            work = connect(dsn)
+            t0 = time.perf_counter()
+            how = statistics.analyze(work, dsn, "bench", schema, table)
+            own_s.append(time.perf_counter() - t0)
+            work.close()
+        with conn.cursor() as cur:
+            cur.execute(stats_sql, (schema, table))
+            by_loader = cur.fetchall()
+            cur.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+        conn.close()
+        same = sum(a == b for a, b in zip(by_server, by_loader)) if len(by_server) == len(by_loader) else 0
+        print(f"\nstatistics of FASTSPEC ({len(stored)} columns, {args.stats_rows:,} galaxies):")
+        print(f"  ANALYZE, FITS column order        {fits_s:7.2f} s")
+        print(f"  ANALYZE, stored order              {stored_s:7.2f} s")
+        print(f"  the loader's ({how}) {min(own_s):7.2f} s")
+        print(f"  pg_stats rows identical to ANALYZE's: {same} of {len(by_server)}")
+        self.results["statistics"] = {"rows": args.stats_rows, "columns": len(stored),
+                                      "analyze_fits_order_s": round(fits_s, 3),
+                                      "analyze_stored_order_s": round(stored_s, 3),
+                                      "loader_s": round(min(own_s), 3), "how": how,
+                                      "pg_stats_identical": same, "pg_stats_rows": len(by_server)}
+        self.ratio("analyze_fits_order_vs_loader_statistics", fits_s / min(own_s))
+        self.ratio("analyze_stored_order_vs_loader_statistics", stored_s / min(own_s))
 
     def _cones(self) -> None:
         from astropy.table import Table
@@ -1288,7 +1355,8 @@ def main(argv=None) -> int:
     quiet_units()
     keep_freed_memory()          # in-process encoding measured with the workers' allocator setting
     bench = Bench(args)
-    only = ({"copy", "alternatives", "growth", "nodes", "whole", "sky", "citus", "export", "tap"} if args.only == "all"
+    only = ({"copy", "alternatives", "growth", "nodes", "whole", "sky", "citus", "export", "tap", "statistics"}
+            if args.only == "all"
             else set(args.only.split(",")))
     if only & {"copy", "alternatives"}:
         bench.ceiling_and_loader()
@@ -1308,6 +1376,8 @@ def main(argv=None) -> int:
         bench.export()
     if "tap" in only:
         bench.tap()
+    if "statistics" in only:
+        bench.statistics()
     if "scale" in only:                      # not in "all": two sizes of 0.4 and 1 million galaxies take long
         bench.scale()
     bench.finish()

@@ -1,0 +1,243 @@
+"""A staging table's planner statistics: ANALYZE, or for a wide table on PostgreSQL 18+ the
+same statistics computed from one read of the sample (colstats.py) and restored with
+``pg_restore_attribute_stats``.
+
+ANALYZE of a wide table costs its column count times a sort of 30,000 values in one server
+backend (two ANALYZE of one table cannot run at once): 8.6 s for FASTSPEC's 887 columns on
+a 2-core machine, whatever the table's size.  Here the sample ANALYZE would take (every row
+of a table of at most 300 x the statistics target rows, in physical order; else whole pages
+drawn at random, as ANALYZE's first stage does) is read by binary COPY in a few sessions, a
+group of columns each, and sorted by numpy.  Columns that need the server's comparison
+(text, whose order is the collation's; arrays; numeric) are left to ``ANALYZE (those
+columns)``, which also sets the table's page and row counts.  A table with an expression
+index or extended statistics is analyzed by the server whole (ANALYZE computes those only
+without a column list), as is any table whose sample holds a NULL in a fixed-width column
+(the fast read assumes none: the DESI catalogs store none) and every table on older servers.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import threading
+from typing import Optional
+
+import numpy as np
+from psycopg2 import sql
+
+from .. import colstats
+from ..db import connect
+from ..fits.schema import WIDE_TABLE
+from .ledger import app_name
+
+log = logging.getLogger(__name__)
+
+#: the element types colstats handles, with their big-endian numpy type in binary COPY
+FIXED = {"int2": ">i2", "int4": ">i4", "int8": ">i8", "float4": ">f4", "float8": ">f8", "bool": "?"}
+
+#: seconds of numpy per column group are about those of the server's COPY: a few groups
+#: read and sort in parallel (each group is one more connection)
+MAX_GROUPS = 4
+
+#: seed of the page sample (REPEATABLE): every group reads the same rows
+SEED = 20261204
+
+_HEADER, _TRAILER = 19, 2          # binary COPY: signature, flags, extension length; -1 field count
+
+
+class NullInSample(Exception):
+    """A fixed-width column of the sample holds a NULL: the fast read does not apply."""
+
+
+def analyze(conn, dsn: str, tag: str, schema: str, stage: str, groups: int = 2) -> str:
+    """Take the statistics of ``schema.stage``, its indexes built (their builds counted its
+    rows); returns how ("ANALYZE" or "statistics of N columns from R sampled rows, ...").
+    ``conn`` reads one group of columns, each other group opens a session of its own."""
+    plan = _columns(conn, schema, stage)
+    ident = sql.Identifier(schema, stage)
+    if plan is None or not plan[3]:
+        _run(conn, sql.SQL("ANALYZE {}").format(ident))
+        return "ANALYZE"
+    fixed, others, target, rows, pages = plan
+    # the columns only the server can order, analyzed by it meanwhile in a session of its own
+    side = _Side(dsn, tag, sql.SQL("ANALYZE {} ({})").format(
+        ident, sql.SQL(", ").join(map(sql.Identifier, others)))) if others else None
+    try:
+        stats, sampled = _sample_stats(conn, dsn, tag, schema, stage, fixed, rows, pages, target,
+                                       max(1, min(groups, MAX_GROUPS)))
+    except NullInSample:
+        if side:
+            side.join()
+        _run(conn, sql.SQL("ANALYZE {}").format(ident))
+        return "ANALYZE (a NULL in the sample)"
+    except BaseException:
+        if side:
+            side.join(cancel=True)
+        raise
+    with conn.cursor() as cur:
+        cur.execute(";".join(_restore_call(cur, schema, stage, name, st) for name, st in stats))
+        if not others:
+            cur.execute("SELECT pg_restore_relation_stats('schemaname', %s, 'relname', %s, 'relpages', "
+                        "(pg_relation_size(%s::regclass) / 8192)::integer, 'reltuples', %s::real)",
+                        (schema, stage, f'"{schema}"."{stage}"', float(rows)))
+    conn.commit()
+    if side:
+        side.join()
+    return f"statistics of {len(stats)} columns from {sampled:,} sampled rows" + (
+        f", ANALYZE of {len(others)}" if others else "")
+
+
+class _Side(threading.Thread):
+    """One statement in a session of its own, beside the caller's work."""
+
+    def __init__(self, dsn: str, tag: str, stmt) -> None:
+        super().__init__(name="statistics-side", daemon=True)
+        self.conn = connect(dsn, app_name("statistics", tag))
+        self.stmt, self.error = stmt, None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            _run(self.conn, self.stmt)
+        except BaseException as exc:               # noqa: BLE001 -- raised by join()
+            self.error = exc
+
+    def join(self, timeout=None, cancel: bool = False) -> None:
+        if cancel:
+            self.conn.cancel()
+        super().join(timeout)
+        self.conn.close()
+        if self.error is not None and not cancel:
+            raise self.error
+
+
+def _run(conn, stmt) -> None:
+    with conn.cursor() as cur:
+        cur.execute(stmt)
+    conn.commit()
+
+
+def _columns(conn, schema: str, stage: str) -> Optional[tuple[list, list, int, int, int]]:
+    """(fixed-width columns [(name, type, target)], other columns, largest target, rows,
+    pages), or None when the server should ANALYZE the table whole."""
+    if conn.server_version < 180000:
+        return None
+    with conn.cursor() as cur:
+        cur.execute("SELECT a.attname, t.typname, coalesce(a.attstattarget, "
+                    "current_setting('default_statistics_target')::int) FROM pg_attribute a "
+                    "JOIN pg_type t ON t.oid = a.atttypid WHERE a.attrelid = %s::regclass AND a.attnum > 0 "
+                    "AND NOT a.attisdropped ORDER BY a.attnum", (f'"{schema}"."{stage}"',))
+        cols = cur.fetchall()
+        cur.execute("SELECT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = %(t)s::regclass AND "
+                    "indexprs IS NOT NULL) OR EXISTS (SELECT 1 FROM pg_statistic_ext WHERE stxrelid = %(t)s::regclass)",
+                    {"t": f'"{schema}"."{stage}"'})
+        special = cur.fetchone()[0]
+        cur.execute("SELECT reltuples, pg_relation_size(oid) / 8192 FROM pg_class WHERE oid = %s::regclass",
+                    (f'"{schema}"."{stage}"',))
+        rows, pages = cur.fetchone()
+        if rows < 0:                        # no index build or VACUUM counted them yet
+            cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, stage)))
+            rows = cur.fetchone()[0]
+    conn.commit()
+    if special or len(cols) < WIDE_TABLE:
+        return None
+    cols = [(n, t, target) for n, t, target in cols if target != 0]      # target 0: no statistics
+    fixed = [(n, t, target) for n, t, target in cols if t in FIXED]
+    others = [n for n, t, _ in cols if t not in FIXED]
+    return fixed, others, max((t for _, _, t in cols), default=100), int(rows), int(pages)
+
+
+def _sample_stats(conn, dsn: str, tag: str, schema: str, stage: str, fixed: list, rows: int, pages: int,
+                  target: int, groups: int) -> tuple[list, int]:
+    """[(column, ColumnStats)] of ``fixed`` from the sample ANALYZE would take, and the rows
+    sampled: as many pages as it wants rows (acquire_sample_rows), then that many rows drawn
+    at random among all the rows of those pages, kept in physical order."""
+    targrows = 300 * target
+    if rows <= targrows or pages <= targrows:
+        source = sql.SQL("{}").format(sql.Identifier(schema, stage))
+    else:
+        pct = 100.0 * targrows / pages
+        source = sql.SQL("{} TABLESAMPLE SYSTEM ({}) REPEATABLE ({})").format(
+            sql.Identifier(schema, stage), sql.Literal(pct), sql.Literal(SEED))
+    size = -(-len(fixed) // groups)
+    parts = [fixed[i:i + size] for i in range(0, len(fixed), size)]
+    out: list = [None] * len(parts)
+    errors: list = []
+
+    def one(k: int) -> None:
+        try:
+            own = conn if k == 0 else connect(dsn, app_name("statistics", tag))
+            try:
+                out[k] = _group(own, source, parts[k], rows, targrows)
+            finally:
+                if own is not conn:
+                    own.close()
+        except BaseException as exc:               # noqa: BLE001 -- re-raised below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(len(parts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return [item for part in out for item in part[0]], (out[0][1] if out else 0)
+
+
+def _group(conn, source, cols: list, rows: int, targrows: int) -> tuple[list, int]:
+    with conn.cursor() as cur:
+        cur.execute("SET LOCAL synchronize_seqscans = off")     # the whole table from its first page
+        buf = io.BytesIO()
+        cur.copy_expert(sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT (FORMAT binary)").format(
+            sql.SQL(", ").join(sql.Identifier(n) for n, _, _ in cols), source).as_string(conn), buf)
+    conn.rollback()
+    columns = decode_fixed(buf.getbuffer(), [t for _, t, _ in cols])
+    n = len(columns[0]) if columns else 0
+    keep = None
+    if n > targrows:                                   # the same rows in every group (same sample)
+        keep = np.sort(np.random.default_rng(SEED).choice(n, targrows, replace=False))
+    sampled = targrows if keep is not None else n
+    total = float(max(rows, sampled))
+    stats = []
+    for (name, _t, target), values in zip(cols, columns):
+        stats.append((name, colstats.scalar_stats(values if keep is None else values[keep], 0, sampled,
+                                                  total, target)))
+    return stats, sampled
+
+
+def decode_fixed(buf, types: list) -> list:
+    """Binary COPY rows of fixed-width columns of ``types``: one array per column, in native
+    byte order.  NullInSample when a field is NULL (its length word is -1, the layout breaks)."""
+    fields = [("n", ">i2")]
+    for k, t in enumerate(types):
+        fields += [(f"l{k}", ">i4"), (f"v{k}", FIXED[t])]
+    row = np.dtype(fields)
+    body = len(buf) - _HEADER - _TRAILER
+    if body < 0 or body % row.itemsize:
+        raise NullInSample()
+    table = np.frombuffer(buf, dtype=row, count=body // row.itemsize, offset=_HEADER)
+    if len(table) and (table["n"] != len(types)).any():
+        raise NullInSample()
+    out = []
+    for k, t in enumerate(types):
+        if (table[f"l{k}"] != np.dtype(FIXED[t]).itemsize).any():
+            raise NullInSample()
+        out.append(table[f"v{k}"].astype(np.dtype(FIXED[t]).newbyteorder("=")))
+    return out
+
+
+def _restore_call(cur, schema: str, stage: str, column: str, st: colstats.ColumnStats) -> str:
+    args = ["schemaname", schema, "relname", stage, "attname", column]
+    text = "SELECT pg_restore_attribute_stats(%s, %s, %s, %s, %s, %s, 'inherited', false, " \
+           "'null_frac', %s::real, 'avg_width', %s::integer, 'n_distinct', %s::real"
+    params = args + [st.null_frac, st.avg_width, st.n_distinct]
+    if st.mcv is not None:
+        text += ", 'most_common_vals', %s::text, 'most_common_freqs', %s::real[]"
+        params += [colstats.literal(st.mcv), [float(f) for f in st.mcf]]
+    if st.histogram is not None:
+        text += ", 'histogram_bounds', %s::text"
+        params.append(colstats.literal(st.histogram))
+    if st.correlation is not None:
+        text += ", 'correlation', %s::real"
+        params.append(st.correlation)
+    return cur.mogrify(text + ")", params).decode()
