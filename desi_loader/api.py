@@ -33,7 +33,7 @@ def load(paths: Union[str, Sequence[str]] = (), *, dsn: Optional[str] = None, wo
     try:
         return _load(paths, dsn, workers, sample, quiet, options)
     except LoaderError as exc:
-        raise with_hint(exc)
+        raise with_hint(exc) from exc.__cause__
 
 
 def _load(paths, dsn, workers, sample, quiet, options) -> list[Summary]:

@@ -171,4 +171,5 @@ def checkpoint_advice(server: dict, fits_bytes: int) -> Optional[str]:
     want = -(-int(2 * wal) // (1 << 30))
     return (f"max_wal_size={value} is below the WAL this load writes (about {wal / 1e9:.1f} GB): checkpoints "
             f"during the load make the index phase write the loaded pages to WAL again; on a server tuned for "
-            f"loading set max_wal_size = {want}GB (ALTER SYSTEM SET max_wal_size = '{want}GB'; SELECT pg_reload_conf())")
+            f"loading set max_wal_size = {want}GB "
+            f"(ALTER SYSTEM SET max_wal_size = '{want}GB'; SELECT pg_reload_conf())")

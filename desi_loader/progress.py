@@ -148,7 +148,8 @@ class PlainReporter(NullReporter):
             secs = now - self.t0
             rate = _rate(self.rows, secs)
             # counts arrive when tasks commit: an ETA from the first few is noise
-            eta = f" eta {(self.total - self.rows) / rate:,.0f}s" if rate and self.rows >= ETA_AFTER * self.total else ""
+            late = rate and self.rows >= ETA_AFTER * self.total
+            eta = f" eta {(self.total - self.rows) / rate:,.0f}s" if late else ""
             self._line(f"copy: {self.rows:,}/{self.total:,} rows ({100 * self.rows / max(self.total, 1):.0f}%) "
                        f"{rate:,.0f} rows/s {_rate(self.bytes, secs) / 1e6:,.1f} MB/s{eta}")
 

@@ -22,12 +22,15 @@ def _default_signals():
 
 
 def node(paths, dsn, schema, *extra, delay="0.02", workers=1, summary=None, task_rows=50,
-         new_session=True, pause=None):
+         new_session=True, pause=None, holds=()):
     """Start one loader process in its own session (process group), like a node of a batch job
     (``new_session=False``: in the test's process group, as a command typed in a shell).
     ``delay``: seconds each worker sleeps after each block; ``pause=(POINT, MARKER)``: it stops
-    at POINT and waits to be killed (both passed explicitly, by tests/loader_node.py)."""
+    at POINT and waits to be killed; ``holds=[(POINT, MARKER)]``: it stops at each POINT until
+    ``release(MARKER)`` (all passed explicitly, by tests/loader_node.py)."""
     faults = ["--block-delay", str(delay)] + (["--pause", pause[0], str(pause[1])] if pause else [])
+    for point, marker in holds:
+        faults += ["--hold", point, str(marker)]
     cmd = [sys.executable, os.path.join(ROOT, "tests", "loader_node.py"), *faults, *map(str, paths), "--dsn", dsn,
            "--schema", schema, "--workers", str(workers), "--task-rows", str(task_rows), *extra]
     if summary:
@@ -47,6 +50,11 @@ def paused(proc, marker, timeout=600) -> bool:
             raise AssertionError(f"the loader neither reached its pause point nor ended in {timeout} s")
         time.sleep(0.05)
     return True
+
+
+def release(marker) -> None:
+    """Let a process held at ``marker``'s point (node(..., holds=...)) go on."""
+    open(f"{marker}.go", "w").close()
 
 
 def kill_node(proc, sig=signal.SIGKILL):

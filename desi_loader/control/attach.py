@@ -196,7 +196,8 @@ def create_views(cur, views: list) -> None:
             for index in v.indexes:
                 cur.execute(index)
         else:
-            opts = sql.SQL(" WITH ({})").format(sql.SQL(", ").join(map(sql.SQL, v.options))) if v.options else sql.SQL("")
+            opts = (sql.SQL(" WITH ({})").format(sql.SQL(", ").join(map(sql.SQL, v.options))) if v.options
+                    else sql.SQL(""))
             cur.execute(sql.SQL("CREATE VIEW {}{} AS {}").format(target, opts, body))
         kind = sql.SQL("MATERIALIZED VIEW" if v.kind == "m" else "VIEW")
         if v.owner != me:
@@ -250,7 +251,7 @@ def preflight(cur, schema: str, tables: dict, loaded: set, views_exclude: set) -
     problems = []
     cur.execute("SELECT current_user")
     me = cur.fetchone()[0]
-    for table, columns in tables.items():
+    for table in tables:
         oid = _oid(cur, schema, table)
         if oid is None:
             continue

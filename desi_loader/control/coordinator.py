@@ -80,7 +80,8 @@ class Coordinator:
             summary.files_failed = list(plan.rejected)
             return summary
         try:
-            self.load = Load(self.opts, plan, Ledger(self.opts.dsn, plan.schema))
+            self.load = Load(self.opts, plan, Ledger(self.opts.dsn, plan.schema, budget=self.opts.wait_timeout,
+                                                        notify=self.reporter.warn))
             summary.server = server_settings(self.load.conn)
             _advise(summary, checkpoint_advice(summary.server, plan.total_bytes), self.reporter)
             self._run_phases()
@@ -211,7 +212,7 @@ class Coordinator:
         workers = self._budget(min(opts.workers, pending))
         cfg = WorkerConfig(plan.schema, ledger.load_id, opts.fmt, opts.verify_checksum,
                            encoder_plan(plan, self.load.staging, self.load.file_ids), os.getpid(), opts.copy_out,
-                           opts.faults)
+                           opts.faults, opts.wait_timeout)
         pool = WorkerPool(opts.dsn, cfg, workers, self.reporter, self._death)
         t0, cpu0 = time.perf_counter(), time.process_time()
         result = pool.run(ledger.pending_rows(), plan.total_bytes)

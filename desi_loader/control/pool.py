@@ -69,6 +69,7 @@ class WorkerPool:
         self.result = PoolResult()
         self._cfg_path: Optional[str] = None
         self._unread = 0
+        self.waiting = False               # a worker said it waits for the server (one line per outage)
         self.handlers = {"rows": self._on_rows, "rewind": self._on_rewind, "done": self._on_done,
                          "task": self._on_task, "retry": self._on_retry, "failed": self._on_failed,
                          "exit": self._on_exit, "fatal": self._on_fatal, "ready": self._on_ready,
@@ -191,6 +192,9 @@ class WorkerPool:
         self.slots[w].inflight = [0, 0]
 
     def _on_done(self, w: int, _task) -> None:
+        if self.waiting:
+            self.waiting = False
+            self.reporter.warn("the server answers again; copying")
         self.result.last_done_at = time.perf_counter()
         slot = self.slots[w]
         self.result.rows += slot.inflight[0]
@@ -202,7 +206,10 @@ class WorkerPool:
         self.reporter.worker_state(w, f"task {payload[0]} {payload[1]}")
 
     def _on_retry(self, w: int, payload) -> None:
-        self.reporter.warn(f"worker {w}: {payload}")
+        # one line per outage: the first worker that waits says so, the others wait quietly
+        if not self.waiting:
+            self.reporter.warn(payload)
+        self.waiting = True
 
     def _on_failed(self, w: int, payload) -> None:
         slot = self.slots[w]

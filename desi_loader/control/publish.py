@@ -3,8 +3,7 @@ tables (incremental); either is one transaction that readers see whole or not at
 from __future__ import annotations
 
 import logging
-import time
-from typing import Callable, Optional
+from typing import Optional
 
 import psycopg2
 from psycopg2 import sql
@@ -12,6 +11,7 @@ from psycopg2 import sql
 from . import attach
 from ..db import first_line, is_transient, relation_exists
 from ..errors import DatabaseError, LoadFailed
+from .retry import Backoff
 from .ledger import publish_columns, publish_merged, publish_swapped, replaced_files
 from .staging import FINALIZE_LOCK_TIMEOUT, prepare_sky, table_order
 
@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 #: published table delay the swap; a short timeout keeps new readers from queueing
 #: behind our pending ACCESS EXCLUSIVE request for long.
 SWAP_LOCK_TIMEOUT = "2s"
-SWAP_ATTEMPTS = 30
+#: the backoff between lock waits of the swap (shorter than the server's: a reader ends soon)
+SWAP_FIRST, SWAP_CAP = 0.2, 2.0
 
 
 def published_columns(cur, schema: str, table: str) -> dict:
@@ -115,16 +116,20 @@ def _rename_indexes(cur, schema: str, table: str, old_prefix: str) -> None:
 
 
 def swap(conn, schema: str, staging: dict, load_id: int, catalog: str, views: Optional[dict] = None,
-         sleep: Callable[[float], None] = time.sleep, specs: Optional[dict] = None) -> int:
+         backoff: Optional[Backoff] = None, specs: Optional[dict] = None) -> int:
     """Publish every staging table in one short transaction; returns attempts used.
 
     Each published table is renamed away, its staging table renamed in, the old one
     dropped, and the manifest flipped to this load, all or nothing; what users attached to
     the old tables (owner, grants, comments, row-level security, their views and indexes)
     moves to the new ones in the same transaction (attach.py).  A reader sees the old
-    tables or the new ones.  Lock waits are bounded by SWAP_LOCK_TIMEOUT and retried.
+    tables or the new ones.  Each lock wait is bounded by SWAP_LOCK_TIMEOUT (new readers do
+    not queue behind it for long) and retried as ``backoff`` says; a lost connection is the
+    caller's to cure (the phase is rerun on a new one).
     """
-    for attempt in range(1, SWAP_ATTEMPTS + 1):
+    backoff = backoff or Backoff("publishing", waiting_for="readers of the published tables",
+                                 first=SWAP_FIRST, cap=SWAP_CAP)
+    while True:
         try:
             with conn.cursor() as cur:
                 cur.execute("SET LOCAL lock_timeout = %s", (SWAP_LOCK_TIMEOUT,))
@@ -132,16 +137,15 @@ def swap(conn, schema: str, staging: dict, load_id: int, catalog: str, views: Op
                 publish_swapped(cur, schema, list(staging), load_id)
                 publish_columns(cur, schema, specs or {}, load_id, replace=True)
             conn.commit()
-            return attempt
+            return backoff.attempts + 1
         except psycopg2.Error as exc:
+            if conn.closed:
+                raise
             conn.rollback()
-            if not is_transient(exc) or attempt == SWAP_ATTEMPTS:
-                raise DatabaseError(f"could not publish the tables: {str(exc).strip().splitlines()[0]}",
+            if not backoff.wait(exc, is_transient):
+                raise DatabaseError(f"could not publish the tables: {first_line(exc)}",
                                     "long-running queries may hold the tables; staging is kept, "
-                                    "rerun to retry") from exc
-            log.info("swap attempt %d waited too long for a lock (%s); retrying", attempt, exc.pgcode)
-            sleep(min(0.2 * attempt, 2.0))
-    raise AssertionError("unreachable")
+                                    "rerun to retry (or raise --wait-timeout)") from exc
 
 
 def _swap_tables(cur, schema: str, staging: dict, load_id: int, views: dict) -> None:
@@ -190,8 +194,10 @@ def publish_merge(load) -> tuple[list, dict]:
 
 def publish_swap(load) -> int:
     """Replace the published tables of ``load`` by its staging tables (``swap``)."""
+    backoff = Backoff("publishing", load.opts.wait_timeout, load.ledger.notify,
+                      waiting_for="readers of the published tables", first=SWAP_FIRST, cap=SWAP_CAP)
     return swap(load.conn, load.schema, load.staging, load.load_id, load.plan.catalog.name,
-                load.plan.catalog.views, specs=load.tables)
+                load.plan.catalog.views, backoff, specs=load.tables)
 
 
 def preflight(load, incremental: bool) -> list:

@@ -12,15 +12,15 @@ import logging
 import os
 import re
 import socket
-import time
 from contextlib import contextmanager
 from typing import Callable, Iterator, Optional, TypeVar
 
 import psycopg2
 from psycopg2 import sql
 
-from ..db import connect, is_transient
-from ..errors import DatabaseError, UsageError
+from ..db import connect
+from ..errors import UsageError
+from .retry import DEFAULT_BUDGET, Backoff, retrying
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -30,11 +30,6 @@ SETUP_LOCK = 0x6465_7369  # 'desi'
 
 #: advisory-lock sub-key serialising the opening of loads in one schema (load ids start at 1)
 _OPEN = 0
-
-#: Reconnect attempts after a lost connection; with the backoff (0.5 s doubling, at most
-#: 16 s) the last comes about a minute after the first failure: a server restart fits.
-RECONNECT_ATTEMPTS = 8
-
 
 def process_name() -> str:
     """host:pid of this process, as it appears in application_name and the ledger."""
@@ -69,19 +64,14 @@ def client_alive(host: str, pid: int) -> Optional[bool]:
     return True
 
 
-def transient(exc: BaseException) -> bool:
-    """True for errors a reconnect and retry can cure (also when connect() wrapped them)."""
-    if isinstance(exc, DatabaseError) and isinstance(exc.__cause__, psycopg2.Error):
-        exc = exc.__cause__                  # connect() failed while the server restarts
-    return isinstance(exc, psycopg2.Error) and is_transient(exc)
-
-
 class Session:
     """One connection of a loader process and the load it works on (``load_id``: None until
     bound); the advisory lock of that load and the sessions of its other processes."""
 
-    def __init__(self, dsn: str, schema: str, role: str = "coordinator") -> None:
+    def __init__(self, dsn: str, schema: str, role: str = "coordinator", budget: float = DEFAULT_BUDGET,
+                 notify: Optional[Callable[[str], None]] = None) -> None:
         self.dsn, self.schema, self.role = dsn, schema, role
+        self.budget, self.notify = budget, notify or log.warning    # how long to wait out the server (retry.py)
         self.load_id: Optional[int] = None
         self.locked = False
         self.joined = False
@@ -162,14 +152,10 @@ class Session:
                 self.conn.close()
             except psycopg2.Error:
                 pass
-        for attempt in range(RECONNECT_ATTEMPTS):
-            try:
-                self.conn = connect(self.dsn, app_name(self.role, self.tag))
-                break
-            except DatabaseError:
-                if attempt == RECONNECT_ATTEMPTS - 1:
-                    raise
-                time.sleep(min(0.5 * 2 ** attempt, 16))
+        def connected() -> None:
+            self.conn = connect(self.dsn, app_name(self.role, self.tag))
+        # silent: whoever called this has said that it waits (resilient, a worker's task)
+        retrying(connected, Backoff(f"{self.role} (reconnect)", self.budget, log.info))
         if self.locked and not self._try_lock():
             raise UsageError(f"load {self.load_id} was taken over by another process while the "
                              "server restarted")
@@ -177,19 +163,11 @@ class Session:
             self.joined = False
             self.join()
 
-    def resilient(self, step: Callable[[], T], what: str = "step", attempts: int = 7) -> T:
+    def resilient(self, step: Callable[[], T], what: str = "step") -> T:
         """Run ``step()``; after a transient error (server restart, lost connection, lock
-        timeout) reconnect, re-lock and run it again.  Steps given here are idempotent."""
-        for attempt in range(attempts):
-            try:
-                return step()
-            except (psycopg2.Error, DatabaseError) as exc:
-                if not transient(exc) or attempt == attempts - 1:
-                    raise
-                log.warning("%s interrupted (%s); retrying", what, str(exc).strip().splitlines()[0])
-                time.sleep(min(0.5 * 2 ** attempt, 16))
-                self.reconnect()
-        raise AssertionError("unreachable")
+        timeout) wait (retry.py), reconnect, re-lock and run it again, within the session's
+        budget.  Steps given here are idempotent."""
+        return retrying(step, Backoff(what, self.budget, self.notify), self.reconnect)
 
     def lock_open(self) -> None:
         """Serialise opening loads in this schema until the current transaction ends.

@@ -3,8 +3,8 @@
 A worker opens its connection after it starts (never inherited across fork), reports
 counts to the coordinator through a queue, and exits when no task is left, when its
 coordinator is gone, or on a permanent database error.  Transient errors (connection
-lost, server restarting, too many connections, deadlock) are retried with backoff; the
-failed transaction rolled back, so a retry never duplicates rows.
+lost, server restarting, too many connections, deadlock) are retried as retry.py says
+(within --wait-timeout); the failed transaction rolled back, so a retry never duplicates rows.
 """
 from __future__ import annotations
 
@@ -24,17 +24,12 @@ import psycopg2
 
 from ..pipeline.copy import copy_statement, send
 from ..db import first_line, is_transient
+from .retry import DEFAULT_BUDGET, Backoff
 from ..errors import DatabaseError, LoaderError
 from .ledger import Ledger
 from .options import Faults
 from ..fits.read import decompressed
 from ..pipeline.stream import ReadAhead, TaskStream, copy_out_paths, sky_first, tee
-
-#: Retries of one task after transient database errors; with the backoff below the
-#: last retry comes about a minute after the first failure (a server restart fits).
-TRANSIENT_RETRIES = 7
-BACKOFF_START, BACKOFF_MAX = 0.5, 16.0
-
 
 @dataclass(frozen=True)
 class WorkerConfig:
@@ -48,6 +43,7 @@ class WorkerConfig:
     parent_pid: int
     copy_out: Optional[str] = None    # directory for the exact COPY bytes of every task (debugging)
     faults: Faults = Faults()         # a test's injected faults (options.Faults); none in normal use
+    wait_timeout: float = DEFAULT_BUDGET   # how long a task waits out the server (retry.py)
 
 
 #: Signals that stop a load: the coordinator handles them and stops its workers.
@@ -71,7 +67,7 @@ def worker_main(worker_id: int, dsn: str, cfg_path: str, messages) -> None:
     messages.put(("ready", worker_id, None))
     state = _State(worker_id, cfg, messages)
     try:
-        state.ledger = Ledger(dsn, cfg.schema, f"worker{worker_id}").bind(cfg.load_id)
+        state.ledger = Ledger(dsn, cfg.schema, f"worker{worker_id}", budget=cfg.wait_timeout).bind(cfg.load_id)
         while os.getppid() == cfg.parent_pid and state.run_one():
             pass
         messages.put(("exit", worker_id, (peak_rss_kb(), round(state.cpu, 3))))
@@ -159,20 +155,19 @@ class _State:
             self.cpu += time.process_time() - t0
 
     def _run_one(self) -> bool:
-        for attempt in range(TRANSIENT_RETRIES + 1):
+        backoff = Backoff(f"worker {self.id}", self.cfg.wait_timeout,
+                          lambda text: self.messages.put(("retry", self.id, text)))
+        while True:
             self.sent = [0, 0]
             try:
                 return self._attempt()
             except psycopg2.Error as exc:
                 self.messages.put(("rewind", self.id, tuple(self.sent)))
                 self._rollback()
-                if not is_transient(exc) or attempt == TRANSIENT_RETRIES:
+                if not backoff.wait(exc, is_transient):
                     code = f" (SQLSTATE {exc.pgcode})" if exc.pgcode else ""
                     raise DatabaseError(f"worker {self.id}: {first_line(exc)}{code}") from exc
-                self.messages.put(("retry", self.id, f"{first_line(exc)}; retry {attempt + 1}"))
-                time.sleep(min(BACKOFF_START * 2 ** attempt, BACKOFF_MAX))
                 self._reconnect()
-        return False
 
     def _copy(self, cur, task_id: int, path: str, by_table: dict, fh, chunk: int = 0) -> tuple[dict, dict]:
         """Stream the task's parts into staging: ({hdu index: [partial sum]}, {table: rows})."""

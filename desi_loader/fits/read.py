@@ -351,7 +351,8 @@ def read_rows(path: str, hdu: HduInfo, start: int, stop: int, fh: Optional[Any] 
         if own:
             f.close()
     if got != buf.nbytes:
-        raise BadFileError(path, f"HDU {hdu.index} ({hdu.extname}): short read at row {start + got // max(hdu.row_bytes, 1)}"
+        row = start + got // max(hdu.row_bytes, 1)
+        raise BadFileError(path, f"HDU {hdu.index} ({hdu.extname}): short read at row {row}"
                            f" (file truncated while loading?)")
     return buf
 

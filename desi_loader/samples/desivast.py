@@ -36,7 +36,7 @@ def _counts(algorithm: str, cap: str, scale: float) -> dict:
 def _table(columns: list, values: dict, n: int):
     from astropy.table import Table
     t = Table()
-    for name, tform, _, unit, _ in columns:
+    for name, tform, *_ in columns:
         dtype = np.int64 if tform == "K" else np.float64
         t[name] = np.asarray(values.get(name, np.zeros(n)), dtype=dtype)
     return t

@@ -26,7 +26,7 @@ DEFAULT_FILES = ("fastspec-iron-main-bright-nside1-hp02.fits",
 
 def _dtype(columns: Sequence[list], widths: dict) -> np.dtype:
     fields = []
-    for name, tform, tdim, _, _ in columns:
+    for name, tform, *_ in columns:
         m = re.match(r"(\d*)([A-Z])", tform)
         repeat, code = int(m.group(1) or 1), m.group(2)
         if code == "A":
@@ -190,7 +190,7 @@ def write_fastspecfit_file(path: str, nrows: int, seed: int = 0,
         for c, (_, _, _, unit, _) in zip(coldefs, cols):
             c.unit = unit                                # the real files carry TUNITn as the data model lists them
         hdu = fits.BinTableHDU.from_columns(coldefs, name=extname)
-        for i, (name, _, tdim, _, _) in enumerate(cols, start=1):
+        for i, (_, _, tdim, _, _) in enumerate(cols, start=1):
             if tdim and f"TDIM{i}" not in hdu.header:    # and TDIM6 = '(5)'
                 hdu.header.insert(f"TFORM{i}", (f"TDIM{i}", tdim), after=True)
         hdus.append(hdu)

@@ -90,7 +90,8 @@ def _admin_acts_as_owners(conn, inst: dachs.Instance, schema: str, metas: list, 
     role needs its admin option (a superuser, ``--admin-dsn``), once."""
     admin = inst.admin_role()
     with conn.cursor() as cur:
-        cur.execute("SELECT DISTINCT r.rolname, r.rolsuper FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        cur.execute("SELECT DISTINCT r.rolname, r.rolsuper FROM pg_class c "
+                    "JOIN pg_namespace n ON n.oid = c.relnamespace "
                     "JOIN pg_roles r ON r.oid = c.relowner WHERE n.nspname = %s AND c.relname = ANY(%s) "
                     "UNION SELECT r.rolname, r.rolsuper FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner "
                     "WHERE n.nspname = %s", (schema, [m.name for m in metas], schema))

@@ -11,7 +11,8 @@ import logging
 
 from psycopg2 import sql
 
-from ..sessions import SETUP_LOCK, Session, app_name, client_alive, parse_app_name, process_name, transient
+from ..retry import transient
+from ..sessions import SETUP_LOCK, Session, app_name, client_alive, parse_app_name, process_name
 from .columns import column_sources, publish_columns
 from .files import Files, published_headers, publish_merged, publish_swapped, replaced_files
 from .loads import Loads, staging_name

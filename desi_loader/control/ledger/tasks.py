@@ -42,7 +42,8 @@ class Tasks:
         """Lock the next pending task in the current transaction (None when none is free)."""
         cur.execute(sql.SQL("SELECT t.task_id, f.filename, t.parts FROM {s}.loader_tasks t "
                             "JOIN {s}.load_files f USING (file_id) WHERE t.load_id = %s AND t.status = 'pending' "
-                            "ORDER BY t.task_id LIMIT 1 FOR UPDATE OF t SKIP LOCKED").format(s=sql.Identifier(self.schema)),
+                            "ORDER BY t.task_id LIMIT 1 FOR UPDATE OF t SKIP LOCKED").format(
+                                s=sql.Identifier(self.schema)),
                     (self.load_id,))
         row = cur.fetchone()
         return Task.from_ledger(*row) if row else None
