@@ -21,7 +21,7 @@ TRANSIENT_SQLSTATES = frozenset({"08000", "08003", "08006", "08001", "08004", "5
 def mask_dsn(dsn: str) -> str:
     """The DSN with any password replaced by '***' (URI and key=value forms)."""
     dsn = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
-    dsn = re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", dsn, flags=re.I)
+    dsn = re.sub(r"((?<![?&])password\s*=\s*)('[^']*'|\S+)", r"\1***", dsn, flags=re.I)   # key=value form
     return re.sub(r"([?&]password=)[^&]*", r"\1***", dsn, flags=re.I)
 
 
