@@ -13,7 +13,7 @@ import os
 import re
 import socket
 from contextlib import contextmanager
-from typing import Callable, Iterator, Optional, TypeVar
+from typing import Any, Callable, Iterator, Optional, TypeVar
 
 import psycopg2
 from psycopg2 import sql
@@ -103,7 +103,7 @@ class Session:
                 pass
             raise
 
-    def _run(self, text: str, args: tuple = ()) -> Optional[list]:
+    def _run(self, text: str, args: tuple = ()) -> Any:
         """One statement in its own transaction (``{s}`` is the schema); its rows, if any."""
         with self.conn.cursor() as cur:
             cur.execute(sql.SQL(text).format(s=sql.Identifier(self.schema)), args)

@@ -7,6 +7,7 @@ from psycopg2.extras import Json
 
 from ... import __version__
 from ...db import relation_exists
+from .base import SessionFace
 
 
 # ------------------------------------------------------------------ the manifest at publish
@@ -59,7 +60,7 @@ def published_headers(cur, schema: str, catalog: str) -> list:
     return cur.fetchall()
 
 
-class Files:
+class Files(SessionFace):
     """The ledger's statements on ``load_files`` (a Ledger mixin: it runs them in its Session)."""
 
     def published_files(self, tables: list) -> dict:

@@ -11,6 +11,7 @@ from psycopg2.extras import Json
 from ... import __version__
 from ...db import relation_exists
 from ...errors import UsageError
+from .base import SessionFace
 
 
 def staging_name(table: str, load_id: int) -> str:
@@ -18,7 +19,7 @@ def staging_name(table: str, load_id: int) -> str:
     return f"{table}__load{load_id}"
 
 
-class Loads:
+class Loads(SessionFace):
     """The ledger's statements on ``loader_loads`` (a Ledger mixin: it runs them in its Session)."""
 
     def find_unfinished(self, catalog: str, tables: list) -> Optional[int]:

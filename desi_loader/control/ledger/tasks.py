@@ -9,9 +9,10 @@ from psycopg2 import sql
 from psycopg2.extras import Json, execute_values
 
 from ...fits.discover import Task
+from .base import SessionFace
 
 
-class Tasks:
+class Tasks(SessionFace):
     """The ledger's statements on ``loader_tasks`` (a Ledger mixin: it runs them in its Session)."""
 
     def datasums(self) -> dict:
