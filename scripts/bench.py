@@ -507,6 +507,7 @@ def parse_args(argv):
         args.whole_files, args.whole_rows = 2, 200
         args.scale_galaxies, args.scale_file_rows = "400,1000", 200
         args.repeat, args.sky_rows, args.tap_rows = 1, 5000, 800
+        args.stats_rows = 600
         args.workers = min(args.workers, 2)
     return args
 

@@ -31,3 +31,5 @@ def test_bench_quick_writes_json_and_chart(tmp_path, pg_uri):
     assert split["w1"]["workers_cpu_s"] > 0 and split["w1"]["bound_s"] > 0
     assert result["machine"]["cores"] and result["machine"]["server"]["server_version"]
     assert (out / "bench.png").stat().st_size > 1000
+    stats = result["statistics"]                          # the loader's statistics are ANALYZE's
+    assert stats["pg_stats_rows"] == stats["columns"] > 800 and stats["pg_stats_identical"] == stats["pg_stats_rows"]
