@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import Any
 
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TaskProgressColumn,
@@ -27,12 +28,12 @@ class RichReporter(NullReporter):
 
     def __init__(self, console: Console) -> None:
         self.console = console
-        self.progress = None
+        self.progress: Any = None              # rich Progress of the copy, once it starts
         self.t0 = time.perf_counter()
         self.bytes = 0
         self.wbytes: dict = {}
         self.wrows: dict = {}
-        self.steps = None                  # the finalize's running steps (one line each)
+        self.steps: Any = None             # the finalize's running steps (one line each)
         self.step_ids: dict = {}
 
     def phase(self, name: str) -> None:
