@@ -2,6 +2,7 @@
 against the server's own ANALYZE, on the embedded PostgreSQL 18: the same pg_stats rows
 when both see every row, the same pg_stats fields filled when the loader samples, and the
 server's ANALYZE where the fast path does not apply (a NULL in a fixed-width column)."""
+import logging
 import re
 
 import numpy as np
@@ -201,3 +202,30 @@ def test_float_literals_read_back_exactly(db, dtype):
         cur.execute(f"SELECT unnest(%s::{'float4' if dtype is np.float32 else 'float8'}[])", (text,))
         back = np.array([r[0] for r in cur.fetchall()], dtype=dtype)
     assert back.view(np.uint8).tobytes() == np.where(np.isnan(v), dtype(np.nan), v).view(np.uint8).tobytes()
+
+
+def test_one_session_when_the_server_has_no_slot_for_more(pg_uri, schema, caplog):
+    """A role limited to one connection: the statistics are read and the text columns
+    analyzed in the caller's session alone, and come out the same."""
+    role = f"stats_{schema}"
+    su = psycopg2.connect(pg_uri)
+    su.autocommit = True
+    cur = su.cursor()
+    cur.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'pw' CONNECTION LIMIT 1")
+    try:
+        cols = wide_table(cur, schema, "wide")
+        cur.execute(f'GRANT USAGE ON SCHEMA "{schema}" TO {role}; ALTER TABLE "{schema}".wide OWNER TO {role}')
+        cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, "wide")))
+        by_server = pg_stats(cur, schema, "wide")
+        clear(cur, schema, "wide", cols)
+        dsn = psycopg2.extensions.make_dsn(pg_uri, user=role, password="pw")
+        work = psycopg2.connect(dsn)
+        with caplog.at_level(logging.INFO, logger="desi_loader.control.analyze"):
+            how = analyze.analyze(work, dsn, "test", schema, "wide")
+        work.close()
+        assert how.startswith(f"statistics of {len(cols) - 2} columns"), how
+        assert "statistics in fewer sessions" in caplog.text and "too many connections" in caplog.text
+        assert pg_stats(cur, schema, "wide") == by_server
+    finally:
+        cur.execute(f'DROP TABLE IF EXISTS "{schema}".wide; DROP OWNED BY {role}; DROP ROLE {role}')
+        su.close()

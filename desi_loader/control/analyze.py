@@ -26,6 +26,7 @@ from psycopg2 import sql
 
 from .. import colstats
 from ..db import connect
+from ..errors import DatabaseError
 from ..fits.schema import WIDE_TABLE
 from .ledger import app_name
 
@@ -58,12 +59,14 @@ def analyze(conn, dsn: str, tag: str, schema: str, stage: str, groups: int = 2) 
         _run(conn, sql.SQL("ANALYZE {}").format(ident))
         return "ANALYZE"
     fixed, others, target, rows, pages = plan
+    # more sessions where the server has slots for them (none: all in the caller's, in turn)
+    extra = [c for c in (_session(dsn, tag) for _ in range(max(0, min(groups, MAX_GROUPS) - 1)
+                                                            + bool(others))) if c is not None]
     # the columns only the server can order, analyzed by it meanwhile in a session of its own
-    side = _Side(dsn, tag, sql.SQL("ANALYZE {} ({})").format(
-        ident, sql.SQL(", ").join(map(sql.Identifier, others)))) if others else None
+    others_stmt = sql.SQL("ANALYZE {} ({})").format(ident, sql.SQL(", ").join(map(sql.Identifier, others)))
+    side = _Side(extra.pop(), others_stmt) if others and extra else None
     try:
-        stats, sampled = _sample_stats(conn, dsn, tag, schema, stage, fixed, rows, pages, target,
-                                       max(1, min(groups, MAX_GROUPS)))
+        stats, sampled = _sample_stats(conn, extra, schema, stage, fixed, rows, pages, target)
     except NullInSample:
         if side:
             side.join()
@@ -73,6 +76,9 @@ def analyze(conn, dsn: str, tag: str, schema: str, stage: str, groups: int = 2) 
         if side:
             side.join(cancel=True)
         raise
+    finally:
+        for c in extra:
+            c.close()
     with conn.cursor() as cur:
         cur.execute(";".join(_restore_call(cur, schema, stage, name, st) for name, st in stats))
         if not others:
@@ -82,16 +88,27 @@ def analyze(conn, dsn: str, tag: str, schema: str, stage: str, groups: int = 2) 
     conn.commit()
     if side:
         side.join()
+    elif others:
+        _run(conn, others_stmt)
     return f"statistics of {len(stats)} columns from {sampled:,} sampled rows" + (
         f", ANALYZE of {len(others)}" if others else "")
 
 
-class _Side(threading.Thread):
-    """One statement in a session of its own, beside the caller's work."""
+def _session(dsn: str, tag: str):
+    """One more session for the statistics, or None when the server has no slot for it."""
+    try:
+        return connect(dsn, app_name("statistics", tag))
+    except DatabaseError as exc:
+        log.info("statistics in fewer sessions: %s", exc)
+        return None
 
-    def __init__(self, dsn: str, tag: str, stmt) -> None:
+
+class _Side(threading.Thread):
+    """One statement in a session of its own (closed at the end), beside the caller's work."""
+
+    def __init__(self, conn, stmt) -> None:
         super().__init__(name="statistics-side", daemon=True)
-        self.conn = connect(dsn, app_name("statistics", tag))
+        self.conn = conn
         self.stmt, self.error = stmt, None
         self.start()
 
@@ -146,9 +163,10 @@ def _columns(conn, schema: str, stage: str) -> Optional[tuple[list, list, int, i
     return fixed, others, max((t for _, _, t in cols), default=100), int(rows), int(pages)
 
 
-def _sample_stats(conn, dsn: str, tag: str, schema: str, stage: str, fixed: list, rows: int, pages: int,
-                  target: int, groups: int) -> tuple[list, int]:
-    """[(column, ColumnStats)] of ``fixed`` from the sample ANALYZE would take, and the rows
+def _sample_stats(conn, extra: list, schema: str, stage: str, fixed: list, rows: int, pages: int,
+                  target: int) -> tuple[list, int]:
+    """[(column, ColumnStats)] of ``fixed`` from the sample ANALYZE would take, read in
+    ``conn`` and the ``extra`` sessions (a group of columns each), and the rows
     sampled: as many pages as it wants rows (acquire_sample_rows), then that many rows drawn
     at random among all the rows of those pages, kept in physical order."""
     targrows = 300 * target
@@ -158,19 +176,15 @@ def _sample_stats(conn, dsn: str, tag: str, schema: str, stage: str, fixed: list
         pct = 100.0 * targrows / pages
         source = sql.SQL("{} TABLESAMPLE SYSTEM ({}) REPEATABLE ({})").format(
             sql.Identifier(schema, stage), sql.Literal(pct), sql.Literal(SEED))
-    size = -(-len(fixed) // groups)
+    sessions = [conn] + list(extra)
+    size = -(-len(fixed) // len(sessions))
     parts = [fixed[i:i + size] for i in range(0, len(fixed), size)]
     out: list = [None] * len(parts)
     errors: list = []
 
     def one(k: int) -> None:
         try:
-            own = conn if k == 0 else connect(dsn, app_name("statistics", tag))
-            try:
-                out[k] = _group(own, source, parts[k], rows, targrows)
-            finally:
-                if own is not conn:
-                    own.close()
+            out[k] = _group(sessions[k], source, parts[k], rows, targrows)
         except BaseException as exc:               # noqa: BLE001 -- re-raised below
             errors.append(exc)
 
