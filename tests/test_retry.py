@@ -97,3 +97,14 @@ def test_a_reconnect_that_fails_transiently_waits_again():
         state["up"] = True
     assert retrying(step, b, reconnect) > 3
     assert clock.now >= 20
+
+
+def test_a_waiter_whose_owner_is_gone_stops_waiting():
+    clock = Clock()
+    owner = {"alive": True}
+    b = Backoff("worker 1", 3600.0, lambda line: None, clock=clock, sleep=clock.sleep, draw=lambda: 0.5,
+                alive=lambda: owner["alive"])
+    assert b.wait(LOST) and b.wait(LOST)
+    owner["alive"] = False                             # the coordinator died during the outage
+    assert not b.wait(LOST)
+    assert clock.now < 5

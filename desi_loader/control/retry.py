@@ -65,11 +65,12 @@ class Backoff:
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
     draw: Callable[[], float] = random.random
+    alive: Callable[[], bool] = lambda: True          # False: whoever waits for this is gone (a worker's coordinator)
     attempts: int = 0
     started: Optional[float] = field(default=None)
 
     def wait(self, exc: BaseException, cure: Callable[[BaseException], bool] = transient) -> bool:
-        if not cure(exc):
+        if not cure(exc) or not self.alive():
             return False
         now = self.clock()
         if self.started is None:

@@ -69,9 +69,10 @@ class Session:
     bound); the advisory lock of that load and the sessions of its other processes."""
 
     def __init__(self, dsn: str, schema: str, role: str = "coordinator", budget: float = DEFAULT_BUDGET,
-                 notify: Optional[Callable[[str], None]] = None) -> None:
+                 notify: Optional[Callable[[str], None]] = None, alive: Callable[[], bool] = lambda: True) -> None:
         self.dsn, self.schema, self.role = dsn, schema, role
         self.budget, self.notify = budget, notify or log.warning    # how long to wait out the server (retry.py)
+        self.alive = alive                                          # False: stop waiting (a worker orphaned)
         self.load_id: Optional[int] = None
         self.locked = False
         self.joined = False
@@ -155,7 +156,7 @@ class Session:
         def connected() -> None:
             self.conn = connect(self.dsn, app_name(self.role, self.tag))
         # silent: whoever called this has said that it waits (resilient, a worker's task)
-        retrying(connected, Backoff(f"{self.role} (reconnect)", self.budget, log.info))
+        retrying(connected, Backoff(f"{self.role} (reconnect)", self.budget, log.info, alive=self.alive))
         if self.locked and not self._try_lock():
             raise UsageError(f"load {self.load_id} was taken over by another process while the "
                              "server restarted")
@@ -167,7 +168,7 @@ class Session:
         """Run ``step()``; after a transient error (server restart, lost connection, lock
         timeout) wait (retry.py), reconnect, re-lock and run it again, within the session's
         budget.  Steps given here are idempotent."""
-        return retrying(step, Backoff(what, self.budget, self.notify), self.reconnect)
+        return retrying(step, Backoff(what, self.budget, self.notify, alive=self.alive), self.reconnect)
 
     def lock_open(self) -> None:
         """Serialise opening loads in this schema until the current transaction ends.

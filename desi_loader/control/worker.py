@@ -67,7 +67,8 @@ def worker_main(worker_id: int, dsn: str, cfg_path: str, messages) -> None:
     messages.put(("ready", worker_id, None))
     state = _State(worker_id, cfg, messages)
     try:
-        state.ledger = Ledger(dsn, cfg.schema, f"worker{worker_id}", budget=cfg.wait_timeout).bind(cfg.load_id)
+        state.ledger = Ledger(dsn, cfg.schema, f"worker{worker_id}", budget=cfg.wait_timeout,
+                              alive=lambda: os.getppid() == cfg.parent_pid).bind(cfg.load_id)
         while os.getppid() == cfg.parent_pid and state.run_one():
             pass
         messages.put(("exit", worker_id, (peak_rss_kb(), round(state.cpu, 3))))
@@ -156,7 +157,8 @@ class _State:
 
     def _run_one(self) -> bool:
         backoff = Backoff(f"worker {self.id}", self.cfg.wait_timeout,
-                          lambda text: self.messages.put(("retry", self.id, text)))
+                          lambda text: self.messages.put(("retry", self.id, text)),
+                          alive=lambda: os.getppid() == self.cfg.parent_pid)      # no waiting on for a dead coordinator
         while True:
             self.sent = [0, 0]
             try:
