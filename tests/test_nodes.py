@@ -156,6 +156,10 @@ def test_resume_and_join_name_damaged_files(files, pg_uri, schema, tmp_path):
     for _, err in outs:
         assert "Traceback" not in err
         assert all(os.path.basename(path) in err for path in bad), err
+    # a process that only waits for the finalizer reads the reason from the ledger: the load
+    # is never "failed" there without it (it was, for a moment, and a busy machine showed it)
+    (error,), = q(pg_uri, f'SELECT error FROM "{schema}".loader_loads ORDER BY load_id DESC LIMIT 1')
+    assert all(os.path.basename(path) in error for path in bad), error
     # --allow-partial on two nodes: published without them, exit 4 everywhere
     js = [tmp_path / f"n{i}.json" for i in range(2)]
     procs = [node([d], pg_uri, schema, "--allow-partial", delay=0, summary=js[i]) for i in range(2)]

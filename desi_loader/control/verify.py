@@ -101,7 +101,8 @@ def settle_failures(load, summary) -> None:
     # other named files are published and unchanged: the tables stay as they are (exit 4)
     if not opts.allow_partial or counts["pending"] or (len(loaded) == len(plan.files)
                                                        and not summary.files_unchanged):
-        ledger.set_status("failed")
+        # the status is set with this message by the coordinator (one place: a process waiting
+        # for this load must never see "failed" without the reason, which names the files)
         raise LoadFailed(f"{len({p for p, _ in uniq})} file(s) could not be loaded; the published tables "
                          f"were not replaced (load {ledger.load_id} is kept for resume):" + reasons(uniq),
                          "fix or re-download the named files and rerun the same command "
