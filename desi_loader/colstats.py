@@ -88,6 +88,48 @@ def mcv_count(counts: np.ndarray, stadistinct: float, stanullfrac: float, sample
     return num_mcv
 
 
+def n_distinct(ndistinct: int, nmultiple: int, null_cnt: int, samplerows: int, totalrows: float) -> float:
+    """stadistinct from the sample's distinct values and those seen more than once: -1 x the
+    non-null fraction when none repeats, the count when all do, else Haas and Stokes' Duj1;
+    negative (a fraction of the rows) above 10 % of them."""
+    stanullfrac = null_cnt / samplerows
+    if nmultiple == 0:
+        stadistinct = -1.0 * (1.0 - stanullfrac)
+    elif nmultiple == ndistinct:
+        stadistinct = float(ndistinct)
+    else:
+        f1 = ndistinct - nmultiple
+        d = f1 + nmultiple
+        nn, N = float(samplerows - null_cnt), totalrows * (1.0 - stanullfrac)
+        est = (nn * d) / ((nn - f1) + f1 * nn / N) if N > 0 else 0.0
+        est = min(max(est, d), N)
+        stadistinct = math.floor(est + 0.5)
+    if stadistinct > 0.1 * totalrows:
+        stadistinct = -(stadistinct / totalrows)
+    return stadistinct
+
+
+def _histogram(values: np.ndarray, tupno: np.ndarray, starts: np.ndarray, counts: np.ndarray,
+               track: np.ndarray, num_hist: int) -> np.ndarray:
+    """``num_hist`` bounds spread evenly over the sorted values not in the MCV list (``track``)."""
+    keep = np.ones(len(tupno), dtype=bool)
+    for run in track:
+        keep[starts[run]:starts[run] + counts[run]] = False
+    rest = tupno[keep]
+    i = np.arange(num_hist, dtype=np.int64)
+    delta, deltafrac = divmod(len(rest) - 1, num_hist - 1)
+    return values[rest[i * delta + (i * deltafrac) // (num_hist - 1)]]
+
+
+def _correlation(tupno: np.ndarray) -> float:
+    """Correlation of physical order (tuple numbers) with sorted order, as ANALYZE sums it."""
+    n = len(tupno)
+    xysum = float(np.dot(np.arange(n, dtype=np.int64), tupno))
+    xsum = (n - 1) * n / 2.0
+    x2sum = (n - 1) * n * (2 * n - 1) / 6.0
+    return (n * xysum - xsum * xsum) / (n * x2sum - xsum * xsum)
+
+
 def scalar_stats(values: np.ndarray, null_cnt: int, samplerows: int, totalrows: float,
                  target: int = 100) -> ColumnStats:
     """compute_scalar_stats for a fixed-width column.
@@ -104,21 +146,8 @@ def scalar_stats(values: np.ndarray, null_cnt: int, samplerows: int, totalrows: 
     counts = np.diff(np.append(starts, n))
     ndistinct = len(starts)
     multiple = counts > 1
-    nmultiple = int(multiple.sum())
     stanullfrac = null_cnt / samplerows
-    if nmultiple == 0:
-        stadistinct = -1.0 * (1.0 - stanullfrac)
-    elif nmultiple == ndistinct:
-        stadistinct = float(ndistinct)
-    else:
-        f1 = ndistinct - nmultiple
-        d = f1 + nmultiple
-        nn, N = float(samplerows - null_cnt), totalrows * (1.0 - stanullfrac)
-        est = (nn * d) / ((nn - f1) + f1 * nn / N) if N > 0 else 0.0
-        est = min(max(est, d), N)
-        stadistinct = math.floor(est + 0.5)
-    if stadistinct > 0.1 * totalrows:
-        stadistinct = -(stadistinct / totalrows)
+    stadistinct = n_distinct(ndistinct, int(multiple.sum()), null_cnt, samplerows, totalrows)
 
     # the track list: repeated values, most repeated first, the smaller value first on ties
     rep = np.flatnonzero(multiple)
@@ -131,24 +160,10 @@ def scalar_stats(values: np.ndarray, null_cnt: int, samplerows: int, totalrows: 
     if num_mcv:
         mcv = values[tupno[starts[track]]]
         mcf = (counts[track] / samplerows).astype(np.float32)
-    num_hist = ndistinct - num_mcv
-    if num_hist > target:
-        num_hist = target + 1
+    num_hist = min(ndistinct - num_mcv, target + 1)
     if num_hist >= 2:
-        keep = np.ones(n, dtype=bool)
-        for run in track:
-            keep[starts[run]:starts[run] + counts[run]] = False
-        rest = tupno[keep]
-        nvals = len(rest)
-        i = np.arange(num_hist, dtype=np.int64)
-        delta, deltafrac = divmod(nvals - 1, num_hist - 1)
-        hist = values[rest[i * delta + (i * deltafrac) // (num_hist - 1)]]
-    corr = None
-    if n > 1:
-        xysum = float(np.dot(np.arange(n, dtype=np.int64), tupno))
-        xsum = (n - 1) * n / 2.0
-        x2sum = (n - 1) * n * (2 * n - 1) / 6.0
-        corr = (n * xysum - xsum * xsum) / (n * x2sum - xsum * xsum)
+        hist = _histogram(values, tupno, starts, counts, track, num_hist)
+    corr = _correlation(tupno) if n > 1 else None
     return ColumnStats(float(np.float32(stanullfrac)), width, float(np.float32(stadistinct)), mcv, mcf, hist,
                        None if corr is None else float(np.float32(corr)))
 

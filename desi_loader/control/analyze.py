@@ -82,9 +82,8 @@ def analyze(conn, dsn: str, tag: str, schema: str, stage: str, groups: int = 2) 
     with conn.cursor() as cur:
         cur.execute(";".join(_restore_call(cur, schema, stage, name, st) for name, st in stats))
         if not others:
-            cur.execute("SELECT pg_restore_relation_stats('schemaname', %s, 'relname', %s, 'relpages', "
-                        "(pg_relation_size(%s::regclass) / 8192)::integer, 'reltuples', %s::real)",
-                        (schema, stage, f'"{schema}"."{stage}"', float(rows)))
+            cur.execute("SELECT pg_restore_relation_stats('schemaname', %s, 'relname', %s, "
+                        "'relpages', %s::integer, 'reltuples', %s::real)", (schema, stage, pages, float(rows)))
     conn.commit()
     if side:
         side.join()

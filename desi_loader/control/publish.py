@@ -3,7 +3,7 @@ tables (incremental); either is one transaction that readers see whole or not at
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import Callable, Optional
 
 import psycopg2
 from psycopg2 import sql
@@ -11,7 +11,7 @@ from psycopg2 import sql
 from . import attach
 from ..db import first_line, is_transient, relation_exists
 from ..errors import DatabaseError, LoadFailed
-from .retry import Backoff
+from .retry import DEFAULT_BUDGET, Backoff
 from .ledger import publish_columns, publish_merged, publish_swapped, replaced_files
 from .staging import FINALIZE_LOCK_TIMEOUT, prepare_sky, table_order
 
@@ -23,6 +23,12 @@ log = logging.getLogger(__name__)
 SWAP_LOCK_TIMEOUT = "2s"
 #: the backoff between lock waits of the swap (shorter than the server's: a reader ends soon)
 SWAP_FIRST, SWAP_CAP = 0.2, 2.0
+
+
+def swap_backoff(budget: float = DEFAULT_BUDGET, notify: Callable[[str], None] = log.warning) -> Backoff:
+    """How the swap waits for readers of the published tables (retry.py's policy, its delays)."""
+    return Backoff("publishing", budget, notify, waiting_for="readers of the published tables",
+                   first=SWAP_FIRST, cap=SWAP_CAP)
 
 
 def published_columns(cur, schema: str, table: str) -> dict:
@@ -127,8 +133,7 @@ def swap(conn, schema: str, staging: dict, load_id: int, catalog: str, views: Op
     not queue behind it for long) and retried as ``backoff`` says; a lost connection is the
     caller's to cure (the phase is rerun on a new one).
     """
-    backoff = backoff or Backoff("publishing", waiting_for="readers of the published tables",
-                                 first=SWAP_FIRST, cap=SWAP_CAP)
+    backoff = backoff or swap_backoff()
     while True:
         try:
             with conn.cursor() as cur:
@@ -194,10 +199,9 @@ def publish_merge(load) -> tuple[list, dict]:
 
 def publish_swap(load) -> int:
     """Replace the published tables of ``load`` by its staging tables (``swap``)."""
-    backoff = Backoff("publishing", load.opts.wait_timeout, load.ledger.notify,
-                      waiting_for="readers of the published tables", first=SWAP_FIRST, cap=SWAP_CAP)
     return swap(load.conn, load.schema, load.staging, load.load_id, load.plan.catalog.name,
-                load.plan.catalog.views, backoff, specs=load.tables)
+                load.plan.catalog.views, swap_backoff(load.opts.wait_timeout, load.ledger.notify),
+                specs=load.tables)
 
 
 def preflight(load, incremental: bool) -> list:

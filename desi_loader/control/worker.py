@@ -45,6 +45,10 @@ class WorkerConfig:
     faults: Faults = Faults()         # a test's injected faults (options.Faults); none in normal use
     wait_timeout: float = DEFAULT_BUDGET   # how long a task waits out the server (retry.py)
 
+    def coordinator_alive(self) -> bool:
+        """False once the process that spawned the workers is gone (they are orphaned)."""
+        return os.getppid() == self.parent_pid
+
 
 #: Signals that stop a load: the coordinator handles them and stops its workers.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -68,8 +72,8 @@ def worker_main(worker_id: int, dsn: str, cfg_path: str, messages) -> None:
     state = _State(worker_id, cfg, messages)
     try:
         state.ledger = Ledger(dsn, cfg.schema, f"worker{worker_id}", budget=cfg.wait_timeout,
-                              alive=lambda: os.getppid() == cfg.parent_pid).bind(cfg.load_id)
-        while os.getppid() == cfg.parent_pid and state.run_one():
+                              alive=cfg.coordinator_alive).bind(cfg.load_id)
+        while cfg.coordinator_alive() and state.run_one():
             pass
         messages.put(("exit", worker_id, (peak_rss_kb(), round(state.cpu, 3))))
     except DatabaseError as exc:
@@ -158,7 +162,7 @@ class _State:
     def _run_one(self) -> bool:
         backoff = Backoff(f"worker {self.id}", self.cfg.wait_timeout,
                           lambda text: self.messages.put(("retry", self.id, text)),
-                          alive=lambda: os.getppid() == self.cfg.parent_pid)      # no waiting on for a dead coordinator
+                          alive=self.cfg.coordinator_alive)      # no waiting on for a dead coordinator
         while True:
             self.sent = [0, 0]
             try:
