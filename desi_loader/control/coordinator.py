@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
 import psycopg2
@@ -17,7 +17,7 @@ import psycopg2
 from . import indexes, publish, staging, verify
 from ..db import as_database_error, checkpoint_advice, free_connections, mask_dsn, server_settings
 from ..errors import DatabaseError, LoadFailed, UsageError
-from ..fits.discover import Plan
+from ..fits.discover import Plan, split_tasks
 from ..pipeline.encodings import encoder_plan
 from ..report import NullReporter
 from ..servers import citus
@@ -26,6 +26,7 @@ from .load import Load
 from .opening import open_load
 from .options import LoadOptions, Summary
 from .pool import WorkerPool
+from .settle import Settling, plan_settling
 from .verify import RowsLost, check_rows, expected_counts
 from .worker import WorkerConfig, peak_rss_kb
 
@@ -55,6 +56,7 @@ class Coordinator:
     def __init__(self, opts: LoadOptions, plan: Plan, reporter: NullReporter) -> None:
         self.opts, self.plan, self.reporter = opts, plan, reporter
         self.load: Optional[Load] = None      # once the ledger is connected
+        self.settling = Settling(False, opts.task_bytes)   # once the server is known (_settle_behind)
         self.finalizer = False
         self.summary = Summary(workers=opts.workers, fmt=opts.fmt, durable=not opts.unlogged,
                                dsn=mask_dsn(opts.dsn or ""), catalog=plan.catalog.name, schema=plan.schema,
@@ -83,6 +85,8 @@ class Coordinator:
             self.load = Load(self.opts, plan, Ledger(self.opts.dsn, plan.schema, budget=self.opts.wait_timeout,
                                                         notify=self.reporter.warn))
             summary.server = server_settings(self.load.conn)
+            self._settle_behind()
+            plan = self.plan
             _advise(summary, checkpoint_advice(summary.server, plan.total_bytes), self.reporter)
             self._run_phases()
             if summary.role != "nothing":
@@ -126,6 +130,22 @@ class Coordinator:
     @property
     def ledger(self) -> Ledger:
         return self.load.ledger
+
+    def _settle_behind(self) -> None:
+        """Whether workers set hint bits behind their tasks, and smaller tasks when the server's
+        checkpoints fall inside the load (settle.py); an explicit --task-rows is kept."""
+        conn = self.load.conn
+        with conn.cursor() as cur:
+            distributed = citus.cluster(cur) is not None
+        conn.commit()
+        self.settling = plan_settling(self.summary.server, self.plan.total_bytes, self.opts.workers,
+                                      self.opts.task_bytes, distributed)
+        if self.settling.task_bytes < self.opts.task_bytes and self.opts.task_rows is None:
+            self.opts = replace(self.opts, task_bytes=self.settling.task_bytes)
+            self.plan = replace(self.plan, tasks=split_tasks(self.plan, self.opts.task_bytes, None))
+            self.load.opts, self.load.plan = self.opts, self.plan
+            self.summary.notes.append(self.settling.reason)
+            self.reporter.info(self.settling.reason)
 
     def _run_phase(self, phase: Phase) -> None:
         if self.finalizer and phase.name != "await":
@@ -212,7 +232,7 @@ class Coordinator:
         workers = self._budget(min(opts.workers, pending))
         cfg = WorkerConfig(plan.schema, ledger.load_id, opts.fmt, opts.verify_checksum,
                            encoder_plan(plan, self.load.staging, self.load.file_ids), os.getpid(), opts.copy_out,
-                           opts.faults, opts.wait_timeout)
+                           opts.faults, opts.wait_timeout, self.settling.settle)
         pool = WorkerPool(opts.dsn, cfg, workers, self.reporter, self._death)
         t0, cpu0 = time.perf_counter(), time.process_time()
         result = pool.run(ledger.pending_rows(), plan.total_bytes)

@@ -28,6 +28,7 @@ from .retry import DEFAULT_BUDGET, Backoff
 from ..errors import DatabaseError, LoaderError
 from .ledger import Ledger
 from .options import Faults
+from . import settle
 from ..fits.read import decompressed
 from ..pipeline.stream import ReadAhead, TaskStream, copy_out_paths, sky_first, tee
 
@@ -44,6 +45,7 @@ class WorkerConfig:
     copy_out: Optional[str] = None    # directory for the exact COPY bytes of every task (debugging)
     faults: Faults = Faults()         # a test's injected faults (options.Faults); none in normal use
     wait_timeout: float = DEFAULT_BUDGET   # how long a task waits out the server (retry.py)
+    settle: bool = False              # set the hint bits of each task's pages after its commit (settle.py)
 
     def coordinator_alive(self) -> bool:
         """False once the process that spawned the workers is gone (they are orphaned)."""
@@ -209,6 +211,8 @@ class _State:
             task_id, path, sources = task.task_id, enc.path, enc.sources(task)
             self.current, self.stream = sources, None
             self.messages.put(("task", self.id, (task_id, task.file)))
+            staging = sorted({p.staging for p in sources.values()})
+            before = settle.extents(cur, self.cfg.schema, staging) if self.cfg.settle else None
             try:
                 sums, rows = self._copy_task(cur, task_id, enc, sources)
             except Exception as exc:                  # noqa: BLE001 -- every task error is the task's
@@ -222,10 +226,23 @@ class _State:
                 self.ledger.fail(task_id, self.name, reason)
                 self.messages.put(("failed", self.id, (task_id, reason)))
                 return True
+            after = settle.extents(cur, self.cfg.schema, staging) if before is not None else None
             self.ledger.finish(cur, task_id, self.name, sums, rows)
         self.conn.commit()
         self.messages.put(("done", self.id, task_id))
+        if before is not None:
+            self._settle(before, after)
         return True
+
+    def _settle(self, before: dict, after: dict) -> None:
+        """Hint bits of the committed task's pages (settle.py); a failure here costs WAL later,
+        never data: the next claim meets a lost connection and retries as usual."""
+        try:
+            with self.conn.cursor() as cur:
+                settle.settle(cur, self.cfg.schema, before, after)
+            self.conn.commit()
+        except psycopg2.Error:
+            self._rollback()
 
     def _copy_task(self, cur, task_id: int, enc, sources: dict) -> tuple[dict, dict]:
         """All of a task's rows, in one transaction: a plain file's task in one go; a gzip

@@ -8,6 +8,7 @@ it; and one Simple Cone Search service per table with a sky index.
 """
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Sequence
@@ -31,6 +32,14 @@ class Privileges:
 
 def service_id(table: str) -> str:
     return f"cone_{table}"
+
+
+_CREATED = re.compile(r'<meta name="creationDate">[^<]*</meta>')
+
+
+def same_description(old: str, new: str) -> bool:
+    """True when two RD texts differ at most in their creation date."""
+    return _CREATED.sub("", old) == _CREATED.sub("", new)
 
 
 def resource_descriptor(schema: str, tables: Sequence[TableMeta], privileges: dict, title: str,

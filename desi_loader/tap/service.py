@@ -39,6 +39,7 @@ class Published:
     tables: list                       # describe.TableMeta
     cone_services: dict                # table -> SCS URL
     notes: list = field(default_factory=list)   # units translated, columns left out, rights kept
+    changed: bool = True               # the RD was rewritten and imported (sync: the server must re-read it)
 
 
 def tap_url(base: str) -> str:
@@ -151,9 +152,15 @@ def _init(conn, inst: dachs.Instance, admin_dsn: str) -> None:
     inst.init(admin_dsn)
 
 
-def _describe_and_import(conn, inst: dachs.Instance, schema: str) -> Published:
+def _describe_and_import(conn, inst: dachs.Instance, schema: str, force: bool = True) -> Published:
     """Write the RD of what ``schema`` publishes now and import its metadata (serialised per
-    schema: two loads finishing together import one after the other)."""
+    schema: two loads finishing together import one after the other).
+
+    Unless ``force``, an RD that would say the same as the one in place (a load that replaced
+    rows but no column, table or right) is left alone: the running server keeps it.  DaCHS
+    2.7's RD cache is not safe against a reload while other threads look the RD up (a query
+    arriving then fails with a KeyError naming the RD), so a reload is done only when the
+    description changed."""
     with conn.cursor() as cur:
         cur.execute("SELECT pg_advisory_lock(hashtext('desi-loader tap ' || %s))", (schema,))
         try:
@@ -162,17 +169,19 @@ def _describe_and_import(conn, inst: dachs.Instance, schema: str) -> Published:
             created = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
             text = rd.resource_descriptor(schema, metas, privileges, f"DESI DR1 catalogs ({schema})", created)
             path = inst.rd_path(schema)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".rd.tmp")
-            tmp.write_text(text)
-            tmp.replace(path)
-            inst.imp_meta(schema)
+            changed = force or not path.exists() or not rd.same_description(path.read_text(), text)
+            if changed:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(".rd.tmp")
+                tmp.write_text(text)
+                tmp.replace(path)
+                inst.imp_meta(schema)
         finally:
             cur.execute("SELECT pg_advisory_unlock(hashtext('desi-loader tap ' || %s))", (schema,))
     notes = _column_notes(metas) + notes
     cones = {m.name: f"{inst.url}/{schema}/{rd.RD_NAME}/{rd.service_id(m.name)}/scs.xml"
              for m in metas if m.sky and m.q3c_index and m.kind == "table"}
-    return Published(tap_url(inst.url), schema, metas, cones, notes)
+    return Published(tap_url(inst.url), schema, metas, cones, notes, changed)
 
 
 def _column_notes(metas: list) -> list:
@@ -261,10 +270,12 @@ def _sync(dsn: str, schema: str, say: Optional[Callable[[str], None]], finalizer
                     messages.append(f"TAP service {url} (on {host}) serves {schema}: run desi-loader tap publish "
                                     f"--schema {schema} there to describe the new tables")
                 continue
-            result = _describe_and_import(conn, inst, schema)
-            inst.expire(schema)
+            result = _describe_and_import(conn, inst, schema, force=False)
+            if result.changed:
+                inst.expire(schema)
             messages.append(f"TAP: {url} describes {len(result.tables)} tables of {schema} "
-                            f"({sum(len(t.columns) for t in result.tables):,} columns)")
+                            f"({sum(len(t.columns) for t in result.tables):,} columns"
+                            + ("" if result.changed else ", unchanged") + ")")
     finally:
         conn.close()
     message = "; ".join(messages) or None

@@ -1,0 +1,84 @@
+"""Hint bits set behind the copy (control/settle.py): the decision, pure; and the mechanism on
+the embedded PostgreSQL 18 (data checksums on): after a checkpoint, the first reader of pages
+the worker settled writes no full-page images, while pages nobody settled are written to WAL
+again, which is what the index phase paid after a checkpoint inside the copy."""
+import psycopg2
+import pytest
+from psycopg2 import sql
+
+from desi_loader.control import settle
+from desi_loader.control.settle import MIN_TASK_BYTES, TASK_BYTES_DEFAULT, plan_settling
+
+CHECKSUMS = {"data_checksums": "on", "wal_log_hints": "off", "checkpoint_completion_target": "0.9"}
+
+
+def test_no_settling_where_hint_bits_write_no_wal_or_tables_are_distributed():
+    plain = {**CHECKSUMS, "data_checksums": "off", "max_wal_size": "1GB"}
+    assert plan_settling(plain, 10 << 30, 2, TASK_BYTES_DEFAULT) == settle.Settling(False, TASK_BYTES_DEFAULT)
+    assert not plan_settling({**CHECKSUMS, "max_wal_size": "1GB"}, 10 << 30, 2, TASK_BYTES_DEFAULT,
+                             distributed=True).settle
+    assert plan_settling({**plain, "wal_log_hints": "on", "max_wal_size": "1GB"}, 1, 2, TASK_BYTES_DEFAULT).settle
+
+
+def test_tasks_shrink_only_when_checkpoints_fall_inside_the_load():
+    big = {**CHECKSUMS, "max_wal_size": "32768MB"}
+    assert plan_settling(big, 4 << 30, 2, TASK_BYTES_DEFAULT) == settle.Settling(True, TASK_BYTES_DEFAULT)
+    small = {**CHECKSUMS, "max_wal_size": "1GB"}          # checkpoints every ~565 MB of WAL
+    s = plan_settling(small, 4 << 30, 2, TASK_BYTES_DEFAULT)
+    assert s.settle and s.task_bytes == int(settle.CHECKPOINT_SHARE * (1 << 30) / 1.9 / 2)
+    assert "max_wal_size=1GB" in s.reason and "MB" in s.reason
+    assert plan_settling(small, 4 << 30, 64, TASK_BYTES_DEFAULT).task_bytes == MIN_TASK_BYTES
+    assert plan_settling(small, 4 << 30, 2, 1 << 20).task_bytes == 1 << 20      # never made larger
+    assert plan_settling({**CHECKSUMS, "max_wal_size": "?"}, 4 << 30, 2, TASK_BYTES_DEFAULT).task_bytes \
+        == TASK_BYTES_DEFAULT
+
+
+def _wal(cur) -> int:
+    cur.execute("SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn")
+    return int(cur.fetchone()[0])
+
+
+def _fill(conn, table: str, rows: int, settled: bool) -> int:
+    """Insert ``rows`` wide rows in one transaction, as a worker's task; settle them after the
+    commit when asked.  Returns the table's size in bytes."""
+    with conn.cursor() as cur:
+        before = settle.extents(cur, "public", [table]) if settled else None
+        cur.execute(sql.SQL("INSERT INTO {} SELECT g, repeat('x', 1500) FROM generate_series(1, %s) g")
+                    .format(sql.Identifier(table)), (rows,))
+        after = settle.extents(cur, "public", [table]) if settled else None
+    conn.commit()
+    if settled:
+        with conn.cursor() as cur:
+            assert settle.settle(cur, "public", before, after) >= after[table] - before[table]
+        conn.commit()
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_relation_size(%s)", (table,))
+        size = cur.fetchone()[0]
+    conn.commit()
+    return size
+
+
+def test_settled_pages_are_not_written_to_wal_again_after_a_checkpoint(pg_uri):
+    conn = psycopg2.connect(pg_uri)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SHOW data_checksums")
+            assert cur.fetchone()[0] == "on"             # the embedded server: initdb's default on 18
+            for t in ("settle_yes", "settle_no"):
+                cur.execute(sql.SQL("DROP TABLE IF EXISTS {0}; CREATE TABLE {0} (id int, pad text) "
+                                    "WITH (autovacuum_enabled = off)").format(sql.Identifier(t)))
+        conn.commit()
+        sizes = {t: _fill(conn, t, 4000, t == "settle_yes") for t in ("settle_yes", "settle_no")}
+        conn.autocommit = True
+        written = {}
+        with conn.cursor() as cur:
+            cur.execute("CHECKPOINT")                     # the checkpoint that falls inside a copy
+            for t in ("settle_no", "settle_yes"):
+                w0 = _wal(cur)
+                cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(t)))   # the first reader
+                assert cur.fetchone()[0] == 4000
+                written[t] = _wal(cur) - w0
+        assert written["settle_no"] > 0.5 * sizes["settle_no"]       # the second write, without settling
+        assert written["settle_yes"] < 0.02 * sizes["settle_yes"]
+    finally:
+        conn.close()
