@@ -7,7 +7,8 @@ import dataclasses
 import logging
 from typing import Optional, Sequence, Union
 
-from .control.options import LoadOptions, Summary
+from .control.options import LoadOptions
+from .control.summary import Summary
 from .control.run import plan_loads, run_loads
 from .queries.tables import default_dsn, query
 from .errors import LoaderError, with_hint

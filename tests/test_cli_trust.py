@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from desi_loader import display
 from desi_loader.cli import main
-from desi_loader.control.options import Summary
+from desi_loader.control.summary import Summary
 from desi_loader.progress import PlainReporter
 
 

@@ -15,7 +15,7 @@ from typing import Callable, Optional
 import psycopg2
 
 from . import indexes, publish, staging, verify
-from ..db import as_database_error, checkpoint_advice, free_connections, mask_dsn, server_settings
+from ..db import as_database_error, checkpoint_advice, free_connections, server_settings
 from ..errors import DatabaseError, LoadFailed, UsageError
 from ..fits.discover import Plan, split_tasks
 from ..pipeline.encodings import encoder_plan
@@ -24,8 +24,10 @@ from ..servers import citus
 from .ledger import Ledger, process_name
 from .load import Load
 from .opening import open_load
-from .options import LoadOptions, Summary
+from .options import LoadOptions
 from .pool import WorkerPool
+from .results import Merged, Outcome
+from .summary import Facts, Summary, dry_run, summarize
 from .settle import Settling, plan_settling
 from .verify import RowsLost, check_rows, expected_counts
 from .worker import WorkerConfig, peak_rss_kb
@@ -57,46 +59,40 @@ class Coordinator:
         self.opts, self.plan, self.reporter = opts, plan, reporter
         self.load: Optional[Load] = None      # once the ledger is connected
         self.settling = Settling(False, opts.task_bytes)   # once the server is known (_settle_behind)
-        self.finalizer = False
-        self.summary = Summary(workers=opts.workers, fmt=opts.fmt, durable=not opts.unlogged,
-                               dsn=mask_dsn(opts.dsn or ""), catalog=plan.catalog.name, schema=plan.schema,
-                               files=len(plan.files), fits_bytes=plan.total_bytes, tasks=len(plan.tasks))
-        self.summary.plan = [{"table": t, "columns": len(s.all_columns), "key": list(s.key), "sky": list(s.sky)}
-                             for t, s in plan.tables.items()]
-        self.summary.checksums = "verified" if opts.verify_checksum else "not verified (--no-verify-checksum)"
+        self.facts = Facts(plan)              # what the phases return; summary.summarize reports it
+
+    @property
+    def finalizer(self) -> bool:
+        return self.facts.finalizer
+
+    @property
+    def role(self) -> str:
+        """How this process opened the load (opening.Opening.how; "" before the open phase)."""
+        return self.facts.opening.how if self.facts.opening is not None else ""
 
     def run(self, plan_s: float) -> Summary:
         """Every phase in order: timed, retried where safe, reported."""
-        summary, plan = self.summary, self.plan
-        summary.phases["plan"] = plan_s
-        summary.notes = list(plan.notes)
+        plan, facts = self.plan, self.facts
+        facts.plan_s = plan_s
         for note in plan.notes:
             self.reporter.warn(note)
         if not plan.files:
             raise LoadFailed(f"no {plan.catalog.name} file could be loaded:" + verify.reasons(plan.rejected),
                              "fix or re-download the named files")
         if self.opts.dry_run:
-            summary.rows = {t: sum(per.values()) for t, per in expected_counts(plan).items()}
-            summary.missing = [(os.path.basename(p), r) for p, r in plan.rejected]
-            summary.files_loaded = [fp.info.path for fp in plan.files]
-            summary.files_failed = list(plan.rejected)
-            return summary
+            return dry_run(self.opts, plan, {t: sum(per.values()) for t, per in expected_counts(plan).items()},
+                           plan_s)
         try:
             self.load = Load(self.opts, plan, Ledger(self.opts.dsn, plan.schema, budget=self.opts.wait_timeout,
                                                         notify=self.reporter.warn))
-            summary.server = server_settings(self.load.conn)
+            facts.server = server_settings(self.load.conn)
             self._settle_behind()
-            plan = self.plan
-            _advise(summary, checkpoint_advice(summary.server, plan.total_bytes), self.reporter)
+            self._advise(checkpoint_advice(facts.server, self.plan.total_bytes))
             self._run_phases()
-            if summary.role != "nothing":
-                summary.files_loaded = [fp.info.path for fp in plan.files]
+            facts.coordinator_peak_kb = peak_rss_kb()
+            summary = summarize(self.opts, facts)
             for name, reason in summary.missing:
                 self.reporter.warn(f"published without {name}: {reason}")
-            summary.finalized = self.finalizer
-            if self.finalizer:
-                summary.published_by = process_name()
-            summary.memory["coordinator_peak_mb"] = round(peak_rss_kb() / 1024, 1)
             return summary
         except psycopg2.Error as exc:
             raise as_database_error(exc, "staging tables are kept; rerun the same command to resume") from exc
@@ -123,7 +119,7 @@ class Coordinator:
                 self.reporter.warn(f"the server restarted after a crash: UNLOGGED staging lost the rows of "
                                    f"{lost.tasks} done task(s); reloading exactly those")
                 self.load.ledger.unlock()
-                self.finalizer = False
+                self.facts.finalizer = False
                 self.load.ledger.join()
                 start = next(i for i, p in enumerate(PHASES) if p.name == "copy")
 
@@ -138,14 +134,21 @@ class Coordinator:
         with conn.cursor() as cur:
             distributed = citus.cluster(cur) is not None
         conn.commit()
-        self.settling = plan_settling(self.summary.server, self.plan.total_bytes, self.opts.workers,
+        self.settling = plan_settling(self.facts.server, self.plan.total_bytes, self.opts.workers,
                                       self.opts.task_bytes, distributed)
         if self.settling.task_bytes < self.opts.task_bytes and self.opts.task_rows is None:
             self.opts = replace(self.opts, task_bytes=self.settling.task_bytes)
-            self.plan = replace(self.plan, tasks=split_tasks(self.plan, self.opts.task_bytes, None))
-            self.load.opts, self.load.plan = self.opts, self.plan
-            self.summary.notes.append(self.settling.reason)
+            self.plan = replace(self.plan, tasks=tuple(split_tasks(self.plan, self.opts.task_bytes, None)))
+            self.load = Load(self.opts, self.plan, self.load.ledger)
+            self.facts.plan = self.plan
+            self.facts.notes.append(self.settling.reason)
             self.reporter.info(self.settling.reason)
+
+    def _advise(self, advice: Optional[str]) -> None:
+        """A note on the server's settings for the summary and the user (when there is one)."""
+        if advice:
+            self.facts.notes.append(advice)
+            self.reporter.warn(advice)
 
     def _run_phase(self, phase: Phase) -> None:
         if self.finalizer and phase.name != "await":
@@ -158,8 +161,8 @@ class Coordinator:
             else:
                 phase.run(self)
         finally:
-            self.summary.phases[phase.name] = round(self.summary.phases.get(phase.name, 0)
-                                                    + time.perf_counter() - t0, 3)
+            self.facts.phases[phase.name] = round(self.facts.phases.get(phase.name, 0)
+                                                  + time.perf_counter() - t0, 3)
 
     # ----------------------------------------------------------------- open
 
@@ -169,9 +172,9 @@ class Coordinator:
         self.preflight(not self.opts.replace_all and bool(self.ledger.published_files(sorted(self.plan.tables))))
         opening = open_load(self.ledger, self.plan, self.opts, self.reporter)
         self.load.opened(opening)
-        self.summary.opened(opening, self.plan)
+        self.facts.opening = opening
         if opening.how == "nothing" and self.plan.rejected:
-            verify.nothing_but_failures(self.load, self.summary)
+            self.facts.verified = verify.nothing_but_failures(self.load, len(opening.unchanged))
         if opening.message:
             self.reporter.info(opening.message)
         self.describe_cluster()
@@ -182,9 +185,8 @@ class Coordinator:
             placed = citus.describe(cur, self.plan.tables)
         self.ledger.conn.commit()
         if placed is not None:
-            self.summary.cluster, self.summary.distribution = placed
-            self.reporter.info(f"{self.summary.cluster}: " + "; ".join(f"{t} {d}" for t, d in
-                                                                      self.summary.distribution.items()))
+            self.facts.cluster = placed
+            self.reporter.info(f"{placed[0]}: " + "; ".join(f"{t} {d}" for t, d in placed[1].items()))
 
     def preflight(self, incremental: bool) -> None:
         """Refuse, before any data moves, what publishing could not do (publish.preflight)."""
@@ -203,7 +205,7 @@ class Coordinator:
         copying process holds it shared until it has nothing left to copy).
         """
         ledger, waited_since = self.ledger, None
-        while self.summary.role != "finalizing":
+        while self.role != "finalizing":
             pending = ledger.task_counts()["pending"]
             if not pending:
                 break
@@ -220,13 +222,13 @@ class Coordinator:
             ledger.end_orphans()
             time.sleep(WAIT_POLL)
         ledger.leave()
-        self.finalizer = ledger.try_lock()
+        self.facts.finalizer = ledger.try_lock()
         if self.finalizer:
             ledger.set_phase("verify", process_name())
             check_rows(self.load)
 
     def _run_pool(self, pending: int):
-        opts, plan, ledger = self.opts, self.plan, self.ledger
+        opts, plan, ledger = self.opts, self.load.plan, self.ledger
         if opts.copy_out:
             os.makedirs(opts.copy_out, exist_ok=True)
         workers = self._budget(min(opts.workers, pending))
@@ -236,19 +238,8 @@ class Coordinator:
         pool = WorkerPool(opts.dsn, cfg, workers, self.reporter, self._death)
         t0, cpu0 = time.perf_counter(), time.process_time()
         result = pool.run(ledger.pending_rows(), plan.total_bytes)
-        cpu = self.summary.cpu
-        cpu["workers_s"] = round(cpu.get("workers_s", 0) + result.worker_cpu, 3)
-        cpu["coordinator_s"] = round(cpu.get("coordinator_s", 0) + time.process_time() - cpu0, 3)
-        self.summary.node_rows += result.rows
-        self.summary.node_seconds += time.perf_counter() - t0
-        self.summary.memory["worker_peak_mb"] = max(self.summary.memory.get("worker_peak_mb", 0),
-                                                    round(result.worker_peak_kb / 1024, 1))
-        if result.first_rows_at is not None:
-            # the streaming part of the copy: first rows encoded to last task committed (worker
-            # start-up and exit, about half a second each on a laptop, excluded)
-            end = result.last_done_at or time.perf_counter()
-            self.summary.phases["copy_stream"] = round(self.summary.phases.get("copy_stream", 0)
-                                                       + end - result.first_rows_at, 3)
+        end = time.perf_counter()
+        self.facts.copy = self.facts.copy.plus(result, end - t0, time.process_time() - cpu0, end)
         if result.fatal:
             raise DatabaseError(result.fatal, "staging tables are kept; fix the cause and rerun the same "
                                 "command to resume")
@@ -282,10 +273,7 @@ class Coordinator:
         while True:
             status, phase, finalizer, error = ledger.state()
             if status == "published":
-                self.summary.published_by = finalizer
-                self.summary.rows = ledger.rows_by_table()
-                self.summary.missing = ledger.left_out(error)
-                self.summary.files_failed = [(n, r) for n, r in self.summary.missing]
+                self.facts.outcome = Outcome(finalizer, ledger.rows_by_table(), tuple(ledger.left_out(error)))
                 self.reporter.info(f"load {ledger.load_id} was published by {finalizer}")
                 return
             if status in ("failed", "aborted"):
@@ -294,7 +282,7 @@ class Coordinator:
                                  "fix the cause and rerun the same command")
             ledger.end_orphans()
             if ledger.try_lock():                      # the finalizer died: take over
-                self.finalizer = True
+                self.facts.finalizer = True
                 ledger.set_phase("verify", process_name())
                 self.reporter.info(f"load {ledger.load_id}: taking over the finalize from {finalizer}")
                 check_rows(self.load)
@@ -308,17 +296,22 @@ class Coordinator:
 
     # ----------------------------------------------------------------- the finalizer's steps
 
+    def verify(self) -> None:
+        """Failed files, checksums and rows per file; the load goes on with the files it publishes."""
+        opening = self.facts.opening
+        self.facts.verified = verified = verify.verify(self.load, len(opening.unchanged) if opening else 0)
+        self.load = replace(self.load, plan=verified.plan)
+
     def merge(self) -> None:
         check_rows(self.load)
         added, replaced = publish.publish_merge(self.load)
         if added:
             self.reporter.info(f"new columns in the published tables: {', '.join(added)}")
-        self.summary.replaced_rows = replaced
+        self.facts.merged = Merged(tuple(added), replaced)
 
     def index(self) -> None:
-        result = indexes.index(self.load, bool(self.summary.cluster), staging.prepare_sky(self.load), self.reporter)
-        self.summary.index_steps.update(result.steps)
-        self.summary.index_sessions = result.sessions
+        self.facts.indexed = indexes.index(self.load, self.facts.cluster is not None,
+                                           staging.prepare_sky(self.load), self.reporter)
 
     def durable(self) -> None:
         check_rows(self.load)
@@ -327,13 +320,6 @@ class Coordinator:
     def swap(self) -> None:
         check_rows(self.load)
         publish.publish_swap(self.load)
-
-
-def _advise(summary: Summary, advice: Optional[str], reporter: NullReporter) -> None:
-    """A note on the server's settings for the summary and the user (when there is one)."""
-    if advice:
-        summary.notes.append(advice)
-        reporter.warn(advice)
 
 
 #: The phases of a load, in order.  ``open`` runs in one transaction (a failure leaves
@@ -347,9 +333,9 @@ def _replacing(c: Coordinator) -> bool:
 
 PHASES = (
     Phase("open", Coordinator.open, retry=False),
-    Phase("copy", Coordinator.copy, when=lambda c: c.summary.role != "nothing"),
-    Phase("await", Coordinator.await_outcome, when=lambda c: not c.finalizer and c.summary.role != "nothing"),
-    Phase("verify", lambda c: verify.verify(c.load, c.summary), when=lambda c: c.finalizer),
+    Phase("copy", Coordinator.copy, when=lambda c: c.role != "nothing"),
+    Phase("await", Coordinator.await_outcome, when=lambda c: not c.finalizer and c.role != "nothing"),
+    Phase("verify", Coordinator.verify, when=lambda c: c.finalizer),
     Phase("merge", Coordinator.merge, when=lambda c: c.finalizer and c.load.incremental),
     # SET LOGGED rewrites the table and rebuilds its indexes: made durable first, indexed once
     Phase("durable", Coordinator.durable,

@@ -1,8 +1,9 @@
 """``Load``: what a load carries through its stages once it is open.
 
-The coordinator creates it with the ledger, the opening fills in what it decided (staging
-names, file ids, staging mode, incremental), and every later stage (verify, staging,
-publish) takes it whole instead of a (connection, schema, staging, ...) tuple.
+The coordinator creates it with the ledger, the opening fills in what it decided (the plan
+of the files to load, staging names, file ids, staging mode, incremental), and every later
+stage (verify, staging, publish) takes it whole instead of a (connection, schema, staging,
+...) tuple.  Plans are frozen: verify's narrower plan (--allow-partial) makes a new Load.
 """
 from __future__ import annotations
 
@@ -30,7 +31,9 @@ class Load:
         self.fkeys = foreign_keys(self.plan)
 
     def opened(self, opening) -> None:
-        """Take what opening.open_load decided (an opening.Opening)."""
+        """Take what opening.open_load decided (an opening.Opening): the plan of the files to
+        load, staging names, file ids, how staging becomes durable, whether it merges."""
+        self.plan = opening.plan
         self.staging, self.file_ids = opening.staging, opening.file_ids
         self.staging_mode, self.incremental = opening.staging_mode, opening.incremental
 

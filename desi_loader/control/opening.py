@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ..fits.discover import split_tasks
+from ..fits.discover import Plan, narrowed
 from ..errors import UsageError
 from .staging import prepare_staging
 from .ledger import Ledger, staging_name
@@ -30,6 +30,7 @@ class Opening:
     """What opening found and did."""
 
     load_id: int
+    plan: Plan                        # the plan of the files this load loads (unchanged ones left out)
     staging: dict                     # table -> staging table
     how: str                          # started | resumed | joined | finalizing | nothing
     message: Optional[str] = None
@@ -61,31 +62,27 @@ def staging_mode(opts, wal_level: str) -> tuple[str, str]:
                       "benchmark, and a server crash loses nothing")
 
 
-def incremental(ledger: Ledger, plan, opts) -> tuple[bool, list]:
-    """Decide how the load publishes, and leave in ``plan`` only the files to load.
+def incremental(ledger: Ledger, plan: Plan, opts) -> tuple[bool, Plan, list]:
+    """Decide how the load publishes, and the plan of only the files to load.
 
     With files of these tables already published (and no --replace-all) the load is
     incremental: published files whose identity did not change are skipped, new files are
     added and changed ones replace their old rows; files not named stay.  Returns
-    (incremental, paths of the unchanged files skipped).
+    (incremental, the plan of the files to load, paths of the unchanged files skipped).
     """
     published = {} if opts.replace_all else ledger.published_files(sorted(plan.tables))
     if not published:
-        return False, []
-    return True, _drop_unchanged(plan, opts, published)
+        return False, plan, []
+    return (True, *_drop_unchanged(plan, opts, published))
 
 
-def _drop_unchanged(plan, opts, published: dict) -> list:
-    """Leave in ``plan`` only the files that are not published as they are; returns the paths
-    of those that went."""
-    keep = [fp for fp in plan.files if not (fp.info.name in published
-                                            and same_file(published[fp.info.name][1], fp.info))]
-    kept = {id(fp) for fp in keep}
-    skipped = [fp.info.path for fp in plan.files if id(fp) not in kept]
-    if skipped:
-        plan.files = keep
-        plan.tasks = split_tasks(plan, opts.task_bytes, opts.task_rows)
-    return skipped
+def _drop_unchanged(plan: Plan, opts, published: dict) -> tuple[Plan, list]:
+    """The plan of the files that are not published as they are, and the paths of the others."""
+    unchanged = {fp.info.name for fp in plan.files
+                 if fp.info.name in published and same_file(published[fp.info.name][1], fp.info)}
+    skipped = [fp.info.path for fp in plan.files if fp.info.name in unchanged]
+    keep = {fp.info.name for fp in plan.files} - unchanged
+    return narrowed(plan, keep, opts.task_bytes, opts.task_rows), skipped
 
 
 def open_load(ledger: Ledger, plan, opts, reporter: NullReporter) -> Opening:
@@ -111,12 +108,12 @@ def open_load(ledger: Ledger, plan, opts, reporter: NullReporter) -> Opening:
         return _join(ledger, plan, opts)
 
 
-def _fresh(ledger: Ledger, plan, opts) -> Opening:
+def _fresh(ledger: Ledger, plan: Plan, opts) -> Opening:
     """A new load, incremental when files of these tables are published (or nothing to do)."""
-    inc, skipped = incremental(ledger, plan, opts)
+    inc, plan, skipped = incremental(ledger, plan, opts)
     if not plan.files:
-        return Opening(0, {}, "nothing", f"all {len(skipped)} files are published and unchanged: nothing to load",
-                       incremental=True, unchanged=skipped)
+        return Opening(0, plan, {}, "nothing", f"all {len(skipped)} files are published and unchanged: "
+                       "nothing to load", incremental=True, unchanged=skipped)
     return _start(ledger, plan, opts, inc, skipped)
 
 
@@ -142,7 +139,7 @@ def _start(ledger: Ledger, plan, opts, inc: bool = False, skipped: Optional[list
     ledger.join()
     skipped = skipped or []
     message = f"incremental load: {len(plan.files)} new or changed file(s), {len(skipped)} unchanged" if inc else None
-    return Opening(ledger.load_id, staging, "started", message, staging_mode=mode, durable_path=why,
+    return Opening(ledger.load_id, plan, staging, "started", message, staging_mode=mode, durable_path=why,
                    incremental=inc, unchanged=skipped, file_ids=file_ids)
 
 
@@ -152,9 +149,10 @@ def _mode(ledger: Ledger) -> dict:
             "incremental": bool(options.get("incremental"))}
 
 
-def _skip_published(ledger: Ledger, plan, opts, inc: bool) -> list:
-    """For an incremental load being resumed or joined: drop the published, unchanged files."""
-    return _drop_unchanged(plan, opts, ledger.published_files(sorted(plan.tables))) if inc else []
+def _skip_published(ledger: Ledger, plan: Plan, opts, inc: bool) -> tuple[Plan, list]:
+    """For an incremental load being resumed or joined: the plan without the published,
+    unchanged files, and their paths."""
+    return _drop_unchanged(plan, opts, ledger.published_files(sorted(plan.tables))) if inc else (plan, [])
 
 
 def _take_over(ledger: Ledger, plan, opts, reporter: NullReporter) -> Opening:
@@ -178,7 +176,7 @@ def _take_over(ledger: Ledger, plan, opts, reporter: NullReporter) -> Opening:
         return _fresh(ledger, plan, opts)
     staging = _staging(plan, old)
     mode = _mode(ledger)
-    unchanged = _skip_published(ledger, plan, opts, mode["incremental"])
+    plan, unchanged = _skip_published(ledger, plan, opts, mode["incremental"])
     file_ids, kept = _reconcile(ledger, plan, staging, mode["staging_mode"] == "logged")
     retried = ledger.reset_failed()
     counts = ledger.task_counts()
@@ -186,7 +184,7 @@ def _take_over(ledger: Ledger, plan, opts, reporter: NullReporter) -> Opening:
                + (f" ({retried} failed before, retried)" if retried else "")
                + (f"; {kept} files kept" if kept else ""))
     ledger.join()
-    return Opening(old, staging, "resumed", message, unchanged=unchanged, file_ids=file_ids, **mode)
+    return Opening(old, plan, staging, "resumed", message, unchanged=unchanged, file_ids=file_ids, **mode)
 
 
 def same_file(identity: dict, info) -> bool:
@@ -224,7 +222,7 @@ def _join(ledger: Ledger, plan, opts) -> Opening:
         raise UsageError(f"load {old} of {plan.catalog.name} is being run by {holders}; --restart would "
                          "discard their work", "stop them first (desi-loader status shows who), then rerun")
     mode = _mode(ledger)
-    unchanged = _skip_published(ledger, plan, opts, mode["incremental"])
+    plan, unchanged = _skip_published(ledger, plan, opts, mode["incremental"])
     known = ledger.registered_files()
     mine = {fp.info.name: fp for fp in plan.files}
     differ = sorted(set(known) ^ set(mine)) + sorted(n for n in set(known) & set(mine)
@@ -236,8 +234,8 @@ def _join(ledger: Ledger, plan, opts) -> Opening:
     file_ids = {name: known[name][0] for name in mine}
     staging = _staging(plan, old)
     if not ledger.join():
-        return Opening(old, staging, "finalizing", f"load {old} is being finalized by {holders}",
+        return Opening(old, plan, staging, "finalizing", f"load {old} is being finalized by {holders}",
                        unchanged=unchanged, file_ids=file_ids, **mode)
     counts = ledger.task_counts()
-    return Opening(old, staging, "joined", f"joining load {old} (run by {holders}): {counts['done']} tasks done, "
+    return Opening(old, plan, staging, "joined", f"joining load {old} (run by {holders}): {counts['done']} tasks done, "
                    f"{counts['pending']} to do", unchanged=unchanged, file_ids=file_ids, **mode)

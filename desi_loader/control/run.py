@@ -15,7 +15,8 @@ from ..fits.config import load_settings, parse_distribution
 from .coordinator import Coordinator
 from ..fits.discover import Plan, build_plan, find_files, group_by_catalog
 from ..errors import BadFileError, LoaderError, UsageError
-from .options import LoadOptions, Summary
+from .options import LoadOptions
+from .summary import Summary
 from ..fits.read import gzip_damage, read_info
 from ..report import NullReporter
 
@@ -44,10 +45,9 @@ def plan_loads(opts: LoadOptions) -> list[Plan]:
             infos.append(info)
         plan = build_plan(infos, catalog, schema, opts.task_bytes, opts.task_rows)
         compressed = {i.path for i in infos if i.compressed}
-        plan.rejected = [(p, gzip_damage(p) or r if p in compressed else r) for p, r in plan.rejected]
-        plan.rejected[:0] = rejected
-        apply_distribution(plan, opts.distribute)
-        plans.append(plan)
+        plan = replace(plan, rejected=tuple(rejected) + tuple(
+            (p, gzip_damage(p) or r if p in compressed else r) for p, r in plan.rejected))
+        plans.append(apply_distribution(plan, opts.distribute))
     unknown = {o.partition("=")[0].strip() for o in opts.distribute} - {t for p in plans for t in p.tables}
     if unknown:
         raise UsageError(f"--distribute names no table of this load: {', '.join(sorted(unknown))}",
@@ -55,8 +55,9 @@ def plan_loads(opts: LoadOptions) -> list[Plan]:
     return plans
 
 
-def apply_distribution(plan: Plan, overrides: tuple) -> None:
-    """--distribute TABLE=SPEC overrides of the preset's placements (a Citus cluster)."""
+def apply_distribution(plan: Plan, overrides: tuple) -> Plan:
+    """The plan with --distribute TABLE=SPEC overrides of the preset's placements (a Citus cluster)."""
+    tables = dict(plan.tables)
     for item in overrides:
         table, sep, spec = item.partition("=")
         if not sep:
@@ -66,7 +67,8 @@ def apply_distribution(plan: Plan, overrides: tuple) -> None:
         t = plan.tables[table.strip()]
         dist = parse_distribution(spec)
         check_distribution(dist, t.name, [c.name for c in t.all_columns])
-        plan.tables[t.name] = replace(t, distribution=dist)
+        tables[t.name] = replace(t, distribution=dist)
+    return replace(plan, tables=tables)
 
 
 def run_loads(opts: LoadOptions, reporter: Optional[NullReporter] = None,

@@ -1,7 +1,7 @@
 """Verification before publishing: failed files and tasks (or, with --allow-partial, the
 files left out), DATASUM/CHECKSUM of the bytes the workers loaded, rows per file and HDU
 against NAXIS2; and, after a server crash, the done tasks whose rows UNLOGGED staging lost.
-Each takes the load.Load it verifies (and the Summary it reports into).
+Each takes the load.Load it verifies and returns what it found (results.Verified).
 """
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from typing import Optional
 from psycopg2 import sql
 
 from ..fits.checksum import checksum_ok, combine
+from ..fits.discover import Plan, narrowed
+from .results import Verified
 from ..errors import LoadFailed
 from .staging import FINALIZE_LOCK_TIMEOUT
 
@@ -28,15 +30,17 @@ class RowsLost(Exception):
         self.tasks = tasks
 
 
-def verify(load, summary) -> None:
-    """Refuse to publish with failed files or wrong row counts (or drop them: --allow-partial)."""
-    settle_failures(load, summary)
-    summary.files = len(load.plan.files)
+def verify(load, unchanged: int) -> Verified:
+    """Refuse to publish with failed files or wrong row counts (or drop them: --allow-partial).
+
+    ``unchanged``: published files this load skips.  Returns a results.Verified whose plan
+    holds the files to publish (the load's plan without those --allow-partial left out)."""
+    plan, missing, failed = settle_failures(load, unchanged)
     loaded = load.ledger.loaded_rows()          # what each COPY reported, committed with its task
     if loaded is None:                          # tasks of an older version: count staging
         loaded = count_staging(load.conn, load.schema, load.staging, load.tables)
-    summary.rows = check_counts(loaded, expected_counts(load.plan, load.file_ids))
-    summary.verified = True
+    rows = check_counts(loaded, expected_counts(plan, load.file_ids))
+    return Verified(rows, plan, missing, failed)
 
 
 def check_rows(load) -> None:
@@ -76,9 +80,12 @@ def checksum_failures(load, incomplete: set) -> list:
     return bad
 
 
-def settle_failures(load, summary) -> None:
+def settle_failures(load, unchanged: int) -> tuple[Plan, tuple, tuple]:
     """Failed files (plan-time rejections, failed tasks, bad sums): LoadFailed, or with
-    --allow-partial the load goes on without them (recorded for the other processes)."""
+    --allow-partial the load goes on without them (recorded for the other processes).
+
+    Returns (the plan of the files to publish, (file name, reason), (path, reason)) of the
+    files left out."""
     opts, plan, ledger, ids = load.opts, load.plan, load.ledger, load.file_ids
     bad = list(plan.rejected)
     names = {fp.info.name: fp for fp in plan.files}
@@ -91,7 +98,7 @@ def settle_failures(load, summary) -> None:
     corrupt = checksum_failures(load, incomplete) if opts.verify_checksum else []
     bad += corrupt
     if not bad:
-        return
+        return plan, (), ()
     # forget the rows of files that failed their checksum: a rerun after a re-download
     # (same name, even the same size) loads them again instead of keeping stale rows
     ledger.remove_files(sorted({ids[os.path.basename(p)] for p, _ in corrupt}), load.staging)
@@ -99,8 +106,7 @@ def settle_failures(load, summary) -> None:
     loaded = {os.path.basename(p) for p, _ in uniq} & set(names)
     # with every file of the load failed, --allow-partial has nothing to publish -- unless
     # other named files are published and unchanged: the tables stay as they are (exit 4)
-    if not opts.allow_partial or counts["pending"] or (len(loaded) == len(plan.files)
-                                                       and not summary.files_unchanged):
+    if not opts.allow_partial or counts["pending"] or (len(loaded) == len(plan.files) and not unchanged):
         # the status is set with this message by the coordinator (one place: a process waiting
         # for this load must never see "failed" without the reason, which names the files)
         raise LoadFailed(f"{len({p for p, _ in uniq})} file(s) could not be loaded; the published tables "
@@ -108,23 +114,23 @@ def settle_failures(load, summary) -> None:
                          "fix or re-download the named files and rerun the same command "
                          "(or --allow-partial to publish without them)")
     ledger.remove_files([ids[n] for n in loaded], load.staging)
-    plan.files = [fp for fp in plan.files if fp.info.name not in loaded]
-    summary.missing = [(os.path.basename(p), r) for p, r in uniq]
-    summary.files_failed = uniq
-    ledger.set_left_out(summary.missing)
+    missing = tuple((os.path.basename(p), r) for p, r in uniq)
+    ledger.set_left_out(list(missing))
+    kept = {fp.info.name for fp in plan.files} - loaded
+    return narrowed(plan, kept, opts.task_bytes, opts.task_rows), missing, tuple(uniq)
 
 
-def nothing_but_failures(load, summary) -> None:
+def nothing_but_failures(load, unchanged: int) -> Verified:
     """Every loadable file is published and unchanged, but some named files cannot load:
-    that is a failure to report (exit 1), or with --allow-partial a partial result (exit 4)."""
+    that is a failure to report (exit 1), or with --allow-partial a partial result (exit 4):
+    a results.Verified that counted nothing."""
     rejected = load.plan.rejected
     if not load.opts.allow_partial:
-        raise LoadFailed(f"{len(rejected)} file(s) could not be loaded ({summary.unchanged_files} "
+        raise LoadFailed(f"{len(rejected)} file(s) could not be loaded ({unchanged} "
                          f"published file(s) unchanged; the published tables were not changed):"
                          + reasons(rejected), "fix or re-download the named files and rerun the same "
                          "command (or --allow-partial to accept the tables without them)")
-    summary.missing = [(os.path.basename(p), r) for p, r in rejected]
-    summary.files_failed = list(rejected)
+    return Verified(None, load.plan, tuple((os.path.basename(p), r) for p, r in rejected), tuple(rejected))
 
 
 # --------------------------------------------------------------------------- counts

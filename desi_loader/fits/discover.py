@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import glob
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
 from .config import check_distribution
@@ -114,15 +114,18 @@ class FilePlan:
     constants: dict
 
 
-@dataclass
+@dataclass(frozen=True)
 class Plan:
+    """What a load of one catalog is to do, decided before any database is touched; nothing
+    changes it afterwards (a narrower plan is a new one: ``narrowed``)."""
+
     catalog: Catalog
     schema: str
     tables: dict                       # table name -> TableSpec
-    files: list
-    tasks: list = field(default_factory=list)
-    rejected: list = field(default_factory=list)    # (path, reason) of files that cannot load
-    notes: list = field(default_factory=list)       # what users should know (names cut at 63 bytes)
+    files: tuple                       # FilePlan
+    tasks: tuple = ()
+    rejected: tuple = ()               # (path, reason) of files that cannot load
+    notes: tuple = ()                  # what users should know (names cut at 63 bytes)
 
     @property
     def total_rows(self) -> int:
@@ -197,9 +200,17 @@ def build_plan(infos: Sequence, catalog: Catalog, schema: str,
     specs = {table: _table_spec(catalog, table, srcs, extra, sky.get(table, ()))
              for table, srcs in sources.items()}
     notes = _cut_names(files)
-    plan = Plan(catalog, schema, specs, files, rejected=rejected, notes=notes)
-    plan.tasks = split_tasks(plan, task_bytes, task_rows)
-    return plan
+    plan = Plan(catalog, schema, specs, tuple(files), rejected=tuple(rejected), notes=tuple(notes))
+    return replace(plan, tasks=tuple(split_tasks(plan, task_bytes, task_rows)))
+
+
+def narrowed(plan: Plan, names: set, task_bytes: int, task_rows: Optional[int]) -> Plan:
+    """The plan of only the files named in ``names`` (file names), its tasks split again."""
+    files = tuple(fp for fp in plan.files if fp.info.name in names)
+    if len(files) == len(plan.files):
+        return plan
+    narrow = replace(plan, files=files)
+    return replace(narrow, tasks=tuple(split_tasks(narrow, task_bytes, task_rows)))
 
 
 def _file_tables(info, catalog: Catalog, constants: dict, descs: dict, sky: dict) -> tuple[dict, dict]:
