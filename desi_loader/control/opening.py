@@ -21,7 +21,7 @@ from typing import Optional
 from ..fits.discover import Plan, narrowed
 from ..errors import UsageError
 from .staging import prepare_staging
-from .ledger import Ledger, staging_name
+from .ledger import Ledger, Tx, staging_name
 from ..report import NullReporter
 
 
@@ -62,7 +62,7 @@ def staging_mode(opts, wal_level: str) -> tuple[str, str]:
                       "benchmark, and a server crash loses nothing")
 
 
-def incremental(ledger: Ledger, plan: Plan, opts) -> tuple[bool, Plan, list]:
+def incremental(ledger: Ledger, plan: Plan, opts, tx: Tx) -> tuple[bool, Plan, list]:
     """Decide how the load publishes, and the plan of only the files to load.
 
     With files of these tables already published (and no --replace-all) the load is
@@ -70,7 +70,7 @@ def incremental(ledger: Ledger, plan: Plan, opts) -> tuple[bool, Plan, list]:
     added and changed ones replace their old rows; files not named stay.  Returns
     (incremental, the plan of the files to load, paths of the unchanged files skipped).
     """
-    published = {} if opts.replace_all else ledger.published_files(sorted(plan.tables))
+    published = {} if opts.replace_all else ledger.published_files(sorted(plan.tables), tx=tx)
     if not published:
         return False, plan, []
     return (True, *_drop_unchanged(plan, opts, published))
@@ -88,102 +88,102 @@ def _drop_unchanged(plan: Plan, opts, published: dict) -> tuple[Plan, list]:
 def open_load(ledger: Ledger, plan, opts, reporter: NullReporter) -> Opening:
     """Start, resume or join the load of ``plan``'s tables (see the module docstring)."""
     ledger.ensure_tables()
-    with ledger.transaction():
-        ledger.lock_open()
-        old = ledger.find_unfinished(plan.catalog.name, sorted(plan.tables))
+    with ledger.transaction() as tx:
+        ledger.lock_open(tx=tx)
+        old = ledger.find_unfinished(plan.catalog.name, sorted(plan.tables), tx=tx)
         if old is None:
             if opts.resume is True or opts.join:
                 raise UsageError(f"no unfinished load of {plan.catalog.name} in schema {plan.schema} to "
                                  f"{'join' if opts.join else 'resume'}", "run without --resume/--join to start one")
-            return _fresh(ledger, plan, opts)
-        ledger.bind(old)
-        ended = ledger.end_orphans()
+            return _fresh(ledger, plan, opts, tx=tx)
+        ledger.bind(old, tx=tx)
+        ended = ledger.end_orphans(tx=tx)
         if ended:
             reporter.info(f"ended the server sessions of load {old} left by dead processes {', '.join(ended)}")
-        if ledger.try_lock():
+        if ledger.try_lock(tx=tx):
             try:
-                return _take_over(ledger, plan, opts, reporter)
+                return _take_over(ledger, plan, opts, reporter, tx=tx)
             finally:
-                ledger.unlock()
-        return _join(ledger, plan, opts)
+                ledger.unlock(tx=tx)
+        return _join(ledger, plan, opts, tx=tx)
 
 
-def _fresh(ledger: Ledger, plan: Plan, opts) -> Opening:
+def _fresh(ledger: Ledger, plan: Plan, opts, tx: Tx) -> Opening:
     """A new load, incremental when files of these tables are published (or nothing to do)."""
-    inc, plan, skipped = incremental(ledger, plan, opts)
+    inc, plan, skipped = incremental(ledger, plan, opts, tx=tx)
     if not plan.files:
         return Opening(0, plan, {}, "nothing", f"all {len(skipped)} files are published and unchanged: "
                        "nothing to load", incremental=True, unchanged=skipped)
-    return _start(ledger, plan, opts, inc, skipped)
+    return _start(ledger, plan, opts, tx, inc, skipped)
 
 
 def _staging(plan, load_id: int) -> dict:
     return {t: staging_name(t, load_id) for t in plan.tables}
 
 
-def _start(ledger: Ledger, plan, opts, inc: bool = False, skipped: Optional[list] = None) -> Opening:
+def _start(ledger: Ledger, plan: Plan, opts, tx: Tx, inc: bool = False, skipped: Optional[list] = None) -> Opening:
     """A new load: its row, the manifest, staging tables and tasks, in the opening transaction."""
     if inc:   # rows go into the published (logged) tables by INSERT: staging is scratch space
         mode, why = "unlogged", "incremental: rows are inserted into the published tables (WAL-logged once)"
     else:
-        mode, why = staging_mode(opts, ledger.setting("wal_level"))
+        mode, why = staging_mode(opts, ledger.setting("wal_level", tx=tx))
     ledger.start(plan.catalog.name, sorted(plan.tables), {
         "format": opts.fmt, "workers": opts.workers, "paths": [fp.info.path for fp in plan.files],
-        "staging": mode, "durable_path": why, "incremental": inc})
+        "staging": mode, "durable_path": why, "incremental": inc}, tx=tx)
     staging = _staging(plan, ledger.load_id)
-    file_ids = ledger.register_files(plan.catalog.name, plan.files)
-    prepare_staging(ledger.conn, plan.schema, staging, plan.tables, logged=mode == "logged")
-    ledger.insert_tasks(plan.tasks, file_ids)
+    file_ids = ledger.register_files(plan.catalog.name, plan.files, tx=tx)
+    prepare_staging(tx.conn, plan.schema, staging, plan.tables, logged=mode == "logged")
+    ledger.insert_tasks(plan.tasks, file_ids, tx=tx)
     if mode == "unlogged":
-        ledger.arm_canary()
-    ledger.join()
+        ledger.arm_canary(tx=tx)
+    ledger.join(tx=tx)
     skipped = skipped or []
     message = f"incremental load: {len(plan.files)} new or changed file(s), {len(skipped)} unchanged" if inc else None
     return Opening(ledger.load_id, plan, staging, "started", message, staging_mode=mode, durable_path=why,
                    incremental=inc, unchanged=skipped, file_ids=file_ids)
 
 
-def _mode(ledger: Ledger) -> dict:
-    options = ledger.options()
+def _mode(ledger: Ledger, tx: Tx) -> dict:
+    options = ledger.options(tx=tx)
     return {"staging_mode": options.get("staging", "unlogged"), "durable_path": options.get("durable_path", ""),
             "incremental": bool(options.get("incremental"))}
 
 
-def _skip_published(ledger: Ledger, plan: Plan, opts, inc: bool) -> tuple[Plan, list]:
+def _skip_published(ledger: Ledger, plan: Plan, opts, inc: bool, tx: Tx) -> tuple[Plan, list]:
     """For an incremental load being resumed or joined: the plan without the published,
     unchanged files, and their paths."""
-    return _drop_unchanged(plan, opts, ledger.published_files(sorted(plan.tables))) if inc else (plan, [])
+    return _drop_unchanged(plan, opts, ledger.published_files(sorted(plan.tables), tx=tx)) if inc else (plan, [])
 
 
-def _take_over(ledger: Ledger, plan, opts, reporter: NullReporter) -> Opening:
+def _take_over(ledger: Ledger, plan, opts, reporter: NullReporter, tx: Tx) -> Opening:
     """Nobody works on the unfinished load: restart it, or resume it with this plan's files."""
     old = ledger.load_id
     if opts.join:
         raise UsageError(f"load {old} of {plan.catalog.name} is not running (no process works on it)",
                          "run without --join to resume it")
     if opts.resume is False:
-        ledger.abort()
+        ledger.abort(tx=tx)
         reporter.info(f"--restart: discarded unfinished load {old}")
-        return _fresh(ledger, plan, opts)
-    if not ledger.staging_complete():
+        return _fresh(ledger, plan, opts, tx=tx)
+    if not ledger.staging_complete(tx=tx):
         # someone dropped a staging table: its done tasks are gone, and re-running them
         # would duplicate rows in the other tables of the same tasks
         if opts.resume is True:
             raise UsageError(f"load {old} cannot be resumed: its staging tables are missing",
                              "rerun without --resume to load from scratch")
-        ledger.abort()
+        ledger.abort(tx=tx)
         reporter.warn(f"staging tables of unfinished load {old} are missing; starting a new load")
-        return _fresh(ledger, plan, opts)
+        return _fresh(ledger, plan, opts, tx=tx)
     staging = _staging(plan, old)
-    mode = _mode(ledger)
-    plan, unchanged = _skip_published(ledger, plan, opts, mode["incremental"])
-    file_ids, kept = _reconcile(ledger, plan, staging, mode["staging_mode"] == "logged")
-    retried = ledger.reset_failed()
-    counts = ledger.task_counts()
+    mode = _mode(ledger, tx=tx)
+    plan, unchanged = _skip_published(ledger, plan, opts, mode["incremental"], tx=tx)
+    file_ids, kept = _reconcile(ledger, plan, staging, mode["staging_mode"] == "logged", tx=tx)
+    retried = ledger.reset_failed(tx=tx)
+    counts = ledger.task_counts(tx=tx)
     message = (f"resuming load {old}: {counts['done']} tasks done, {counts['pending']} to do"
                + (f" ({retried} failed before, retried)" if retried else "")
                + (f"; {kept} files kept" if kept else ""))
-    ledger.join()
+    ledger.join(tx=tx)
     return Opening(old, plan, staging, "resumed", message, unchanged=unchanged, file_ids=file_ids, **mode)
 
 
@@ -193,37 +193,37 @@ def same_file(identity: dict, info) -> bool:
     return all(identity.get(k, mine[k]) == mine[k] for k in ("size", "mtime_ns", "sums"))
 
 
-def _reconcile(ledger: Ledger, plan, staging: dict, logged: bool) -> tuple[dict, int]:
+def _reconcile(ledger: Ledger, plan, staging: dict, logged: bool, tx: Tx) -> tuple[dict, int]:
     """Match the plan's files with the unfinished load: keep, drop and add files.
 
     A file is the same when its identity is (a re-downloaded or re-processed file of the
     same name and size has another mtime or other sums): its rows and tasks are kept.
     Returns ({file name: file_id}, files kept).
     """
-    known = ledger.registered_files()
+    known = ledger.registered_files(tx=tx)
     current = {fp.info.name: fp for fp in plan.files}
     gone = [fid for name, (fid, identity) in known.items()
             if name not in current or not same_file(identity, current[name].info)]
-    ledger.remove_files(gone, staging)
+    ledger.remove_files(gone, staging, tx=tx)
     kept = {name: known[name][0] for name, fp in current.items()
             if name in known and same_file(known[name][1], fp.info)}
     new = [fp for fp in plan.files if fp.info.name not in kept]
-    file_ids = {**kept, **ledger.register_files(plan.catalog.name, new)}
-    prepare_staging(ledger.conn, plan.schema, staging, plan.tables, logged)
-    ledger.insert_tasks([t for t in plan.tasks if t.file not in kept], file_ids)
+    file_ids = {**kept, **ledger.register_files(plan.catalog.name, new, tx=tx)}
+    prepare_staging(tx.conn, plan.schema, staging, plan.tables, logged)
+    ledger.insert_tasks([t for t in plan.tasks if t.file not in kept], file_ids, tx=tx)
     return file_ids, len(kept)
 
 
-def _join(ledger: Ledger, plan, opts) -> Opening:
+def _join(ledger: Ledger, plan, opts, tx: Tx) -> Opening:
     """Other processes work on the load: copy along with them (same files), or await its finalizer."""
     old = ledger.load_id
-    holders = ", ".join(ledger.holders()) or "another process"
+    holders = ", ".join(ledger.holders(tx=tx)) or "another process"
     if opts.resume is False:
         raise UsageError(f"load {old} of {plan.catalog.name} is being run by {holders}; --restart would "
                          "discard their work", "stop them first (desi-loader status shows who), then rerun")
-    mode = _mode(ledger)
-    plan, unchanged = _skip_published(ledger, plan, opts, mode["incremental"])
-    known = ledger.registered_files()
+    mode = _mode(ledger, tx=tx)
+    plan, unchanged = _skip_published(ledger, plan, opts, mode["incremental"], tx=tx)
+    known = ledger.registered_files(tx=tx)
     mine = {fp.info.name: fp for fp in plan.files}
     differ = sorted(set(known) ^ set(mine)) + sorted(n for n in set(known) & set(mine)
                                                     if not same_file(known[n][1], mine[n].info))
@@ -233,9 +233,9 @@ def _join(ledger: Ledger, plan, opts) -> Opening:
                          "give every process the same paths, or wait until that load is published")
     file_ids = {name: known[name][0] for name in mine}
     staging = _staging(plan, old)
-    if not ledger.join():
+    if not ledger.join(tx=tx):
         return Opening(old, plan, staging, "finalizing", f"load {old} is being finalized by {holders}",
                        unchanged=unchanged, file_ids=file_ids, **mode)
-    counts = ledger.task_counts()
+    counts = ledger.task_counts(tx=tx)
     return Opening(old, plan, staging, "joined", f"joining load {old} (run by {holders}): {counts['done']} tasks done, "
                    f"{counts['pending']} to do", unchanged=unchanged, file_ids=file_ids, **mode)

@@ -64,6 +64,14 @@ def client_alive(host: str, pid: int) -> Optional[bool]:
     return True
 
 
+class Tx:
+    """A transaction a Session opened (``Session.transaction``): the ledger's statements given
+    it run in it and leave the commit to the ``with`` block; without one, each runs in its own."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+
 class Session:
     """One connection of a loader process and the load it works on (``load_id``: None until
     bound); the advisory lock of that load and the sessions of its other processes."""
@@ -77,40 +85,55 @@ class Session:
         self.locked = False
         self.joined = False
         self._oid: Optional[int] = None
-        self._in_transaction = False
+        self._open: Optional[Tx] = None       # the transaction transaction() holds open, if any
         self.conn = connect(dsn, app_name(role))
 
     def close(self) -> None:
         if not self.conn.closed:
             self.conn.close()
 
-    def _commit(self) -> None:
-        if not self._in_transaction:
-            self.conn.commit()
+    def _end(self, tx: Optional[Tx]) -> None:
+        """End a statement's work: commit it when it ran in its own transaction (``tx`` None);
+        inside the caller's ``tx`` the caller commits.  A statement given no ``tx`` while a
+        transaction is open is a bug (it would commit the caller's work): it raises."""
+        if tx is not None:
+            return
+        if self._open is not None:
+            raise RuntimeError("a ledger statement without the open transaction: pass it tx")
+        self.conn.commit()
 
     @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """Statements inside commit together (the methods' own commits are deferred)."""
-        self._in_transaction = True
+    def transaction(self) -> Iterator[Tx]:
+        """A transaction the statements given its Tx run in; committed at the end of the block,
+        rolled back on an exception."""
+        if self._open is not None:
+            raise RuntimeError("a transaction is open already")
+        tx = self._open = Tx(self.conn)
         try:
-            yield
-            self._in_transaction = False
+            yield tx
+            self._open = None
             self.conn.commit()
         except BaseException:
-            self._in_transaction = False
+            self._open = None
             try:
                 self.conn.rollback()
             except psycopg2.Error:
                 pass
             raise
 
-    def _run(self, text: str, args: tuple = ()) -> Any:
-        """One statement in its own transaction (``{s}`` is the schema); its rows, if any."""
+    def _run(self, text: str, args: tuple = (), tx: Optional[Tx] = None) -> Any:
+        """One statement (``{s}`` is the schema), in ``tx`` or its own transaction; its rows, if any."""
         with self.conn.cursor() as cur:
             cur.execute(sql.SQL(text).format(s=sql.Identifier(self.schema)), args)
             rows = cur.fetchall() if cur.description else None
-        self._commit()
+        self._end(tx)
         return rows
+
+    def _bound(self) -> int:
+        """The load this session works on (bind or start first)."""
+        if self.load_id is None:
+            raise RuntimeError("no load bound to this session")
+        return self.load_id
 
     @property
     def tag(self) -> str:
@@ -131,14 +154,14 @@ class Session:
         """
         return self._key(self.load_id)
 
-    def bind(self, load_id: int) -> "Session":
+    def bind(self, load_id: int, tx: Optional[Tx] = None) -> "Session":
         """Work on load ``load_id`` from now on (names this connection after it)."""
         if self._oid is None:
-            self._load_oid()
+            self._load_oid(tx)
         self.load_id = load_id
         with self.conn.cursor() as cur:
             cur.execute("SET application_name = %s", (app_name(self.role, self.tag),))
-        self._commit()
+        self._end(tx)
         return self
 
     def reconnect(self) -> None:
@@ -170,37 +193,35 @@ class Session:
         budget.  Steps given here are idempotent."""
         return retrying(step, Backoff(what, self.budget, self.notify, alive=self.alive), self.reconnect)
 
-    def lock_open(self) -> None:
+    def lock_open(self, tx: Tx) -> None:
         """Serialise opening loads in this schema until the current transaction ends.
 
         Finding an unfinished load and starting a new one then happen atomically: two
         processes started at the same moment never create two loads of the same tables.
         """
-        with self.conn.cursor() as cur:
+        with tx.conn.cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (SETUP_LOCK,))    # no ledger DDL meanwhile
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (self._key(_OPEN),))
 
-    def _try_lock(self) -> bool:
-        with self.conn.cursor() as cur:
-            cur.execute("SELECT pg_try_advisory_lock(%s)", (self.lock_key,))
-            ok = cur.fetchone()[0]
-        self._commit()
+    def _try_lock(self, tx: Optional[Tx] = None) -> bool:
+        (ok,), = self._run("SELECT pg_try_advisory_lock(%s)", (self.lock_key,), tx)
         return ok
 
-    def try_lock(self) -> bool:
-        """Take the load's lock alone: no other process works on it (finalize, resume, abort)."""
-        self.locked = self._try_lock() or self.locked
+    def try_lock(self, tx: Optional[Tx] = None) -> bool:
+        """Take the load's lock alone: no other process works on it (finalize, resume, abort).
+        A session-level lock: it outlives ``tx``."""
+        self.locked = self._try_lock(tx) or self.locked
         return self.locked
 
-    def unlock(self) -> None:
+    def unlock(self, tx: Optional[Tx] = None) -> None:
         """Give up the exclusive lock taken by try_lock."""
         if self.locked:
-            self._run("SELECT pg_advisory_unlock(%s)", (self.lock_key,))
+            self._run("SELECT pg_advisory_unlock(%s)", (self.lock_key,), tx)
             self.locked = False
 
-    def join(self) -> bool:
+    def join(self, tx: Optional[Tx] = None) -> bool:
         """Take the load's lock shared (a process that copies); False while a finalizer holds it."""
-        (ok,), = self._run("SELECT pg_try_advisory_lock_shared(%s)", (self.lock_key,))
+        (ok,), = self._run("SELECT pg_try_advisory_lock_shared(%s)", (self.lock_key,), tx)
         self.joined = self.joined or ok
         return ok
 
@@ -210,7 +231,7 @@ class Session:
             pass
         self.joined = False
 
-    def sessions(self) -> list:
+    def sessions(self, tx: Optional[Tx] = None) -> list:
         """Server sessions of this load's processes: (pid, tag, role, host, client pid, state, since, holds)."""
         hi, lo = (self.lock_key >> 32) & 0xFFFF_FFFF, self.lock_key & 0xFFFF_FFFF
         rows = self._run(
@@ -218,7 +239,7 @@ class Session:
             "(SELECT string_agg(l.mode, ',') FROM pg_locks l WHERE l.pid = a.pid AND l.locktype = 'advisory' "
             " AND l.granted AND l.classid = %s::bigint::oid AND l.objid = %s::bigint::oid AND l.objsubid = 1) "
             "FROM pg_stat_activity a WHERE a.application_name LIKE %s AND a.pid <> pg_backend_pid()",
-            (hi, lo, f"desi-loader {self.tag} %"))
+            (hi, lo, f"desi-loader {self.tag} %"), tx)
         out = []
         for pid, name, state, since, holds in rows:
             parsed = parse_app_name(name)
@@ -226,7 +247,7 @@ class Session:
                 out.append((pid, *parsed, state, since, holds))
         return out
 
-    def end_orphans(self) -> list:
+    def end_orphans(self, tx: Optional[Tx] = None) -> list:
         """End the server sessions of this load whose client process provably died.
 
         A killed loader's session lives on until it next talks to its client: a finalize
@@ -236,24 +257,40 @@ class Session:
         Returns the host:pid of the processes whose sessions were ended.
         """
         ended = []
-        for pid, _tag, _role, host, cpid, _state, _since, _holds in self.sessions():
+        for pid, _tag, _role, host, cpid, _state, _since, _holds in self.sessions(tx):
             if client_alive(host, cpid) is False:
+                terminate = ("SELECT pg_terminate_backend(%s, 5000)" if self.conn.server_version >= 140000
+                             else "SELECT pg_terminate_backend(%s)")     # 14+: waits until the session is gone
                 try:
-                    if self.conn.server_version >= 140000:    # waits until the session is gone
-                        self._run("SELECT pg_terminate_backend(%s, 5000)", (pid,))
-                    else:
-                        self._run("SELECT pg_terminate_backend(%s)", (pid,))
+                    self._guarded(terminate, (pid,), tx)
                 except psycopg2.Error as exc:        # not ours to end (another role): leave it
-                    self.conn.rollback()
                     log.info("could not end session %s of %s:%s: %s", pid, host, cpid, exc)
                     continue
                 ended.append(f"{host}:{cpid}")
         return sorted(set(ended))
 
-    def holders(self) -> list:
+    def _guarded(self, text: str, args: tuple, tx: Optional[Tx]) -> None:
+        """A statement that may fail without failing ``tx`` (a savepoint inside it)."""
+        if tx is None:
+            try:
+                self._run(text, args)
+            except psycopg2.Error:
+                self.conn.rollback()
+                raise
+            return
+        with self.conn.cursor() as cur:
+            cur.execute("SAVEPOINT desi_loader_guard")
+            try:
+                cur.execute(text, args)
+            except psycopg2.Error:
+                cur.execute("ROLLBACK TO SAVEPOINT desi_loader_guard")
+                raise
+            cur.execute("RELEASE SAVEPOINT desi_loader_guard")
+
+    def holders(self, tx: Optional[Tx] = None) -> list:
         """'host:pid (role)' of the processes whose sessions hold this load's lock."""
         return sorted({f"{host}:{cpid} ({role})" for _p, _t, role, host, cpid, _s, _since, holds
-                       in self.sessions() if holds})
+                       in self.sessions(tx) if holds})
 
-    def _load_oid(self) -> bool:                      # ledger.Ledger: the OID of loader_loads
+    def _load_oid(self, tx: Optional[Tx] = None) -> bool:      # ledger.Ledger: the OID of loader_loads
         raise NotImplementedError

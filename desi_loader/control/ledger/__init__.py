@@ -8,18 +8,19 @@ database (another HPC node, later) can take tasks from the same table.
 from __future__ import annotations
 
 import logging
+from typing import Optional
 
 from psycopg2 import sql
 
 from ..retry import transient
-from ..sessions import SETUP_LOCK, Session, app_name, client_alive, parse_app_name, process_name
+from ..sessions import SETUP_LOCK, Session, Tx, app_name, client_alive, parse_app_name, process_name
 from .columns import column_sources, publish_columns
 from .files import Files, published_headers, publish_merged, publish_swapped, replaced_files
 from .loads import Loads, staging_name
 from .tasks import Tasks
 
 #: sessions' names re-exported: callers know the ledger, the ledger knows its sessions
-__all__ = ["Ledger", "app_name", "client_alive", "parse_app_name", "process_name", "transient", "staging_name",
+__all__ = ["Ledger", "Tx", "app_name", "client_alive", "parse_app_name", "process_name", "transient", "staging_name",
            "replaced_files", "publish_merged", "publish_swapped", "published_headers", "publish_columns",
            "column_sources"]
 
@@ -115,14 +116,12 @@ class Ledger(Loads, Files, Tasks, Session):
             cur.execute("SELECT to_regclass(format('%%I.loader_columns', %s::text)) IS NOT NULL", (self.schema,))
             if not cur.fetchone()[0]:
                 cur.execute(sql.SQL(DDL).format(s=sql.Identifier(self.schema)))
-        self._commit()
+        self._end(None)
         self._load_oid()
 
-    def _load_oid(self) -> bool:
-        with self.conn.cursor() as cur:
-            cur.execute("SELECT to_regclass(format('%%I.loader_loads', %s::text))::oid", (self.schema,))
-            self._oid = cur.fetchone()[0]
-        self._commit()
+    def _load_oid(self, tx: Optional[Tx] = None) -> bool:
+        (self._oid,), = self._run("SELECT to_regclass(format('%%I.loader_loads', %s::text))::oid",
+                                  (self.schema,), tx)
         return self._oid is not None
 
     def exists(self) -> bool:

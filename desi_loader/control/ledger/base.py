@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Optional
 
+from ..sessions import Tx
+
+__all__ = ["SessionFace", "Tx"]
+
 
 class SessionFace:
     schema: str
@@ -11,8 +15,10 @@ class SessionFace:
     conn: Any
 
     if TYPE_CHECKING:
-        def _run(self, text: str, args: tuple = ()) -> Any: ...
+        def _run(self, text: str, args: tuple = (), tx: Optional[Tx] = None) -> Any: ...
 
-        def _commit(self) -> None: ...
+        def _end(self, tx: Optional[Tx]) -> None: ...
 
-        def bind(self, load_id: int) -> Any: ...
+        def _bound(self) -> int: ...
+
+        def bind(self, load_id: int, tx: Optional[Tx] = None) -> Any: ...

@@ -2,12 +2,14 @@
 row counts), published with its rows."""
 from __future__ import annotations
 
+from typing import Optional
+
 from psycopg2 import sql
 from psycopg2.extras import Json
 
 from ... import __version__
 from ...db import relation_exists
-from .base import SessionFace
+from .base import SessionFace, Tx
 
 
 # ------------------------------------------------------------------ the manifest at publish
@@ -63,14 +65,14 @@ def published_headers(cur, schema: str, catalog: str) -> list:
 class Files(SessionFace):
     """The ledger's statements on ``load_files`` (a Ledger mixin: it runs them in its Session)."""
 
-    def published_files(self, tables: list) -> dict:
+    def published_files(self, tables: list, tx: Optional[Tx] = None) -> dict:
         """filename -> (file_id, identity) of the files published in these tables."""
         rows = self._run("SELECT f.filename, f.file_id, coalesce(f.identity, jsonb_build_object('size', f.size_bytes)) "
                          "FROM {s}.load_files f JOIN {s}.loader_loads l USING (load_id) "
-                         "WHERE f.published AND l.status = 'published' AND l.tables && %s", (sorted(tables),))
+                         "WHERE f.published AND l.status = 'published' AND l.tables && %s", (sorted(tables),), tx)
         return {name: (file_id, identity) for name, file_id, identity in rows}
 
-    def register_files(self, catalog: str, files: list) -> dict:
+    def register_files(self, catalog: str, files: list, tx: Optional[Tx] = None) -> dict:
         """Insert the manifest rows (unpublished) of ``files`` (FilePlans): {file name: file_id}."""
         ids = {}
         with self.conn.cursor() as cur:
@@ -86,16 +88,16 @@ class Files(SessionFace):
                     (self.load_id, catalog, info.name, info.path, info.size, Json(nrows), Json(info.primary),
                      Json(hdrs), info.checksum, __version__, Json(info.identity)))
                 ids[info.name] = cur.fetchone()[0]
-        self._commit()
+        self._end(tx)
         return ids
 
-    def registered_files(self) -> dict:
+    def registered_files(self, tx: Optional[Tx] = None) -> dict:
         """filename -> (file_id, identity) of the load's manifest rows."""
         rows = self._run("SELECT filename, file_id, coalesce(identity, jsonb_build_object('size', size_bytes)) "
-                         "FROM {s}.load_files WHERE load_id = %s", (self.load_id,))
+                         "FROM {s}.load_files WHERE load_id = %s", (self.load_id,), tx)
         return {name: (file_id, identity) for name, file_id, identity in rows}
 
-    def remove_files(self, file_ids: list, staging: dict) -> None:
+    def remove_files(self, file_ids: list, staging: dict, tx: Optional[Tx] = None) -> None:
         """Forget files of the load: their rows in staging, their tasks and manifest rows."""
         if not file_ids:
             return
@@ -108,4 +110,4 @@ class Files(SessionFace):
             for table in ("loader_tasks", "load_files"):
                 cur.execute(sql.SQL("DELETE FROM {} WHERE load_id = %s AND file_id = ANY(%s)").format(
                     sql.Identifier(self.schema, table)), (self.load_id, ids))
-        self._commit()
+        self._end(tx)

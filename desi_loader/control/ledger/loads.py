@@ -11,7 +11,7 @@ from psycopg2.extras import Json
 from ... import __version__
 from ...db import relation_exists
 from ...errors import UsageError
-from .base import SessionFace
+from .base import SessionFace, Tx
 
 
 def staging_name(table: str, load_id: int) -> str:
@@ -22,20 +22,20 @@ def staging_name(table: str, load_id: int) -> str:
 class Loads(SessionFace):
     """The ledger's statements on ``loader_loads`` (a Ledger mixin: it runs them in its Session)."""
 
-    def find_unfinished(self, catalog: str, tables: list) -> Optional[int]:
+    def find_unfinished(self, catalog: str, tables: list, tx: Optional[Tx] = None) -> Optional[int]:
         """The newest load of these tables that was neither published nor aborted."""
         rows = self._run("SELECT load_id FROM {s}.loader_loads WHERE catalog = %s AND tables = %s "
                          "AND status IN ('running', 'failed') ORDER BY load_id DESC LIMIT 1",
-                         (catalog, sorted(tables)))
+                         (catalog, sorted(tables)), tx)
         return rows[0][0] if rows else None
 
-    def start(self, catalog: str, tables: list, options: dict) -> int:
+    def start(self, catalog: str, tables: list, options: dict, tx: Optional[Tx] = None) -> int:
         """Record a new load, bind to it and return its id."""
         (load_id,), = self._run(
             "INSERT INTO {s}.loader_loads (catalog, tables, options, host, loader_version) "
             "VALUES (%s, %s, %s, %s, %s) RETURNING load_id",
-            (catalog, sorted(tables), Json(options), socket.gethostname(), __version__))
-        self.bind(load_id)
+            (catalog, sorted(tables), Json(options), socket.gethostname(), __version__), tx)
+        self.bind(load_id, tx)
         return load_id
 
     def state(self) -> tuple:
@@ -44,14 +44,14 @@ class Loads(SessionFace):
                            (self.load_id,))
         return row
 
-    def setting(self, name: str) -> str:
+    def setting(self, name: str, tx: Optional[Tx] = None) -> str:
         """A server setting (current_setting)."""
-        (row,) = self._run("SELECT current_setting(%s)", (name,))
+        (row,) = self._run("SELECT current_setting(%s)", (name,), tx)
         return row[0]
 
-    def options(self) -> dict:
+    def options(self, tx: Optional[Tx] = None) -> dict:
         """The options the load was started with (format, staging mode, paths ...)."""
-        (row,) = self._run("SELECT options FROM {s}.loader_loads WHERE load_id = %s", (self.load_id,))
+        (row,) = self._run("SELECT options FROM {s}.loader_loads WHERE load_id = %s", (self.load_id,), tx)
         return row[0] or {}
 
     def set_phase(self, phase: Optional[str], finalizer: Optional[str] = None) -> None:
@@ -76,12 +76,13 @@ class Loads(SessionFace):
         self._run("UPDATE {s}.loader_loads SET status = %s, error = %s, finished_at = now() WHERE load_id = %s",
                   (status, error, self.load_id))
 
-    def staging_complete(self) -> bool:
+    def staging_complete(self, tx: Optional[Tx] = None) -> bool:
         """True when every staging table of the load still exists."""
-        (tables,), = self._run("SELECT tables FROM {s}.loader_loads WHERE load_id = %s", (self.load_id,))
+        load_id = self._bound()
+        (tables,), = self._run("SELECT tables FROM {s}.loader_loads WHERE load_id = %s", (load_id,), tx)
         with self.conn.cursor() as cur:
-            ok = all(relation_exists(cur, self.schema, staging_name(t, self.load_id)) for t in tables)
-        self._commit()
+            ok = all(relation_exists(cur, self.schema, staging_name(t, load_id)) for t in tables)
+        self._end(tx)
         return ok
 
     def loads(self) -> list:
@@ -93,7 +94,7 @@ class Loads(SessionFace):
             "FROM {s}.loader_loads l LEFT JOIN {s}.loader_tasks t USING (load_id) "
             "GROUP BY l.load_id ORDER BY l.load_id")
 
-    def abort(self) -> list:
+    def abort(self, tx: Optional[Tx] = None) -> list:
         """Drop the load's staging tables and mark it aborted; returns the tables dropped."""
         with self.conn.cursor() as cur:
             cur.execute(sql.SQL("SELECT tables, status FROM {}.loader_loads WHERE load_id = %s")
@@ -113,5 +114,5 @@ class Loads(SessionFace):
                                 "WHERE load_id = %s").format(sql.Identifier(self.schema)), (self.load_id,))
             cur.execute(sql.SQL("DELETE FROM {}.load_files WHERE load_id = %s")
                         .format(sql.Identifier(self.schema)), (self.load_id,))
-        self._commit()
+        self._end(tx)
         return dropped

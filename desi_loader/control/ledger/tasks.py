@@ -9,7 +9,7 @@ from psycopg2 import sql
 from psycopg2.extras import Json, execute_values
 
 from ...fits.discover import Task
-from .base import SessionFace
+from .base import SessionFace, Tx
 
 
 class Tasks(SessionFace):
@@ -24,10 +24,10 @@ class Tasks(SessionFace):
                 out.setdefault((file_id, int(hdu)), []).extend(values)
         return out
 
-    def insert_tasks(self, tasks: list, file_ids: dict) -> int:
+    def insert_tasks(self, tasks, file_ids: dict, tx: Optional[Tx] = None) -> int:
         """Write ``tasks`` (discover.Task) as pending; ``file_ids``: file name -> file_id."""
         (next_id,), = self._run("SELECT coalesce(max(task_id) + 1, 0) FROM {s}.loader_tasks "
-                                "WHERE load_id = %s", (self.load_id,))
+                                "WHERE load_id = %s", (self.load_id,), tx)
         rows = [(self.load_id, next_id + i, file_ids[t.file], json.dumps([p.as_json() for p in t.parts]), t.rows)
                 for i, t in enumerate(tasks)]
         if not rows:
@@ -36,7 +36,7 @@ class Tasks(SessionFace):
             execute_values(cur, sql.SQL("INSERT INTO {}.loader_tasks (load_id, task_id, file_id, parts, "
                                         "nrows) VALUES %s").format(sql.Identifier(self.schema)).as_string(cur),
                            rows, template="(%s, %s, %s, %s::jsonb, %s)", page_size=1000)
-        self._commit()
+        self._end(tx)
         return len(rows)
 
     def claim(self, cur) -> Optional[Task]:
@@ -71,12 +71,12 @@ class Tasks(SessionFace):
                          (reason, max_attempts, self.load_id, task_id))
         return bool(rows and rows[0][0] == "failed")
 
-    def reset_failed(self) -> int:
+    def reset_failed(self, tx: Optional[Tx] = None) -> int:
         """Make failed tasks pending again (a rerun retries them); returns how many."""
         rows = self._run("UPDATE {s}.loader_tasks SET status = 'pending', attempts = 0 WHERE load_id = %s "
-                         "AND status = 'failed' RETURNING 1", (self.load_id,))
+                         "AND status = 'failed' RETURNING 1", (self.load_id,), tx)
         self._run("UPDATE {s}.loader_loads SET status = 'running', finished_at = NULL WHERE load_id = %s",
-                  (self.load_id,))
+                  (self.load_id,), tx)
         return len(rows)
 
     def pending_rows(self) -> int:
@@ -85,11 +85,11 @@ class Tasks(SessionFace):
                           "AND status = 'pending'", (self.load_id,))
         return int(n)
 
-    def task_counts(self) -> dict:
+    def task_counts(self, tx: Optional[Tx] = None) -> dict:
         """{'done': n, 'pending': n, 'failed': n} for the load."""
         out = {"done": 0, "pending": 0, "failed": 0}
         out.update(dict(self._run("SELECT status, count(*) FROM {s}.loader_tasks WHERE load_id = %s "
-                                  "GROUP BY 1", (self.load_id,))))
+                                  "GROUP BY 1", (self.load_id,), tx)))
         return out
 
     def loaded_rows(self) -> Optional[dict]:
@@ -106,9 +106,9 @@ class Tasks(SessionFace):
             out.setdefault(table, {})[file_id] = int(n)
         return out
 
-    def arm_canary(self) -> None:
+    def arm_canary(self, tx: Optional[Tx] = None) -> None:
         """Note, in an UNLOGGED table, that this load's UNLOGGED staging holds rows."""
-        self._run("INSERT INTO {s}.loader_canary VALUES (%s) ON CONFLICT DO NOTHING", (self.load_id,))
+        self._run("INSERT INTO {s}.loader_canary VALUES (%s) ON CONFLICT DO NOTHING", (self.load_id,), tx)
 
     def canary_lost(self) -> bool:
         """True when the server crashed since arm_canary: UNLOGGED tables came back empty."""
