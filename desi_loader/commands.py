@@ -86,7 +86,7 @@ def _print_summary(console, summary, dsn: str) -> None:
                       f"{summary.node_rows / summary.node_seconds:,.0f} rows/s")
     if summary.published_by and not summary.finalized:
         console.print(f"published by {summary.published_by} (this process copied and waited)")
-    for name, reason in summary.missing:
+    for name, reason in summary.left_out:
         console.print(f"[yellow]published WITHOUT {name}[/yellow]: {reason}")
     if summary.server:
         console.print("server: " + ", ".join(f"{k}={v}" for k, v in summary.server.items()))
@@ -115,7 +115,7 @@ def cmd_load(args, console, reporter=None, faults=None) -> int:
                        distribute=tuple(args.distribute), workers=args.workers, fmt=args.fmt, unlogged=args.unlogged,
                        dry_run=args.dry_run, task_rows=args.task_rows, config=args.config,
                        verify_checksum=args.verify_checksum, allow_partial=args.allow_partial,
-                       resume=args.resume, copy_out=args.copy_out, join=args.join, staging=args.staging,
+                       resume=args.resume, copy_out=args.copy_out, join=args.join, staging_mode=args.staging,
                        replace_all=args.replace_all,
                        wait_timeout=args.wait_timeout, faults=faults or Faults())
     reporter = reporter or _reporter(args, console)   # a caller's (a test's seam: it may stop the process)
@@ -134,8 +134,8 @@ def cmd_load(args, console, reporter=None, faults=None) -> int:
             {"loads": loads, "total_rows": sum(d["total_rows"] for d in loads)}, indent=2, default=str))
     if not args.dry_run:
         tap.sync_loads(dsn, summaries, (lambda m: None) if args.quiet else console.print)
-    code = 4 if any(s.missing for s in summaries) else 0
-    if args.dry_run and any(s.missing for s in summaries) and not args.allow_partial:
+    code = 4 if any(s.left_out for s in summaries) else 0
+    if args.dry_run and any(s.left_out for s in summaries) and not args.allow_partial:
         code = 1                       # the load would fail on these files
     if args.quiet:
         return code
@@ -143,7 +143,7 @@ def cmd_load(args, console, reporter=None, faults=None) -> int:
         if summary.role == "nothing":
             console.print(f"{summary.catalog}: all {summary.unchanged_files} files are published and "
                           f"unchanged in schema {summary.schema}: nothing to load (--replace-all reloads them)")
-            for name, reason in summary.missing:
+            for name, reason in summary.left_out:
                 console.print(f"[yellow]not loaded: {name}[/yellow]: {reason}")
         elif args.dry_run:
             for entry in summary.plan:

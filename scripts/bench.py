@@ -209,7 +209,7 @@ def loader(dsn: str, files, fmt: str, workers: int, catalog=None) -> dict:
     # UNLOGGED staging, as the ceiling's tables: the copy phase compares like with like (the
     # whole-load section measures the durable paths)
     opts = LoadOptions(paths=tuple(files), dsn=dsn, schema=schema, workers=workers, fmt=fmt, catalog=catalog,
-                       staging="unlogged")
+                       staging_mode="unlogged")
     t0 = time.perf_counter()
     (summary,) = run_loads(opts)
     whole = time.perf_counter() - t0

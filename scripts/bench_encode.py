@@ -24,7 +24,7 @@ from desi_loader.encode import Codec, encode_binary, encode_text, encode_text_fi
 from desi_loader.fits.read import read_info, read_rows  # noqa: E402
 from desi_loader.samples.fastspecfit import write_fastspecfit_file  # noqa: E402
 from desi_loader.control.worker import keep_freed_memory  # noqa: E402
-from desi_loader.fits.schema import FitsColumn, encoder_field  # noqa: E402
+from desi_loader.fits.columns import FitsColumn, encoder_field  # noqa: E402
 
 
 def best(repeat: int, fn) -> float:

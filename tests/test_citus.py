@@ -179,7 +179,7 @@ def test_text_copy_on_the_cluster(cluster, cschema, samples):
 def test_incremental_load_on_the_cluster(cluster, cschema, samples):
     uri = cluster["uri"]
     files = sorted(str(p) for p in (samples / "fastspecfit").glob("*.fits"))
-    load(uri, cschema, files[:2], staging="unlogged")             # UNLOGGED staging + SET LOGGED on shards
+    load(uri, cschema, files[:2], staging_mode="unlogged")             # UNLOGGED staging + SET LOGGED on shards
     conn = psycopg2.connect(cluster["uri"].replace(str(cluster["ports"][0]), str(cluster["ports"][1])))
     try:
         with conn.cursor() as cur:

@@ -14,7 +14,7 @@ from desi_loader.control.worker import chunks
 from desi_loader.db import mask_dsn
 from desi_loader.errors import LoadFailed
 from desi_loader.fits.discover import ForeignKey
-from desi_loader.fits.schema import PgColumn, TableSpec
+from desi_loader.fits.columns import PgColumn, TableSpec
 from desi_loader.pipeline.stream import PartSource
 
 
@@ -48,7 +48,7 @@ def test_table_order_puts_parents_first(tables, keys, order):
     (False, "auto", "logged"), (False, "logged", "logged"), (False, "unlogged", "unlogged"), (True, "auto", "unlogged"),
 ])
 def test_staging_mode(unlogged, staging, mode):
-    got, why = staging_mode(SimpleNamespace(unlogged=unlogged, staging=staging), "replica")
+    got, why = staging_mode(SimpleNamespace(unlogged=unlogged, staging_mode=staging), "replica")
     assert got == mode and why
 
 

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from copyformat import decode_binary, decode_text
 from desi_loader.encode import copy_order, encode_binary, encode_text
-from desi_loader.fits.schema import FitsColumn, encoder_field
+from desi_loader.fits.columns import FitsColumn, encoder_field
 
 # (TFORM code, TZERO, stored dtype, PostgreSQL element type)
 KINDS = [("I", None, ">i2", "int2"), ("J", None, ">i4", "int4"), ("K", None, ">i8", "int8"),

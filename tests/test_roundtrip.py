@@ -87,7 +87,7 @@ def test_bad_value_rejects_its_file_and_names_column_and_row(tmp_path, pg_uri, s
     # the good file is in staging, waiting: --allow-partial publishes it alone
     summary = load(pg_uri, schema, [good, bad], catalog="generic", prefix="g", verify_checksum=False,
                    allow_partial=True)
-    assert summary.rows == {"g_hdu1": 2} and [m[0] for m in summary.missing] == ["b_bad.fits"]
+    assert summary.rows == {"g_hdu1": 2} and [m[0] for m in summary.left_out] == ["b_bad.fits"]
 
 
 def test_random_float_bit_patterns_exact_through_the_server_in_text(tmp_path, pg_uri, schema, db):

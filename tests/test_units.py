@@ -9,7 +9,7 @@ from desi_loader.fits.config import generic, load_settings
 from desi_loader.fits.discover import FilePlan, Plan, find_files, group_by_catalog, split_tasks
 from desi_loader.errors import SchemaError, UsageError
 from desi_loader.fits.read import HduInfo
-from desi_loader.fits.schema import FitsColumn, PgColumn, TableSpec, classify, parse_tdim, parse_tform, union_columns
+from desi_loader.fits.columns import FitsColumn, PgColumn, TableSpec, classify, parse_tdim, parse_tform, union_columns
 
 # ----------------------------------------------------------------------------- schema
 
@@ -327,13 +327,13 @@ def test_block_bounds_short_first_block_then_full_blocks_cover_each_row_once():
 @pytest.mark.parametrize("tform,want", [("1PE(5)", ("P", "E", 5)), ("QD", ("Q", "D", None)), ("PA(80)", ("P", "A", 80)),
                                         ("5E", None)])
 def test_parse_vla(tform, want):
-    from desi_loader.fits.schema import parse_vla
+    from desi_loader.fits.columns import parse_vla
     assert parse_vla(tform) == want
 
 
 @pytest.mark.parametrize("tform,message", [("PX(8)", "bits"), ("1PC(3)", "complex"), ("QM", "complex")])
 def test_parse_vla_refuses(tform, message):
-    from desi_loader.fits.schema import parse_vla
+    from desi_loader.fits.columns import parse_vla
     with pytest.raises(SchemaError, match=message):
         parse_vla(tform)
 

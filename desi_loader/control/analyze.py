@@ -27,7 +27,7 @@ from psycopg2 import sql
 from .. import colstats
 from ..db import connect
 from ..errors import DatabaseError
-from ..fits.schema import WIDE_TABLE
+from ..fits.columns import WIDE_TABLE
 from .ledger import app_name
 
 log = logging.getLogger(__name__)

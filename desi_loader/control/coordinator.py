@@ -29,7 +29,7 @@ from .pool import WorkerPool
 from .results import Merged, Outcome
 from .summary import Facts, Summary, dry_run, summarize
 from .settle import Settling, plan_settling
-from .verify import RowsLost, check_rows, expected_counts
+from .verify import RowsLost, check_canary, expected_counts
 from .worker import WorkerConfig, peak_rss_kb
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ class Coordinator:
         for note in plan.notes:
             self.reporter.warn(note)
         if not plan.files:
-            raise LoadFailed(f"no {plan.catalog.name} file could be loaded:" + verify.reasons(plan.rejected),
+            raise LoadFailed(f"no {plan.catalog.name} file could be loaded:" + verify.reasons(plan.failed),
                              "fix or re-download the named files")
         if self.opts.dry_run:
             return dry_run(self.opts, plan, {t: sum(per.values()) for t, per in expected_counts(plan).items()},
@@ -91,7 +91,7 @@ class Coordinator:
             self._run_phases()
             facts.coordinator_peak_kb = peak_rss_kb()
             summary = summarize(self.opts, facts)
-            for name, reason in summary.missing:
+            for name, reason in summary.left_out:
                 self.reporter.warn(f"published without {name}: {reason}")
             return summary
         except psycopg2.Error as exc:
@@ -120,7 +120,7 @@ class Coordinator:
                                    f"{lost.tasks} done task(s); reloading exactly those")
                 self.load.ledger.unlock()
                 self.facts.finalizer = False
-                self.load.ledger.join()
+                self.load.ledger.hold_shared()
                 start = next(i for i, p in enumerate(PHASES) if p.name == "copy")
 
     @property
@@ -173,7 +173,7 @@ class Coordinator:
         opening = open_load(self.ledger, self.plan, self.opts, self.reporter)
         self.load.opened(opening)
         self.facts.opening = opening
-        if opening.how == "nothing" and self.plan.rejected:
+        if opening.how == "nothing" and self.plan.failed:
             self.facts.verified = verify.nothing_but_failures(self.load, len(opening.unchanged))
         if opening.message:
             self.reporter.info(opening.message)
@@ -221,11 +221,11 @@ class Coordinator:
             self._check_wait(waited_since, "tasks held by other processes")
             ledger.end_orphans()
             time.sleep(WAIT_POLL)
-        ledger.leave()
+        ledger.release_shared()
         self.facts.finalizer = ledger.try_lock()
         if self.finalizer:
             ledger.set_phase("verify", process_name())
-            check_rows(self.load)
+            check_canary(self.load)
 
     def _run_pool(self, pending: int):
         opts, plan, ledger = self.opts, self.load.plan, self.ledger
@@ -233,7 +233,7 @@ class Coordinator:
             os.makedirs(opts.copy_out, exist_ok=True)
         workers = self._budget(min(opts.workers, pending))
         cfg = WorkerConfig(plan.schema, ledger.load_id, opts.fmt, opts.verify_checksum,
-                           encoder_plan(plan, self.load.staging, self.load.file_ids), os.getpid(), opts.copy_out,
+                           encoder_plan(plan, self.load.staging_tables, self.load.file_ids), os.getpid(), opts.copy_out,
                            opts.faults, opts.wait_timeout, self.settling.settle)
         pool = WorkerPool(opts.dsn, cfg, workers, self.reporter, self._death)
         t0, cpu0 = time.perf_counter(), time.process_time()
@@ -285,7 +285,7 @@ class Coordinator:
                 self.facts.finalizer = True
                 ledger.set_phase("verify", process_name())
                 self.reporter.info(f"load {ledger.load_id}: taking over the finalize from {finalizer}")
-                check_rows(self.load)
+                check_canary(self.load)
                 return
             if (phase, finalizer) != last:
                 last = (phase, finalizer)
@@ -303,7 +303,7 @@ class Coordinator:
         self.load = replace(self.load, plan=verified.plan)
 
     def merge(self) -> None:
-        check_rows(self.load)
+        check_canary(self.load)
         added, replaced = publish.publish_merge(self.load)
         if added:
             self.reporter.info(f"new columns in the published tables: {', '.join(added)}")
@@ -314,11 +314,11 @@ class Coordinator:
                                            staging.prepare_sky(self.load), self.reporter)
 
     def durable(self) -> None:
-        check_rows(self.load)
+        check_canary(self.load)
         staging.durable(self.load)
 
     def swap(self) -> None:
-        check_rows(self.load)
+        check_canary(self.load)
         publish.publish_swap(self.load)
 
 

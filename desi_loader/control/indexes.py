@@ -270,7 +270,7 @@ def index(load, on_cluster: bool, q3c: Optional[str], reporter) -> IndexResult:
     conn = load.conn
     with conn.cursor() as cur:
         for table, spec in load.tables.items():
-            stage = load.staging[table]
+            stage = load.staging_tables[table]
             cluster = on_cluster and spec.distribution is not None
             cur.execute("SELECT 1 FROM pg_constraint WHERE conrelid = %s::regclass AND conname = %s",
                         (f'"{load.schema}"."{stage}"', f"{stage}_pkey"))

@@ -21,7 +21,7 @@ class Load:
     opts: LoadOptions
     plan: Plan
     ledger: Ledger
-    staging: dict = field(default_factory=dict)     # published table -> its staging table
+    staging_tables: dict = field(default_factory=dict)   # published table -> its staging table
     file_ids: dict = field(default_factory=dict)    # file name -> file_id (a column of every row)
     staging_mode: str = "unlogged"                  # unlogged | logged
     incremental: bool = False                       # merge into the published tables
@@ -34,7 +34,7 @@ class Load:
         """Take what opening.open_load decided (an opening.Opening): the plan of the files to
         load, staging names, file ids, how staging becomes durable, whether it merges."""
         self.plan = opening.plan
-        self.staging, self.file_ids = opening.staging, opening.file_ids
+        self.staging_tables, self.file_ids = opening.staging_tables, opening.file_ids
         self.staging_mode, self.incremental = opening.staging_mode, opening.incremental
 
     @property

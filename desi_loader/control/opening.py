@@ -31,7 +31,7 @@ class Opening:
 
     load_id: int
     plan: Plan                        # the plan of the files this load loads (unchanged ones left out)
-    staging: dict                     # table -> staging table
+    staging_tables: dict              # table -> staging table
     how: str                          # started | resumed | joined | finalizing | nothing
     message: Optional[str] = None
     staging_mode: str = "unlogged"    # unlogged (SET LOGGED in the durable phase) | logged
@@ -53,9 +53,9 @@ def staging_mode(opts, wal_level: str) -> tuple[str, str]:
     """
     if opts.unlogged:
         return "unlogged", "--unlogged: the tables stay UNLOGGED (a server crash empties them)"
-    if opts.staging == "unlogged":
+    if opts.staging_mode == "unlogged":
         return "unlogged", "--staging unlogged: UNLOGGED staging, then SET LOGGED"
-    if opts.staging == "logged":
+    if opts.staging_mode == "logged":
         return "logged", "--staging logged: COPY into logged staging (WAL once, nothing lost in a crash)"
     return "logged", (f"wal_level={wal_level}: COPY into logged staging writes the data to WAL once, cheaper "
                       "than UNLOGGED staging + SET LOGGED (which rewrites every table) as measured by the "
@@ -117,7 +117,7 @@ def _fresh(ledger: Ledger, plan: Plan, opts, tx: Tx) -> Opening:
     return _start(ledger, plan, opts, tx, inc, skipped)
 
 
-def _staging(plan, load_id: int) -> dict:
+def _staging_tables(plan, load_id: int) -> dict:
     return {t: staging_name(t, load_id) for t in plan.tables}
 
 
@@ -130,16 +130,16 @@ def _start(ledger: Ledger, plan: Plan, opts, tx: Tx, inc: bool = False, skipped:
     ledger.start(plan.catalog.name, sorted(plan.tables), {
         "format": opts.fmt, "workers": opts.workers, "paths": [fp.info.path for fp in plan.files],
         "staging": mode, "durable_path": why, "incremental": inc}, tx=tx)
-    staging = _staging(plan, ledger.load_id)
+    staging_tables = _staging_tables(plan, ledger.load_id)
     file_ids = ledger.register_files(plan.catalog.name, plan.files, tx=tx)
-    prepare_staging(tx.conn, plan.schema, staging, plan.tables, logged=mode == "logged")
+    prepare_staging(tx.conn, plan.schema, staging_tables, plan.tables, logged=mode == "logged")
     ledger.insert_tasks(plan.tasks, file_ids, tx=tx)
     if mode == "unlogged":
         ledger.arm_canary(tx=tx)
-    ledger.join(tx=tx)
+    ledger.hold_shared(tx=tx)
     skipped = skipped or []
     message = f"incremental load: {len(plan.files)} new or changed file(s), {len(skipped)} unchanged" if inc else None
-    return Opening(ledger.load_id, plan, staging, "started", message, staging_mode=mode, durable_path=why,
+    return Opening(ledger.load_id, plan, staging_tables, "started", message, staging_mode=mode, durable_path=why,
                    incremental=inc, unchanged=skipped, file_ids=file_ids)
 
 
@@ -174,17 +174,17 @@ def _take_over(ledger: Ledger, plan, opts, reporter: NullReporter, tx: Tx) -> Op
         ledger.abort(tx=tx)
         reporter.warn(f"staging tables of unfinished load {old} are missing; starting a new load")
         return _fresh(ledger, plan, opts, tx=tx)
-    staging = _staging(plan, old)
+    staging_tables = _staging_tables(plan, old)
     mode = _mode(ledger, tx=tx)
     plan, unchanged = _skip_published(ledger, plan, opts, mode["incremental"], tx=tx)
-    file_ids, kept = _reconcile(ledger, plan, staging, mode["staging_mode"] == "logged", tx=tx)
+    file_ids, kept = _reconcile(ledger, plan, staging_tables, mode["staging_mode"] == "logged", tx=tx)
     retried = ledger.reset_failed(tx=tx)
     counts = ledger.task_counts(tx=tx)
     message = (f"resuming load {old}: {counts['done']} tasks done, {counts['pending']} to do"
                + (f" ({retried} failed before, retried)" if retried else "")
                + (f"; {kept} files kept" if kept else ""))
-    ledger.join(tx=tx)
-    return Opening(old, plan, staging, "resumed", message, unchanged=unchanged, file_ids=file_ids, **mode)
+    ledger.hold_shared(tx=tx)
+    return Opening(old, plan, staging_tables, "resumed", message, unchanged=unchanged, file_ids=file_ids, **mode)
 
 
 def same_file(identity: dict, info) -> bool:
@@ -193,7 +193,7 @@ def same_file(identity: dict, info) -> bool:
     return all(identity.get(k, mine[k]) == mine[k] for k in ("size", "mtime_ns", "sums"))
 
 
-def _reconcile(ledger: Ledger, plan, staging: dict, logged: bool, tx: Tx) -> tuple[dict, int]:
+def _reconcile(ledger: Ledger, plan, staging_tables: dict, logged: bool, tx: Tx) -> tuple[dict, int]:
     """Match the plan's files with the unfinished load: keep, drop and add files.
 
     A file is the same when its identity is (a re-downloaded or re-processed file of the
@@ -204,12 +204,12 @@ def _reconcile(ledger: Ledger, plan, staging: dict, logged: bool, tx: Tx) -> tup
     current = {fp.info.name: fp for fp in plan.files}
     gone = [fid for name, (fid, identity) in known.items()
             if name not in current or not same_file(identity, current[name].info)]
-    ledger.remove_files(gone, staging, tx=tx)
+    ledger.remove_files(gone, staging_tables, tx=tx)
     kept = {name: known[name][0] for name, fp in current.items()
             if name in known and same_file(known[name][1], fp.info)}
     new = [fp for fp in plan.files if fp.info.name not in kept]
     file_ids = {**kept, **ledger.register_files(plan.catalog.name, new, tx=tx)}
-    prepare_staging(tx.conn, plan.schema, staging, plan.tables, logged)
+    prepare_staging(tx.conn, plan.schema, staging_tables, plan.tables, logged)
     ledger.insert_tasks([t for t in plan.tasks if t.file not in kept], file_ids, tx=tx)
     return file_ids, len(kept)
 
@@ -232,10 +232,11 @@ def _join(ledger: Ledger, plan, opts, tx: Tx) -> Opening:
                          f"(first difference: {differ[0]})",
                          "give every process the same paths, or wait until that load is published")
     file_ids = {name: known[name][0] for name in mine}
-    staging = _staging(plan, old)
-    if not ledger.join(tx=tx):
-        return Opening(old, plan, staging, "finalizing", f"load {old} is being finalized by {holders}",
+    staging_tables = _staging_tables(plan, old)
+    if not ledger.hold_shared(tx=tx):
+        return Opening(old, plan, staging_tables, "finalizing", f"load {old} is being finalized by {holders}",
                        unchanged=unchanged, file_ids=file_ids, **mode)
     counts = ledger.task_counts(tx=tx)
-    return Opening(old, plan, staging, "joined", f"joining load {old} (run by {holders}): {counts['done']} tasks done, "
-                   f"{counts['pending']} to do", unchanged=unchanged, file_ids=file_ids, **mode)
+    return Opening(old, plan, staging_tables, "joined", f"joining load {old} (run by {holders}): "
+                   f"{counts['done']} tasks done, {counts['pending']} to do", unchanged=unchanged, file_ids=file_ids,
+                   **mode)

@@ -39,7 +39,7 @@ class LoadOptions:
     resume: Optional[bool] = None        # None: resume when possible; True: must resume; False: --restart
     copy_out: Optional[str] = None       # write each task's exact COPY bytes into this directory too
     replace_all: bool = False            # publish exactly these files (default: add new, replace changed)
-    staging: str = "auto"                # auto | unlogged (+ SET LOGGED) | logged: how staging becomes durable
+    staging_mode: str = "auto"           # --staging: auto | unlogged (+ SET LOGGED) | logged
     join: bool = False                   # only join a load that other processes run
     wait_timeout: float = 3600.0         # longest wait for other processes of the same load (s)
     faults: Faults = Faults()            # the tests' fault injection (tests/loader_node.py)

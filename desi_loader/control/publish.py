@@ -192,14 +192,14 @@ def publish_merge(load) -> tuple[list, dict]:
     replacing and adding rows.  Returns (columns added, {table: rows replaced})."""
     prepare_sky(load)
     added = add_columns(load.conn, load.schema, load.tables)
-    deleted = merge(load.conn, load.schema, load.staging, load.tables, load.load_id,
+    deleted = merge(load.conn, load.schema, load.staging_tables, load.tables, load.load_id,
                     table_order(load.tables, load.fkeys))
     return added, {t: n for t, n in deleted.items() if n}
 
 
 def publish_swap(load) -> int:
     """Replace the published tables of ``load`` by its staging tables (``swap``)."""
-    return swap(load.conn, load.schema, load.staging, load.load_id, load.plan.catalog.name,
+    return swap(load.conn, load.schema, load.staging_tables, load.load_id, load.plan.catalog.name,
                 load.plan.catalog.views, swap_backoff(load.opts.wait_timeout, load.ledger.notify),
                 specs=load.tables)
 

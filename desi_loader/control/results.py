@@ -36,7 +36,7 @@ class Outcome:
 
     published_by: str
     rows: dict                       # table -> rows
-    missing: tuple                   # (file name, reason) left out by --allow-partial
+    left_out: tuple                  # (file name, reason) left out by --allow-partial
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class Verified:
 
     rows: Optional[dict]             # table -> rows; None: nothing to count (every loadable file unchanged)
     plan: Plan                       # the files published (--allow-partial leaves failed ones out)
-    missing: tuple = ()              # (file name, reason) left out
+    left_out: tuple = ()             # (file name, reason) left out
     failed: tuple = ()               # (path, reason) of the same files
 
 

@@ -31,22 +31,22 @@ def plan_loads(opts: LoadOptions) -> list[Plan]:
     schema = opts.schema or settings.schema
     plans = []
     for catalog, group in group_by_catalog(files, settings, opts.catalog, opts.prefix, opts.sky):
-        infos, rejected = [], []
+        infos, failed = [], []
         for f in group:
             try:
                 info = read_info(f)
             except BadFileError as exc:
-                rejected.append((f, exc.explained))
+                failed.append((f, exc.explained))
                 continue
             if opts.verify_checksum and info.primary_checksum_ok is False:
-                rejected.append((f, "CHECKSUM of the PRIMARY HDU does not match its header (file corrupt; "
+                failed.append((f, "CHECKSUM of the PRIMARY HDU does not match its header (file corrupt; "
                                     "download it again, or --no-verify-checksum)"))
                 continue
             infos.append(info)
         plan = build_plan(infos, catalog, schema, opts.task_bytes, opts.task_rows)
         compressed = {i.path for i in infos if i.compressed}
-        plan = replace(plan, rejected=tuple(rejected) + tuple(
-            (p, gzip_damage(p) or r if p in compressed else r) for p, r in plan.rejected))
+        plan = replace(plan, failed=tuple(failed) + tuple(
+            (p, gzip_damage(p) or r if p in compressed else r) for p, r in plan.failed))
         plans.append(apply_distribution(plan, opts.distribute))
     unknown = {o.partition("=")[0].strip() for o in opts.distribute} - {t for p in plans for t in p.tables}
     if unknown:

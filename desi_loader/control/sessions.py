@@ -83,7 +83,7 @@ class Session:
         self.alive = alive                                          # False: stop waiting (a worker orphaned)
         self.load_id: Optional[int] = None
         self.locked = False
-        self.joined = False
+        self.shared = False
         self._oid: Optional[int] = None
         self._open: Optional[Tx] = None       # the transaction transaction() holds open, if any
         self.conn = connect(dsn, app_name(role))
@@ -183,9 +183,9 @@ class Session:
         if self.locked and not self._try_lock():
             raise UsageError(f"load {self.load_id} was taken over by another process while the "
                              "server restarted")
-        if self.joined:
-            self.joined = False
-            self.join()
+        if self.shared:
+            self.shared = False
+            self.hold_shared()
 
     def resilient(self, step: Callable[[], T], what: str = "step") -> T:
         """Run ``step()``; after a transient error (server restart, lost connection, lock
@@ -219,17 +219,17 @@ class Session:
             self._run("SELECT pg_advisory_unlock(%s)", (self.lock_key,), tx)
             self.locked = False
 
-    def join(self, tx: Optional[Tx] = None) -> bool:
+    def hold_shared(self, tx: Optional[Tx] = None) -> bool:
         """Take the load's lock shared (a process that copies); False while a finalizer holds it."""
         (ok,), = self._run("SELECT pg_try_advisory_lock_shared(%s)", (self.lock_key,), tx)
-        self.joined = self.joined or ok
+        self.shared = self.shared or ok
         return ok
 
-    def leave(self) -> None:
-        """Release every shared hold of the load's lock taken by join."""
-        while self.joined and self._run("SELECT pg_advisory_unlock_shared(%s)", (self.lock_key,))[0][0]:
+    def release_shared(self) -> None:
+        """Release every shared hold of the load's lock taken by hold_shared."""
+        while self.shared and self._run("SELECT pg_advisory_unlock_shared(%s)", (self.lock_key,))[0][0]:
             pass
-        self.joined = False
+        self.shared = False
 
     def sessions(self, tx: Optional[Tx] = None) -> list:
         """Server sessions of this load's processes: (pid, tag, role, host, client pid, state, since, holds)."""

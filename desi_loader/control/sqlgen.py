@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from psycopg2 import sql
 
-from ..fits.schema import TableSpec
+from ..fits.columns import TableSpec
 from ..servers.citus import unique_columns
 
 

@@ -153,9 +153,9 @@ def prepare_sky(load) -> Optional[str]:
 def durable(load) -> None:
     """SET LOGGED on every staging table (before the foreign keys: a logged table may not
     reference an unlogged one)."""
-    per_table(load, lambda c, t: make_logged(c, load.schema, load.staging[t]))
+    per_table(load, lambda c, t: make_logged(c, load.schema, load.staging_tables[t]))
 
 
 def link(load) -> int:
     """The preset's foreign keys between the staging tables."""
-    return add_foreign_keys(load.conn, load.schema, load.staging, load.fkeys)
+    return add_foreign_keys(load.conn, load.schema, load.staging_tables, load.fkeys)

@@ -61,7 +61,7 @@ class Summary:
     verified: bool = False
     checksums: str = ""
     resumed: Optional[str] = None
-    missing: list = field(default_factory=list)      # (file, reason) left out by --allow-partial
+    left_out: list = field(default_factory=list)     # (file name, reason) published without (--allow-partial)
     dsn: str = ""
     server: dict = field(default_factory=dict)
     plan: list = field(default_factory=list)
@@ -116,8 +116,8 @@ def _base(opts: LoadOptions, plan: Plan, facts: Facts) -> Summary:
 def dry_run(opts: LoadOptions, plan: Plan, expected: dict, plan_s: float) -> Summary:
     """The summary of --dry-run: what the load would do (``expected``: table -> rows)."""
     s = _base(opts, plan, Facts(plan, plan_s))
-    return replace(s, rows=expected, missing=[(os.path.basename(p), r) for p, r in plan.rejected],
-                   files_loaded=[fp.info.path for fp in plan.files], files_failed=list(plan.rejected))
+    return replace(s, rows=expected, left_out=[(os.path.basename(p), r) for p, r in plan.failed],
+                   files_loaded=[fp.info.path for fp in plan.files], files_failed=list(plan.failed))
 
 
 def summarize(opts: LoadOptions, facts: Facts) -> Summary:
@@ -143,10 +143,10 @@ def summarize(opts: LoadOptions, facts: Facts) -> Summary:
         s.phases["copy_stream"] = round(c.stream_s, 3)
     if facts.outcome is not None:
         s.published_by, s.rows = facts.outcome.published_by, dict(facts.outcome.rows)
-        s.missing, s.files_failed = list(facts.outcome.missing), list(facts.outcome.missing)
+        s.left_out, s.files_failed = list(facts.outcome.left_out), list(facts.outcome.left_out)
     if facts.verified is not None:
         v = facts.verified
-        s.missing, s.files_failed = list(v.missing), list(v.failed)
+        s.left_out, s.files_failed = list(v.left_out), list(v.failed)
         if v.rows is not None:
             s.rows, s.verified, s.files = dict(v.rows), True, len(v.plan.files)
             s.files_loaded = [fp.info.path for fp in v.plan.files]

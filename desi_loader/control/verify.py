@@ -35,15 +35,15 @@ def verify(load, unchanged: int) -> Verified:
 
     ``unchanged``: published files this load skips.  Returns a results.Verified whose plan
     holds the files to publish (the load's plan without those --allow-partial left out)."""
-    plan, missing, failed = settle_failures(load, unchanged)
+    plan, left_out, failed = settle_failures(load, unchanged)
     loaded = load.ledger.loaded_rows()          # what each COPY reported, committed with its task
     if loaded is None:                          # tasks of an older version: count staging
-        loaded = count_staging(load.conn, load.schema, load.staging, load.tables)
+        loaded = count_staging(load.conn, load.schema, load.staging_tables, load.tables)
     rows = check_counts(loaded, expected_counts(plan, load.file_ids))
-    return Verified(rows, plan, missing, failed)
+    return Verified(rows, plan, left_out, failed)
 
 
-def check_rows(load) -> None:
+def check_canary(load) -> None:
     """Raise RowsLost (after making them pending) when a crash emptied UNLOGGED staging.
 
     The finalizer calls it before trusting staging: after the election, and before
@@ -52,7 +52,7 @@ def check_rows(load) -> None:
     ledger = load.ledger
     if load.staging_mode != "unlogged" or not ledger.canary_lost():
         return
-    lost = lost_tasks(load.conn, load.schema, load.staging, ledger.done_tasks(), load.file_ids)
+    lost = lost_tasks(load.conn, load.schema, load.staging_tables, ledger.done_tasks(), load.file_ids)
     ledger.reset_tasks(lost)
     ledger.arm_canary()
     if lost:
@@ -87,7 +87,7 @@ def settle_failures(load, unchanged: int) -> tuple[Plan, tuple, tuple]:
     Returns (the plan of the files to publish, (file name, reason), (path, reason)) of the
     files left out."""
     opts, plan, ledger, ids = load.opts, load.plan, load.ledger, load.file_ids
-    bad = list(plan.rejected)
+    bad = list(plan.failed)
     names = {fp.info.name: fp for fp in plan.files}
     failed = ledger.failed_tasks()
     bad += [(names[fn].info.path if fn in names else fn, err) for fn, err in failed]
@@ -101,7 +101,7 @@ def settle_failures(load, unchanged: int) -> tuple[Plan, tuple, tuple]:
         return plan, (), ()
     # forget the rows of files that failed their checksum: a rerun after a re-download
     # (same name, even the same size) loads them again instead of keeping stale rows
-    ledger.remove_files(sorted({ids[os.path.basename(p)] for p, _ in corrupt}), load.staging)
+    ledger.remove_files(sorted({ids[os.path.basename(p)] for p, _ in corrupt}), load.staging_tables)
     uniq = list(dict.fromkeys(bad))
     loaded = {os.path.basename(p) for p, _ in uniq} & set(names)
     # with every file of the load failed, --allow-partial has nothing to publish -- unless
@@ -113,24 +113,24 @@ def settle_failures(load, unchanged: int) -> tuple[Plan, tuple, tuple]:
                          f"were not replaced (load {ledger.load_id} is kept for resume):" + reasons(uniq),
                          "fix or re-download the named files and rerun the same command "
                          "(or --allow-partial to publish without them)")
-    ledger.remove_files([ids[n] for n in loaded], load.staging)
-    missing = tuple((os.path.basename(p), r) for p, r in uniq)
-    ledger.set_left_out(list(missing))
+    ledger.remove_files([ids[n] for n in loaded], load.staging_tables)
+    left_out = tuple((os.path.basename(p), r) for p, r in uniq)
+    ledger.set_left_out(list(left_out))
     kept = {fp.info.name for fp in plan.files} - loaded
-    return narrowed(plan, kept, opts.task_bytes, opts.task_rows), missing, tuple(uniq)
+    return narrowed(plan, kept, opts.task_bytes, opts.task_rows), left_out, tuple(uniq)
 
 
 def nothing_but_failures(load, unchanged: int) -> Verified:
     """Every loadable file is published and unchanged, but some named files cannot load:
     that is a failure to report (exit 1), or with --allow-partial a partial result (exit 4):
     a results.Verified that counted nothing."""
-    rejected = load.plan.rejected
+    failed = load.plan.failed
     if not load.opts.allow_partial:
-        raise LoadFailed(f"{len(rejected)} file(s) could not be loaded ({unchanged} "
+        raise LoadFailed(f"{len(failed)} file(s) could not be loaded ({unchanged} "
                          f"published file(s) unchanged; the published tables were not changed):"
-                         + reasons(rejected), "fix or re-download the named files and rerun the same "
+                         + reasons(failed), "fix or re-download the named files and rerun the same "
                          "command (or --allow-partial to accept the tables without them)")
-    return Verified(None, load.plan, tuple((os.path.basename(p), r) for p, r in rejected), tuple(rejected))
+    return Verified(None, load.plan, tuple((os.path.basename(p), r) for p, r in failed), tuple(failed))
 
 
 # --------------------------------------------------------------------------- counts

@@ -85,7 +85,7 @@ class Catalog:
     views: dict = field(default_factory=dict)         # view name -> SELECT with {schema}
     columns: dict = field(default_factory=dict)       # EXTNAME -> selected column names (default all)
     derived: dict = field(default_factory=dict)       # column -> (op, EXTNAME, source column)
-    join: Optional[str] = None                        # one table for all HDUs (row-aligned)
+    one_table: Optional[str] = None                   # one table for all HDUs (row-aligned), INI one_table
     detect: bool = True                               # chosen by file-name detection
     constant_types: dict = field(default_factory=dict)  # constant -> int2/int4/int8/text
     sky: dict = field(default_factory=dict)           # EXTNAME ('*': every HDU) -> (RA column, DEC column)
@@ -111,8 +111,8 @@ class Catalog:
         return any(fnmatch.fnmatch(released_name(filename), pat) for pat in self.match)
 
     def table_for(self, extname: Optional[str], index: int) -> str:
-        if self.join:
-            return self.join
+        if self.one_table:
+            return self.one_table
         if self.prefix is not None:
             suffix = extname.lower() if extname else f"hdu{index}"
             return f"{self.prefix}_{re.sub(r'[^a-z0-9_]', '_', suffix)}"
@@ -133,7 +133,7 @@ class Catalog:
         return out
 
     def table_names(self) -> list:
-        return [self.join] if self.join else sorted(set(self.tables.values()))
+        return [self.one_table] if self.one_table else sorted(set(self.tables.values()))
 
 
 def generic(prefix: str, sky: Optional[str] = None) -> Catalog:
@@ -205,15 +205,16 @@ def _catalog(name: str, sec: configparser.SectionProxy) -> Catalog:
                                       for p in value.split(",") if p.strip()}
     for hdu in tables:
         keys.setdefault(hdu, default_key)
-    if sec.get("join"):
-        keys.setdefault("", default_key)       # the joined table's key
+    one_table = sec.get("one_table") or sec.get("join") or None      # 'join': its name before 0.x
+    if one_table:
+        keys.setdefault("", default_key)       # the one table's key
     return Catalog(name=name, description=sec.get("description", ""), match=_list(sec.get("match", "")),
                    hdus=tuple(h.upper() for h in _list(sec.get("hdus", ""))),
                    optional=tuple(h.upper() for h in _list(sec.get("optional", ""))),
                    aligned=sec.getboolean("aligned", False), tables=tables, keys=keys, indexes=indexes,
                    descriptions=sec.get("descriptions") or None, constants=tuple(constants),
                    constant_types=constant_types, columns=columns, derived=derived,
-                   join=sec.get("join") or None, detect=sec.getboolean("detect", True),
+                   one_table=one_table, detect=sec.getboolean("detect", True),
                    filename_regex=sec.get("filename_regex") or None, nulls=nulls, requires=requires,
                    scope=tuple(c.strip().lower() for c in sec.get("scope", "").split(",") if c.strip()),
                    fkeys=fkeys, views=views, sky=sky, distribution=distribution)

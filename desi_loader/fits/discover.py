@@ -13,7 +13,7 @@ from .config import check_distribution
 from .config import Catalog, Settings, generic
 from .datamodel import datamodel
 from ..errors import BadFileError, UsageError
-from .schema import (FILE_ID, ROW_NUM, FitsColumn, PgColumn, TableSpec, pg_column, pg_name, sky_columns,
+from .columns import (FILE_ID, ROW_NUM, FitsColumn, PgColumn, TableSpec, pg_column, pg_name, sky_columns,
                      union_columns)
 from ..sky import COLUMN as SKY_COLUMN, COMMENT as SKY_COMMENT
 
@@ -124,7 +124,7 @@ class Plan:
     tables: dict                       # table name -> TableSpec
     files: tuple                       # FilePlan
     tasks: tuple = ()
-    rejected: tuple = ()               # (path, reason) of files that cannot load
+    failed: tuple = ()                 # (path, reason) of files that cannot load (found while planning)
     notes: tuple = ()                  # what users should know (names cut at 63 bytes)
 
     @property
@@ -182,7 +182,7 @@ def build_plan(infos: Sequence, catalog: Catalog, schema: str,
     """
     descs = _descriptions(catalog)
     files: list[FilePlan] = []
-    rejected: list[tuple[str, str]] = []
+    failed: list[tuple[str, str]] = []
     sources: dict[str, list] = {}
     sky: dict[str, tuple] = {}                    # table -> (ra, dec) of its sky index
     extra = tuple(PgColumn(k, catalog.constant_types.get(k, "text"), 0, "from the file name")
@@ -190,17 +190,17 @@ def build_plan(infos: Sequence, catalog: Catalog, schema: str,
     for info in infos:
         try:
             constants = catalog.file_constants(info.name)
-            tables, joined = _file_tables(info, catalog, constants, descs, sky)
+            tables, columns_of = _file_tables(info, catalog, constants, descs, sky)
         except (BadFileError, UsageError) as exc:
-            rejected.append((info.path, exc.explained if isinstance(exc, BadFileError) else str(exc)))
+            failed.append((info.path, exc.explained if isinstance(exc, BadFileError) else str(exc)))
             continue
-        for table, pg in joined.items():
+        for table, pg in columns_of.items():
             sources.setdefault(table, []).append((info.name, pg))
         files.append(FilePlan(info, tables, constants))
     specs = {table: _table_spec(catalog, table, srcs, extra, sky.get(table, ()))
              for table, srcs in sources.items()}
     notes = _cut_names(files)
-    plan = Plan(catalog, schema, specs, tuple(files), rejected=tuple(rejected), notes=tuple(notes))
+    plan = Plan(catalog, schema, specs, tuple(files), failed=tuple(failed), notes=tuple(notes))
     return replace(plan, tasks=tuple(split_tasks(plan, task_bytes, task_rows)))
 
 
@@ -224,28 +224,28 @@ def _file_tables(info, catalog: Catalog, constants: dict, descs: dict, sky: dict
     """
     hdus = _file_hdus(info, catalog, constants)
     tables: dict = {}
-    joined: dict = {}
+    columns_of: dict = {}
     with_sky: set = set()
     for h in hdus:
         table = catalog.table_for(h.extname, h.index)
         tables[h.index] = table
         cols = selected_columns(h, catalog)
         h_desc = descs.get((h.extname or "").upper(), {})
-        joined.setdefault(table, []).extend(pg_column(c, h_desc.get(c.name.lower())) for c in cols)
+        columns_of.setdefault(table, []).extend(pg_column(c, h_desc.get(c.name.lower())) for c in cols)
         pair = sky_columns(cols, catalog.sky_columns(h.extname))
         if pair and table not in with_sky:       # one sky column per table
             with_sky.add(table)
             ra, dec = (c.name.lower() for c in pair)
-            joined[table].append(PgColumn(SKY_COLUMN, "int8", 0, SKY_COMMENT.format(ra=ra, dec=dec)))
+            columns_of[table].append(PgColumn(SKY_COLUMN, "int8", 0, SKY_COMMENT.format(ra=ra, dec=dec)))
             sky.setdefault(table, (ra, dec))
-    if catalog.join in joined:
-        joined[catalog.join] += [PgColumn(name, "float4", 0, f"{op}({ext}.{col})")
+    if catalog.one_table in columns_of:
+        columns_of[catalog.one_table] += [PgColumn(name, "float4", 0, f"{op}({ext}.{col})")
                                  for name, (op, ext, col) in catalog.derived.items()]
-    for table, pg in joined.items():
+    for table, pg in columns_of.items():
         clash = _clash(table, pg, tuple(catalog.constants))
         if clash:
             raise BadFileError(info.path, clash)
-    return tables, joined
+    return tables, columns_of
 
 
 def _cut_names(files: list) -> list:
@@ -271,7 +271,7 @@ def _clash(table: str, columns: Sequence[PgColumn], constants: tuple) -> Optiona
 def _table_spec(catalog: Catalog, table: str, srcs: list, extra: tuple, sky: tuple) -> TableSpec:
     """One table: the union of its files' columns, its key, indexes, sky index, placement."""
     cols = union_columns(table, srcs)
-    if table == catalog.join:          # the joined table: key and indexes of all its HDUs
+    if table == catalog.one_table:          # the one table: key and indexes of all its HDUs
         key = catalog.keys.get("", ())
         indexes = tuple(ix for ixs in catalog.indexes.values() for ix in ixs)
     else:

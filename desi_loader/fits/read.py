@@ -21,7 +21,7 @@ import numpy as np
 
 from .checksum import checksum_ok, combine, partial_sum
 from ..errors import BadFileError, SchemaError
-from .schema import (COMPLEX, FILE_ID, FITS_TYPES, ROW_NUM, FitsColumn, check_names, parse_tdim, parse_tform,
+from .columns import (COMPLEX, FILE_ID, FITS_TYPES, ROW_NUM, FitsColumn, check_names, parse_tdim, parse_tform,
                      parse_vla)
 
 _COLUMN_KEYS = ("TTYPE", "TFORM", "TDIM", "TZERO", "TSCAL", "TNULL", "TUNIT", "TCOMM", "TDISP")

@@ -10,7 +10,7 @@ from typing import Sequence
 import psycopg2
 from psycopg2 import sql
 
-from ..fits.schema import pg_name
+from ..fits.columns import pg_name
 from .stream import BLOCK_BYTES
 
 

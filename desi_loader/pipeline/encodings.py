@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from ..encode import Codec
 from ..fits.config import Catalog
 from ..fits.discover import Plan, Task, selected_columns
-from ..fits.schema import row_fields, sky_columns
+from ..fits.columns import row_fields, sky_columns
 from .stream import PartSource
 
 
@@ -31,7 +31,7 @@ class FileEncoding:
     compressed: str = ""               # 'gzip': decompressed to a temporary file by the worker
 
     def sources(self, task: Task) -> dict:
-        """The task's parts as stream sources by table (a joined table's HDUs: one source)."""
+        """The task's parts as stream sources by table (a one-table catalog's HDUs: one source)."""
         ranges = {p.table: (p.start, p.stop) for p in task.parts}
         return {t: PartSource(self.tables[t].staging, self.tables[t].hdus, self.tables[t].fields, a, b)
                 for t, (a, b) in ranges.items()}
@@ -41,7 +41,7 @@ def encoder_plan(plan: Plan, staging: dict, file_ids: dict) -> dict[str, FileEnc
     """Per file name: its path and, per table, the staging table, HDUs and encoder fields
     (``file_ids``: file name -> the file_id the ledger gave it, a column of every row).
 
-    A joined table reads the same rows of several row-aligned HDUs side by side; its
+    A one-table catalog's table reads the same rows of several row-aligned HDUs side by side; its
     columns' offsets are shifted into that concatenated row.
     """
     out = {}
@@ -58,7 +58,7 @@ def encoder_plan(plan: Plan, staging: dict, file_ids: dict) -> dict[str, FileEnc
                 cols.extend(replace(c, offset=c.offset + shift) for c in selected_columns(h, plan.catalog))
                 shift += h.block_bytes
             derived = {}
-            if table == plan.catalog.join:
+            if table == plan.catalog.one_table:
                 derived = _derived_sources(hdus, plan.catalog)
             pair = None
             for h in hdus:

@@ -71,7 +71,7 @@ def _read(path: str, fh: BinaryIO, part: PartSource, start: int, stop: int, sums
             if start == part.start == 0 and h.pcount:        # the heap, once per HDU: DATASUM covers it
                 sums[h.index].append(heap_sum(path, h, fh))
         blocks.append(expand_heap(rows, h, fh, path, start))
-    return blocks[0] if len(blocks) == 1 else np.hstack(blocks)   # a joined table's rows
+    return blocks[0] if len(blocks) == 1 else np.hstack(blocks)   # a one-table catalog's rows
 
 
 def _encode(path: str, part: PartSource, rows: np.ndarray, fmt: str, first_row) -> bytes:

@@ -26,7 +26,7 @@ from astropy.table import Column, MaskedColumn, Table, vstack
 from ..control.ledger import column_sources
 from ..db import connect
 from ..errors import with_hint
-from ..fits.schema import FitsSource, pg_name
+from ..fits.columns import FitsSource, pg_name
 from ..servers import embedded
 from .sqlerrors import explain_sql_error
 

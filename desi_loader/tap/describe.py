@@ -17,7 +17,7 @@ from psycopg2 import sql
 
 from ..control.ledger.columns import column_sources
 from ..db import relation_exists
-from ..fits.schema import FitsSource
+from ..fits.columns import FitsSource
 from ..queries.voids import TABLE as VOID_MEMBERSHIP
 from ..sky import COLUMN as SKY_COLUMN
 from . import vocab

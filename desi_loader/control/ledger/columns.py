@@ -7,7 +7,7 @@ from psycopg2 import sql
 from psycopg2.extras import execute_values
 
 from ...db import relation_exists
-from ...fits.schema import FitsSource
+from ...fits.columns import FitsSource
 
 
 def publish_columns(cur, schema: str, specs: dict, load_id: int, replace: bool) -> None:
@@ -30,7 +30,7 @@ def publish_columns(cur, schema: str, specs: dict, load_id: int, replace: bool) 
 
 
 def column_sources(cur, schema: str, table: str) -> dict:
-    """column -> fits.schema.FitsSource of a published table ({} for tables the loader did not
+    """column -> fits.columns.FitsSource of a published table ({} for tables the loader did not
     publish, or a schema whose ledger predates loader_columns)."""
     if not relation_exists(cur, schema, "loader_columns"):
         return {}
