@@ -11,7 +11,7 @@ import logging
 import os
 import signal
 import sys
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import psycopg2
 from rich.console import Console
@@ -21,6 +21,10 @@ from . import __version__
 from .commands import (cmd_abort, cmd_bench, cmd_cone, cmd_load, cmd_sample, cmd_server, cmd_sql,
                        cmd_status, cmd_tap, cmd_void_membership, cmd_xmatch, write_samples)
 from .errors import Interrupted, LoaderError
+
+if TYPE_CHECKING:
+    from .control.options import Faults
+    from .report import NullReporter
 
 __all__ = ["build_parser", "main", "write_samples"]     # write_samples: the tests' sample writer
 
@@ -285,7 +289,8 @@ def _stop_on_signals() -> None:
             signal.signal(sig, stop)
 
 
-def main(argv: Optional[Sequence[str]] = None, reporter=None, faults=None) -> int:
+def main(argv: Optional[Sequence[str]] = None, reporter: Optional[NullReporter] = None,
+         faults: Optional[Faults] = None) -> int:
     """Entry point of ``desi-loader``; returns the exit code.  The fault tests' seam, for
     ``load`` only: ``reporter``, what it tells its progress to (instead of the bars or lines it
     chooses; it may stop the process at a point), and ``faults`` (control.options.Faults)."""

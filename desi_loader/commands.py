@@ -13,7 +13,7 @@ import runpy
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import psycopg2
 from rich.table import Table
@@ -30,6 +30,10 @@ from .control.options import Faults
 from .control.run import LoadOptions, plan_loads, run_loads
 from .samples.cache import ensure_sample, write_samples
 from .tap import dachs, service as tap
+
+if TYPE_CHECKING:
+    from .db import Connection, Cursor
+    from .report import NullReporter
 
 
 def _dsn(args, start: bool = False) -> str:
@@ -102,7 +106,8 @@ def _reporter(args, console):
     return RichReporter(console) if console.is_terminal else PlainReporter()
 
 
-def cmd_load(args, console, reporter=None, faults=None) -> int:
+def cmd_load(args, console, reporter: Optional[NullReporter] = None,
+             faults: Optional[Faults] = None) -> int:
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")
     paths = list(args.paths)
@@ -239,7 +244,7 @@ def cmd_status(args, console) -> int:
     return 0
 
 
-def _print_processes(console, ledger) -> None:
+def _print_processes(console, ledger: Ledger) -> None:
     """Who works on a running load now, and how far each host got."""
     t = Table("host:pid", "role", "session", "since", "holds the load", "client",
               title=f"load {ledger.load_id}: processes now")
@@ -302,14 +307,14 @@ def _columns(text: Optional[str]) -> list:
     return [c.strip().lower() for c in text.split(",") if c.strip()] if text else []
 
 
-def _default_columns(cur, t) -> list:
+def _default_columns(cur: Cursor, t) -> list:
     cur.execute("SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
                 "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = %s::regclass AND i.indisprimary "
                 "ORDER BY array_position(i.indkey, a.attnum)", (f'"{t.schema}"."{t.table}"',))
     return [r[0] for r in cur.fetchall()] + [t.ra, t.dec]
 
 
-def _export(conn, query: str, path: str) -> int:
+def _export(conn: Connection, query: str, path: str) -> int:
     """Write a query's result to ``path`` (queries/export.py), and say what was written."""
     checks.output(path)                           # a wrong extension or directory fails before the query runs
     t0 = time.perf_counter()
@@ -328,7 +333,7 @@ def _export(conn, query: str, path: str) -> int:
     return 0
 
 
-def _print_query(cur, q, explain: bool, console, what: str, output: Optional[str] = None) -> int:
+def _print_query(cur: Cursor, q, explain: bool, console, what: str, output: Optional[str] = None) -> int:
     text = q.as_string(cur.connection)
     if output and not explain:
         return _export(cur.connection, text, output)

@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Optional
+from typing import Optional, TypeAlias
 
 import psycopg2
 import psycopg2.extensions
 
 from .errors import DatabaseError
+
+#: the connection and cursor types the package passes around (stage boundaries' annotations)
+Connection: TypeAlias = psycopg2.extensions.connection
+Cursor: TypeAlias = psycopg2.extensions.cursor
 
 #: SQLSTATEs worth retrying: connection failures, server shutting down/starting,
 #: too many connections, deadlock, serialization failure, lock timeout, and 58030, with
@@ -113,7 +117,7 @@ def resolve_dsn(cli_dsn: Optional[str], config_dsn: Optional[str]) -> Optional[s
     return None
 
 
-def relation_exists(cur, schema: str, name: str) -> bool:
+def relation_exists(cur: Cursor, schema: str, name: str) -> bool:
     """True when schema.name is a table or view (names taken literally, any characters)."""
     cur.execute("SELECT to_regclass(format('%%I.%%I', %s::text, %s::text))", (schema, name))
     return cur.fetchone()[0] is not None

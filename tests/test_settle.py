@@ -3,10 +3,14 @@ the embedded PostgreSQL 18 (data checksums on): after a checkpoint, the first re
 the worker settled writes no full-page images, while pages nobody settled are written to WAL
 again, which is what the index phase paid after a checkpoint inside the copy."""
 import psycopg2
-import pytest
 from psycopg2 import sql
 
+from helpers import write_all_types
+
 from desi_loader.control import settle
+from desi_loader.control.options import LoadOptions
+from desi_loader.control.run import run_load
+from desi_loader.report import NullReporter
 from desi_loader.control.settle import MIN_TASK_BYTES, TASK_BYTES_DEFAULT, plan_settling
 
 CHECKSUMS = {"data_checksums": "on", "wal_log_hints": "off", "checkpoint_completion_target": "0.9"}
@@ -82,3 +86,30 @@ def test_settled_pages_are_not_written_to_wal_again_after_a_checkpoint(pg_uri):
         assert written["settle_yes"] < 0.02 * sizes["settle_yes"]
     finally:
         conn.close()
+
+
+def test_staging_fills_without_autovacuum_and_the_published_table_gets_it_back(pg_uri, schema, tmp_path, db):
+    """A VACUUM of a table still being loaded reads it to find nothing to do (and, after a
+    checkpoint, writes its pages to WAL again): staging is created without autovacuum, and
+    the swap gives the published table the server's autovacuum back."""
+    seen = {}
+
+    class Watch(NullReporter):
+        def phase(self, name):                 # the staging table, as the copy leaves it
+            if name == "verify":
+                with db.cursor() as cur:
+                    cur.execute("SELECT relname, reloptions FROM pg_class c JOIN pg_namespace n ON "
+                                "n.oid = c.relnamespace WHERE nspname = %s AND relname LIKE '%%\\_\\_load%%' "
+                                "AND relkind = 'r'", (schema,))
+                    seen.update(dict(cur.fetchall()))
+                db.rollback()
+
+    path = write_all_types(tmp_path / "things.fits")
+    opts = LoadOptions(paths=(str(path),), dsn=pg_uri, schema=schema, workers=1, catalog="generic", prefix="g")
+    summary = run_load(opts, Watch())
+    assert summary.rows and seen and all(v == ["autovacuum_enabled=off"] for v in seen.values())
+    with db.cursor() as cur:
+        cur.execute("SELECT relname, reloptions FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE nspname = %s AND relname = ANY(%s)", (schema, list(summary.rows)))
+        published = dict(cur.fetchall())
+    assert set(published) == set(summary.rows) and all(v is None for v in published.values())

@@ -19,7 +19,7 @@ from __future__ import annotations
 import io
 import logging
 import threading
-from typing import Optional
+from typing import Optional, TYPE_CHECKING
 
 import numpy as np
 from psycopg2 import sql
@@ -29,6 +29,9 @@ from ..db import connect
 from ..errors import DatabaseError
 from ..fits.columns import WIDE_TABLE
 from .ledger import app_name
+
+if TYPE_CHECKING:
+    from ..db import Connection, Cursor
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +52,7 @@ class NullInSample(Exception):
     """A fixed-width column of the sample holds a NULL: the fast read does not apply."""
 
 
-def analyze(conn, dsn: str, tag: str, schema: str, stage: str, groups: int = 2) -> str:
+def analyze(conn: Connection, dsn: str, tag: str, schema: str, stage: str, groups: int = 2) -> str:
     """Take the statistics of ``schema.stage``, its indexes built (their builds counted its
     rows); returns how ("ANALYZE" or "statistics of N columns from R sampled rows, ...").
     ``conn`` reads one group of columns, each other group opens a session of its own."""
@@ -105,10 +108,11 @@ def _session(dsn: str, tag: str):
 class _Side(threading.Thread):
     """One statement in a session of its own (closed at the end), beside the caller's work."""
 
-    def __init__(self, conn, stmt) -> None:
+    def __init__(self, conn: Connection, stmt) -> None:
         super().__init__(name="statistics-side", daemon=True)
         self.conn = conn
-        self.stmt, self.error = stmt, None
+        self.stmt = stmt
+        self.error: Optional[BaseException] = None
         self.start()
 
     def run(self) -> None:
@@ -126,13 +130,13 @@ class _Side(threading.Thread):
             raise self.error
 
 
-def _run(conn, stmt) -> None:
+def _run(conn: Connection, stmt) -> None:
     with conn.cursor() as cur:
         cur.execute(stmt)
     conn.commit()
 
 
-def _columns(conn, schema: str, stage: str) -> Optional[tuple[list, list, int, int, int]]:
+def _columns(conn: Connection, schema: str, stage: str) -> Optional[tuple[list, list, int, int, int]]:
     """(fixed-width columns [(name, type, target)], other columns, largest target, rows,
     pages), or None when the server should ANALYZE the table whole."""
     if conn.server_version < 180000:
@@ -162,7 +166,7 @@ def _columns(conn, schema: str, stage: str) -> Optional[tuple[list, list, int, i
     return fixed, others, max((t for _, _, t in cols), default=100), int(rows), int(pages)
 
 
-def _sample_stats(conn, extra: list, schema: str, stage: str, fixed: list, rows: int, pages: int,
+def _sample_stats(conn: Connection, extra: list, schema: str, stage: str, fixed: list, rows: int, pages: int,
                   target: int) -> tuple[list, int]:
     """[(column, ColumnStats)] of ``fixed`` from the sample ANALYZE would take, read in
     ``conn`` and the ``extra`` sessions (a group of columns each), and the rows
@@ -197,7 +201,7 @@ def _sample_stats(conn, extra: list, schema: str, stage: str, fixed: list, rows:
     return [item for part in out for item in part[0]], (out[0][1] if out else 0)
 
 
-def _group(conn, source, cols: list, rows: int, targrows: int) -> tuple[list, int]:
+def _group(conn: Connection, source, cols: list, rows: int, targrows: int) -> tuple[list, int]:
     with conn.cursor() as cur:
         cur.execute("SET LOCAL synchronize_seqscans = off")     # the whole table from its first page
         buf = io.BytesIO()
@@ -239,12 +243,12 @@ def decode_fixed(buf, types: list) -> list:
     return out
 
 
-def _restore_call(cur, schema: str, stage: str, column: str, st: colstats.ColumnStats) -> str:
+def _restore_call(cur: Cursor, schema: str, stage: str, column: str, st: colstats.ColumnStats) -> str:
     args = ["schemaname", schema, "relname", stage, "attname", column]
     text = "SELECT pg_restore_attribute_stats(%s, %s, %s, %s, %s, %s, 'inherited', false, " \
            "'null_frac', %s::real, 'avg_width', %s::integer, 'n_distinct', %s::real"
-    params = args + [st.null_frac, st.avg_width, st.n_distinct]
-    if st.mcv is not None:
+    params: list = args + [st.null_frac, st.avg_width, st.n_distinct]
+    if st.mcv is not None and st.mcf is not None:
         text += ", 'most_common_vals', %s::text, 'most_common_freqs', %s::real[]"
         params += [colstats.literal(st.mcv), [float(f) for f in st.mcf]]
     if st.histogram is not None:

@@ -19,9 +19,12 @@ not act as) is found by ``preflight`` before any data moves.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, TYPE_CHECKING
 
 from psycopg2 import sql
+
+if TYPE_CHECKING:
+    from ..db import Cursor
 
 
 @dataclass
@@ -58,7 +61,7 @@ def _qualified(schema: str, name: str) -> sql.Composed:
     return sql.Identifier(schema, name)
 
 
-def _acl(cur, acl) -> list:
+def _acl(cur: Cursor, acl) -> list:
     """(grantee name or None for PUBLIC, privilege, grantable) of an aclitem[]."""
     if not acl:
         return []
@@ -68,7 +71,7 @@ def _acl(cur, acl) -> list:
     return cur.fetchall()
 
 
-def _grant(cur, target: sql.Composable, grants: list, columns: Optional[str] = None) -> None:
+def _grant(cur: Cursor, target: sql.Composable, grants: list, columns: Optional[str] = None) -> None:
     for grantee, privilege, grantable in grants:
         cur.execute(sql.SQL("GRANT {} {} ON {} TO {}{}").format(
             sql.SQL(privilege), sql.SQL("({})").format(sql.Identifier(columns)) if columns else sql.SQL(""),
@@ -78,7 +81,7 @@ def _grant(cur, target: sql.Composable, grants: list, columns: Optional[str] = N
 
 # --------------------------------------------------------------------------- tables
 
-def capture(cur, schema: str, table: str) -> Attachments:
+def capture(cur: Cursor, schema: str, table: str) -> Attachments:
     """Everything users attached to ``schema.table`` (which must exist)."""
     oid = _oid(cur, schema, table)
     cur.execute("SELECT pg_get_userbyid(relowner), obj_description(oid, 'pg_class'), relacl, relrowsecurity, "
@@ -98,7 +101,7 @@ def capture(cur, schema: str, table: str) -> Attachments:
     return Attachments(owner, comment, column_comments, grants, column_grants, (rls, force), policies)
 
 
-def restore(cur, schema: str, table: str, att: Attachments, columns: set) -> None:
+def restore(cur: Cursor, schema: str, table: str, att: Attachments, columns: set) -> None:
     """Re-apply captured attachments to the new ``schema.table`` (same transaction as the swap)."""
     target = _qualified(schema, table)
     cur.execute("SELECT current_user")
@@ -129,7 +132,7 @@ def restore(cur, schema: str, table: str, att: Attachments, columns: set) -> Non
         cur.execute(stmt)
 
 
-def _oid(cur, schema: str, table: str) -> Optional[int]:
+def _oid(cur: Cursor, schema: str, table: str) -> Optional[int]:
     cur.execute("SELECT to_regclass(format('%%I.%%I', %s::text, %s::text))::oid", (schema, table))
     return cur.fetchone()[0]
 
@@ -153,7 +156,7 @@ GROUP BY c.oid, n.nspname ORDER BY max(deps.depth), c.oid
 """
 
 
-def dependent_views(cur, schema: str, tables: list, exclude: set) -> list:
+def dependent_views(cur: Cursor, schema: str, tables: list, exclude: set) -> list:
     """User views and materialized views on the published ``tables``, shallowest first.
 
     Definitions are read with an empty search_path, so every name in them is qualified and
@@ -176,13 +179,13 @@ def dependent_views(cur, schema: str, tables: list, exclude: set) -> list:
     return views
 
 
-def drop_views(cur, views: list) -> None:
+def drop_views(cur: Cursor, views: list) -> None:
     for v in reversed(views):                     # deepest first
         kind = "MATERIALIZED VIEW" if v.kind == "m" else "VIEW"
         cur.execute(sql.SQL("DROP {} IF EXISTS {}").format(sql.SQL(kind), _qualified(v.schema, v.name)))
 
 
-def create_views(cur, views: list) -> None:
+def create_views(cur: Cursor, views: list) -> None:
     """Re-create views (shallowest first) with everything they had."""
     cur.execute("SET LOCAL search_path = pg_catalog")
     cur.execute("SELECT current_user")
@@ -210,7 +213,7 @@ def create_views(cur, views: list) -> None:
 
 # --------------------------------------------------------------------------- indexes
 
-def user_indexes(cur, schema: str, table: str, loader_names: set) -> list:
+def user_indexes(cur: Cursor, schema: str, table: str, loader_names: set) -> list:
     """(name, definition) of indexes on the published table that the loader did not make."""
     oid = _oid(cur, schema, table)
     if oid is None:
@@ -242,7 +245,7 @@ def index_on(definition: str, schema: str, table: str, stage: str, name: str, ne
 
 # --------------------------------------------------------------------------- preflight
 
-def preflight(cur, schema: str, tables: dict, loaded: set, views_exclude: set) -> list:
+def preflight(cur: Cursor, schema: str, tables: dict, loaded: set, views_exclude: set) -> list:
     """Problems that would stop the swap from carrying the tables' users over, with the fix.
 
     ``tables`` maps each published table this load replaces to its new column names;
@@ -292,7 +295,7 @@ def preflight(cur, schema: str, tables: dict, loaded: set, views_exclude: set) -
     return problems
 
 
-def _view_columns(cur, schema: str, tables: dict) -> list:
+def _view_columns(cur: Cursor, schema: str, tables: dict) -> list:
     """Views using a column that the new table will not have."""
     problems = []
     for table, columns in tables.items():

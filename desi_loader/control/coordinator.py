@@ -57,9 +57,20 @@ class Coordinator:
 
     def __init__(self, opts: LoadOptions, plan: Plan, reporter: NullReporter) -> None:
         self.opts, self.plan, self.reporter = opts, plan, reporter
-        self.load: Optional[Load] = None      # once the ledger is connected
+        self._load: Optional[Load] = None     # once the ledger is connected (run)
         self.settling = Settling(False, opts.task_bytes)   # once the server is known (_settle_behind)
         self.facts = Facts(plan)              # what the phases return; summary.summarize reports it
+
+    @property
+    def load(self) -> Load:
+        """The open load (from the start of run on)."""
+        if self._load is None:
+            raise RuntimeError("the load is not open yet")
+        return self._load
+
+    @load.setter
+    def load(self, load: Load) -> None:
+        self._load = load
 
     @property
     def finalizer(self) -> bool:
@@ -103,8 +114,8 @@ class Coordinator:
             raise
         finally:
             self.reporter.close()
-            if self.load is not None:
-                self.load.ledger.close()
+            if self._load is not None:
+                self._load.ledger.close()
 
     def _run_phases(self) -> None:
         """PHASES in order; when a server crash took rows of done tasks, back to the copy."""
@@ -232,7 +243,7 @@ class Coordinator:
         if opts.copy_out:
             os.makedirs(opts.copy_out, exist_ok=True)
         workers = self._budget(min(opts.workers, pending))
-        cfg = WorkerConfig(plan.schema, ledger.load_id, opts.fmt, opts.verify_checksum,
+        cfg = WorkerConfig(plan.schema, ledger.bound_id(), opts.fmt, opts.verify_checksum,
                            encoder_plan(plan, self.load.staging_tables, self.load.file_ids), os.getpid(), opts.copy_out,
                            opts.faults, opts.wait_timeout, self.settling.settle)
         pool = WorkerPool(opts.dsn, cfg, workers, self.reporter, self._death)
@@ -317,6 +328,9 @@ class Coordinator:
         check_canary(self.load)
         staging.durable(self.load)
 
+    def link(self) -> None:
+        staging.link(self.load)
+
     def swap(self) -> None:
         check_canary(self.load)
         publish.publish_swap(self.load)
@@ -341,6 +355,6 @@ PHASES = (
     Phase("durable", Coordinator.durable,
           when=lambda c: _replacing(c) and not c.opts.unlogged and c.load.staging_mode == "unlogged"),
     Phase("index", Coordinator.index, when=_replacing),
-    Phase("foreign_keys", lambda c: staging.link(c.load), when=lambda c: _replacing(c) and bool(c.load.fkeys)),
+    Phase("foreign_keys", Coordinator.link, when=lambda c: _replacing(c) and bool(c.load.fkeys)),
     Phase("swap", Coordinator.swap, when=_replacing),
 )

@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Optional, TYPE_CHECKING
 
 import psycopg2
 from psycopg2 import sql
@@ -31,6 +31,11 @@ from .ledger import app_name
 from .skyindex import q3c_index_statement
 from .staging import FINALIZE_LOCK_TIMEOUT
 from .sqlgen import attach_key, index_name, key_index, primary_key, secondary_indexes
+
+if TYPE_CHECKING:
+    from ..control.load import Load
+    from ..db import Connection, Cursor
+    from ..report import NullReporter
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +92,7 @@ def table_jobs(schema: str, table: str, stage: str, spec, pages: int, q3c: Optio
         return [Job(table, "keys, indexes, ANALYZE", first + [s for j in builds for s in j.statements] + [analyze],
                     pages * (2 + len(builds)), unique=key)]
 
-    def take_statistics(conn, dsn: str, tag: str) -> None:
+    def take_statistics(conn: Connection, dsn: str, tag: str) -> None:
         statistics.analyze(conn, dsn, tag, schema, stage)
 
     finish = [] if has_key else [attach_key(schema, stage)]
@@ -95,7 +100,7 @@ def table_jobs(schema: str, table: str, stage: str, spec, pages: int, q3c: Optio
                          pages + ANALYZE_COST * len(spec.all_columns), after=len(builds), then=take_statistics)]
 
 
-def run_jobs(dsn: str, tag: str, jobs: list, sessions: int, reporter, on_cluster: bool) -> IndexResult:
+def run_jobs(dsn: str, tag: str, jobs: list, sessions: int, reporter: NullReporter, on_cluster: bool) -> IndexResult:
     """Run ``jobs`` in ``sessions`` connections, biggest first, each table's finishing job
     after its builds; the server's progress of each running job reported every second."""
     result = IndexResult(sessions=sessions)
@@ -188,7 +193,7 @@ def run_jobs(dsn: str, tag: str, jobs: list, sessions: int, reporter, on_cluster
     return result
 
 
-def _execute(conn, job: Job, on_cluster: bool) -> None:
+def _execute(conn: Connection, job: Job, on_cluster: bool) -> None:
     try:
         with conn.cursor() as cur:
             if on_cluster:                  # SET LOCAL: for this job's transaction
@@ -227,7 +232,7 @@ def progress_text(phase: str, blocks_done: int, blocks_total: int, tuples_done: 
     return phase
 
 
-def _watch(dsn: str, tag: str, running: dict, lock, stop: threading.Event, reporter) -> None:
+def _watch(dsn: str, tag: str, running: dict, lock, stop: threading.Event, reporter: NullReporter) -> None:
     """Every PROGRESS_POLL seconds: what the server says of each running job."""
     conn = None
     try:
@@ -253,18 +258,18 @@ def _watch(dsn: str, tag: str, running: dict, lock, stop: threading.Event, repor
             conn.close()
 
 
-def sessions_for(conn, workers: int, jobs: int) -> int:
+def sessions_for(conn: Connection, workers: int, jobs: int) -> int:
     """Sessions of the index phase: as many as the load's workers (the user's measure of the
     server's cores), no more than the jobs, within the server's free connection slots."""
     return max(1, min(workers, jobs, free_connections(conn)))
 
 
-def table_pages(cur, schema: str, stage: str) -> int:
+def table_pages(cur: Cursor, schema: str, stage: str) -> int:
     cur.execute("SELECT pg_relation_size(%s::regclass) / 8192", (f'"{schema}"."{stage}"',))
     return int(cur.fetchone()[0])
 
 
-def index(load, on_cluster: bool, q3c: Optional[str], reporter) -> IndexResult:
+def index(load: Load, on_cluster: bool, q3c: Optional[str], reporter: NullReporter) -> IndexResult:
     """Every staging table's keys, indexes (the preset's, the sky's, the users') and ANALYZE."""
     jobs = []
     conn = load.conn
@@ -283,7 +288,7 @@ def index(load, on_cluster: bool, q3c: Optional[str], reporter) -> IndexResult:
                     reporter, on_cluster)
 
 
-def user_index_statements(cur, schema: str, table: str, stage: str, spec, load_id: int) -> list:
+def user_index_statements(cur: Cursor, schema: str, table: str, stage: str, spec, load_id: int) -> list:
     """(statement, name) building on staging the indexes users added to the published table
     (renamed back in the swap); none that a resumed load built already."""
     mine = {f"{table}_pkey", index_name(table, ("file_id", "row_num")),

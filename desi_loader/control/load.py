@@ -48,7 +48,7 @@ class Load:
 
     @property
     def load_id(self) -> int:
-        return self.ledger.load_id
+        return self.ledger.bound_id()
 
     @property
     def tables(self) -> dict:

@@ -16,13 +16,16 @@ right after a kill does not find the load held by its own ghosts.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, TYPE_CHECKING
 
 from ..fits.discover import Plan, narrowed
 from ..errors import UsageError
 from .staging import prepare_staging
 from .ledger import Ledger, Tx, staging_name
 from ..report import NullReporter
+
+if TYPE_CHECKING:
+    from ..control.options import LoadOptions
 
 
 @dataclass
@@ -41,7 +44,7 @@ class Opening:
     file_ids: dict = field(default_factory=dict)    # file name -> file_id of the load's files
 
 
-def staging_mode(opts, wal_level: str) -> tuple[str, str]:
+def staging_mode(opts: LoadOptions, wal_level: str) -> tuple[str, str]:
     """How staging becomes durable on this server: (mode, reason for the summary).
 
     Measured (scripts/bench.py --only whole; 100,000 FastSpecFit galaxies, 2 workers, 2
@@ -62,7 +65,7 @@ def staging_mode(opts, wal_level: str) -> tuple[str, str]:
                       "benchmark, and a server crash loses nothing")
 
 
-def incremental(ledger: Ledger, plan: Plan, opts, tx: Tx) -> tuple[bool, Plan, list]:
+def incremental(ledger: Ledger, plan: Plan, opts: LoadOptions, tx: Tx) -> tuple[bool, Plan, list]:
     """Decide how the load publishes, and the plan of only the files to load.
 
     With files of these tables already published (and no --replace-all) the load is
@@ -76,7 +79,7 @@ def incremental(ledger: Ledger, plan: Plan, opts, tx: Tx) -> tuple[bool, Plan, l
     return (True, *_drop_unchanged(plan, opts, published))
 
 
-def _drop_unchanged(plan: Plan, opts, published: dict) -> tuple[Plan, list]:
+def _drop_unchanged(plan: Plan, opts: LoadOptions, published: dict) -> tuple[Plan, list]:
     """The plan of the files that are not published as they are, and the paths of the others."""
     unchanged = {fp.info.name for fp in plan.files
                  if fp.info.name in published and same_file(published[fp.info.name][1], fp.info)}
@@ -85,7 +88,7 @@ def _drop_unchanged(plan: Plan, opts, published: dict) -> tuple[Plan, list]:
     return narrowed(plan, keep, opts.task_bytes, opts.task_rows), skipped
 
 
-def open_load(ledger: Ledger, plan, opts, reporter: NullReporter) -> Opening:
+def open_load(ledger: Ledger, plan: Plan, opts: LoadOptions, reporter: NullReporter) -> Opening:
     """Start, resume or join the load of ``plan``'s tables (see the module docstring)."""
     ledger.ensure_tables()
     with ledger.transaction() as tx:
@@ -108,7 +111,7 @@ def open_load(ledger: Ledger, plan, opts, reporter: NullReporter) -> Opening:
         return _join(ledger, plan, opts, tx=tx)
 
 
-def _fresh(ledger: Ledger, plan: Plan, opts, tx: Tx) -> Opening:
+def _fresh(ledger: Ledger, plan: Plan, opts: LoadOptions, tx: Tx) -> Opening:
     """A new load, incremental when files of these tables are published (or nothing to do)."""
     inc, plan, skipped = incremental(ledger, plan, opts, tx=tx)
     if not plan.files:
@@ -117,11 +120,12 @@ def _fresh(ledger: Ledger, plan: Plan, opts, tx: Tx) -> Opening:
     return _start(ledger, plan, opts, tx, inc, skipped)
 
 
-def _staging_tables(plan, load_id: int) -> dict:
+def _staging_tables(plan: Plan, load_id: int) -> dict:
     return {t: staging_name(t, load_id) for t in plan.tables}
 
 
-def _start(ledger: Ledger, plan: Plan, opts, tx: Tx, inc: bool = False, skipped: Optional[list] = None) -> Opening:
+def _start(ledger: Ledger, plan: Plan, opts: LoadOptions, tx: Tx, inc: bool = False,
+           skipped: Optional[list] = None) -> Opening:
     """A new load: its row, the manifest, staging tables and tasks, in the opening transaction."""
     if inc:   # rows go into the published (logged) tables by INSERT: staging is scratch space
         mode, why = "unlogged", "incremental: rows are inserted into the published tables (WAL-logged once)"
@@ -130,8 +134,8 @@ def _start(ledger: Ledger, plan: Plan, opts, tx: Tx, inc: bool = False, skipped:
     ledger.start(plan.catalog.name, sorted(plan.tables), {
         "format": opts.fmt, "workers": opts.workers, "paths": [fp.info.path for fp in plan.files],
         "staging": mode, "durable_path": why, "incremental": inc}, tx=tx)
-    staging_tables = _staging_tables(plan, ledger.load_id)
-    file_ids = ledger.register_files(plan.catalog.name, plan.files, tx=tx)
+    staging_tables = _staging_tables(plan, ledger.bound_id())
+    file_ids = ledger.register_files(plan.catalog.name, list(plan.files), tx=tx)
     prepare_staging(tx.conn, plan.schema, staging_tables, plan.tables, logged=mode == "logged")
     ledger.insert_tasks(plan.tasks, file_ids, tx=tx)
     if mode == "unlogged":
@@ -139,7 +143,7 @@ def _start(ledger: Ledger, plan: Plan, opts, tx: Tx, inc: bool = False, skipped:
     ledger.hold_shared(tx=tx)
     skipped = skipped or []
     message = f"incremental load: {len(plan.files)} new or changed file(s), {len(skipped)} unchanged" if inc else None
-    return Opening(ledger.load_id, plan, staging_tables, "started", message, staging_mode=mode, durable_path=why,
+    return Opening(ledger.bound_id(), plan, staging_tables, "started", message, staging_mode=mode, durable_path=why,
                    incremental=inc, unchanged=skipped, file_ids=file_ids)
 
 
@@ -149,15 +153,15 @@ def _mode(ledger: Ledger, tx: Tx) -> dict:
             "incremental": bool(options.get("incremental"))}
 
 
-def _skip_published(ledger: Ledger, plan: Plan, opts, inc: bool, tx: Tx) -> tuple[Plan, list]:
+def _skip_published(ledger: Ledger, plan: Plan, opts: LoadOptions, inc: bool, tx: Tx) -> tuple[Plan, list]:
     """For an incremental load being resumed or joined: the plan without the published,
     unchanged files, and their paths."""
     return _drop_unchanged(plan, opts, ledger.published_files(sorted(plan.tables), tx=tx)) if inc else (plan, [])
 
 
-def _take_over(ledger: Ledger, plan, opts, reporter: NullReporter, tx: Tx) -> Opening:
+def _take_over(ledger: Ledger, plan: Plan, opts: LoadOptions, reporter: NullReporter, tx: Tx) -> Opening:
     """Nobody works on the unfinished load: restart it, or resume it with this plan's files."""
-    old = ledger.load_id
+    old = ledger.bound_id()
     if opts.join:
         raise UsageError(f"load {old} of {plan.catalog.name} is not running (no process works on it)",
                          "run without --join to resume it")
@@ -193,7 +197,7 @@ def same_file(identity: dict, info) -> bool:
     return all(identity.get(k, mine[k]) == mine[k] for k in ("size", "mtime_ns", "sums"))
 
 
-def _reconcile(ledger: Ledger, plan, staging_tables: dict, logged: bool, tx: Tx) -> tuple[dict, int]:
+def _reconcile(ledger: Ledger, plan: Plan, staging_tables: dict, logged: bool, tx: Tx) -> tuple[dict, int]:
     """Match the plan's files with the unfinished load: keep, drop and add files.
 
     A file is the same when its identity is (a re-downloaded or re-processed file of the
@@ -214,9 +218,9 @@ def _reconcile(ledger: Ledger, plan, staging_tables: dict, logged: bool, tx: Tx)
     return file_ids, len(kept)
 
 
-def _join(ledger: Ledger, plan, opts, tx: Tx) -> Opening:
+def _join(ledger: Ledger, plan: Plan, opts: LoadOptions, tx: Tx) -> Opening:
     """Other processes work on the load: copy along with them (same files), or await its finalizer."""
-    old = ledger.load_id
+    old = ledger.bound_id()
     holders = ", ".join(ledger.holders(tx=tx)) or "another process"
     if opts.resume is False:
         raise UsageError(f"load {old} of {plan.catalog.name} is being run by {holders}; --restart would "

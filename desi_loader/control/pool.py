@@ -15,8 +15,9 @@ import queue as queue_mod
 import signal
 import tempfile
 import time
+from multiprocessing.process import BaseProcess
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from ..report import NullReporter
 from .worker import STOP_SIGNALS, WorkerConfig, worker_main
@@ -44,7 +45,7 @@ class PoolResult:
 
 @dataclass
 class _Slot:
-    proc: object = None
+    proc: Optional[BaseProcess] = None
     task: Optional[int] = None
     inflight: list = field(default_factory=lambda: [0, 0])
     exited: bool = False
@@ -70,7 +71,8 @@ class WorkerPool:
         self._cfg_path: Optional[str] = None
         self._unread = 0
         self.waiting = False               # a worker said it waits for the server (one line per outage)
-        self.handlers = {"rows": self._on_rows, "rewind": self._on_rewind, "done": self._on_done,
+        self.handlers: dict[str, Callable[[int, Any], None]] = {
+                         "rows": self._on_rows, "rewind": self._on_rewind, "done": self._on_done,
                          "task": self._on_task, "retry": self._on_retry, "failed": self._on_failed,
                          "exit": self._on_exit, "fatal": self._on_fatal, "ready": self._on_ready,
                          "traceback": self._on_traceback}
@@ -127,10 +129,11 @@ class WorkerPool:
     def _reap(self) -> None:
         """Replace workers that died without a word (killed, crashed): their transaction rolled back."""
         for w, slot in self.slots.items():
-            if slot.exited or slot.proc.is_alive():
+            proc = slot.proc
+            if slot.exited or proc is None or proc.is_alive():
                 continue
-            slot.proc.join()
-            code = slot.proc.exitcode
+            proc.join()
+            code = proc.exitcode
             self.reporter.rewind(w, *slot.inflight)
             task, slot.task, slot.inflight = slot.task, None, [0, 0]
             if not slot.ready:

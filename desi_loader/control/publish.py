@@ -3,7 +3,7 @@ tables (incremental); either is one transaction that readers see whole or not at
 from __future__ import annotations
 
 import logging
-from typing import Callable, Optional
+from typing import Callable, Optional, TYPE_CHECKING
 
 import psycopg2
 from psycopg2 import sql
@@ -13,7 +13,12 @@ from ..db import first_line, is_transient, relation_exists
 from ..errors import DatabaseError, LoadFailed
 from .retry import DEFAULT_BUDGET, Backoff
 from .ledger import publish_columns, publish_merged, publish_swapped, replaced_files
+from .sqlgen import reset_staging_options
 from .staging import FINALIZE_LOCK_TIMEOUT, prepare_sky, table_order
+
+if TYPE_CHECKING:
+    from ..control.load import Load
+    from ..db import Connection, Cursor
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +36,7 @@ def swap_backoff(budget: float = DEFAULT_BUDGET, notify: Callable[[str], None] =
                    first=SWAP_FIRST, cap=SWAP_CAP)
 
 
-def published_columns(cur, schema: str, table: str) -> dict:
+def published_columns(cur: Cursor, schema: str, table: str) -> dict:
     """column -> SQL type of a published table ({} when it does not exist)."""
     cur.execute("SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = "
                 "to_regclass(format('%%I.%%I', %s::text, %s::text)) AND attnum > 0 AND NOT attisdropped",
@@ -39,7 +44,7 @@ def published_columns(cur, schema: str, table: str) -> dict:
     return dict(cur.fetchall())
 
 
-def add_columns(conn, schema: str, specs: dict) -> list:
+def add_columns(conn: Connection, schema: str, specs: dict) -> list:
     """Give the published tables the columns the new files bring (nullable: instant, no rewrite).
 
     Its own short transaction before the merge, so the merge holds no exclusive lock.
@@ -61,7 +66,7 @@ def add_columns(conn, schema: str, specs: dict) -> list:
     return added
 
 
-def merge(conn, schema: str, staging: dict, specs: dict, load_id: int, order: list) -> dict:
+def merge(conn: Connection, schema: str, staging: dict, specs: dict, load_id: int, order: list) -> dict:
     """Publish an incremental load in one transaction: the rows of files this load replaces
     are deleted, the staging rows inserted, the manifest flipped, staging dropped.
 
@@ -98,7 +103,7 @@ def merge(conn, schema: str, staging: dict, specs: dict, load_id: int, order: li
     return deleted
 
 
-def _create_views(cur, schema: str, views: dict) -> None:
+def _create_views(cur: Cursor, schema: str, views: dict) -> None:
     for name, select in views.items():
         cur.execute("SAVEPOINT view")
         try:
@@ -110,7 +115,7 @@ def _create_views(cur, schema: str, views: dict) -> None:
             log.info("view %s not created: its tables are not all loaded", name)
 
 
-def _rename_indexes(cur, schema: str, table: str, old_prefix: str) -> None:
+def _rename_indexes(cur: Cursor, schema: str, table: str, old_prefix: str) -> None:
     cur.execute("SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
                 "JOIN pg_class t ON t.oid = i.indrelid JOIN pg_namespace n ON n.oid = t.relnamespace "
                 "WHERE n.nspname = %s AND t.relname = %s", (schema, table))
@@ -121,7 +126,7 @@ def _rename_indexes(cur, schema: str, table: str, old_prefix: str) -> None:
                 sql.Identifier(schema, name), sql.Identifier(new[:63])))
 
 
-def swap(conn, schema: str, staging: dict, load_id: int, catalog: str, views: Optional[dict] = None,
+def swap(conn: Connection, schema: str, staging: dict, load_id: int, catalog: str, views: Optional[dict] = None,
          backoff: Optional[Backoff] = None, specs: Optional[dict] = None) -> int:
     """Publish every staging table in one short transaction; returns attempts used.
 
@@ -153,7 +158,7 @@ def swap(conn, schema: str, staging: dict, load_id: int, catalog: str, views: Op
                                     "rerun to retry (or raise --wait-timeout)") from exc
 
 
-def _swap_tables(cur, schema: str, staging: dict, load_id: int, views: dict) -> None:
+def _swap_tables(cur: Cursor, schema: str, staging: dict, load_id: int, views: dict) -> None:
     published = [t for t in staging if relation_exists(cur, schema, t)]
     kept = {t: attach.capture(cur, schema, t) for t in published}
     user_views = attach.dependent_views(cur, schema, published, set(views))
@@ -170,6 +175,7 @@ def _swap_tables(cur, schema: str, staging: dict, load_id: int, views: dict) -> 
             olds.append(old)
         cur.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(schema, stage),
                                                                 sql.Identifier(table)))
+        cur.execute(reset_staging_options(schema, table))
     if olds:   # one statement: old tables may reference each other
         cur.execute(sql.SQL("DROP TABLE {}").format(sql.SQL(", ").join(sql.Identifier(schema, o) for o in olds)))
     for table, stage in staging.items():
@@ -187,7 +193,7 @@ def _swap_tables(cur, schema: str, staging: dict, load_id: int, views: dict) -> 
 
 # ------------------------------------------------------------------ a whole load
 
-def publish_merge(load) -> tuple[list, dict]:
+def publish_merge(load: Load) -> tuple[list, dict]:
     """Incremental publish of ``load`` (a load.Load): new columns, then one transaction
     replacing and adding rows.  Returns (columns added, {table: rows replaced})."""
     prepare_sky(load)
@@ -197,14 +203,14 @@ def publish_merge(load) -> tuple[list, dict]:
     return added, {t: n for t, n in deleted.items() if n}
 
 
-def publish_swap(load) -> int:
+def publish_swap(load: Load) -> int:
     """Replace the published tables of ``load`` by its staging tables (``swap``)."""
     return swap(load.conn, load.schema, load.staging_tables, load.load_id, load.plan.catalog.name,
                 load.plan.catalog.views, swap_backoff(load.opts.wait_timeout, load.ledger.notify),
                 specs=load.tables)
 
 
-def preflight(load, incremental: bool) -> list:
+def preflight(load: Load, incremental: bool) -> list:
     """What publishing ``load`` could not do, found before any data moves: a swap that would
     break what users attached to the tables, or (incremental) new rows whose column types
     differ from the published ones.  Returns one line per problem."""

@@ -129,7 +129,7 @@ class Session:
         self._end(tx)
         return rows
 
-    def _bound(self) -> int:
+    def bound_id(self) -> int:
         """The load this session works on (bind or start first)."""
         if self.load_id is None:
             raise RuntimeError("no load bound to this session")
@@ -141,6 +141,8 @@ class Session:
         return f"L{self.load_id}@{self._oid}" if self.load_id is not None else "-"
 
     def _key(self, n: int) -> int:
+        if self._oid is None:
+            raise RuntimeError("the ledger's OID is not known yet (ensure_tables or bind first)")
         key = (self._oid << 32) | (n & 0xFFFF_FFFF)
         return key - (1 << 64) if key >= 1 << 63 else key
 
@@ -152,7 +154,7 @@ class Session:
         unique within the database, so (oid, load id) names one load of one schema.
         Every process working on the load holds it shared; its finalizer holds it alone.
         """
-        return self._key(self.load_id)
+        return self._key(self.bound_id())
 
     def bind(self, load_id: int, tx: Optional[Tx] = None) -> "Session":
         """Work on load ``load_id`` from now on (names this connection after it)."""

@@ -23,12 +23,15 @@ distributed (Citus), nothing changes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, TYPE_CHECKING
 
 from psycopg2 import sql
 
 from ..db import size_bytes
 from ..fits.discover import TASK_BYTES as TASK_BYTES_DEFAULT
+
+if TYPE_CHECKING:
+    from ..db import Cursor
 
 __all__ = ["Settling", "plan_settling", "extents", "settle", "TASK_BYTES_DEFAULT"]
 
@@ -90,7 +93,7 @@ def plan_settling(server: dict, fits_bytes: int, workers: int, task_bytes: int,
                                 f"tasks of {want >> 20} MB, hint bits set behind each")
 
 
-def extents(cur, schema: str, staging: list) -> dict:
+def extents(cur: Cursor, schema: str, staging: list) -> dict:
     """{staging table: its size in blocks} now (pg_relation_size: no read of the table)."""
     names = [sql.Identifier(schema, t).as_string(cur) for t in staging]
     cur.execute("SELECT r, pg_relation_size(r::regclass) / current_setting('block_size')::int "
@@ -98,7 +101,7 @@ def extents(cur, schema: str, staging: list) -> dict:
     return dict(zip(staging, (n for _, n in cur.fetchall())))
 
 
-def settle(cur, schema: str, before: dict, after: dict) -> int:
+def settle(cur: Cursor, schema: str, before: dict, after: dict) -> int:
     """Read the blocks each staging table grew by between ``before`` and ``after`` (and the
     block before, which the COPY may have finished filling): their committed rows get their
     hint bits now.  Returns the blocks read."""

@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import logging
 from importlib import resources
-from typing import Optional, Sequence
+from typing import Optional, Sequence, TYPE_CHECKING
 
 import psycopg2
 from psycopg2 import sql
 
 from .. import coords
 
+if TYPE_CHECKING:
+    from ..db import Connection, Cursor
+
 log = logging.getLogger(__name__)
 
 
-def install_functions(conn, schema: str) -> None:
+def install_functions(conn: Connection, schema: str) -> None:
     """Create (or replace) angdist, hpx_center, hpx_max_pixrad and hpx_cone in ``schema``, and
     the coordinate functions of coords.py (comoving_distance, comoving_xyz, galactic_l/b)."""
     text = resources.files("desi_loader").joinpath("data/sky.sql").read_text()
@@ -27,7 +30,7 @@ def install_functions(conn, schema: str) -> None:
     conn.commit()
 
 
-def q3c_schema(cur) -> Optional[str]:
+def q3c_schema(cur: Cursor) -> Optional[str]:
     """The schema holding the q3c functions, or None when the extension is not installed."""
     cur.execute("SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
                 "WHERE e.extname = 'q3c'")
@@ -35,7 +38,7 @@ def q3c_schema(cur) -> Optional[str]:
     return row[0] if row else None
 
 
-def ensure_q3c(conn) -> Optional[str]:
+def ensure_q3c(conn: Connection) -> Optional[str]:
     """Install q3c when the server has it and we may; its schema, or None (with the reason logged)."""
     with conn.cursor() as cur:
         have = q3c_schema(cur)

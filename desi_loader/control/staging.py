@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Optional
+from typing import Callable, Optional, TYPE_CHECKING
 
 import psycopg2
 from psycopg2 import sql
@@ -16,6 +16,10 @@ from .skyindex import ensure_q3c, install_functions
 from ..errors import LoadFailed
 from .sqlgen import create_staging
 
+if TYPE_CHECKING:
+    from ..control.load import Load
+    from ..db import Connection, Cursor
+
 log = logging.getLogger(__name__)
 
 #: Finalize statements wait at most this long for a lock; the phase is then retried
@@ -24,7 +28,7 @@ log = logging.getLogger(__name__)
 FINALIZE_LOCK_TIMEOUT = "10s"
 
 
-def prepare_staging(conn, schema: str, staging: dict, specs: dict, logged: bool = False) -> None:
+def prepare_staging(conn: Connection, schema: str, staging: dict, specs: dict, logged: bool = False) -> None:
     """Create missing staging tables (logged, or UNLOGGED: ``logged``); add columns a resumed
     load's new files bring.
 
@@ -52,7 +56,7 @@ def prepare_staging(conn, schema: str, staging: dict, specs: dict, logged: bool 
                         sql.Identifier(schema, stage), sql.Identifier(col.name), sql.SQL(col.sql_type)))
 
 
-def _constraint_exists(cur, schema: str, table: str, name: str) -> bool:
+def _constraint_exists(cur: Cursor, schema: str, table: str, name: str) -> bool:
     cur.execute("SELECT 1 FROM pg_constraint WHERE conrelid = %s::regclass AND conname = %s",
                 (f'"{schema}"."{table}"', name))
     return cur.fetchone() is not None
@@ -72,7 +76,7 @@ def table_order(tables, fkeys) -> list:
     return order
 
 
-def add_foreign_keys(conn, schema: str, staging: dict, fkeys: list) -> int:
+def add_foreign_keys(conn: Connection, schema: str, staging: dict, fkeys: list) -> int:
     """Create and validate foreign keys between the staging tables; returns how many."""
     with conn.cursor() as cur:
         cur.execute("SET LOCAL lock_timeout = %s", (FINALIZE_LOCK_TIMEOUT,))
@@ -97,7 +101,7 @@ def add_foreign_keys(conn, schema: str, staging: dict, fkeys: list) -> int:
     return len(fkeys)
 
 
-def make_logged(conn, schema: str, staging: str) -> None:
+def make_logged(conn: Connection, schema: str, staging: str) -> None:
     """SET LOGGED: rewrites the table (WAL-logged unless wal_level=minimal)."""
     with conn.cursor() as cur:
         cur.execute(sql.SQL("ALTER TABLE {} SET LOGGED").format(sql.Identifier(schema, staging)))
@@ -106,7 +110,7 @@ def make_logged(conn, schema: str, staging: str) -> None:
 
 # ------------------------------------------------------------------ the finalizer's steps on a whole load
 
-def per_table(load, step: Callable[[object, str], None]) -> None:
+def per_table(load: Load, step: Callable[[object, str], None]) -> None:
     """Run ``step(connection, table)`` for every table of ``load`` (a load.Load), tables in
     parallel, one connection each.
 
@@ -142,7 +146,7 @@ def per_table(load, step: Callable[[object, str], None]) -> None:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def prepare_sky(load) -> Optional[str]:
+def prepare_sky(load: Load) -> Optional[str]:
     """SQL functions of the cone search, and q3c where the server has it: q3c's schema."""
     if not any(spec.sky for spec in load.tables.values()):
         return None
@@ -150,12 +154,12 @@ def prepare_sky(load) -> Optional[str]:
     return ensure_q3c(load.conn)
 
 
-def durable(load) -> None:
+def durable(load: Load) -> None:
     """SET LOGGED on every staging table (before the foreign keys: a logged table may not
     reference an unlogged one)."""
     per_table(load, lambda c, t: make_logged(c, load.schema, load.staging_tables[t]))
 
 
-def link(load) -> int:
+def link(load: Load) -> int:
     """The preset's foreign keys between the staging tables."""
     return add_foreign_keys(load.conn, load.schema, load.staging_tables, load.fkeys)

@@ -6,7 +6,7 @@ Each takes the load.Load it verifies and returns what it found (results.Verified
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Optional, TYPE_CHECKING
 
 from psycopg2 import sql
 
@@ -15,6 +15,10 @@ from ..fits.discover import Plan, narrowed
 from .results import Verified
 from ..errors import LoadFailed
 from .staging import FINALIZE_LOCK_TIMEOUT
+
+if TYPE_CHECKING:
+    from ..control.load import Load
+    from ..db import Connection
 
 
 def reasons(items) -> str:
@@ -30,7 +34,7 @@ class RowsLost(Exception):
         self.tasks = tasks
 
 
-def verify(load, unchanged: int) -> Verified:
+def verify(load: Load, unchanged: int) -> Verified:
     """Refuse to publish with failed files or wrong row counts (or drop them: --allow-partial).
 
     ``unchanged``: published files this load skips.  Returns a results.Verified whose plan
@@ -43,7 +47,7 @@ def verify(load, unchanged: int) -> Verified:
     return Verified(rows, plan, left_out, failed)
 
 
-def check_canary(load) -> None:
+def check_canary(load: Load) -> None:
     """Raise RowsLost (after making them pending) when a crash emptied UNLOGGED staging.
 
     The finalizer calls it before trusting staging: after the election, and before
@@ -59,7 +63,7 @@ def check_canary(load) -> None:
         raise RowsLost(len(lost))
 
 
-def checksum_failures(load, incomplete: set) -> list:
+def checksum_failures(load: Load, incomplete: set) -> list:
     """(path, reason) of files whose loaded bytes disagree with DATASUM/CHECKSUM
     (files in ``incomplete``, with failed or pending tasks, are not all loaded: skipped)."""
     sums = load.ledger.datasums()
@@ -80,7 +84,7 @@ def checksum_failures(load, incomplete: set) -> list:
     return bad
 
 
-def settle_failures(load, unchanged: int) -> tuple[Plan, tuple, tuple]:
+def settle_failures(load: Load, unchanged: int) -> tuple[Plan, tuple, tuple]:
     """Failed files (plan-time rejections, failed tasks, bad sums): LoadFailed, or with
     --allow-partial the load goes on without them (recorded for the other processes).
 
@@ -120,7 +124,7 @@ def settle_failures(load, unchanged: int) -> tuple[Plan, tuple, tuple]:
     return narrowed(plan, kept, opts.task_bytes, opts.task_rows), left_out, tuple(uniq)
 
 
-def nothing_but_failures(load, unchanged: int) -> Verified:
+def nothing_but_failures(load: Load, unchanged: int) -> Verified:
     """Every loadable file is published and unchanged, but some named files cannot load:
     that is a failure to report (exit 1), or with --allow-partial a partial result (exit 4):
     a results.Verified that counted nothing."""
@@ -135,7 +139,7 @@ def nothing_but_failures(load, unchanged: int) -> Verified:
 
 # --------------------------------------------------------------------------- counts
 
-def expected_counts(plan, file_ids: Optional[dict] = None) -> dict:
+def expected_counts(plan: Plan, file_ids: Optional[dict] = None) -> dict:
     """{table: {file_id: rows}} the plan promises (keyed by file name without ``file_ids``)."""
     out: dict = {}
     for fp in plan.files:
@@ -146,7 +150,7 @@ def expected_counts(plan, file_ids: Optional[dict] = None) -> dict:
     return out
 
 
-def count_staging(conn, schema: str, staging: dict, tables) -> dict:
+def count_staging(conn: Connection, schema: str, staging: dict, tables) -> dict:
     """{table: {file_id: rows}} counted in the staging tables (a full scan of each)."""
     out = {}
     with conn.cursor() as cur:
@@ -178,7 +182,7 @@ def check_counts(loaded: dict, expected: dict) -> dict:
     return report
 
 
-def lost_tasks(conn, schema: str, staging: dict, done: list, file_ids: dict) -> list:
+def lost_tasks(conn: Connection, schema: str, staging: dict, done: list, file_ids: dict) -> list:
     """Done tasks (discover.Task) whose rows are not (all) in staging: after a server crash
     emptied UNLOGGED tables.
 

@@ -18,7 +18,7 @@ import signal
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, TYPE_CHECKING
 
 import psycopg2
 
@@ -31,6 +31,9 @@ from .options import Faults
 from . import settle
 from ..fits.read import decompressed
 from ..pipeline.stream import ReadAhead, TaskStream, copy_out_paths, sky_first, tee
+
+if TYPE_CHECKING:
+    from ..db import Cursor
 
 @dataclass(frozen=True)
 class WorkerConfig:
@@ -129,7 +132,7 @@ class _State:
     def __init__(self, worker_id: int, cfg: WorkerConfig, messages) -> None:
         self.id, self.cfg, self.messages = worker_id, cfg, messages
         self.name = f"{os.uname().nodename}:{os.getpid()}"
-        self.ledger: Optional[Ledger] = None
+        self._ledger: Optional[Ledger] = None
         self.handles: dict = {}
         self.sent = [0, 0]
         self.stream: Optional[TaskStream] = None   # the task's stream being sent (its sky orders name rows)
@@ -140,11 +143,22 @@ class _State:
     def conn(self):
         return self.ledger.conn
 
+    @property
+    def ledger(self) -> Ledger:
+        """The worker's session (connected at the start of worker_main)."""
+        if self._ledger is None:
+            raise RuntimeError("the worker is not connected yet")
+        return self._ledger
+
+    @ledger.setter
+    def ledger(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+
     def close(self) -> None:
         for fh in self.handles.values():
             fh.close()
-        if self.ledger is not None:
-            self.ledger.close()
+        if self._ledger is not None:
+            self._ledger.close()
 
     def on_block(self, rows: int, nbytes: int) -> None:
         if self.cfg.faults.block_delay:
@@ -177,7 +191,7 @@ class _State:
                     raise DatabaseError(f"worker {self.id}: {first_line(exc)}{code}") from exc
                 self._reconnect()
 
-    def _copy(self, cur, task_id: int, path: str, by_table: dict, fh, chunk: int = 0) -> tuple[dict, dict]:
+    def _copy(self, cur: Cursor, task_id: int, path: str, by_table: dict, fh, chunk: int = 0) -> tuple[dict, dict]:
         """Stream the task's parts into staging: ({hdu index: [partial sum]}, {table: rows})."""
         cfg = self.cfg
         tables = sky_first(by_table)
@@ -226,7 +240,7 @@ class _State:
                 self.ledger.fail(task_id, self.name, reason)
                 self.messages.put(("failed", self.id, (task_id, reason)))
                 return True
-            after = settle.extents(cur, self.cfg.schema, staging) if before is not None else None
+            after = settle.extents(cur, self.cfg.schema, staging) if before is not None else {}
             self.ledger.finish(cur, task_id, self.name, sums, rows)
         self.conn.commit()
         self.messages.put(("done", self.id, task_id))
@@ -244,7 +258,7 @@ class _State:
         except psycopg2.Error:
             self._rollback()
 
-    def _copy_task(self, cur, task_id: int, enc, sources: dict) -> tuple[dict, dict]:
+    def _copy_task(self, cur: Cursor, task_id: int, enc, sources: dict) -> tuple[dict, dict]:
         """All of a task's rows, in one transaction: a plain file's task in one go; a gzip
         file's (the whole file) decompressed once into a temporary file, then in chunks."""
         path = enc.path
@@ -272,7 +286,7 @@ class _State:
         try:
             self.ledger.reconnect()
         except DatabaseError:
-            self.ledger.conn = _Closed()
+            self.ledger.conn = _Closed()     # a stand-in until the next reconnect
 
 
 #: SQLSTATE classes of a value or row the server refuses: data exceptions (22), integrity

@@ -173,10 +173,9 @@ def _binary_text(layout: _Layout, f: Field, rows: np.ndarray, first_row: int) ->
     chars = rows[:, f.offset:f.offset + f.width]
     lengths = _string_lengths(chars)
     _check_ascii(chars, lengths, f, first_row)
-    keep = np.ones((n, 4 + f.width), bool)
-    keep[:, 4:] = np.arange(f.width) < lengths[:, None]
-    if keep.all():
-        keep = None
+    mask = np.ones((n, 4 + f.width), bool)
+    mask[:, 4:] = np.arange(f.width) < lengths[:, None]
+    keep = None if mask.all() else mask
 
     def write(dst: np.ndarray) -> None:
         dst[:, :4] = lengths.astype(">i4").view(np.uint8).reshape(n, 4)

@@ -7,7 +7,7 @@ textenc.py); imports none of them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -64,8 +64,8 @@ class Field:
     tscal: float = 1.0
     tnull: Optional[int] = None
     src: str = ""             # stored numpy dtype of a scaled column, e.g. '>i2'
-    value: object = None      # for const: int or str
-    vla: Optional[tuple] = None   # variable-length array: (offset, bytes) of its element count in
+    value: Any = None         # for const: int or str
+    vla: Any = None               # variable-length array: (offset, bytes) of its element count in
                                   # the row; offset/count then describe its region (read.expand_heap)
 
     @property
@@ -185,6 +185,7 @@ def _int_values(rows: np.ndarray, f: Field) -> tuple[np.ndarray, Optional[np.nda
         null = raw == f.tnull
         if not null.any():
             null = None
+    vals: np.ndarray
     if f.kind == "u64":
         vals = raw.view(np.uint64) ^ np.uint64(1 << 63)
     elif f.tzero:
@@ -346,6 +347,9 @@ class Codec(tuple):
     ~3 ms in Python, as much as encoding a 1 MB block, so workers compile their fields once
     per file and table.
     """
+
+    runs: list                 # column runs (binary.py): worked out once here
+    text_plan: Any             # the text encoder's plan (textenc.text_plan), made on first use
 
     def __new__(cls, fields: Sequence[Field]) -> "Codec":
         self = super().__new__(cls, copy_order(list(fields)))

@@ -107,7 +107,8 @@ def plan(fields: Sequence[E.Field]) -> TextPlan:
     fixed, rest = fields[:nfixed], fields[nfixed:]
     f4 = np.array([f.offset for f in fixed if f.width == 4], np.intp)
     f8 = np.array([f.offset for f in fixed if f.width == 8], np.intp)
-    pos, members, generic, seps = 0, {}, [], []
+    pos, generic, seps = 0, [], []
+    members: dict = {}
     for i, f in enumerate(rest):
         if i < len(rest) - 1 and _groupable_int(f):
             members.setdefault(f.width, []).append((f, pos))
@@ -158,15 +159,15 @@ def _fixed_part(tp: TextPlan, rows: np.ndarray) -> tuple[np.ndarray, Optional[tu
     path: None, or (row indexes, their (n', F) keep mask) with NaN and infinity written."""
     n, F = rows.shape[0], tp.fixed
     out = np.empty((n, F), np.uint8)
-    specials = []                                           # (start, slot, nan, inf)
+    specials: list[tuple[int, int, np.ndarray, np.ndarray]] = []     # (start, slot, nan, inf)
     if tp.f4.size:
         nan, inf = _float4_part(out, _gather(rows, tp.f4, 4), F)
-        if nan is not None:
+        if nan is not None and inf is not None:
             specials.append((0, FLOAT_SLOT[4], nan, inf))
     if tp.f8.size:
         start = FLOAT_SLOT[4] * tp.f4.size
         nan, inf = _float8_part(out, _gather(rows, tp.f8, 8), F, start)
-        if nan is not None:
+        if nan is not None and inf is not None:
             specials.append((start, FLOAT_SLOT[8], nan, inf))
     if not specials:
         return out, None
@@ -245,7 +246,7 @@ def _variable_part(tp: TextPlan, rows: np.ndarray, first_row) -> tuple[np.ndarra
 
 def _pieces(data: np.ndarray, ends: np.ndarray) -> list:
     """Memoryviews of the consecutive pieces of ``data`` that end at ``ends``."""
-    mv = memoryview(data)
+    mv = data.data
     bounds = [0] + ends.tolist()
     return [mv[a:b] for a, b in zip(bounds, bounds[1:])]
 
@@ -276,14 +277,14 @@ def encode_text(rows: np.ndarray, fields: Sequence[E.Field], first_row: int = 0)
         return rest.tobytes()
     fixed, masked = _fixed_part(tp, rows)
     F = tp.fixed
-    mv = memoryview(fixed.reshape(-1))
+    mv = fixed.reshape(-1).data
     heads = [mv[i:i + F] for i in range(0, n * F, F)]
     if masked is not None:
         which, keep = masked
         short = _pieces(fixed[which][keep], np.cumsum(keep.sum(axis=1)))
         for i, piece in zip(which.tolist(), short):
             heads[i] = piece
-    lines = [None] * (2 * n)
+    lines: list = [None] * (2 * n)
     lines[::2] = heads
     lines[1::2] = _pieces(rest, ends)
     return b"".join(lines)

@@ -4,6 +4,8 @@ Pure numpy; the text encoders (textfield.py, textenc.py) build on it.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 
 def _packed(texts: list) -> np.ndarray:
@@ -133,7 +135,7 @@ def _chars(out: np.ndarray, n: int, stride: int, start: int, k: int, step: int, 
     return np.ndarray((n, k), np.uint8, buffer=out, offset=start + at, strides=(stride, step))
 
 
-def _float4_part(out, b: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarray]:
+def _float4_part(out, b: np.ndarray, stride: int) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
     """Write float4 texts (b: (n, k) native uint32 bits) at the start of each line of ``out``;
     returns (NaN mask, infinity mask), None when there is neither.
 
@@ -160,7 +162,8 @@ def _float4_part(out, b: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarra
     return nan, special & ~nan
 
 
-def _float8_part(out, b: np.ndarray, stride: int, start: int) -> tuple[np.ndarray, np.ndarray]:
+def _float8_part(out, b: np.ndarray, stride: int,
+                 start: int) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
     """As _float4_part for float8 (b: (n, k) native uint64 bits), from character ``start``."""
     n, k = b.shape
     top = (b >> np.uint64(52)).astype(np.intp)

@@ -46,7 +46,8 @@ DESCRIPTOR_BYTES = {"P": 8, "Q": 16}
 #: Integer columns with the FITS unsigned convention's TZERO, widened losslessly:
 #: (code, TZERO) -> (encoder kind, PostgreSQL type).  Any other non-zero integer TZERO
 #: or TSCAL != 1 loads as double precision (scaled); K with another TZERO cannot.
-UNSIGNED = {("I", 2 ** 15): ("int", "int4"), ("J", 2 ** 31): ("int", "int8"), ("K", 2 ** 63): ("u64", "numeric")}
+UNSIGNED: dict[tuple[str, float], tuple[str, str]] = {
+    ("I", 2 ** 15): ("int", "int4"), ("J", 2 ** 31): ("int", "int8"), ("K", 2 ** 63): ("u64", "numeric")}
 
 #: columns every loaded table starts with
 FILE_ID, ROW_NUM = "file_id", "row_num"
@@ -255,8 +256,8 @@ def pg_column(col: FitsColumn, description: Optional[str] = None) -> PgColumn:
 #: numpy dtypes of FITS codes as astropy reads them (TZERO/TSCAL aside)
 _NUMPY = {"L": "bool", "X": "bool", "B": "uint8", "I": "int16", "J": "int32", "K": "int64",
           "E": "float32", "D": "float64"}
-_UNSIGNED_NUMPY = {("B", -128): "int8", ("I", 2 ** 15): "uint16", ("J", 2 ** 31): "uint32",
-                   ("K", 2 ** 63): "uint64"}
+_UNSIGNED_NUMPY: dict[tuple[str, float], str] = {
+    ("B", -128): "int8", ("I", 2 ** 15): "uint16", ("J", 2 ** 31): "uint32", ("K", 2 ** 63): "uint64"}
 
 
 def fits_dtype(col: FitsColumn) -> tuple[str, tuple]:
@@ -376,8 +377,9 @@ def sky_columns(columns: Sequence[FitsColumn], names: Optional[tuple]) -> Option
     if not names:
         return None
     by_name = {c.name.upper(): c for c in columns}
-    pair = tuple(by_name.get(n) for n in names)
-    if any(c is None for c in pair):
+    found = [by_name.get(n) for n in names]
+    pair = tuple(c for c in found if c is not None)
+    if len(pair) != len(found):
         return None
     for c in pair:
         if c.code not in "ED" or c.repeat != 1 or c.tzero or (c.tscal not in (None, 1)):

@@ -155,7 +155,7 @@ def parse_sky(value: str) -> tuple[str, str]:
     return cols
 
 
-def _list(value: str, sep: str = None) -> tuple[str, ...]:
+def _list(value: str, sep: Optional[str] = None) -> tuple[str, ...]:
     parts = value.split(sep) if sep else value.replace(",", " ").split()
     return tuple(p.strip() for p in parts if p.strip())
 

@@ -360,6 +360,6 @@ def foreign_keys(plan: Plan) -> list[ForeignKey]:
         child = cat.tables.get(ext)
         for col, pext, pcol in fks:
             parent = cat.tables.get(pext)
-            if child in plan.tables and parent in plan.tables:
+            if child is not None and parent is not None and child in plan.tables and parent in plan.tables:
                 out.append(ForeignKey(child, cat.scope + (col,), parent, cat.scope + (pcol,)))
     return out

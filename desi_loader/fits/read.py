@@ -15,7 +15,7 @@ import warnings
 import zlib
 from dataclasses import dataclass, replace
 from functools import cached_property
-from typing import Any, BinaryIO, Iterator, Optional
+from typing import Any, BinaryIO, Iterator, Optional, cast
 
 import numpy as np
 
@@ -280,7 +280,7 @@ def open_data(path: str, compressed: Optional[str] = None) -> BinaryIO:
     (seeking forward decompresses, seeking back starts over).  ``compressed``: what read_info
     found ('gzip' or ''), else the file is sniffed."""
     compressed = ("gzip" if sniff(path) == "gzip" else "") if compressed is None else compressed
-    return gzip.open(path, "rb") if compressed == "gzip" else open(path, "rb")
+    return cast(BinaryIO, gzip.open(path, "rb") if compressed == "gzip" else open(path, "rb"))
 
 
 #: What a damaged gzip stream raises while it is decompressed.
@@ -343,10 +343,10 @@ def read_rows(path: str, hdu: HduInfo, start: int, stop: int, fh: Optional[Any] 
     if buf.nbytes == 0:                    # an HDU without rows (a HEALPix file with no targets)
         return buf
     own = fh is None
-    f = open(path, "rb") if own else fh
+    f = open(path, "rb") if fh is None else fh
     try:
         f.seek(hdu.data_offset + start * hdu.row_bytes)
-        got = f.readinto(memoryview(buf).cast("B"))
+        got = f.readinto(memoryview(buf.data).cast("B"))
     finally:
         if own:
             f.close()

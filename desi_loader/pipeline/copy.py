@@ -5,13 +5,16 @@ each statement's data); this module knows statements and cursors, not FITS.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, TYPE_CHECKING
 
 import psycopg2
 from psycopg2 import sql
 
 from ..fits.columns import pg_name
 from .stream import BLOCK_BYTES
+
+if TYPE_CHECKING:
+    from ..db import Cursor
 
 
 def copy_statement(schema: str, table: str, columns: Sequence[str], fmt: str) -> sql.Composed:
@@ -22,7 +25,7 @@ def copy_statement(schema: str, table: str, columns: Sequence[str], fmt: str) ->
         sql.Identifier(schema), sql.Identifier(table), cols, sql.SQL(fmt))
 
 
-def send(cur, statements: Sequence[sql.Composable], reader) -> list[int]:
+def send(cur: Cursor, statements: Sequence[sql.Composable], reader) -> list[int]:
     """Run each COPY statement on ``cur`` with its data read from ``reader`` until ``b""``;
     returns the rows the server reports for each.
 

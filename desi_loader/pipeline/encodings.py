@@ -53,7 +53,8 @@ def encoder_plan(plan: Plan, staging: dict, file_ids: dict) -> dict[str, FileEnc
             per_table.setdefault(fp.tables[h.index], []).append(h)
         entry = {}
         for table, hdus in per_table.items():
-            cols, shift = [], 0
+            cols: list = []
+            shift = 0
             for h in hdus:
                 cols.extend(replace(c, offset=c.offset + shift) for c in selected_columns(h, plan.catalog))
                 shift += h.block_bytes

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Optional, Sequence
+from typing import Optional, Sequence, TYPE_CHECKING
 
 
 from ..errors import UsageError
 from .export import file_format
 from .sqlerrors import explain_sql_error, nearest
+
+if TYPE_CHECKING:
+    from ..db import Cursor
 
 __all__ = ["position", "radius", "limit", "output", "split_table", "columns", "explain_sql_error", "nearest"]
 
@@ -54,7 +57,7 @@ def split_table(name: str, schema: str) -> tuple:
     return schema, name
 
 
-def columns(cur, schema: str, table: str, wanted: Sequence[str], option: str) -> None:
+def columns(cur: Cursor, schema: str, table: str, wanted: Sequence[str], option: str) -> None:
     """Every name of ``wanted`` is a column of ``schema.table`` (``*`` stands for all)."""
     cur.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s",
                 (schema, table))

@@ -11,13 +11,16 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, TYPE_CHECKING
 
 from psycopg2 import sql
 
 from ..control.skyindex import q3c_schema
 from ..errors import UsageError
 from ..sky import COLUMN
+
+if TYPE_CHECKING:
+    from ..db import Cursor
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +39,14 @@ class SkyTable:
     q3c: Optional[str]          # schema of q3c when the table has a q3c index
 
 
-def sky_tables(cur, schema: str) -> list:
+def sky_tables(cur: Cursor, schema: str) -> list:
     """Names of the tables of ``schema`` that have the sky column."""
     cur.execute("SELECT table_name FROM information_schema.columns WHERE table_schema = %s "
                 "AND column_name = %s ORDER BY table_name", (schema, COLUMN))
     return [r[0] for r in cur.fetchall()]
 
 
-def describe(cur, schema: str, table: Optional[str]) -> SkyTable:
+def describe(cur: Cursor, schema: str, table: Optional[str]) -> SkyTable:
     """The sky columns of ``table`` (default: the first sky table of the schema)."""
     tables = sky_tables(cur, schema)
     if not tables:
@@ -70,7 +73,7 @@ def describe(cur, schema: str, table: Optional[str]) -> SkyTable:
     return SkyTable(schema, table, ra, dec, q3c)
 
 
-def cone_ranges(cur, schema: str, ra: float, dec: float, radius: float) -> list:
+def cone_ranges(cur: Cursor, schema: str, ra: float, dec: float, radius: float) -> list:
     """The hpx29 ranges covering a cone, from the server's hpx_cone."""
     cur.execute(sql.SQL("SELECT lo, hi FROM {}.hpx_cone(%s, %s, %s)").format(sql.Identifier(schema)),
                 (float(ra), float(dec), float(radius)))

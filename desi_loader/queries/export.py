@@ -24,7 +24,7 @@ import json
 import os
 import re
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable
 
 import fitsio
 import numpy as np
@@ -116,7 +116,7 @@ def _write_fits(chunks: Iterable[Table], tmp: str, out: Written) -> None:
     nulls: set = set()
     tnulls: dict = {}
     with fitsio.FITS(tmp, "rw", clobber=True) as f:
-        hdu = None
+        hdu: Any = None
         for table in chunks:
             arr = _fits_array(table, nulls)
             tnulls.update({n: table[n].meta["tnull"] for n in table.colnames if "tnull" in table[n].meta})

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import Sequence
+from typing import Sequence, TYPE_CHECKING
 
 import psycopg2
 
 from ..errors import QueryError
+
+if TYPE_CHECKING:
+    from ..db import Cursor
 
 
 def nearest(word: str, choices: Sequence[str]) -> str:
@@ -17,7 +20,7 @@ def nearest(word: str, choices: Sequence[str]) -> str:
     return ("did you mean " + ", ".join(close) + "?") if close else ""
 
 
-def explain_sql_error(exc: psycopg2.Error, query: str, cur=None, schema: str = "desi_dr1") -> QueryError:
+def explain_sql_error(exc: psycopg2.Error, query: str, cur: Cursor=None, schema: str = "desi_dr1") -> QueryError:
     """The server's refusal as a QueryError: first line, the query's line with a caret under
     the position, and a hint (the schema a bare table name lives in, the nearest names)."""
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -44,7 +47,7 @@ def _offset(exc: psycopg2.Error, query: str) -> int:
     return max(i, 0)
 
 
-def _table_hint(cur, message: str, schema: str) -> str:
+def _table_hint(cur: Cursor, message: str, schema: str) -> str:
     m = re.search(r'relation "([^"]+)" does not exist', message)
     if not m:
         return ""

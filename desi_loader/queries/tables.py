@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Optional, Sequence, TYPE_CHECKING
 
 import numpy as np
 import psycopg2
@@ -29,6 +29,9 @@ from ..errors import with_hint
 from ..fits.columns import FitsSource, pg_name
 from ..servers import embedded
 from .sqlerrors import explain_sql_error
+
+if TYPE_CHECKING:
+    from ..db import Connection, Cursor
 
 #: rows per chunk of a server-side cursor: a few MB of a wide table
 CHUNK_ROWS = 50_000
@@ -50,7 +53,7 @@ class ResultColumn:
     description: Optional[str] = None
 
 
-def describe(cur, description) -> list[ResultColumn]:
+def describe(cur: Cursor, description) -> list[ResultColumn]:
     """The result's columns (``cursor.description``), with the FITS sources of the published
     columns they select."""
     oids = sorted({d.type_code for d in description})
@@ -71,7 +74,7 @@ def describe(cur, description) -> list[ResultColumn]:
     return out
 
 
-def _origins(cur, columns: Sequence[tuple]) -> dict:
+def _origins(cur: Cursor, columns: Sequence[tuple]) -> dict:
     """(table oid, attnum) -> (FitsSource or None, column comment) of the selected table columns."""
     if not columns:
         return {}
@@ -102,7 +105,7 @@ def _parse_comment(comment: Optional[str]) -> tuple[Optional[str], Optional[str]
     return None, comment
 
 
-def iter_tables(conn, query: str, params=None, chunk_rows: int = CHUNK_ROWS,
+def iter_tables(conn: Connection, query: str, params=None, chunk_rows: int = CHUNK_ROWS,
                 fits_names: bool = False) -> Iterator[Table]:
     """The result of ``query`` (a SELECT, VALUES or WITH ... SELECT) as astropy Tables of at
     most ``chunk_rows`` rows each, read through a server-side cursor: at least one Table
@@ -126,7 +129,7 @@ def to_table(cols: list[ResultColumn], rows: list, fits_names: bool = False) -> 
     """An astropy Table of ``rows`` (tuples as psycopg2 returns them) for ``cols``."""
     table = Table()
     names = _names(cols, fits_names)
-    columns = list(zip(*rows)) if rows else [()] * len(cols)      # one transpose, in C
+    columns: list = list(zip(*rows)) if rows else [()] * len(cols)      # one transpose, in C
     for col, name, values in zip(cols, names, columns):
         data, mask = _column_data(col, values)
         kind = MaskedColumn if mask is not None and mask.any() else Column
@@ -139,7 +142,8 @@ def to_table(cols: list[ResultColumn], rows: list, fits_names: bool = False) -> 
 
 
 def _names(cols: list[ResultColumn], fits_names: bool) -> list[str]:
-    names, seen = [], {}
+    names: list[str] = []
+    seen: dict[str, int] = {}
     for c in cols:
         name = c.source.name if fits_names and c.source is not None and c.name == pg_name(c.source.name) else c.name
         n = seen.get(name, 0)
@@ -224,12 +228,12 @@ def _array_data(col: ResultColumn, values: list, dtype: Optional[np.dtype],
             mask[i] = True
             continue
         arr = np.array(v, dtype=object)
-        nulls = np.equal(arr, None)
+        nulls = np.equal(arr, None)     # type: ignore[call-overload]  # elementwise; numpy's stubs lack None
         if nulls.any():
             mask[i] = nulls.reshape(cell)
             arr = np.where(nulls, _zero(elem), arr)
         flat[i] = _as(arr.ravel().tolist(), elem, cell)
-    if complex_:
+    if complex_ and dtype is not None:
         flat = np.ascontiguousarray(flat).view(dtype).reshape((n,) + shape)
         mask = mask[..., 0]
     return flat, (mask if mask.any() else None)

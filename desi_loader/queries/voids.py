@@ -23,7 +23,7 @@ from __future__ import annotations
 import io
 import logging
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, TYPE_CHECKING
 
 import numpy as np
 from psycopg2 import sql
@@ -33,6 +33,9 @@ from ..errors import UsageError
 from ..coords import cartesian, comoving_distance
 from ..control import attach
 from ..control.ledger import published_headers
+
+if TYPE_CHECKING:
+    from ..db import Connection, Cursor
 
 log = logging.getLogger(__name__)
 
@@ -95,15 +98,15 @@ def in_spheres(points: np.ndarray, centres: np.ndarray, radii: np.ndarray,
     def key(ijk):
         return (ijk[:, 0] * span + ijk[:, 1]) * span + ijk[:, 2]
 
-    keys, owners = [], []
+    key_parts, owner_parts = [], []
     for dx in (0, 1):
         for dy in (0, 1):
             for dz in (0, 1):
                 ijk = lo + np.array([dx, dy, dz])
                 ok = (ijk <= hi).all(axis=1)
-                keys.append(key(ijk[ok]))
-                owners.append(np.nonzero(ok)[0])
-    keys, owners = np.concatenate(keys), np.concatenate(owners)
+                key_parts.append(key(ijk[ok]))
+                owner_parts.append(np.nonzero(ok)[0])
+    keys, owners = np.concatenate(key_parts), np.concatenate(owner_parts)
     order = np.argsort(keys, kind="stable")
     keys, owners = keys[order], owners[order]
     out_p, out_s = [], []
@@ -120,7 +123,7 @@ def in_spheres(points: np.ndarray, centres: np.ndarray, radii: np.ndarray,
     return np.concatenate(out_p), np.concatenate(out_s)
 
 
-def _headers(cur, schema: str) -> dict:
+def _headers(cur: Cursor, schema: str) -> dict:
     """(algorithm, cap) -> PRIMARY header of the published DESIVAST files."""
     out = {}
     for name, header in published_headers(cur, schema, "desivast"):
@@ -131,7 +134,7 @@ def _headers(cur, schema: str) -> dict:
     return out
 
 
-def parent_sample(cur, schema: str, lim: Limits, cap: str) -> tuple[np.ndarray, np.ndarray]:
+def parent_sample(cur: Cursor, schema: str, lim: Limits, cap: str) -> tuple[np.ndarray, np.ndarray]:
     """TARGETIDs and (ra, dec, z) of the parent-sample galaxies of one VoidFinder file."""
     in_ngc = sql.SQL("m.ra > {} AND m.ra < {}").format(sql.Literal(NGC_RA[0]), sql.Literal(NGC_RA[1]))
     cap_cond = in_ngc if cap == "NGC" else sql.SQL("NOT ({})").format(in_ngc)
@@ -149,7 +152,7 @@ def parent_sample(cur, schema: str, lim: Limits, cap: str) -> tuple[np.ndarray, 
     return tid, pos
 
 
-def voidfinder_members(cur, schema: str, cap: str, lim: Limits) -> tuple[list, int]:
+def voidfinder_members(cur: Cursor, schema: str, cap: str, lim: Limits) -> tuple[list, int]:
     """Membership rows of one VoidFinder file, and the size of its parent sample."""
     tid, pos = parent_sample(cur, schema, lim, cap)
     cur.execute(sql.SQL("SELECT h.x, h.y, h.z, h.radius, h.void, m.edge FROM {} h JOIN {} m "
@@ -164,7 +167,7 @@ def voidfinder_members(cur, schema: str, cap: str, lim: Limits) -> tuple[list, i
     return rows, len(tid)
 
 
-def _copy_rows(cur, table: sql.Composed, rows: list) -> None:
+def _copy_rows(cur: Cursor, table: sql.Composed, rows: list) -> None:
     buf = io.StringIO()
     for r in rows:
         buf.write("\t".join("\\N" if v is None else str(v) for v in r) + "\n")
@@ -190,7 +193,7 @@ class Membership:
     counts: dict          # (algorithm, cap) -> (members, galaxies considered)
 
 
-def build(conn, schema: str) -> Membership:
+def build(conn: Connection, schema: str) -> Membership:
     """Re-create ``schema.desivast_void_membership`` in one transaction (readers see the old
     table or the new one; grants, owner, comments and views on the old one carry over)."""
     cur = conn.cursor()
@@ -204,18 +207,18 @@ def build(conn, schema: str) -> Membership:
     new = sql.Identifier(schema, TABLE + "_new")
     cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(new))
     cur.execute(sql.SQL(DDL).format(t=new))
-    counts = {}
+    counts: dict = {}
     if {"desivast_galzone", "desivast_zonevoid", "desivast_voids"} <= have:
         cur.execute(sql.SQL(V2_INSERT).format(t=new, galzone=sql.Identifier(schema, "desivast_galzone"),
                                               zonevoid=sql.Identifier(schema, "desivast_zonevoid"),
                                               voids=sql.Identifier(schema, "desivast_voids")))
         cur.execute(sql.SQL("SELECT g.algorithm, g.cap, count(*) FROM {} g WHERE g.out = 0 GROUP BY 1, 2").format(
             sql.Identifier(schema, "desivast_galzone")))
-        considered = {(a, c): n for a, c, n in cur.fetchall()}
+        galaxies = {(a, c): n for a, c, n in cur.fetchall()}
         cur.execute(sql.SQL("SELECT algorithm, cap, count(DISTINCT targetid) FROM {} GROUP BY 1, 2").format(new))
         for a, c, n in cur.fetchall():
-            counts[(a, c)] = (n, considered.get((a, c), 0))
-        for key, n in considered.items():
+            counts[(a, c)] = (n, galaxies.get((a, c), 0))
+        for key, n in galaxies.items():
             counts.setdefault(key, (0, n))
     vf = [cap for (alg, cap) in headers if alg == "VoidFinder"]
     if vf and not set(need) <= have:
@@ -236,7 +239,7 @@ def build(conn, schema: str) -> Membership:
     return Membership(counts)
 
 
-def _replace(cur, schema: str, new: sql.Composed) -> None:
+def _replace(cur: Cursor, schema: str, new: sql.Composed) -> None:
     """The new table in place of the old one, keeping what users attached to the old one
     (owner, grants, comments, their views), as the loader's swap does (attach.py)."""
     old = None

@@ -25,9 +25,11 @@ DEFAULT_FILES = ("fastspec-iron-main-bright-nside1-hp02.fits",
 
 
 def _dtype(columns: Sequence[list], widths: dict) -> np.dtype:
-    fields = []
+    fields: list[tuple] = []
     for name, tform, *_ in columns:
         m = re.match(r"(\d*)([A-Z])", tform)
+        if m is None:
+            raise ValueError(f"{name}: TFORM {tform!r} is not a repeat and a type code")
         repeat, code = int(m.group(1) or 1), m.group(2)
         if code == "A":
             fields.append((name, "S%d" % widths.get(name, repeat)))

@@ -15,11 +15,14 @@ because a file row has one targetid.  On a plain server nothing here runs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, TYPE_CHECKING
 
 from psycopg2 import sql
 
 from ..fits.config import Distribution
+
+if TYPE_CHECKING:
+    from ..db import Cursor
 
 
 @dataclass(frozen=True)
@@ -30,7 +33,7 @@ class Cluster:
     workers: int
 
 
-def cluster(cur) -> Optional[Cluster]:
+def cluster(cur: Cursor) -> Optional[Cluster]:
     """The cluster when the server is a Citus coordinator with active workers, else None."""
     cur.execute("SELECT extversion FROM pg_extension WHERE extname = 'citus'")
     row = cur.fetchone()
@@ -41,7 +44,7 @@ def cluster(cur) -> Optional[Cluster]:
     return Cluster(row[0], workers) if workers else None
 
 
-def placement(cur, schema: str, table: str) -> Optional[str]:
+def placement(cur: Cursor, schema: str, table: str) -> Optional[str]:
     """How a table is placed now: 'hash(col)', 'reference', 'local' (in Citus metadata or
     not), or None when it does not exist."""
     cur.execute("SELECT to_regclass(format('%%I.%%I', %s::text, %s::text))", (schema, table))
@@ -55,7 +58,7 @@ def placement(cur, schema: str, table: str) -> Optional[str]:
     return f"hash({row[1]})" if row[0] == "h" else "reference"
 
 
-def distribute(cur, schema: str, stage: str, dist: Distribution, colocate: Optional[str]) -> None:
+def distribute(cur: Cursor, schema: str, stage: str, dist: Distribution, colocate: Optional[str]) -> None:
     """Distribute the (empty) staging table ``stage``; ``colocate`` is a table of the same
     schema to co-locate a hash table with (None: Citus's default group for its type)."""
     ident = sql.Literal(f'"{schema}"."{stage}"')
@@ -67,7 +70,7 @@ def distribute(cur, schema: str, stage: str, dist: Distribution, colocate: Optio
         cur.execute(sql.SQL("SELECT create_reference_table({})").format(ident))
 
 
-def colocation_partner(cur, schema: str, candidates: Sequence[str], dist: Distribution) -> Optional[str]:
+def colocation_partner(cur: Cursor, schema: str, candidates: Sequence[str], dist: Distribution) -> Optional[str]:
     """The first of ``candidates`` that exists and is hashed on the same column."""
     for name in candidates:
         if placement(cur, schema, name) == str(dist):
@@ -75,7 +78,7 @@ def colocation_partner(cur, schema: str, candidates: Sequence[str], dist: Distri
     return None
 
 
-def no_local_execution(cur) -> None:
+def no_local_execution(cur: Cursor) -> None:
     """For this transaction: no local execution on the coordinator's placements (of
     reference tables), which would forbid the parallel commands that follow (ANALYZE, DDL)."""
     cur.execute("SET LOCAL citus.enable_local_execution TO off")
@@ -89,7 +92,7 @@ def unique_columns(columns: Sequence[str], dist: Optional[Distribution]) -> tupl
     return cols
 
 
-def describe(cur, tables: dict) -> Optional[tuple[str, dict]]:
+def describe(cur: Cursor, tables: dict) -> Optional[tuple[str, dict]]:
     """On a Citus coordinator: (the cluster, {table: how it is placed and its keys adapted}
     for the TableSpecs ``tables``); None on a plain server."""
     info = cluster(cur)

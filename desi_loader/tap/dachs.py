@@ -237,7 +237,10 @@ class Instance:
         only 10 s after its last reload)."""
         if not self.running():
             return
-        password = re.search(r"(?m)^adminpasswd:\s*(\S+)", self.settings.read_text()).group(1)
+        found = re.search(r"(?m)^adminpasswd:\s*(\S+)", self.settings.read_text())
+        if found is None:
+            raise LoaderError(f"{self.settings} has no adminpasswd", "desi-loader tap publish writes it again")
+        password = found.group(1)
         query = urllib.parse.urlencode({"rdId": f"{schema}/q", "__nevow_form__": "genForm", "submit": "Go"})
         req = urllib.request.Request(f"{self.url}/__system__/services/cacheclear?{query}")
         token = base64.b64encode(f"gavoadmin:{password}".encode()).decode()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, TYPE_CHECKING
 
 from psycopg2 import sql
 
@@ -21,6 +21,9 @@ from ..fits.columns import FitsSource
 from ..queries.voids import TABLE as VOID_MEMBERSHIP
 from ..sky import COLUMN as SKY_COLUMN
 from . import vocab
+
+if TYPE_CHECKING:
+    from ..db import Cursor
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,7 @@ class TableMeta:
         return next(c for c in self.columns if c.name == name)
 
 
-def published_tables(cur, schema: str) -> list:
+def published_tables(cur: Cursor, schema: str) -> list:
     """Names of the tables the loader published in ``schema`` (and void membership)."""
     names = []
     if relation_exists(cur, schema, "loader_columns"):
@@ -65,7 +68,7 @@ def published_tables(cur, schema: str) -> list:
     return names
 
 
-def published_views(cur, schema: str, tables: list) -> list:
+def published_views(cur: Cursor, schema: str, tables: list) -> list:
     """Views of ``schema`` that read only published tables (the presets' views and users'
     views over them)."""
     cur.execute("SELECT c.relname, array_agg(DISTINCT u.table_schema || '.' || u.table_name) "
@@ -77,7 +80,7 @@ def published_views(cur, schema: str, tables: list) -> list:
     return [name for name, used in cur.fetchall() if set(used) <= allowed]
 
 
-def describe_schema(cur, schema: str) -> list:
+def describe_schema(cur: Cursor, schema: str) -> list:
     """TableMeta of every published table and view of ``schema``, tables first."""
     tables = published_tables(cur, schema)
     metas = [describe_relation(cur, schema, t, "table") for t in tables]
@@ -87,7 +90,7 @@ def describe_schema(cur, schema: str) -> list:
     return metas
 
 
-def _columns(cur, schema: str, name: str) -> list:
+def _columns(cur: Cursor, schema: str, name: str) -> list:
     cur.execute("SELECT a.attname, format_type(a.atttypid, a.atttypmod), col_description(a.attrelid, a.attnum) "
                 "FROM pg_attribute a WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped "
                 "ORDER BY a.attnum", (_qname(schema, name),))
@@ -98,7 +101,7 @@ def _qname(schema: str, name: str) -> str:
     return '"{}"."{}"'.format(schema.replace('"', '""'), name.replace('"', '""'))
 
 
-def describe_relation(cur, schema: str, name: str, kind: str, bases: Optional[dict] = None) -> TableMeta:
+def describe_relation(cur: Cursor, schema: str, name: str, kind: str, bases: Optional[dict] = None) -> TableMeta:
     """One table or view: columns with their served type, unit, UCD and description."""
     sources = column_sources(cur, schema, name)
     primary = _primary_key(cur, schema, name)
@@ -180,14 +183,14 @@ def _main_ucds(columns: list, primary: tuple, sky: Optional[tuple]) -> list:
     return out
 
 
-def _primary_key(cur, schema: str, name: str) -> tuple:
+def _primary_key(cur: Cursor, schema: str, name: str) -> tuple:
     cur.execute("SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
                 "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = %s::regclass AND i.indisprimary "
                 "ORDER BY array_position(i.indkey, a.attnum)", (_qname(schema, name),))
     return tuple(r[0] for r in cur.fetchall())
 
 
-def _sky(cur, schema: str, name: str) -> tuple:
+def _sky(cur: Cursor, schema: str, name: str) -> tuple:
     """(ra, dec) of the table's sky index, and the name of its q3c index if it has one."""
     cur.execute("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = %s AND tablename = %s "
                 "AND indexdef LIKE '%%q3c_ang2ipix(%%' ORDER BY 1", (schema, name))
@@ -202,7 +205,7 @@ def _sky(cur, schema: str, name: str) -> tuple:
     return ((m.group(1), m.group(2)) if m else None), None
 
 
-def _foreign_keys(cur, schema: str, name: str) -> list:
+def _foreign_keys(cur: Cursor, schema: str, name: str) -> list:
     cur.execute("SELECT c.conname, (SELECT array_agg(a.attname ORDER BY k.n) FROM unnest(c.conkey) WITH ORDINALITY "
                 "k(att, n) JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.att), "
                 "f.relname, (SELECT array_agg(a.attname ORDER BY k.n) FROM unnest(c.confkey) WITH ORDINALITY "
@@ -212,7 +215,7 @@ def _foreign_keys(cur, schema: str, name: str) -> list:
     return [(tuple(src), dest, tuple(dcols)) for _n, src, dest, dcols in cur.fetchall()]
 
 
-def _view_origins(cur, schema: str, view: str, bases: dict) -> dict:
+def _view_origins(cur: Cursor, schema: str, view: str, bases: dict) -> dict:
     """view column -> the ColumnMeta of the published table column it shows (same name,
     from exactly one base table)."""
     cur.execute("SELECT column_name, array_agg(table_name) FROM information_schema.view_column_usage "

@@ -134,6 +134,8 @@ def _key_list(columns: Sequence[str]) -> str:
 
 
 def _cone_service(t: TableMeta) -> ET.Element:
+    if t.sky is None:
+        raise ValueError(f"{t.name} has no sky index to serve a cone search on")
     svc = ET.Element("service", id=service_id(t.name), allowed="scs.xml,form")
     _meta(svc, "title", f"Cone search on {t.name}")
     _meta(svc, "shortName", t.name[:16])

@@ -14,7 +14,7 @@ import logging
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import psycopg2
 from psycopg2 import sql
@@ -23,6 +23,9 @@ from ..control.ledger import tap as marker
 from ..db import connect, first_line
 from ..errors import DatabaseError, LoaderError, UsageError
 from . import dachs, describe, rd
+
+if TYPE_CHECKING:
+    from ..db import Connection, Cursor
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +88,8 @@ def publish(dsn: str, schema: str, tap_dir: Path, host: str = "127.0.0.1", port:
     return result
 
 
-def _admin_acts_as_owners(conn, inst: dachs.Instance, schema: str, metas: list, admin_dsn: Optional[str]) -> None:
+def _admin_acts_as_owners(conn: Connection, inst: dachs.Instance, schema: str, metas: list,
+                          admin_dsn: Optional[str]) -> None:
     """DaCHS's admin role grants on the schema and its tables: it becomes a member of their
     owners (the loader's role), which keep every right they had.  Granting membership in a
     role needs its admin option (a superuser, ``--admin-dsn``), once."""
@@ -123,7 +127,7 @@ def _admin_acts_as_owners(conn, inst: dachs.Instance, schema: str, metas: list, 
             grantor.close()
 
 
-def _initialised(conn, inst: dachs.Instance) -> bool:
+def _initialised(conn: Connection, inst: dachs.Instance) -> bool:
     with conn.cursor() as cur:
         cur.execute("SELECT count(*) = 2 AND EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %s) FROM pg_class c "
                     "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE (n.nspname, c.relname) "
@@ -131,7 +135,7 @@ def _initialised(conn, inst: dachs.Instance) -> bool:
         return bool(cur.fetchone()[0]) and (inst.root / "state").is_dir()
 
 
-def _init(conn, inst: dachs.Instance, admin_dsn: str) -> None:
+def _init(conn: Connection, inst: dachs.Instance, admin_dsn: str) -> None:
     admin = connect(admin_dsn, "desi-loader tap init")
     try:
         with admin.cursor() as cur:
@@ -152,7 +156,7 @@ def _init(conn, inst: dachs.Instance, admin_dsn: str) -> None:
     inst.init(admin_dsn)
 
 
-def _describe_and_import(conn, inst: dachs.Instance, schema: str, force: bool = True) -> Published:
+def _describe_and_import(conn: Connection, inst: dachs.Instance, schema: str, force: bool = True) -> Published:
     """Write the RD of what ``schema`` publishes now and import its metadata (serialised per
     schema: two loads finishing together import one after the other).
 
@@ -196,7 +200,7 @@ def _column_notes(metas: list) -> list:
     return notes
 
 
-def _privileges(cur, inst: dachs.Instance, schema: str, metas: list) -> tuple:
+def _privileges(cur: Cursor, inst: dachs.Instance, schema: str, metas: list) -> tuple:
     """Profiles for the RD: DaCHS's, and one per role that holds rights now (kept as they are)."""
     ours = {inst.admin_role(), *inst.query_roles()}
     base_read, base_all = ("trustedquery", "untrustedquery"), ("admin",)
@@ -222,7 +226,7 @@ def _privileges(cur, inst: dachs.Instance, schema: str, metas: list) -> tuple:
     return out, notes
 
 
-def _acl(cur, acl) -> dict:
+def _acl(cur: Cursor, acl) -> dict:
     """role -> set of privileges of an aclitem[] (PUBLIC left out: DaCHS leaves it alone)."""
     if not acl:
         return {}
@@ -311,7 +315,7 @@ def status(inst: dachs.Instance, dsn: Optional[str]) -> Status:
     return Status(tap_url(inst.url), inst.running(), state["database"], schemas)
 
 
-def _compare(cur, tap_cur, schema: str) -> tuple:
+def _compare(cur: Cursor, tap_cur, schema: str) -> tuple:
     """(tables served, in sync, what differs: +published but not served, -served but gone)."""
     published = {(m.name, c.name) for m in describe.describe_schema(cur, schema) for c in m.columns}
     tap_cur.execute("SELECT split_part(table_name, '.', 2), trim(both '\"' from column_name) FROM tap_schema.columns "

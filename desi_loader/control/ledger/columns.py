@@ -3,14 +3,19 @@ cell shape, unit, description), written in the publishing transaction, read by t
 side to give results back as the files had them."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from psycopg2 import sql
 from psycopg2.extras import execute_values
 
 from ...db import relation_exists
 from ...fits.columns import FitsSource
 
+if TYPE_CHECKING:
+    from ...db import Cursor
 
-def publish_columns(cur, schema: str, specs: dict, load_id: int, replace: bool) -> None:
+
+def publish_columns(cur: Cursor, schema: str, specs: dict, load_id: int, replace: bool) -> None:
     """Record the FITS sources of the columns of ``specs`` (table -> TableSpec) in the
     publishing transaction: a swap replaces the tables' rows, a merge updates and adds."""
     s = sql.Identifier(schema)
@@ -29,7 +34,7 @@ def publish_columns(cur, schema: str, specs: dict, load_id: int, replace: bool) 
             .as_string(cur), rows)
 
 
-def column_sources(cur, schema: str, table: str) -> dict:
+def column_sources(cur: Cursor, schema: str, table: str) -> dict:
     """column -> fits.columns.FitsSource of a published table ({} for tables the loader did not
     publish, or a schema whose ledger predates loader_columns)."""
     if not relation_exists(cur, schema, "loader_columns"):

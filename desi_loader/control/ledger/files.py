@@ -2,7 +2,7 @@
 row counts), published with its rows."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, TYPE_CHECKING
 
 from psycopg2 import sql
 from psycopg2.extras import Json
@@ -11,12 +11,15 @@ from ... import __version__
 from ...db import relation_exists
 from .base import SessionFace, Tx
 
+if TYPE_CHECKING:
+    from ...db import Cursor
+
 
 # ------------------------------------------------------------------ the manifest at publish
 # These run inside the publishing transaction of publish.swap / publish.merge (their cursor):
 # the data and the manifest change together.
 
-def replaced_files(cur, schema: str, tables: list, load_id: int) -> list:
+def replaced_files(cur: Cursor, schema: str, tables: list, load_id: int) -> list:
     """file_ids of published files that this (incremental) load's files of the same name replace."""
     cur.execute(sql.SQL(
         "SELECT f.file_id FROM {s}.load_files f JOIN {s}.loader_loads l USING (load_id) "
@@ -26,7 +29,7 @@ def replaced_files(cur, schema: str, tables: list, load_id: int) -> list:
     return [r[0] for r in cur.fetchall()]
 
 
-def publish_merged(cur, schema: str, load_id: int, replaced: list) -> None:
+def publish_merged(cur: Cursor, schema: str, load_id: int, replaced: list) -> None:
     """Incremental publish: forget the replaced files, publish this load's, retire emptied loads."""
     s = sql.Identifier(schema)
     cur.execute(sql.SQL("DELETE FROM {}.load_files WHERE file_id = ANY(%s)").format(s), (replaced,))
@@ -39,7 +42,7 @@ def publish_merged(cur, schema: str, load_id: int, replaced: list) -> None:
                 .format(s=s))
 
 
-def publish_swapped(cur, schema: str, tables: list, load_id: int) -> None:
+def publish_swapped(cur: Cursor, schema: str, tables: list, load_id: int) -> None:
     """Swap publish: the loads published before in these tables are replaced by this one."""
     cur.execute(sql.SQL(
         "UPDATE {s}.loader_loads SET status = 'replaced' WHERE status = 'published' "
@@ -53,7 +56,7 @@ def publish_swapped(cur, schema: str, tables: list, load_id: int) -> None:
                         "WHERE load_id = %s").format(s=sql.Identifier(schema)), (load_id,))
 
 
-def published_headers(cur, schema: str, catalog: str) -> list:
+def published_headers(cur: Cursor, schema: str, catalog: str) -> list:
     """(filename, PRIMARY header) of the published files of ``catalog`` ([] before any load)."""
     if not relation_exists(cur, schema, "load_files"):
         return []

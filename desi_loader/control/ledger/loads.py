@@ -78,7 +78,7 @@ class Loads(SessionFace):
 
     def staging_complete(self, tx: Optional[Tx] = None) -> bool:
         """True when every staging table of the load still exists."""
-        load_id = self._bound()
+        load_id = self.bound_id()
         (tables,), = self._run("SELECT tables FROM {s}.loader_loads WHERE load_id = %s", (load_id,), tx)
         with self.conn.cursor() as cur:
             ok = all(relation_exists(cur, self.schema, staging_name(t, load_id)) for t in tables)
@@ -105,8 +105,9 @@ class Loads(SessionFace):
             tables, status = row
             if status == "published":
                 raise UsageError(f"load {self.load_id} is published; nothing to abort")
-            dropped = [staging_name(t, self.load_id) for t in tables
-                       if relation_exists(cur, self.schema, staging_name(t, self.load_id))]
+            load_id = self.bound_id()
+            dropped = [staging_name(t, load_id) for t in tables
+                       if relation_exists(cur, self.schema, staging_name(t, load_id))]
             if dropped:
                 cur.execute(sql.SQL("DROP TABLE {} CASCADE").format(
                     sql.SQL(", ").join(sql.Identifier(self.schema, d) for d in dropped)))

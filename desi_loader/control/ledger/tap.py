@@ -3,11 +3,14 @@ tap publish``), so that every load publishing into the schema brings the service
 from __future__ import annotations
 
 import socket
-from typing import Optional
+from typing import Optional, TYPE_CHECKING
 
 from psycopg2 import sql
 
 from ...db import relation_exists
+
+if TYPE_CHECKING:
+    from ...db import Cursor
 
 DDL = """
 CREATE TABLE IF NOT EXISTS {s}.loader_tap (
@@ -20,7 +23,7 @@ COMMENT ON TABLE {s}.loader_tap IS 'desi-loader: the DaCHS instances serving thi
 """
 
 
-def record_served(cur, schema: str, tap_dir: str, url: str) -> None:
+def record_served(cur: Cursor, schema: str, tap_dir: str, url: str) -> None:
     s = sql.Identifier(schema)
     cur.execute(sql.SQL(DDL).format(s=s))
     cur.execute(sql.SQL("INSERT INTO {}.loader_tap (tap_dir, host, url) VALUES (%s, %s, %s) ON CONFLICT (tap_dir) "
@@ -28,7 +31,7 @@ def record_served(cur, schema: str, tap_dir: str, url: str) -> None:
                 (tap_dir, socket.gethostname(), url))
 
 
-def served_by(cur, schema: str) -> list:
+def served_by(cur: Cursor, schema: str) -> list:
     """(tap_dir, host, url) of the instances serving ``schema`` ([] when none does)."""
     if not relation_exists(cur, schema, "loader_tap"):
         return []
@@ -36,7 +39,7 @@ def served_by(cur, schema: str) -> list:
     return cur.fetchall()
 
 
-def forget_served(cur, schema: str, tap_dir: Optional[str] = None) -> None:
+def forget_served(cur: Cursor, schema: str, tap_dir: Optional[str] = None) -> None:
     if relation_exists(cur, schema, "loader_tap"):
         cur.execute(sql.SQL("DELETE FROM {}.loader_tap WHERE %s IS NULL OR tap_dir = %s")
                     .format(sql.Identifier(schema)), (tap_dir, tap_dir))

@@ -3,13 +3,16 @@ the transaction of their rows) and the UNLOGGED crash canary."""
 from __future__ import annotations
 
 import json
-from typing import Optional
+from typing import Optional, TYPE_CHECKING
 
 from psycopg2 import sql
 from psycopg2.extras import Json, execute_values
 
 from ...fits.discover import Task
 from .base import SessionFace, Tx
+
+if TYPE_CHECKING:
+    from ...db import Cursor
 
 
 class Tasks(SessionFace):
@@ -39,7 +42,7 @@ class Tasks(SessionFace):
         self._end(tx)
         return len(rows)
 
-    def claim(self, cur) -> Optional[Task]:
+    def claim(self, cur: Cursor) -> Optional[Task]:
         """Lock the next pending task in the current transaction (None when none is free)."""
         cur.execute(sql.SQL("SELECT t.task_id, f.filename, t.parts FROM {s}.loader_tasks t "
                             "JOIN {s}.load_files f USING (file_id) WHERE t.load_id = %s AND t.status = 'pending' "
@@ -49,7 +52,7 @@ class Tasks(SessionFace):
         row = cur.fetchone()
         return Task.from_ledger(*row) if row else None
 
-    def finish(self, cur, task_id: int, worker: str, datasums: dict, rows: dict) -> None:
+    def finish(self, cur: Cursor, task_id: int, worker: str, datasums: dict, rows: dict) -> None:
         """Mark a task done, in the transaction that holds its rows (``rows``: table -> rows COPY reported)."""
         cur.execute(sql.SQL("UPDATE {}.loader_tasks SET status = 'done', done_at = now(), worker = %s, "
                             "attempts = attempts + 1, error = NULL, datasums = %s, rows = %s "
