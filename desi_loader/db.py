@@ -170,8 +170,8 @@ def size_bytes(value: str) -> Optional[int]:
 
 def checkpoint_advice(server: dict, fits_bytes: int) -> Optional[str]:
     """A note when the server's max_wal_size is below what this load will write to WAL
-    (about the FITS bytes, COPY into logged staging): a checkpoint mid-load makes the index
-    phase write every page loaded before it to WAL once more (hint bits, with data checksums)."""
+    (about the FITS bytes, COPY into logged staging): checkpoints fall inside the copy
+    (control/settle.py keeps them from costing a second WAL write of the pages)."""
     value = server.get("max_wal_size", "")
     size = size_bytes(value)
     if size is None:
@@ -182,6 +182,6 @@ def checkpoint_advice(server: dict, fits_bytes: int) -> Optional[str]:
         return None
     want = -(-int(2 * wal) // (1 << 30))
     return (f"max_wal_size={value} is below the WAL this load writes (about {wal / 1e9:.1f} GB): checkpoints "
-            f"during the load make the index phase write the loaded pages to WAL again; on a server tuned for "
-            f"loading set max_wal_size = {want}GB "
+            f"fall inside the load (smaller tasks, hint bits set behind each, so the finalize does not write "
+            f"the pages to WAL again); on a server tuned for loading set max_wal_size = {want}GB "
             f"(ALTER SYSTEM SET max_wal_size = '{want}GB'; SELECT pg_reload_conf())")
