@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from . import __version__
+from .db import first_line
 from .commands import (cmd_abort, cmd_bench, cmd_cone, cmd_load, cmd_sample, cmd_server, cmd_sql,
                        cmd_status, cmd_tap, cmd_void_membership, cmd_xmatch, write_samples)
 from .errors import Interrupted, LoaderError
@@ -317,7 +318,7 @@ def main(argv: Optional[Sequence[str]] = None, reporter: Optional[NullReporter] 
         return exc.exit_code
     except psycopg2.Error as exc:                     # a query of sql / cone / xmatch / void-membership
         code = f" (SQLSTATE {exc.pgcode})" if getattr(exc, "pgcode", None) else ""
-        err.print(f"[red]error:[/red] {escape(str(exc).strip().splitlines()[0])}{code}", highlight=False,
+        err.print(f"[red]error:[/red] {escape(first_line(exc))}{code}", highlight=False,
                   soft_wrap=True)
         return 1
     except KeyboardInterrupt as exc:

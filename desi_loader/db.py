@@ -85,8 +85,7 @@ def connect(dsn: str, application_name: str = "desi-loader") -> psycopg2.extensi
                 cur.execute("SET client_connection_check_interval = %s", (CLIENT_CHECK_INTERVAL,))
             conn.commit()
     except psycopg2.Error as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        first = mask_dsn(first)
+        first = mask_dsn(first_line(exc))
         raise DatabaseError(f"cannot connect to {mask_dsn(dsn)}: {first}", _hint_for(str(exc))) from exc
     return conn
 
@@ -117,10 +116,16 @@ def resolve_dsn(cli_dsn: Optional[str], config_dsn: Optional[str]) -> Optional[s
     return None
 
 
+def relation_oid(cur: Cursor, schema: str, name: str) -> Optional[int]:
+    """The OID of schema.name (a table, view or index; names taken literally, any characters),
+    None when there is none: the one to_regclass lookup of the package."""
+    cur.execute("SELECT to_regclass(format('%%I.%%I', %s::text, %s::text))::oid", (schema, name))
+    return cur.fetchone()[0]
+
+
 def relation_exists(cur: Cursor, schema: str, name: str) -> bool:
-    """True when schema.name is a table or view (names taken literally, any characters)."""
-    cur.execute("SELECT to_regclass(format('%%I.%%I', %s::text, %s::text))", (schema, name))
-    return cur.fetchone()[0] is not None
+    """True when schema.name is a table, view or index (names taken literally, any characters)."""
+    return relation_oid(cur, schema, name) is not None
 
 
 def free_connections(conn: psycopg2.extensions.connection) -> int:

@@ -23,6 +23,8 @@ from typing import Optional, TYPE_CHECKING
 
 from psycopg2 import sql
 
+from ..db import relation_oid
+
 if TYPE_CHECKING:
     from ..db import Cursor
 
@@ -133,8 +135,7 @@ def restore(cur: Cursor, schema: str, table: str, att: Attachments, columns: set
 
 
 def _oid(cur: Cursor, schema: str, table: str) -> Optional[int]:
-    cur.execute("SELECT to_regclass(format('%%I.%%I', %s::text, %s::text))::oid", (schema, table))
-    return cur.fetchone()[0]
+    return relation_oid(cur, schema, table)
 
 
 # --------------------------------------------------------------------------- views

@@ -24,7 +24,7 @@ import psycopg2
 from psycopg2 import sql
 
 from . import analyze as statistics, attach
-from ..db import connect, free_connections
+from ..db import connect, free_connections, relation_exists
 from ..errors import LoadFailed
 from ..servers import citus
 from .ledger import app_name
@@ -296,8 +296,7 @@ def user_index_statements(cur: Cursor, schema: str, table: str, stage: str, spec
     out = []
     for name, definition in attach.user_indexes(cur, schema, table, mine):
         new = attach.staging_index_name(name, load_id)
-        cur.execute("SELECT to_regclass(%s)", (f'"{schema}"."{new}"',))
-        if cur.fetchone()[0] is None:
+        if not relation_exists(cur, schema, new):
             out.append((attach.index_on(definition, schema, table, stage, name, new), name))
     return out
 

@@ -9,6 +9,7 @@ from typing import Sequence, TYPE_CHECKING
 
 import psycopg2
 
+from ..db import first_line
 from ..errors import QueryError
 
 if TYPE_CHECKING:
@@ -23,7 +24,7 @@ def nearest(word: str, choices: Sequence[str]) -> str:
 def explain_sql_error(exc: psycopg2.Error, query: str, cur: Cursor=None, schema: str = "desi_dr1") -> QueryError:
     """The server's refusal as a QueryError: first line, the query's line with a caret under
     the position, and a hint (the schema a bare table name lives in, the nearest names)."""
-    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    message = first_line(exc)
     diag = getattr(exc, "diag", None)
     pos = getattr(diag, "statement_position", None)
     if pos and pos.isdigit() and "\n" not in query:

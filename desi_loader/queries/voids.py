@@ -28,6 +28,7 @@ from typing import Optional, TYPE_CHECKING
 import numpy as np
 from psycopg2 import sql
 
+from ..db import relation_exists
 from ..fits.config import released_name
 from ..errors import UsageError
 from ..coords import cartesian, comoving_distance
@@ -244,8 +245,7 @@ def _replace(cur: Cursor, schema: str, new: sql.Composed) -> None:
     (owner, grants, comments, their views), as the loader's swap does (attach.py)."""
     old = None
     views: list = []
-    cur.execute("SELECT to_regclass(format('%%I.%%I', %s::text, %s::text))", (schema, TABLE))
-    if cur.fetchone()[0] is not None:
+    if relation_exists(cur, schema, TABLE):
         old = attach.capture(cur, schema, TABLE)
         views = attach.dependent_views(cur, schema, [TABLE], set())
         attach.drop_views(cur, views)

@@ -19,6 +19,7 @@ from typing import Optional, Sequence, TYPE_CHECKING
 
 from psycopg2 import sql
 
+from ..db import relation_exists
 from ..fits.config import Distribution
 
 if TYPE_CHECKING:
@@ -47,8 +48,7 @@ def cluster(cur: Cursor) -> Optional[Cluster]:
 def placement(cur: Cursor, schema: str, table: str) -> Optional[str]:
     """How a table is placed now: 'hash(col)', 'reference', 'local' (in Citus metadata or
     not), or None when it does not exist."""
-    cur.execute("SELECT to_regclass(format('%%I.%%I', %s::text, %s::text))", (schema, table))
-    if cur.fetchone()[0] is None:
+    if not relation_exists(cur, schema, table):
         return None
     cur.execute("SELECT partmethod, column_to_column_name(logicalrelid, partkey) FROM pg_dist_partition "
                 "WHERE logicalrelid = format('%%I.%%I', %s::text, %s::text)::regclass", (schema, table))

@@ -12,6 +12,7 @@ from typing import Optional
 
 from psycopg2 import sql
 
+from ...db import relation_exists, relation_oid
 from ..retry import transient
 from ..sessions import SETUP_LOCK, Session, Tx, app_name, client_alive, parse_app_name, process_name
 from .columns import column_sources, publish_columns
@@ -113,15 +114,15 @@ class Ledger(Loads, Files, Tasks, Session):
                 cur.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(self.schema)))
             # DDL only when the ledger is missing or older: its ALTERs take exclusive locks that
             # would deadlock with other processes opening a load (they hold row locks on it)
-            cur.execute("SELECT to_regclass(format('%%I.loader_columns', %s::text)) IS NOT NULL", (self.schema,))
-            if not cur.fetchone()[0]:
+            if not relation_exists(cur, self.schema, "loader_columns"):
                 cur.execute(sql.SQL(DDL).format(s=sql.Identifier(self.schema)))
         self._end(None)
         self._load_oid()
 
     def _load_oid(self, tx: Optional[Tx] = None) -> bool:
-        (self._oid,), = self._run("SELECT to_regclass(format('%%I.loader_loads', %s::text))::oid",
-                                  (self.schema,), tx)
+        with self.conn.cursor() as cur:
+            self._oid = relation_oid(cur, self.schema, "loader_loads")
+        self._end(tx)
         return self._oid is not None
 
     def exists(self) -> bool:
