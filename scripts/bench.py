@@ -1083,6 +1083,10 @@ class Bench:
 
     def _scale_one(self, files, n, nb, level, plan, chunks, W) -> dict:
         dsn = self.dsn
+        # nothing of the previous run left: autovacuum of its freshly published tables would
+        # run beside this run's own path (seen: 4.5 GB of VACUUM inside the next own path)
+        fresh_schema(dsn, "bench_scale")
+        fresh_schema(dsn, "bench_hand")
         _checkpoint(dsn)
         own = Probe(dsn, self.data_dir)
         barrier = threading.Barrier(len(plan.tables) + 1)
