@@ -89,3 +89,13 @@ def test_resource_descriptor():
     services = root.findall("service")
     assert [s.get("id") for s in services] == ["cone_desivast_voids"]
     assert services[0].find("scsCore").get("queriedTable") == "desivast_voids"
+
+
+def test_same_description_ignores_the_date_and_row_counts_within_a_factor_of_two():
+    def text(date, rows, extra=""):
+        return (f'<resource><meta name="creationDate">{date}</meta><table><meta name="_nrows">{rows[0]}</meta>'
+                f'</table><table><meta name="_nrows">{rows[1]}</meta>{extra}</table></resource>')
+    assert rd.same_description(text("2026-01-01", (6000, 10)), text("2026-02-01", (4000, 19)))
+    assert not rd.same_description(text("2026-01-01", (6000, 10)), text("2026-01-01", (2000, 10)))
+    assert not rd.same_description(text("2026-01-01", (0, 10)), text("2026-01-01", (2, 10)))
+    assert not rd.same_description(text("2026-01-01", (6000, 10)), text("2026-01-01", (6000, 10), "<column/>"))

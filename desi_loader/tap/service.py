@@ -161,10 +161,10 @@ def _describe_and_import(conn: Connection, inst: dachs.Instance, schema: str, fo
     schema: two loads finishing together import one after the other).
 
     Unless ``force``, an RD that would say the same as the one in place (a load that replaced
-    rows but no column, table or right) is left alone: the running server keeps it.  DaCHS
-    2.7's RD cache is not safe against a reload while other threads look the RD up (a query
-    arriving then fails with a KeyError naming the RD), so a reload is done only when the
-    description changed."""
+    rows but no column, table or right, and moved no row count by 2x: rd.same_description)
+    is left alone: the running server keeps it.  DaCHS 2.7's RD cache is not safe against a
+    reload while other threads look the RD up (a query arriving then fails with a KeyError
+    naming the RD), so a reload is done only when the description changed."""
     with conn.cursor() as cur:
         cur.execute("SELECT pg_advisory_lock(hashtext('desi-loader tap ' || %s))", (schema,))
         try:
