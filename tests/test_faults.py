@@ -239,6 +239,41 @@ def test_server_down_over_a_minute_mid_copy_and_mid_index(good, tmp_path):
             server.stop(d)
 
 
+def test_a_worker_starting_while_the_server_restarts_waits_for_it(tmp_path):
+    """A worker that boots slowly (a busy node) and connects while a restart shuts the
+    server down ("the database system is shutting down") waits for it, as after a lost
+    connection, instead of failing the load (seen once in a full run beside two CPU hogs)."""
+    import queue
+    import threading
+    from desi_loader.control.worker import WorkerConfig, _connect
+    data_dir = (tmp_path / "pg").absolute()
+    dsn = server.start(data_dir)
+    try:
+        down = threading.Thread(target=outage, args=([data_dir], 3.0))
+        down.start()
+        wait_until(lambda: not _answers(dsn), [], timeout=60, poll=0.05)     # stopped: connect now
+        messages: queue.Queue = queue.Queue()
+        cfg = WorkerConfig("public", 1, "binary", True, {}, os.getppid(), wait_timeout=120)
+        ledger = _connect(0, dsn, cfg, messages)
+        down.join()
+        with ledger.conn.cursor() as cur:
+            cur.execute("SELECT 1")
+            assert cur.fetchone() == (1,)
+        ledger.close()
+        said = [messages.get_nowait() for _ in range(messages.qsize())]
+        assert [kind for kind, _, _ in said] == ["retry"] and "worker 0: waiting for the server" in said[0][2]
+    finally:
+        server.stop(data_dir)
+
+
+def _answers(dsn: str) -> bool:
+    try:
+        psycopg2.connect(dsn).close()
+        return True
+    except psycopg2.Error:
+        return False
+
+
 def test_schema_owner_role_and_no_password_anywhere(good, pg_uri, tmp_path):
     secret = "pw-" + os.urandom(4).hex()
     q(pg_uri, f"DROP SCHEMA IF EXISTS owned CASCADE; DROP ROLE IF EXISTS loader_role; "

@@ -24,7 +24,7 @@ import psycopg2
 
 from ..pipeline.copy import copy_statement, send
 from ..db import first_line, is_transient
-from .retry import DEFAULT_BUDGET, Backoff
+from .retry import DEFAULT_BUDGET, Backoff, retrying
 from ..errors import DatabaseError, LoaderError
 from .ledger import Ledger
 from .options import Faults
@@ -76,8 +76,7 @@ def worker_main(worker_id: int, dsn: str, cfg_path: str, messages) -> None:
     messages.put(("ready", worker_id, None))
     state = _State(worker_id, cfg, messages)
     try:
-        state.ledger = Ledger(dsn, cfg.schema, f"worker{worker_id}", budget=cfg.wait_timeout,
-                              alive=cfg.coordinator_alive).bind(cfg.load_id)
+        state.ledger = _connect(worker_id, dsn, cfg, messages)
         while cfg.coordinator_alive() and state.run_one():
             pass
         messages.put(("exit", worker_id, (peak_rss_kb(), round(state.cpu, 3))))
@@ -87,6 +86,22 @@ def worker_main(worker_id: int, dsn: str, cfg_path: str, messages) -> None:
         pass
     finally:
         state.close()
+
+
+def _connect(worker_id: int, dsn: str, cfg: WorkerConfig, messages) -> Ledger:
+    """The worker's session, bound to the load; a server that restarts (or fails over) while
+    the worker starts is waited out as retry.py says, like a connection lost later (a worker
+    that boots slowly on a busy node met a restart's "the database system is shutting down")."""
+    def session() -> Ledger:
+        ledger = Ledger(dsn, cfg.schema, f"worker{worker_id}", budget=cfg.wait_timeout, alive=cfg.coordinator_alive)
+        try:
+            return ledger.bind(cfg.load_id)
+        except BaseException:
+            ledger.close()
+            raise
+    return retrying(session, Backoff(f"worker {worker_id}", cfg.wait_timeout,
+                                     lambda text: messages.put(("retry", worker_id, text)),
+                                     alive=cfg.coordinator_alive))
 
 
 #: glibc mallopt parameters: blocks above MMAP_THRESHOLD get their own mapping; free memory
