@@ -171,22 +171,3 @@ def size_bytes(value: str) -> Optional[int]:
     if not num.isdigit():
         return None
     return int(num) * _SIZE_UNITS.get(value[len(num):], 1 << 20)
-
-
-def checkpoint_advice(server: dict, fits_bytes: int) -> Optional[str]:
-    """A note when the server's max_wal_size is below what this load will write to WAL
-    (about the FITS bytes, COPY into logged staging): checkpoints fall inside the copy
-    (control/settle.py keeps them from costing a second WAL write of the pages)."""
-    value = server.get("max_wal_size", "")
-    size = size_bytes(value)
-    if size is None:
-        return None
-    trigger = size / 1.9               # a checkpoint starts at about max_wal_size / (1 + completion target)
-    wal = 1.2 * fits_bytes             # measured: 4.6 GB of WAL for 4.2 GB of FastSpecFit, indexes at replica
-    if wal <= trigger:
-        return None
-    want = -(-int(2 * wal) // (1 << 30))
-    return (f"max_wal_size={value} is below the WAL this load writes (about {wal / 1e9:.1f} GB): checkpoints "
-            f"fall inside the load (smaller tasks, hint bits set behind each, so the finalize does not write "
-            f"the pages to WAL again); on a server tuned for loading set max_wal_size = {want}GB "
-            f"(ALTER SYSTEM SET max_wal_size = '{want}GB'; SELECT pg_reload_conf())")

@@ -339,7 +339,7 @@ def test_parse_vla_refuses(tform, message):
 
 
 def test_checkpoint_advice_when_max_wal_size_is_below_the_load():
-    from desi_loader.db import checkpoint_advice
+    from desi_loader.control.settle import checkpoint_advice
     advice = checkpoint_advice({"max_wal_size": "8192MB"}, 4_200_000_000)      # 1M FastSpecFit galaxies
     assert advice and "max_wal_size = 10GB" in advice
     assert checkpoint_advice({"max_wal_size": "32768MB"}, 4_200_000_000) is None

@@ -15,7 +15,7 @@ from typing import Callable, Optional
 import psycopg2
 
 from . import indexes, publish, staging, verify
-from ..db import as_database_error, checkpoint_advice, free_connections, server_settings
+from ..db import as_database_error, free_connections, server_settings
 from ..errors import DatabaseError, LoadFailed, UsageError
 from ..fits.discover import Plan, split_tasks
 from ..pipeline.encodings import encoder_plan
@@ -28,7 +28,7 @@ from .options import LoadOptions
 from .pool import WorkerPool
 from .results import Merged, Outcome
 from .summary import Facts, Summary, dry_run, summarize
-from .settle import Settling, plan_settling
+from .settle import Settling, checkpoint_advice, plan_settling
 from .verify import RowsLost, check_canary, expected_counts
 from .worker import WorkerConfig, peak_rss_kb
 
@@ -68,10 +68,6 @@ class Coordinator:
             raise RuntimeError("the load is not open yet")
         return self._load
 
-    @load.setter
-    def load(self, load: Load) -> None:
-        self._load = load
-
     @property
     def finalizer(self) -> bool:
         return self.facts.finalizer
@@ -94,7 +90,7 @@ class Coordinator:
             return dry_run(self.opts, plan, {t: sum(per.values()) for t, per in expected_counts(plan).items()},
                            plan_s)
         try:
-            self.load = Load(self.opts, plan, Ledger(self.opts.dsn, plan.schema, budget=self.opts.wait_timeout,
+            self._load = Load(self.opts, plan, Ledger(self.opts.dsn, plan.schema, budget=self.opts.wait_timeout,
                                                         notify=self.reporter.warn))
             facts.server = server_settings(self.load.conn)
             self._settle_behind()
@@ -150,7 +146,7 @@ class Coordinator:
         if self.settling.task_bytes < self.opts.task_bytes and self.opts.task_rows is None:
             self.opts = replace(self.opts, task_bytes=self.settling.task_bytes)
             self.plan = replace(self.plan, tasks=tuple(split_tasks(self.plan, self.opts.task_bytes, None)))
-            self.load = Load(self.opts, self.plan, self.load.ledger)
+            self._load = Load(self.opts, self.plan, self.load.ledger)
             self.facts.plan = self.plan
             self.facts.notes.append(self.settling.reason)
             self.reporter.info(self.settling.reason)
@@ -311,7 +307,7 @@ class Coordinator:
         """Failed files, checksums and rows per file; the load goes on with the files it publishes."""
         opening = self.facts.opening
         self.facts.verified = verified = verify.verify(self.load, len(opening.unchanged) if opening else 0)
-        self.load = replace(self.load, plan=verified.plan)
+        self._load = replace(self.load, plan=verified.plan)
 
     def merge(self) -> None:
         check_canary(self.load)

@@ -76,7 +76,7 @@ def worker_main(worker_id: int, dsn: str, cfg_path: str, messages) -> None:
     messages.put(("ready", worker_id, None))
     state = _State(worker_id, cfg, messages)
     try:
-        state.ledger = _connect(worker_id, dsn, cfg, messages)
+        state._ledger = _connect(worker_id, dsn, cfg, messages)
         while cfg.coordinator_alive() and state.run_one():
             pass
         messages.put(("exit", worker_id, (peak_rss_kb(), round(state.cpu, 3))))
@@ -164,10 +164,6 @@ class _State:
         if self._ledger is None:
             raise RuntimeError("the worker is not connected yet")
         return self._ledger
-
-    @ledger.setter
-    def ledger(self, ledger: Ledger) -> None:
-        self._ledger = ledger
 
     def close(self) -> None:
         for fh in self.handles.values():
