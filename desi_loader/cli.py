@@ -299,7 +299,11 @@ def main(argv: Optional[Sequence[str]] = None, reporter: Optional[NullReporter] 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("astropy").propagate = False      # astropy prints its own warnings: not twice
+    # astropy prints its own warnings: not twice.  A filter on our handlers, not its logger:
+    # astropy is imported later (by the commands that need it), and a logger named "astropy"
+    # made before that breaks its import (its logger class would not be AstropyLogger)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(lambda record: not record.name.startswith("astropy"))
     # batch logs and pipes: wide enough that tables and summaries do not wrap
     console = Console(stderr=False) if sys.stdout.isatty() else Console(stderr=False, width=200)
     err = Console(stderr=True)

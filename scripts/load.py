@@ -5,7 +5,8 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from desi_loader.cli import main  # noqa: E402
-
 if __name__ == "__main__":
+    # imported here, not above: each worker process (spawned) runs this file's top level
+    # again, and needs none of the CLI (0.6 s of imports: astropy, rich) before its own
+    from desi_loader.cli import main
     sys.exit(main(["load"] + sys.argv[1:]))

@@ -107,6 +107,19 @@ def test_main_job_script_on_sample(tmp_path, pg_uri):
     assert "desivast: all 8 files are published and unchanged" in again.stdout
 
 
+def test_astropy_imports_after_the_cli_set_up_logging():
+    """The CLI imports astropy only where a command needs it; setting up its logging first
+    must not break astropy's import (a plain logger named "astropy" did: its AstropyLogger
+    lacked _set_defaults, and every load failed in read_info)."""
+    code = ("import logging, sys; from desi_loader.cli import main; "
+            "assert 'astropy' not in sys.modules, 'the CLI imports astropy before a command needs it'; "
+            "main([]); import astropy.io.fits; "
+            "print(type(logging.getLogger('astropy')).__name__)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("AstropyLogger")
+
+
 def test_every_cli_option_is_in_the_readme():
     import argparse
     from pathlib import Path

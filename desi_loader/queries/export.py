@@ -24,14 +24,15 @@ import json
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, TYPE_CHECKING
 
-import fitsio
 import numpy as np
-from astropy.table import Table
 
 from ..errors import UsageError
 from .tables import physical, stored
+
+if TYPE_CHECKING:
+    from astropy.table import Table
 
 FORMATS = {".fits": "fits", ".fit": "fits", ".vot": "votable", ".votable": "votable", ".xml": "votable",
            ".ecsv": "ecsv", ".csv": "csv"}
@@ -115,6 +116,7 @@ def _fits_array(table: Table, nulls: set) -> np.ndarray:
 def _write_fits(chunks: Iterable[Table], tmp: str, out: Written) -> None:
     nulls: set = set()
     tnulls: dict = {}
+    import fitsio                         # here: imported by the commands that write FITS only
     with fitsio.FITS(tmp, "rw", clobber=True) as f:
         hdu: Any = None
         for table in chunks:

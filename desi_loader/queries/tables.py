@@ -21,7 +21,6 @@ from typing import Iterator, Optional, Sequence, TYPE_CHECKING
 
 import numpy as np
 import psycopg2
-from astropy.table import Column, MaskedColumn, Table, vstack
 
 from ..control.ledger import column_sources
 from ..db import connect
@@ -31,6 +30,8 @@ from ..servers import embedded
 from .sqlerrors import explain_sql_error
 
 if TYPE_CHECKING:
+    from astropy.table import Table
+
     from ..db import Connection, Cursor
 
 #: rows per chunk of a server-side cursor: a few MB of a wide table
@@ -127,6 +128,7 @@ def iter_tables(conn: Connection, query: str, params=None, chunk_rows: int = CHU
 
 def to_table(cols: list[ResultColumn], rows: list, fits_names: bool = False) -> Table:
     """An astropy Table of ``rows`` (tuples as psycopg2 returns them) for ``cols``."""
+    from astropy.table import Column, MaskedColumn, Table   # here: astropy takes 0.3 s to import
     table = Table()
     names = _names(cols, fits_names)
     columns: list = list(zip(*rows)) if rows else [()] * len(cols)      # one transpose, in C
@@ -280,6 +282,7 @@ def query(sql: str, params=None, *, dsn: Optional[str] = None, fits_names: bool 
         raise with_hint(explain_sql_error(exc, sql, conn.cursor())) from exc
     finally:
         conn.close()
+    from astropy.table import vstack
     return chunks[0] if len(chunks) == 1 else vstack(chunks, join_type="exact", metadata_conflicts="silent")
 
 
