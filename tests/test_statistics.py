@@ -190,6 +190,29 @@ def test_minus_zero_is_zero_and_nan_sorts_last():
     assert np.signbit(st.mcv[0]) and st.mcv[0] == 0          # the first of the tie, as the server keeps it
 
 
+@pytest.mark.parametrize("dtype", [np.int16, np.int32, np.int64, np.float32, np.float64, np.bool_])
+def test_sorted_order_is_value_then_tuple_number(dtype):
+    """The radix order (16 bits at a time) against a plain sort by (value as the server
+    orders it, tuple number): extremes, ties, -0 beside 0, NaN above everything."""
+    rng = np.random.default_rng(11)
+    n = 3000
+    if np.dtype(dtype).kind == "i":
+        info = np.iinfo(dtype)
+        v = np.concatenate([rng.integers(info.min, info.max, n, dtype=dtype, endpoint=True),
+                            rng.integers(-3, 3, n).astype(dtype), np.array([info.min, info.max, 0, -1] * 5, dtype)])
+        key = [int(x) for x in v]
+    elif np.dtype(dtype).kind == "f":
+        v = np.concatenate([rng.normal(size=n), np.round(rng.normal(size=n), 1),
+                            [np.nan, -0.0, 0.0, np.inf, -np.inf] * 5]).astype(dtype)
+        key = [(1, 0.0) if np.isnan(x) else (0, float(x) + 0.0) for x in v]
+    else:
+        v = rng.integers(0, 2, n).astype(bool)
+        key = [bool(x) for x in v]
+    want = sorted(range(len(v)), key=lambda i: (key[i], i))
+    _, order = colstats._sorted_order(v)
+    assert order.tolist() == want
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_float_literals_read_back_exactly(db, dtype):
     rng = np.random.default_rng(3)
