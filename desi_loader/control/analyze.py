@@ -234,10 +234,11 @@ def _sample_source(conn: Connection, schema: str, stage: str, rows: int, pages: 
 #: backend allocated before, glibc's malloc then gives those back to the kernel at every
 #: row and the next row faults them in again.  Measured (20,000 FASTSPEC rows, 444 float
 #: columns, after a small COPY on the same connection, each twice): one statement 3.0 s,
-#: two of 222 columns 0.42-0.45 s, four of 111 0.46-0.49 s, 15 of 30 0.70-0.76 s; the
-#: statistics of that table in a load took 4.0-4.5 s where they take 1.4-1.8 s without the
-#: cliff.  Up to 100 columns the context's blocks stay at 64 KB, below glibc's thresholds.
-COLUMNS_PER_COPY = 100
+#: two of 222 columns 0.42-0.45 s, four of 111 0.46-0.49 s, 15 of 30 0.70-0.76 s; in a
+#: load, FASTSPEC's statistics took 4.0-4.5 s where they take 1.4-1.8 s without the cliff.
+#: Each statement reads the sample again: in a 40,000-galaxy load (three runs each) the
+#: index phase took 2.56-2.69 s at 222, 2.58-2.70 s at 444 and 2.90-3.03 s at 100.
+COLUMNS_PER_COPY = 222
 
 
 def _group(conn: Connection, source, cols: list, rows: int) -> tuple[list, int]:
