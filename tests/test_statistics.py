@@ -165,6 +165,25 @@ def test_a_sampled_table_gets_every_statistic_analyze_gives(pg_uri, schema):
     conn.close()
 
 
+def test_a_table_grown_past_its_row_count_is_still_sampled(pg_uri, schema):
+    """reltuples says the whole table fits the sample; it has grown since: the rows read
+    are drawn down to the sample's size, not all taken."""
+    conn = psycopg2.connect(pg_uri)
+    conn.autocommit = True
+    cur = conn.cursor()
+    cols = wide_table(cur, schema, "grown", rows=2000)
+    ident = sql.Identifier(schema, "grown")
+    cur.execute(sql.SQL("ALTER TABLE {} ").format(ident) + sql.SQL(", ").join(
+        sql.SQL("ALTER COLUMN {} SET STATISTICS 10").format(sql.Identifier(n)) for n, _ in cols))
+    cur.execute(sql.SQL("ANALYZE {}").format(ident))                       # reltuples = 2000
+    cur.execute(sql.SQL("INSERT INTO {} SELECT * FROM {}").format(ident, ident))   # 4000 rows now
+    work = psycopg2.connect(pg_uri)
+    how = analyze.analyze(work, pg_uri, "test", schema, "grown")
+    work.close()
+    assert how.startswith(f"statistics of {len(cols) - 2} columns from 3,000 sampled rows"), how
+    conn.close()
+
+
 # ----------------------------------------------------------------------------- pure parts
 
 def test_scalar_stats_of_distinct_sorted_values():

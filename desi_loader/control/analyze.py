@@ -180,7 +180,7 @@ def _sample_stats(conn: Connection, extra: list, schema: str, stage: str, fixed:
 
     def one(k: int) -> None:
         try:
-            out[k] = _group(sessions[k], source, parts[k], rows)
+            out[k] = _group(sessions[k], source, parts[k], rows, targrows)
         except BaseException as exc:               # noqa: BLE001 -- re-raised below
             errors.append(exc)
 
@@ -241,7 +241,7 @@ def _sample_source(conn: Connection, schema: str, stage: str, rows: int, pages: 
 COLUMNS_PER_COPY = 222
 
 
-def _group(conn: Connection, source, cols: list, rows: int) -> tuple[list, int]:
+def _group(conn: Connection, source, cols: list, rows: int, targrows: int) -> tuple[list, int]:
     columns: list = []
     with conn.cursor() as cur:
         cur.execute("SET LOCAL synchronize_seqscans = off")     # the whole table from its first page
@@ -252,7 +252,11 @@ def _group(conn: Connection, source, cols: list, rows: int) -> tuple[list, int]:
                 sql.SQL(", ").join(sql.Identifier(n) for n, _, _ in part), source).as_string(conn), buf)
             columns += decode_fixed(buf.getbuffer(), [t for _, t, _ in part])
     conn.rollback()
-    sampled = len(columns[0]) if columns else 0
+    n = len(columns[0]) if columns else 0
+    if n > targrows:           # a whole table with more rows than its row count said: draw as above
+        keep = np.sort(np.random.default_rng(SEED).choice(n, targrows, replace=False))
+        columns = [values[keep] for values in columns]
+    sampled = min(n, targrows)
     total = float(max(rows, sampled))
     stats = []
     for (name, _t, target), values in zip(cols, columns):
