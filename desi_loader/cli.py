@@ -290,6 +290,10 @@ def _stop_on_signals() -> None:
             signal.signal(sig, stop)
 
 
+def _not_astropy(record: logging.LogRecord) -> bool:
+    return not record.name.startswith("astropy")
+
+
 def main(argv: Optional[Sequence[str]] = None, reporter: Optional[NullReporter] = None,
          faults: Optional[Faults] = None) -> int:
     """Entry point of ``desi-loader``; returns the exit code.  The fault tests' seam, for
@@ -303,7 +307,7 @@ def main(argv: Optional[Sequence[str]] = None, reporter: Optional[NullReporter] 
     # astropy is imported later (by the commands that need it), and a logger named "astropy"
     # made before that breaks its import (its logger class would not be AstropyLogger)
     for handler in logging.getLogger().handlers:
-        handler.addFilter(lambda record: not record.name.startswith("astropy"))
+        handler.addFilter(_not_astropy)             # once per handler however often main runs
     # batch logs and pipes: wide enough that tables and summaries do not wrap
     console = Console(stderr=False) if sys.stdout.isatty() else Console(stderr=False, width=200)
     err = Console(stderr=True)

@@ -63,6 +63,17 @@ def wide_table(cur, schema: str, table: str, rows: int = ROWS, null_at=None) -> 
     return cols
 
 
+def analyzed_at_target_10(cur, schema: str, table: str, rows: int) -> tuple:
+    """wide_table with every column's statistics target 10 (a sample of 3,000 rows), then
+    the server's ANALYZE: (columns, table identifier)."""
+    cols = wide_table(cur, schema, table, rows=rows)
+    ident = sql.Identifier(schema, table)
+    cur.execute(sql.SQL("ALTER TABLE {} ").format(ident) + sql.SQL(", ").join(
+        sql.SQL("ALTER COLUMN {} SET STATISTICS 10").format(sql.Identifier(n)) for n, _ in cols))
+    cur.execute(sql.SQL("ANALYZE {}").format(ident))
+    return cols, ident
+
+
 STATS = ("SELECT attname, null_frac, avg_width, n_distinct, most_common_vals::text, most_common_freqs::text, "
          "histogram_bounds::text, correlation FROM pg_stats WHERE schemaname = %s AND tablename = %s "
          "ORDER BY attname")
@@ -130,11 +141,7 @@ def test_a_sampled_table_gets_every_statistic_analyze_gives(pg_uri, schema):
     conn = psycopg2.connect(pg_uri)
     conn.autocommit = True
     cur = conn.cursor()
-    cols = wide_table(cur, schema, "big", rows=20000)
-    ident = sql.Identifier(schema, "big")
-    cur.execute(sql.SQL("ALTER TABLE {} ").format(ident) + sql.SQL(", ").join(
-        sql.SQL("ALTER COLUMN {} SET STATISTICS 10").format(sql.Identifier(n)) for n, _ in cols))
-    cur.execute(sql.SQL("ANALYZE {}").format(ident))
+    cols, ident = analyzed_at_target_10(cur, schema, "big", 20000)
     by_server = pg_stats(cur, schema, "big")
     clear(cur, schema, "big", cols)
     work = psycopg2.connect(pg_uri)
@@ -171,11 +178,7 @@ def test_a_table_grown_past_its_row_count_is_still_sampled(pg_uri, schema):
     conn = psycopg2.connect(pg_uri)
     conn.autocommit = True
     cur = conn.cursor()
-    cols = wide_table(cur, schema, "grown", rows=2000)
-    ident = sql.Identifier(schema, "grown")
-    cur.execute(sql.SQL("ALTER TABLE {} ").format(ident) + sql.SQL(", ").join(
-        sql.SQL("ALTER COLUMN {} SET STATISTICS 10").format(sql.Identifier(n)) for n, _ in cols))
-    cur.execute(sql.SQL("ANALYZE {}").format(ident))                       # reltuples = 2000
+    cols, ident = analyzed_at_target_10(cur, schema, "grown", 2000)     # reltuples = 2000
     cur.execute(sql.SQL("INSERT INTO {} SELECT * FROM {}").format(ident, ident))   # 4000 rows now
     work = psycopg2.connect(pg_uri)
     how = analyze.analyze(work, pg_uri, "test", schema, "grown")

@@ -213,19 +213,28 @@ def _sample_source(conn: Connection, schema: str, stage: str, rows: int, pages: 
         return table
     pages_of = table if pages <= targrows else sql.SQL("{} TABLESAMPLE SYSTEM ({}) REPEATABLE ({})").format(
         table, sql.Literal(100.0 * targrows / pages), sql.Literal(SEED))
-    buf = io.BytesIO()
     with conn.cursor() as cur:
         cur.execute("SET LOCAL synchronize_seqscans = off")     # the table from its first page
-        cur.copy_expert(sql.SQL("COPY (SELECT ctid FROM {}) TO STDOUT (FORMAT binary)").format(
-            pages_of).as_string(conn), buf)
+        data = _copy_out(cur, sql.SQL("SELECT ctid FROM {}").format(pages_of))
     conn.rollback()
-    data = buf.getbuffer()
-    body = data[_HEADER:len(data) - _TRAILER]
-    tids = np.frombuffer(body, dtype=_TID_ROW)
+    tids = np.frombuffer(data[_HEADER:len(data) - _TRAILER], dtype=_TID_ROW)
     if len(tids) > targrows:
-        tids = tids[np.sort(np.random.default_rng(SEED).choice(len(tids), targrows, replace=False))]
+        tids = tids[_drawn(len(tids), targrows)]
     listed = ",".join(f'"({b},{o})"' for b, o in zip(tids["block"].tolist(), tids["offset"].tolist()))
     return sql.SQL("{} WHERE ctid = ANY ({}::tid[])").format(table, sql.Literal("{" + listed + "}"))
+
+
+def _copy_out(cur: Cursor, select: sql.Composable) -> memoryview:
+    """The rows of ``select`` as binary COPY bytes (header and trailer included)."""
+    buf = io.BytesIO()
+    cur.copy_expert(sql.SQL("COPY ({}) TO STDOUT (FORMAT binary)").format(select).as_string(cur), buf)
+    return buf.getbuffer()
+
+
+def _drawn(n: int, targrows: int) -> np.ndarray:
+    """Which ``targrows`` of ``n`` rows the sample keeps, in physical order (one seed: every
+    read of the same rows draws the same ones)."""
+    return np.sort(np.random.default_rng(SEED).choice(n, targrows, replace=False))
 
 
 #: columns per COPY statement of the sample.  Every value a binary COPY TO sends gets a
@@ -247,14 +256,13 @@ def _group(conn: Connection, source, cols: list, rows: int, targrows: int) -> tu
         cur.execute("SET LOCAL synchronize_seqscans = off")     # the whole table from its first page
         for i in range(0, len(cols), COLUMNS_PER_COPY):         # the same rows, in the same order
             part = cols[i:i + COLUMNS_PER_COPY]
-            buf = io.BytesIO()
-            cur.copy_expert(sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT (FORMAT binary)").format(
-                sql.SQL(", ").join(sql.Identifier(n) for n, _, _ in part), source).as_string(conn), buf)
-            columns += decode_fixed(buf.getbuffer(), [t for _, t, _ in part])
+            data = _copy_out(cur, sql.SQL("SELECT {} FROM {}").format(
+                sql.SQL(", ").join(sql.Identifier(n) for n, _, _ in part), source))
+            columns += decode_fixed(data, [t for _, t, _ in part])
     conn.rollback()
     n = len(columns[0]) if columns else 0
     if n > targrows:           # a whole table with more rows than its row count said: draw as above
-        keep = np.sort(np.random.default_rng(SEED).choice(n, targrows, replace=False))
+        keep = _drawn(n, targrows)
         columns = [values[keep] for values in columns]
     sampled = min(n, targrows)
     total = float(max(rows, sampled))
