@@ -1,5 +1,5 @@
 """desi-loader: parallel, exact bulk loading of FITS catalogs (DESI DR1) into PostgreSQL."""
-__version__ = "0.1.0"
+__version__ = "0.6.0"
 
 
 def __getattr__(name: str):

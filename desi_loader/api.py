@@ -1,6 +1,6 @@
 """The Python entry points: ``load`` files into PostgreSQL, ``query`` them back as astropy
-Tables.  ``from desi_loader import load, query`` (imported lazily by the package, which
-every worker process imports too)."""
+Tables, ``tap_url`` of the TAP service.  ``from desi_loader import load, query, tap_url``
+(imported lazily by the package, which every worker process imports too)."""
 from __future__ import annotations
 
 import dataclasses
@@ -21,15 +21,57 @@ __all__ = ["load", "query", "tap_url"]
 
 def load(paths: Union[str, Sequence[str]] = (), *, dsn: Optional[str] = None, workers: int = 2,
          sample: bool = False, quiet: bool = False, **options) -> list[Summary]:
-    """Load FITS files or directories, as ``desi-loader load`` does; one Summary per catalog.
+    """Load FITS files into PostgreSQL, as ``desi-loader load`` does.
 
-    ``sample=True`` loads the sample files (FastSpecFit and DESIVAST, written to the cache
-    directory on first use), as ``--sample``.  Progress bars and a line per catalog are shown
-    (in a notebook too) unless ``quiet``.  ``dsn``: the database (default as the command
-    line: DESI_LOADER_DSN, the config file, libpq's environment, else the embedded server).
-    Other keyword arguments are the fields of ``LoadOptions`` (catalog, schema, prefix, sky,
-    fmt, allow_partial, replace_all, ...).  Raises a ``desi_loader.errors.LoaderError``
-    naming what failed, with its hint in the message.
+    The files are planned (catalog, tables, tasks) before anything is touched, copied by
+    ``workers`` processes into staging tables, verified, indexed and published atomically;
+    an interrupted load continues where it stopped when called again with the same files.
+
+    Parameters
+    ----------
+    paths : str or sequence of str
+        FITS files (``.fits``, ``.fits.gz``) or directories holding them.
+    dsn : str, optional
+        The database: a libpq connection string or URI.  By default the one the command line
+        would use: ``DESI_LOADER_DSN``, the configuration file, libpq's environment, else the
+        embedded server (started if needed).
+    workers : int, optional
+        Worker processes, each with its own database connection.
+    sample : bool, optional
+        Also load the sample files (FastSpecFit and DESIVAST with the real layouts, written to
+        the cache directory on first use), as ``--sample`` does.
+    quiet : bool, optional
+        Show no progress bars and no summary line.
+    **options
+        Fields of ``desi_loader.control.options.LoadOptions``, the command's options by their
+        Python names: ``catalog``, ``schema``, ``prefix``, ``sky``, ``fmt``, ``replace_all``,
+        ``allow_partial``, ``resume``, ``task_rows``, ``staging_mode``, ``unlogged``,
+        ``verify_checksum``, ``wait_timeout``, ``config``, ``dry_run``, ``distribute``,
+        ``copy_out``, ``join``.
+
+    Returns
+    -------
+    list of desi_loader.control.summary.Summary
+        One summary per catalog loaded: rows per table, files loaded, unchanged and failed,
+        the time of each phase (``Summary.as_dict()`` is what ``--summary-json`` writes).
+
+    Raises
+    ------
+    desi_loader.errors.LoaderError
+        A subclass naming what failed, with the fix in its message: ``UsageError`` (arguments,
+        paths), ``BadFileError``, ``SchemaError``, ``LoadFailed`` (some files failed; nothing
+        was published), ``DatabaseError``.
+
+    Notes
+    -----
+    Workers are spawned processes: call ``load`` under ``if __name__ == "__main__":`` in a
+    script (a notebook needs nothing).
+
+    Examples
+    --------
+    >>> from desi_loader import load
+    >>> summaries = load(["/data/fastspecfit"], workers=8)   # doctest: +SKIP
+    >>> summaries = load(sample=True, quiet=True)             # doctest: +SKIP
     """
     try:
         return _load(paths, dsn, workers, sample, quiet, options)
@@ -50,7 +92,7 @@ def _load(paths, dsn, workers, sample, quiet, options) -> list[Summary]:
         raise UsageError("no input given", "name FITS files or directories, or pass sample=True")
     opts = LoadOptions(paths=tuple(paths), dsn="", workers=workers, **options)
     plans = plan_loads(opts)              # arguments and files checked before any server starts
-    opts = dataclasses.replace(opts, dsn=dsn if dsn is not None else default_dsn())
+    opts = dataclasses.replace(opts, dsn=dsn if dsn is not None else default_dsn(start=True))
     reporter = QuietReporter() if quiet else (
         RichReporter(console) if console.is_terminal or console.is_jupyter else PlainReporter())
     summaries = run_loads(opts, reporter, plans)
@@ -66,12 +108,32 @@ def _load(paths, dsn, workers, sample, quiet, options) -> list[Summary]:
 
 
 def tap_url(tap_dir: Optional[str] = None) -> str:
-    """The TAP endpoint of the service ``desi-loader tap publish`` set up (``tap_dir``:
-    its ``--tap-dir``), for ``pyvo.dal.TAPService``."""
-    from pathlib import Path
-    from .errors import UsageError
+    """The TAP endpoint of the service ``desi-loader tap publish`` set up.
+
+    Parameters
+    ----------
+    tap_dir : str, optional
+        The DaCHS instance's directory (``tap publish --tap-dir``).  By default the instance
+        published last on this machine, else ``~/.local/share/desi-loader/tap``.
+
+    Returns
+    -------
+    str
+        The URL, for ``pyvo.dal.TAPService`` or TOPCAT.
+
+    Raises
+    ------
+    desi_loader.errors.UsageError
+        No service was published there (the message names the argument that finds another).
+
+    Examples
+    --------
+    >>> import pyvo
+    >>> from desi_loader import tap_url
+    >>> service = pyvo.dal.TAPService(tap_url())   # doctest: +SKIP
+    """
     from .tap import dachs
-    inst = dachs.Instance(Path(tap_dir) if tap_dir else dachs.default_dir())
+    inst = dachs.find(tap_dir)
     if not inst.exists():
-        raise UsageError(f"no TAP service in {inst.root}", "desi-loader tap publish creates it")
+        raise with_hint(dachs.missing(inst))
     return tap.tap_url(inst.url)

@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
 import psycopg2
@@ -41,6 +42,26 @@ loader starts its own PostgreSQL server with data in ~/.local/share/desi-loader/
 Passwords: use ~/.pgpass or PGPASSWORD; they are never printed."""
 
 
+#: the page of the documentation (docs/, in the repository and on the site) that explains each
+#: command: every --help ends with it
+GUIDE = {"": "index", "load": "guide/loading", "sample": "getting-started", "sql": "guide/querying",
+         "cone": "guide/sky", "xmatch": "guide/sky", "void-membership": "guide/voids", "bench": "benchmarks/index",
+         "status": "guide/failures", "abort": "guide/failures", "tap": "guide/tap", "server": "guide/target"}
+
+#: the documentation site's address once one is published (then links point there, not to docs/)
+DOCS_URL: Optional[str] = None
+
+
+def guide_link(command: str) -> str:
+    """Where ``command`` is explained: the site's page when DOCS_URL is set, else the page in
+    this checkout's docs/ (readable offline), else its path in the repository."""
+    page = GUIDE[command]
+    if DOCS_URL:
+        return f"{DOCS_URL.rstrip('/')}/{page}.html"
+    local = Path(__file__).resolve().parents[1] / "docs" / f"{page}.md"
+    return str(local) if local.is_file() else f"docs/{page}.md in the desi-loader repository"
+
+
 def _target(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("database")
     g.add_argument("--dsn", help="libpq connection string or URI of the target database")
@@ -49,18 +70,34 @@ def _target(p: argparse.ArgumentParser) -> None:
     g.add_argument("--config", help="INI file with [database] and [catalog:NAME] sections")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(guide_links: bool = True) -> argparse.ArgumentParser:
+    """The ``desi-loader`` parser; with ``guide_links`` every help ends with its guide page."""
     top = argparse.ArgumentParser(
         prog="desi-loader", description="Load FITS catalogs (DESI DR1 FastSpecFit, DESIVAST, any FITS "
         "binary tables) into PostgreSQL: parallel, exact, published atomically.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EPILOG + (f"\n\ndocumentation: {guide_link('')}" if guide_links else ""),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     top.add_argument("--version", action="version", version=f"desi-loader {__version__}")
     top.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
     sub = top.add_subparsers(dest="command", metavar="COMMAND")
 
-    for add_parser, _run in COMMANDS.values():
-        add_parser(sub)
+    for name, (add_parser, _run) in COMMANDS.items():
+        p = add_parser(sub)
+        if guide_links:
+            link = f"guide: {guide_link(name)}"
+            p.epilog = f"{p.epilog}\n\n{link}" if p.epilog else link
     return top
+
+
+def docs_parser() -> argparse.ArgumentParser:
+    """The parser as the documentation's command-line reference shows it (sphinx-argparse):
+    without the links to the guide, which point into the page's own site."""
+    return build_parser(guide_links=False)
+
+
+def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return subs.choices[command]
 
 
 def _parser_load(sub) -> argparse.ArgumentParser:
@@ -216,8 +253,10 @@ def _parser_void_membership(sub) -> argparse.ArgumentParser:
 
 def _parser_bench(sub) -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="benchmark against the server's ceiling and pandas (scripts/bench.py)",
-                       add_help=False)
-    b.add_argument("args", nargs=argparse.REMAINDER, help="arguments of scripts/bench.py (--help for them)")
+                       description="Run scripts/bench.py of the source tree (pip install -e '.[bench]' first): "
+                       "every argument goes to it. desi-loader bench --help lists them.", add_help=False)
+    b.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
+                   help="arguments of scripts/bench.py (desi-loader bench --help lists them)")
     return b
 
 
@@ -300,7 +339,16 @@ def main(argv: Optional[Sequence[str]] = None, reporter: Optional[NullReporter] 
     ``load`` only: ``reporter``, what it tells its progress to (instead of the bars or lines it
     chooses; it may stop the process at a point), and ``faults`` (control.options.Faults)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    first = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    if first is not None and argv[first] == "bench":        # its options are scripts/bench.py's, --help too
+        args = parser.parse_args(argv[:first + 1])
+        args.args = argv[first + 1:]
+    else:
+        args, extra = parser.parse_known_args(argv)
+        if extra:                                           # a typo: the command's own usage, not the top's
+            (_subparser(parser, args.command) if args.command else parser).error(
+                f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # astropy prints its own warnings: not twice.  A filter on our handlers, not its logger:

@@ -166,8 +166,8 @@ def cmd_load(args, console, reporter: Optional[NullReporter] = None,
 
 
 def cmd_tap(args, console) -> int:
-    inst = dachs.Instance(Path(args.tap_dir) if args.tap_dir else dachs.default_dir())
     if args.action == "publish":
+        inst = dachs.Instance(Path(args.tap_dir) if args.tap_dir else dachs.default_dir())
         result = tap.publish(_dsn(args), _schema(args), inst.root, args.host, args.port, args.admin_dsn, args.start)
         for note in result.notes:
             console.print(f"note: {note}", highlight=False, soft_wrap=True)
@@ -178,8 +178,9 @@ def cmd_tap(args, console) -> int:
         console.print(f"TAP endpoint: {result.url}" + ("" if args.start else " (not started: --no-start)"),
                       highlight=False, soft_wrap=True)
         return 0
+    inst = dachs.find(args.tap_dir)       # the last one published on this machine, without --tap-dir
     if not inst.exists():
-        raise UsageError(f"no TAP service in {inst.root}", "desi-loader tap publish creates it (--tap-dir for another)")
+        raise dachs.missing(inst)
     if args.action == "url":
         print(tap.tap_url(inst.url))
         return 0

@@ -3,7 +3,21 @@ from __future__ import annotations
 
 
 class LoaderError(Exception):
-    """A problem the user can fix; ``hint`` says how."""
+    """A problem the user can fix.
+
+    Parameters
+    ----------
+    message : str
+        What went wrong, naming the file, HDU, column, row or argument.
+    hint : str, optional
+        How to fix it (the command line prints it on a line of its own; the Python functions
+        append it to the message).
+
+    Attributes
+    ----------
+    exit_code : int
+        The command line's exit code for this error (2 unless a subclass says otherwise).
+    """
 
     exit_code = 2
 
@@ -21,15 +35,25 @@ def with_hint(exc: LoaderError) -> LoaderError:
 
 
 class UsageError(LoaderError):
-    """Bad arguments, paths or configuration."""
+    """Bad arguments, paths or configuration (exit code 2)."""
 
 
 class SchemaError(LoaderError):
-    """FITS headers that cannot be mapped to PostgreSQL, or that conflict between files."""
+    """FITS headers that cannot be mapped to PostgreSQL, or that conflict between files (exit code 2)."""
 
 
 class BadFileError(LoaderError):
-    """A FITS file that cannot be read (names the file and the reason)."""
+    """A FITS file that cannot be read (exit code 2).
+
+    Parameters
+    ----------
+    path : str
+        The file.
+    reason : str
+        What is wrong with it (the HDU, column or rows where it applies).
+    hint : str, optional
+        How to fix it.
+    """
 
     def __init__(self, path: str, reason: str, hint: str = "") -> None:
         super().__init__(f"{path}: {reason}", hint)
@@ -43,17 +67,18 @@ class BadFileError(LoaderError):
 
 
 class QueryError(LoaderError):
-    """SQL the server refused (a user's query, or a column or table that is not there)."""
+    """SQL the server refused (a user's query, or a column or table that is not there), or no
+    server to query (exit code 2)."""
 
 
 class DatabaseError(LoaderError):
-    """The database refused or failed (connection, permission, disk full ...)."""
+    """The database refused or failed: connection, permission, disk full (exit code 3)."""
 
     exit_code = 3
 
 
 class LoadFailed(LoaderError):
-    """Some tasks failed; the published tables were not replaced."""
+    """Some files or tasks failed; the published tables were not changed (exit code 1)."""
 
     exit_code = 1
 

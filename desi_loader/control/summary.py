@@ -45,7 +45,13 @@ class Facts:
 
 @dataclass
 class Summary:
-    """What happened, for the final table and --summary-json."""
+    """What one load of one catalog did: what the final table shows and ``--summary-json``
+    writes.
+
+    Its fields are listed, with their meaning, in the reference of the summary JSON
+    (docs/reference/summary-json.md): ``rows`` per table, ``files_loaded``,
+    ``files_unchanged``, ``files_failed``, ``left_out``, ``phases`` and the rest.
+    """
 
     load_id: Optional[int] = None
     catalog: str = ""
@@ -89,6 +95,14 @@ class Summary:
     index_sessions: int = 0                             # sessions the index phase ran in
 
     def as_dict(self) -> dict:
+        """The summary as the JSON object ``--summary-json`` writes for this load.
+
+        Returns
+        -------
+        dict
+            Every field, and ``total_rows``, ``copy_rows_per_s``, ``copy_mb_per_s`` and
+            ``loader_version``.
+        """
         copy_s = self.phases.get("copy", 0) or 0
         total = sum(self.rows.values())
         # rates of the rows this process copied in this run only (a resumed load's earlier rows

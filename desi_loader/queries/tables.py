@@ -24,7 +24,7 @@ import psycopg2
 
 from ..control.ledger import column_sources
 from ..db import connect
-from ..errors import with_hint
+from ..errors import QueryError, UsageError, with_hint
 from ..fits.columns import FitsSource, pg_name
 from ..servers import embedded
 from .sqlerrors import explain_sql_error
@@ -267,14 +267,52 @@ def _zero(dtype):
 
 
 def query(sql: str, params=None, *, dsn: Optional[str] = None, fits_names: bool = False,
-          chunk_rows: int = CHUNK_ROWS) -> Table:
-    """Run ``sql`` and return its result as one astropy Table (see the module docstring).
+          chunk_rows: int = CHUNK_ROWS, start: bool = False) -> Table:
+    """Run a query and return its result as one astropy Table.
 
-    ``dsn``: the database (default as the command line: DESI_LOADER_DSN, the config file,
-    libpq's environment, else the embedded server).  ``fits_names``: published columns
-    named as in their FITS file (TARGETID, not targetid).
+    Each column the loader published comes back as its FITS file had it: ``real`` as
+    float32, an unsigned column the loader widened as unsigned again, logicals as bool,
+    fixed arrays with their shape, with the file's unit and description.  Computed columns
+    get the dtype of their PostgreSQL type.  NULL is a masked value.
+
+    Parameters
+    ----------
+    sql : str
+        One SQL statement that returns rows (``SELECT``, ``VALUES``, ``WITH ... SELECT``).
+    params : sequence or dict, optional
+        Values for ``%s`` or ``%(name)s`` placeholders in ``sql``, passed to the server
+        separately (psycopg2's parameters).
+    dsn : str, optional
+        The database: a libpq connection string or URI.  By default the one the command line
+        would use: ``DESI_LOADER_DSN``, the configuration file, libpq's environment, else the
+        embedded server.
+    fits_names : bool, optional
+        Name published columns as in their FITS file (``TARGETID``, not ``targetid``).
+    chunk_rows : int, optional
+        Rows fetched per round trip through a server-side cursor.
+    start : bool, optional
+        Start the embedded server when it is the target and is stopped.  By default a query,
+        like ``desi-loader sql``, neither creates nor starts a server.
+
+    Returns
+    -------
+    astropy.table.Table
+        The rows, with units and descriptions in the columns.
+
+    Raises
+    ------
+    desi_loader.errors.QueryError
+        The server refused the query (the message shows where and what to write instead), or
+        there is no server to query (the message says how to start one).
+    desi_loader.errors.DatabaseError
+        The database cannot be reached.
+
+    Examples
+    --------
+    >>> from desi_loader import query
+    >>> t = query("SELECT targetid, z FROM desi_dr1.fastspecfit_metadata LIMIT 5")  # doctest: +SKIP
     """
-    conn = connect(dsn if dsn is not None else default_dsn())
+    conn = connect(dsn if dsn is not None else default_dsn(start))
     try:
         chunks = list(iter_tables(conn, sql, params, chunk_rows, fits_names))
     except psycopg2.Error as exc:           # the API's error names what to write instead, in its message
@@ -286,6 +324,10 @@ def query(sql: str, params=None, *, dsn: Optional[str] = None, fits_names: bool 
     return chunks[0] if len(chunks) == 1 else vstack(chunks, join_type="exact", metadata_conflicts="silent")
 
 
-def default_dsn() -> str:
-    """The database the command line would use (starting the embedded server if that is it)."""
-    return embedded.target()
+def default_dsn(start: bool = False) -> str:
+    """The database the command line would use.  The embedded server is started only when
+    ``start`` (a load); otherwise a stopped or missing one raises QueryError with the hint."""
+    try:
+        return embedded.target(start_server=start)
+    except UsageError as exc:
+        raise with_hint(QueryError(str(exc), exc.hint)) from None

@@ -42,6 +42,48 @@ def default_dir() -> Path:
     return Path(base) / "desi-loader" / "tap"
 
 
+def registry() -> Path:
+    """The instances ``tap publish`` set up on this machine, the last published first: how
+    ``tap url``, ``status``, ``stop`` and ``desi_loader.tap_url()`` find an instance that was
+    published with ``--tap-dir`` without being told it again."""
+    return default_dir().parent / "tap-instances.json"
+
+
+def remember(root: Path) -> None:
+    """Put the instance in ``root`` first in the registry."""
+    root = Path(root).absolute()
+    known = [str(root)] + [r for r in _registered() if r != str(root)]
+    registry().parent.mkdir(parents=True, exist_ok=True)
+    _write(registry(), json.dumps(known, indent=2) + "\n")
+
+
+def _registered() -> list:
+    try:
+        known = json.loads(registry().read_text())
+    except (OSError, ValueError):
+        return []
+    return [r for r in known if isinstance(r, str)] if isinstance(known, list) else []
+
+
+def find(tap_dir: Optional[str] = None) -> "Instance":
+    """The instance in ``tap_dir`` when given; else the last one published on this machine
+    that still exists; else the default directory's (which may not exist yet)."""
+    if tap_dir:
+        return Instance(Path(tap_dir).absolute())
+    for root in _registered():
+        inst = Instance(Path(root))
+        if inst.exists():
+            return inst
+    return Instance(default_dir())
+
+
+def missing(inst: "Instance") -> UsageError:
+    """The error for an instance that is not there, naming the argument that finds another."""
+    return UsageError(f"no TAP service in {inst.root}",
+                      "desi-loader tap publish creates it; for an instance in another directory, "
+                      "give --tap-dir DIR (Python: tap_url(tap_dir=DIR))")
+
+
 def dachs_command() -> str:
     path = shutil.which("dachs")
     if path is None:

@@ -80,6 +80,7 @@ def publish(dsn: str, schema: str, tap_dir: Path, host: str = "127.0.0.1", port:
         with conn.cursor() as cur:
             marker.record_served(cur, schema, str(inst.root.resolve()), tap_url(inst.url))
         inst.add_schema(schema)
+        dachs.remember(inst.root)
     finally:
         conn.close()
     if start:
