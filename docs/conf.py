@@ -27,6 +27,9 @@ extensions = [
     "sphinxarg.ext",
 ]
 
+# no typographic quotes or dashes: "--dsn" stays two hyphens where a reader copies it
+smartquotes = False
+
 source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
 root_doc = "index"
 exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]

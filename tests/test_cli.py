@@ -120,24 +120,6 @@ def test_astropy_imports_after_the_cli_set_up_logging():
     assert proc.stdout.strip().endswith("AstropyLogger")
 
 
-def test_every_cli_option_is_in_the_readme():
-    import argparse
-    from pathlib import Path
-    from desi_loader.cli import build_parser
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    parser = build_parser()
-    missing = []
-    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    for name, sub in [("", parser), *subs.choices.items()]:
-        if name and f"desi-loader {name}" not in readme:
-            missing.append(f"command {name}")
-        for action in sub._actions:
-            for opt in action.option_strings:
-                if opt.startswith("--") and opt != "--help" and opt not in readme:
-                    missing.append(f"{name} {opt}")
-    assert not missing, f"options missing from README.md: {missing}"
-
-
 def test_distribute_names_a_table_of_the_load(capsys, tmp_path):
     from desi_loader.samples.fastspecfit import write_fastspecfit_sample
     write_fastspecfit_sample(str(tmp_path), rows=20, files=1)

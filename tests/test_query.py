@@ -15,6 +15,7 @@ from desi_loader import query
 from desi_loader.queries import export
 from desi_loader.queries.tables import iter_tables
 from desi_loader.db import connect
+from docs_examples import all_blocks, example
 from helpers import FASTSPECFIT_TABLES, load, write_all_types
 
 
@@ -201,13 +202,6 @@ def test_cli_output_writes_the_file_and_says_how_fast(tmp_path, pg_uri, schema, 
     assert code == 2 and "unknown format" in capsys.readouterr().err
 
 
-def _readme_block(after: str, lang: str) -> str:
-    """The first ```lang block of the README after the text ``after``, as written."""
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    start = text.index(f"```{lang}\n", text.index(after)) + len(lang) + 4
-    return text[start:text.index("```", start)]
-
-
 def _drop_desi_dr1(pg_uri):
     conn = connect(pg_uri)
     conn.autocommit = True
@@ -217,7 +211,7 @@ def _drop_desi_dr1(pg_uri):
 
 
 @pytest.mark.slow
-def test_readme_notebook_and_void_distance_examples_run_as_written(tmp_path, pg_uri, monkeypatch):
+def test_guide_notebook_and_void_distance_examples_run_as_written(tmp_path, pg_uri, monkeypatch):
     from desi_loader import coords
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DESI_LOADER_DSN", pg_uri)
@@ -226,7 +220,8 @@ def test_readme_notebook_and_void_distance_examples_run_as_written(tmp_path, pg_
     try:
         out = io.StringIO()
         with redirect_stdout(out):
-            exec(compile(_readme_block("A notebook session", "python"), "README.md", "exec"), {"__name__": "__main__"})
+            block = example("notebook")
+            exec(compile(block.code, block.page, "exec"), {"__name__": "__main__"})
         n, dtype, unit = out.getvalue().strip().splitlines()[-1].split(maxsplit=2)
         assert dtype == "float32" and unit.strip() not in ("", "None")
         report = io.StringIO()
@@ -234,7 +229,7 @@ def test_readme_notebook_and_void_distance_examples_run_as_written(tmp_path, pg_
         back = Table.read(tmp_path / "cone.vot")
         assert len(back) == int(n) > 0 and back["flux_r"].dtype == np.float32
         # the void-distance example: as written, then checked against coords.py
-        sql = _readme_block("Each galaxy's distance to the centre", "sql")
+        sql = next(b.code for b in all_blocks() if b.lang == "sql" and "r_over_reff" in b.code)
         t = query(sql.strip().rstrip(";"))
         assert len(t) > 0 and np.all(t["r_over_reff"] < 2)
         g = query("SELECT m.targetid, m.ra, m.dec, m.z FROM desi_dr1.fastspecfit_metadata m WHERE m.targetid = ANY(%s)",

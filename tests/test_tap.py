@@ -350,11 +350,11 @@ def test_clear_messages_without_dachs_pgsphere_or_the_served_database(tap, pg_ur
     assert "no TAP service" in capsys.readouterr().err
 
 
-def test_readme_pyvo_session_runs_as_written(tap):
-    text = (ROOT / "README.md").read_text()
-    start = text.index("```python\n", text.index("From Python with pyvo")) + len("```python\n")
+def test_guide_pyvo_session_runs_as_written(tap):
+    from docs_examples import example
+    block = example("pyvo")
     namespace = {"__name__": "__main__"}
-    exec(compile(text[start:text.index("```", start)], "README.md", "exec"), namespace)
+    exec(compile(block.code, block.page, "exec"), namespace)
     assert len(namespace["cone"]) > 0 and len(namespace["galaxies"]) > 0
     assert list(namespace["matches"]["name"]) == ["first"]
     assert list(namespace["cone"]["dist"]) == sorted(namespace["cone"]["dist"])
