@@ -315,12 +315,16 @@ def _default_columns(cur: Cursor, t) -> list:
     return [r[0] for r in cur.fetchall()] + [t.ra, t.dec]
 
 
-def _export(conn: Connection, query: str, path: str) -> int:
+#: the units of the columns the cone and cross-match queries compute
+COMPUTED_UNITS = {"dist": "deg"}
+
+
+def _export(conn: Connection, query: str, path: str, units_of: Optional[dict] = None) -> int:
     """Write a query's result to ``path`` (queries/export.py), and say what was written."""
     checks.output(path)                           # a wrong extension or directory fails before the query runs
     t0 = time.perf_counter()
     try:
-        written = export.write(tables.iter_tables(conn, query), path)
+        written = export.write(tables.iter_tables(conn, query, units_of=units_of), path)
     except psycopg2.Error as exc:
         conn.rollback()
         raise checks.explain_sql_error(exc, query, conn.cursor()) from exc
@@ -337,7 +341,7 @@ def _export(conn: Connection, query: str, path: str) -> int:
 def _print_query(cur: Cursor, q, explain: bool, console, what: str, output: Optional[str] = None) -> int:
     text = q.as_string(cur.connection)
     if output and not explain:
-        return _export(cur.connection, text, output)
+        return _export(cur.connection, text, output, COMPUTED_UNITS)
     try:
         if explain:
             cur.execute("EXPLAIN " + text)

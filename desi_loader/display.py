@@ -28,7 +28,10 @@ def text(value) -> str:
 
 
 def plural(n: int, word: str) -> str:
-    return f"{n:,} {word}" if n == 1 else f"{n:,} {word}s"
+    """'1 row', '2 rows', '2 matches'."""
+    if n == 1:
+        return f"{n:,} {word}"
+    return f"{n:,} {word}es" if word.endswith(("s", "sh", "ch", "x", "z")) else f"{n:,} {word}s"
 
 
 def show(console: Console, names: Sequence[str], rows: Iterable[Sequence], what: str = "row") -> int:

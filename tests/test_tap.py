@@ -28,7 +28,8 @@ from astropy.table import Table
 
 from desi_loader import cli
 from desi_loader.commands import write_samples
-from desi_loader.tap import dachs, vocab
+from desi_loader import units
+from desi_loader.tap import dachs
 
 pytestmark = pytest.mark.slow
 
@@ -185,7 +186,7 @@ def test_tap_schema_metadata_is_what_the_loader_recorded(tap):
     assert len(recorded) > 1000
     for table, column, unit, description in recorded:
         tap_unit, tap_description, _ucd = served[(table, column)]
-        assert (tap_unit or "") == vocab.vounit(unit).vounit, (table, column, unit)
+        assert (tap_unit or "") == units.translate(unit).vounit, (table, column, unit)
         assert (tap_description or "").startswith((description or "").strip()), (table, column)
     ucds = {k: v[2] for k, v in served.items()}
     assert ucds[("fastspecfit_metadata", "ra")] == "pos.eq.ra;meta.main"

@@ -5,6 +5,7 @@ import xml.etree.ElementTree as ET
 import astropy.units as u
 import pytest
 
+from desi_loader import units
 from desi_loader.tap import rd, vocab
 from desi_loader.tap.describe import ColumnMeta, TableMeta
 
@@ -15,14 +16,14 @@ from desi_loader.tap.describe import ColumnMeta, TableMeta
     ("1 / nmgy2", "'nmgy'**-2"), ("percent", "'percent'"), ("Msun", "solMass"),
 ])
 def test_vounit(fits, vounit):
-    assert vocab.vounit(fits).vounit == vounit
+    assert units.translate(fits).vounit == vounit
 
 
 def test_vounit_keeps_the_unit_and_says_what_changed():
-    flux = vocab.vounit("1e-17 erg / (Angstrom cm2 s)")
+    flux = units.translate("1e-17 erg / (Angstrom cm2 s)")
     assert u.Unit(flux.vounit, format="vounit") == u.Unit("1e-17 erg / (Angstrom cm2 s)")
-    assert vocab.vounit("Mpc h-1").note and "little h" in vocab.vounit("Mpc h-1").note
-    bad = vocab.vounit("furlongs per fortnight")
+    assert units.translate("Mpc h-1").note and "little h" in units.translate("Mpc h-1").note
+    bad = units.translate("furlongs per fortnight")
     assert bad.vounit == "" and "left out" in bad.note
 
 

@@ -19,6 +19,7 @@ A file is written under a temporary name and renamed into place when complete.
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
 import os
@@ -28,6 +29,7 @@ from typing import Any, Iterable, TYPE_CHECKING
 
 import numpy as np
 
+from .. import units
 from ..errors import UsageError
 from .tables import physical, stored
 
@@ -149,6 +151,7 @@ _VOTABLE_WIDER = {"uint16": "int32", "uint32": "int64", "uint64": "str"}
 def _for_votable(table: Table) -> Table:
     out = table.copy(copy_data=False)
     for name in table.colnames:
+        out[name].unit = None           # written by _votable_units, as the TAP service writes them
         wider = _VOTABLE_WIDER.get(table[name].dtype.name)
         if wider == "str":
             col = table[name]
@@ -171,7 +174,10 @@ def _csv_safe(table: Table) -> Table:
 
 
 def _render(table: Table, fmt: str) -> str:
+    vounits = {}
     if fmt == "votable":
+        vounits = {n: units.translate(table[n].meta.get("tunit") or _unit_text(table[n].unit)).vounit
+                   for n in table.colnames}
         table = _for_votable(table)
     elif fmt == "csv":
         table = _csv_safe(table)
@@ -180,8 +186,24 @@ def _render(table: Table, fmt: str) -> str:
         "format": "ascii.ecsv" if fmt == "ecsv" else "ascii.csv"}
     table.write(buf, **kw)
     value = buf.getvalue()
-    return value.decode("utf-8") if isinstance(value, bytes) else value
+    text = value.decode("utf-8") if isinstance(value, bytes) else value
+    return _votable_units(text, vounits) if vounits else text
 
+
+def _unit_text(unit) -> str:
+    return "" if unit is None else str(unit)
+
+
+_FIELD_NAME = re.compile(r'(<FIELD [^>]*?name="([^"]*)")')
+
+
+def _votable_units(text: str, vounits: dict) -> str:
+    """Each FIELD with its column's VOUnit (desi_loader.units: what the TAP service serves),
+    not astropy's writing of it (which drops Hz from erg / (Hz s) and cannot write little h)."""
+    def add(m: re.Match) -> str:
+        unit = vounits.get(html.unescape(m.group(2)))
+        return f'{m.group(1)} unit="{html.escape(unit, quote=True)}"' if unit else m.group(1)
+    return _FIELD_NAME.sub(add, text)
 
 _STREAM = '<STREAM encoding="base64">'
 

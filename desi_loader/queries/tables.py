@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator, Optional, Sequence, TYPE_CHECKING
 
 import numpy as np
 import psycopg2
 
 from ..control.ledger import column_sources
+from .. import units
 from ..db import connect
 from ..errors import QueryError, UsageError, with_hint
 from ..fits.columns import FitsSource, pg_name
@@ -107,16 +108,18 @@ def _parse_comment(comment: Optional[str]) -> tuple[Optional[str], Optional[str]
 
 
 def iter_tables(conn: Connection, query: str, params=None, chunk_rows: int = CHUNK_ROWS,
-                fits_names: bool = False) -> Iterator[Table]:
+                fits_names: bool = False, units_of: Optional[dict] = None) -> Iterator[Table]:
     """The result of ``query`` (a SELECT, VALUES or WITH ... SELECT) as astropy Tables of at
     most ``chunk_rows`` rows each, read through a server-side cursor: at least one Table
-    (empty when the result is).  ``fits_names``: published columns named as in their file."""
+    (empty when the result is).  ``fits_names``: published columns named as in their file;
+    ``units_of``: {column: FITS unit string} of computed columns (a cone's ``dist``)."""
     with conn.cursor(name=f"desi_loader_{uuid.uuid4().hex[:12]}") as cur:
         cur.itersize = chunk_rows
         cur.execute(query, params)
         rows = cur.fetchmany(chunk_rows)
         with conn.cursor() as meta:
-            cols = describe(meta, cur.description)
+            cols = [c if c.unit or c.name not in (units_of or {}) else replace(c, unit=units_of[c.name])
+                    for c in describe(meta, cur.description)]
         yield to_table(cols, rows, fits_names)
         while len(rows) == chunk_rows:
             rows = cur.fetchmany(chunk_rows)
@@ -139,7 +142,10 @@ def to_table(cols: list[ResultColumn], rows: list, fits_names: bool = False) -> 
         meta = {}
         if col.source is not None:           # as the file has them: TNULL, and TUNIT as written
             meta = {k: v for k, v in (("tnull", col.source.null), ("tunit", col.source.unit)) if v is not None}
-        table[name] = kind(data, name=name, unit=col.unit, description=col.description, meta=meta, **kw)
+        if col.unit and "tunit" not in meta:
+            meta["tunit"] = col.unit            # the string every export translates (desi_loader.units)
+        table[name] = kind(data, name=name, unit=units.astropy_unit(col.unit), description=col.description,
+                           meta=meta, **kw)
     return table
 
 

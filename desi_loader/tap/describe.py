@@ -20,6 +20,7 @@ from ..db import relation_exists
 from ..fits.columns import FitsSource
 from ..queries.voids import TABLE as VOID_MEMBERSHIP
 from ..sky import COLUMN as SKY_COLUMN
+from .. import units
 from . import vocab
 
 if TYPE_CHECKING:
@@ -131,7 +132,7 @@ def _column(table: str, col: str, pg_type: str, comment: Optional[str], source: 
     if dachs is None:
         return None
     fits_unit = source.unit if source else _unit_of_comment(comment)
-    unit = vocab.vounit(fits_unit)
+    unit = units.translate(fits_unit)
     description = (source.description if source and source.description else _strip_unit(comment)) or ""
     note = unit.note
     if pg_type.startswith("numeric"):

@@ -1,12 +1,11 @@
-"""What a TAP service says about a column, derived from what the loader knows: the unit as a
-VOUnit, a UCD from the column's name, the ADQL name (reserved words delimited) and the
-DaCHS type of a PostgreSQL type.  Pure: no database, no DaCHS.
+"""What a TAP service says about a column, derived from what the loader knows: a UCD from
+the column's name, the ADQL name (reserved words delimited) and the DaCHS type of a
+PostgreSQL type (the unit's VOUnit is desi_loader.units', as every export writes it).  Pure:
+no database, no DaCHS.
 """
 from __future__ import annotations
 
 import re
-import warnings
-from dataclasses import dataclass
 from typing import Optional
 
 #: ADQL 2.1 reserved words (section 2.1.2 of the standard: its own words and SQL-92's).  A
@@ -43,59 +42,6 @@ def adql_name(name: str) -> str:
     if name.upper() in ADQL_RESERVED or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
         return "quoted/" + name
     return name
-
-
-@dataclass(frozen=True)
-class Unit:
-    """A FITS unit as served: the VOUnit string ('' when none) and what was done to it."""
-
-    vounit: str
-    note: Optional[str] = None      # set when the FITS string was not served as it is
-
-
-#: FITS unit strings of the DESI catalogs that no unit parser reads as their authors meant
-#: (``h`` is little h, not the hour; maggies and percent are not VOUnits): the VOUnit
-#: standard's way for a unit it does not know is to quote it.
-_SPECIAL = {
-    "Mpc h-1": ("Mpc.'h'**-1", "little h quoted: VOUnit has no h (astropy would read it as the hour)"),
-    "Mpc/h": ("Mpc.'h'**-1", "little h quoted: VOUnit has no h"),
-    "(Mpc/h)^2": ("Mpc**2.'h'**-2", "not a FITS unit string; little h quoted"),
-    "(Mpc/h)^3": ("Mpc**3.'h'**-3", "not a FITS unit string; little h quoted"),
-    "nmgy": ("'nmgy'", "nanomaggy quoted: not a VOUnit"),
-    "1 / nmgy2": ("'nmgy'**-2", "nanomaggy quoted: not a VOUnit"),
-    "percent": ("'percent'", "percent quoted: VOUnit cannot scale a dimensionless unit"),
-}
-
-
-def vounit(fits_unit: Optional[str]) -> Unit:
-    """The VOUnit of a FITS TUNIT string (astropy's reading, written as a VOUnit), or an
-    empty unit with the reason when it cannot be written as one."""
-    text = (fits_unit or "").strip()
-    if not text:
-        return Unit("")
-    if text in _SPECIAL:
-        return Unit(*_SPECIAL[text])
-    import astropy.units as u            # astropy.units costs 0.3 s: only where units are needed
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # VOUnit deprecations (erg, Angstrom) are still VOUnits
-        try:
-            parsed = u.Unit(text, format="fits")
-        except ValueError:
-            try:
-                parsed = u.Unit(text)
-            except ValueError:
-                return Unit("", f"{text!r} is not a unit astropy can read: left out")
-        try:
-            out = parsed.to_string("vounit")
-        except ValueError as exc:
-            return Unit("", f"{text!r} has no VOUnit form ({str(exc).split('.')[0]}): left out")
-    if out == text:
-        return Unit(out)
-    return Unit(out, None if _same_words(out, text) else f"{text!r} written as the VOUnit {out!r}")
-
-
-def _same_words(a: str, b: str) -> bool:
-    return sorted(re.findall(r"[A-Za-z]+", a)) == sorted(re.findall(r"[A-Za-z]+", b))
 
 
 #: (table-name pattern, column-name pattern, UCD), first match wins; UCD1+ words only.  The
