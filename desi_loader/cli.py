@@ -168,19 +168,22 @@ def _parser_sample(sub) -> argparse.ArgumentParser:
                        description="Write sample files. With --catalog all, FastSpecFit goes to OUTDIR/fastspecfit "
                        "and DESIVAST to OUTDIR/desivast, with DESIVAST GALZONE.TARGET taken from the "
                        "FastSpecFit main-bright TARGETIDs so the two catalogs join.")
-    s.add_argument("outdir")
-    s.add_argument("--catalog", choices=("fastspecfit", "desivast", "all"), default="fastspecfit")
+    s.add_argument("outdir", help="directory to write the files into (created if missing)")
+    s.add_argument("--catalog", choices=("fastspecfit", "desivast", "all"), default="fastspecfit",
+                   help="which catalog's files: FastSpecFit (main-bright and sv3-dark layouts), the 8 DESIVAST "
+                   "files, or all of them (default fastspecfit)")
     s.add_argument("--rows", type=int, default=2000, help="FastSpecFit rows per file (default 2000)")
     s.add_argument("--files", type=int, default=3, help="number of FastSpecFit files (default 3)")
     s.add_argument("--scale", type=float, default=None,
                    help="DESIVAST rows as a fraction of the real counts (default 0.002; 1 = real size)")
-    s.add_argument("--seed", type=int, default=1)
+    s.add_argument("--seed", type=int, default=1,
+                   help="random seed: the same seed writes the same values (default 1)")
     return s
 
 
 def _parser_sql(sub) -> argparse.ArgumentParser:
     q = sub.add_parser("sql", help="run SQL against the target database and print the result (or --output FILE)")
-    q.add_argument("query")
+    q.add_argument("query", help="one SQL statement; quote it for the shell")
     _output(q)
     _target(q)
     _start(q)
@@ -226,8 +229,8 @@ def _parser_xmatch(sub) -> argparse.ArgumentParser:
     x = sub.add_parser("xmatch", help="nearest neighbour in table B within RADIUS degrees of each row of table A",
                        description="Cross-match two tables with sky indexes: for every row of A, the nearest "
                        "row of B within RADIUS (rows of A without one are left out). Prints tab-separated rows.")
-    x.add_argument("table_a")
-    x.add_argument("table_b")
+    x.add_argument("table_a", help="the table whose rows are matched (TABLE, or SCHEMA.TABLE)")
+    x.add_argument("table_b", help="the table searched for each row's nearest neighbour")
     x.add_argument("radius", type=float, help="match radius, degrees (1 arcsec = 0.000278)")
     x.add_argument("--columns-a", default=None, help="columns of A to print (default file_id,row_num)")
     x.add_argument("--columns-b", default=None, help="columns of B to print (default file_id,row_num)")
@@ -269,7 +272,7 @@ def _parser_status(sub) -> argparse.ArgumentParser:
 
 def _parser_abort(sub) -> argparse.ArgumentParser:
     ab = sub.add_parser("abort", help="drop an unfinished load's staging tables")
-    ab.add_argument("load_id", type=int)
+    ab.add_argument("load_id", type=int, help="the load's id, as desi-loader status lists it")
     ab.add_argument("--schema", default=None, help="schema of the load (default desi_dr1)")
     _target(ab)
     return ab
@@ -289,22 +292,30 @@ def _parser_tap(sub) -> argparse.ArgumentParser:
                        "  desi-loader tap publish --dsn postgresql://me@127.0.0.1/desi --admin-dsn "
                        "postgresql://postgres@127.0.0.1/desi\n  topcat: File > Load Table > TAP, URL from "
                        "desi-loader tap url", formatter_class=argparse.RawDescriptionHelpFormatter)
-    t.add_argument("action", choices=("publish", "url", "status", "stop"))
+    t.add_argument("action", choices=("publish", "url", "status", "stop"), help="what to do (see actions below)")
     t.add_argument("--schema", default=None, help="schema to serve (default desi_dr1)")
-    t.add_argument("--tap-dir", default=None, help="the DaCHS instance's directory (default "
-                   "~/.local/share/desi-loader/tap; one instance serves one database)")
+    t.add_argument("--tap-dir", default=None, help="the DaCHS instance's directory (publish: default "
+                   "~/.local/share/desi-loader/tap; url, status, stop: default the instance published last on this "
+                   "machine; one instance serves one database)")
     t.add_argument("--host", default="127.0.0.1", help="address the server listens on (default 127.0.0.1)")
     t.add_argument("--port", type=int, default=8080, help="its port (default 8080)")
     t.add_argument("--admin-dsn", default=None, help="a superuser of the same database, needed once to set "
-                   "DaCHS up in it (its roles, schemas and pgsphere; default: --dsn)")
+                   "DaCHS up in it (its roles, schemas and pgsphere) and to create q3c and the q3c indexes the "
+                   "cone searches need (default: --dsn)")
     t.add_argument("--no-start", action="store_false", dest="start", help="publish without starting the server")
     _target(t)
     return t
 
 
 def _parser_server(sub) -> argparse.ArgumentParser:
-    v = sub.add_parser("server", help="the embedded PostgreSQL server: start, stop, url, psql")
-    v.add_argument("action", choices=("start", "stop", "url", "psql"))
+    v = sub.add_parser("server", help="the embedded PostgreSQL server: start, stop, url, psql",
+                       description="The PostgreSQL server the loader runs itself when no database is named "
+                       "(data in ~/.local/share/desi-loader/pgdata). load starts it; queries only use it.",
+                       epilog="actions:\n  start  start it (creating it on first use) and print its connection URI\n"
+                       "  stop   stop it (the data stays)\n  url    print its connection URI, for psql or any "
+                       "client (it must be running)\n  psql   open an interactive psql session on it",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    v.add_argument("action", choices=("start", "stop", "url", "psql"), help="what to do (see actions below)")
     v.add_argument("--data-dir", help="data directory (default ~/.local/share/desi-loader/pgdata)")
     return v
 

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import runpy
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -43,7 +44,14 @@ def _dsn(args, start: bool = False) -> str:
                          start_server=start or getattr(args, "start_server", False))
 
 
-def _print_summary(console, summary, dsn: str) -> None:
+def _target_args(args) -> str:
+    """The options that name this command's database, for the commands it suggests next."""
+    given = [("--dsn", mask_dsn(args.dsn) if getattr(args, "dsn", None) else None),
+             ("--data-dir", getattr(args, "data_dir", None)), ("--config", getattr(args, "config", None))]
+    return "".join(f" {opt} {shlex.quote(str(v))}" for opt, v in given if v)
+
+
+def _print_summary(console, summary, dsn: str, target: str = "") -> None:
     d = summary.as_dict()
     console.print(f"[bold]load {summary.load_id}: {summary.catalog} -> schema {summary.schema}", highlight=False)
     t = Table()
@@ -96,7 +104,7 @@ def _print_summary(console, summary, dsn: str) -> None:
         console.print("server: " + ", ".join(f"{k}={v}" for k, v in summary.server.items()))
     console.print(f"connection: {mask_dsn(dsn)}")
     console.print(f'query it:   desi-loader sql "SELECT count(*) FROM {summary.schema}.'
-                  f'{next(iter(summary.rows), "load_files")}"')
+                  f'{next(iter(summary.rows), "load_files")}"{target}', highlight=False, soft_wrap=True)
 
 
 def _reporter(args, console):
@@ -161,7 +169,7 @@ def cmd_load(args, console, reporter: Optional[NullReporter] = None,
                           + (f"; {len(summary.files_failed)} file(s) cannot be loaded (exit {code})"
                              if summary.files_failed else ""))
         else:
-            _print_summary(console, summary, dsn)
+            _print_summary(console, summary, dsn, _target_args(args))
     return code
 
 

@@ -118,6 +118,7 @@ class PlainReporter(NullReporter):
         self.rows = self.bytes = self.total = 0
         self.t0 = self.last = time.perf_counter()
         self.step_last: dict = {}
+        self.step_started: dict = {}
 
     def _line(self, text: str) -> None:
         print(time.strftime("%H:%M:%S ") + text, file=self.stream, flush=True)
@@ -126,8 +127,16 @@ class PlainReporter(NullReporter):
         self._line(f"phase {name}")
 
     def step(self, what: str, state: str) -> None:
+        """A step of the finalize (an index, the statistics): a log line only for a step that
+        lasts (its progress every PLAIN_INTERVAL, its end), not a start and an end for each
+        of the dozens of short ones a load has."""
         now = time.perf_counter()
-        if state == "start" or state.startswith("done") or now - self.step_last.get(what, 0) >= PLAIN_INTERVAL:
+        if state == "start":
+            self.step_last[what] = self.step_started[what] = now
+        elif state.startswith("done"):
+            if now - self.step_started.pop(what, now) >= PLAIN_INTERVAL:
+                self._line(f"  {what}: {state}")
+        elif now - self.step_last.get(what, now) >= PLAIN_INTERVAL:
             self.step_last[what] = now
             self._line(f"  {what}: {state}")
 

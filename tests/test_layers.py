@@ -1,4 +1,4 @@
-"""The import layering docs/ARCHITECTURE.md states: a package or module imports only those
+"""The import layering docs/internals/architecture.md states: a package or module imports only those
 below it in the table (within one row, modules import each other freely), and no import
 cycle.  Checked on the source with an AST walk of every import, at module and function level."""
 import ast
@@ -13,7 +13,7 @@ PKG = ROOT / "desi_loader"
 
 def _layers() -> list:
     """The first column of the package table, top to bottom: one set of names per row."""
-    text = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    text = (ROOT / "docs" / "internals" / "architecture.md").read_text()
     table = text[text.index("| package / module |"):]
     rows = []
     for line in table.splitlines()[2:]:
@@ -63,7 +63,7 @@ def _imports() -> dict:
 def test_architecture_table_covers_every_package_and_module():
     units = {_unit(m) for m in _imports()} - {"__init__", "__main__"}
     listed = set().union(*_layers())
-    assert units <= listed, f"not in docs/ARCHITECTURE.md's table: {sorted(units - listed)}"
+    assert units <= listed, f"not in docs/internals/architecture.md's table: {sorted(units - listed)}"
 
 
 def test_imports_point_down_the_table():

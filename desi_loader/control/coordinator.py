@@ -318,7 +318,7 @@ class Coordinator:
 
     def index(self) -> None:
         self.facts.indexed = indexes.index(self.load, self.facts.cluster is not None,
-                                           staging.prepare_sky(self.load), self.reporter)
+                                           staging.prepare_sky(self.load, self.reporter.warn), self.reporter)
 
     def durable(self) -> None:
         check_canary(self.load)

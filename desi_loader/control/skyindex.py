@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from importlib import resources
-from typing import Optional, Sequence, TYPE_CHECKING
+from typing import Callable, Optional, Sequence, TYPE_CHECKING
 
 import psycopg2
 from psycopg2 import sql
@@ -38,8 +38,16 @@ def q3c_schema(cur: Cursor) -> Optional[str]:
     return row[0] if row else None
 
 
-def ensure_q3c(conn: Connection) -> Optional[str]:
-    """Install q3c when the server has it and we may; its schema, or None (with the reason logged)."""
+def q3c_advice(database: str, dsn_hint: str = "postgresql://SUPERUSER@HOST/DATABASE") -> str:
+    """Who can create q3c and how: the statement, and the command that does it and builds the
+    missing q3c indexes without reloading."""
+    return (f"only a superuser can create it: have one run CREATE EXTENSION q3c; in database {database}, "
+            f"or run desi-loader tap publish --admin-dsn {dsn_hint} (it creates q3c and builds the missing "
+            "q3c indexes, no reload)")
+
+
+def ensure_q3c(conn: Connection, warn: Callable[[str], None] = log.warning) -> Optional[str]:
+    """Install q3c when the server has it and we may; its schema, or None (``warn`` told why)."""
     with conn.cursor() as cur:
         have = q3c_schema(cur)
         if have:
@@ -58,8 +66,10 @@ def ensure_q3c(conn: Connection) -> Optional[str]:
             return have
         except psycopg2.Error as exc:
             conn.rollback()
-            log.warning("q3c is available but could not be installed (%s): ask a database owner to run "
-                        "CREATE EXTENSION q3c; loading with the hpx29 index only", str(exc).strip())
+            database = conn.get_dsn_parameters().get("dbname", "")
+            warn(f"q3c is available on the server but role {conn.get_dsn_parameters().get('user', '')} cannot "
+                 f"create it ({str(exc).strip().splitlines()[0]}); {q3c_advice(database)}. This load "
+                 "builds the hpx29 sky index only: desi-loader cone works, the TAP cone search needs q3c")
             return None
 
 

@@ -146,12 +146,13 @@ def per_table(load: Load, step: Callable[[object, str], None]) -> None:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def prepare_sky(load: Load) -> Optional[str]:
-    """SQL functions of the cone search, and q3c where the server has it: q3c's schema."""
+def prepare_sky(load: Load, warn: Optional[Callable[[str], None]] = None) -> Optional[str]:
+    """SQL functions of the cone search, and q3c where the server has it: q3c's schema
+    (``warn``: the reporter's, told when q3c is there but this role cannot create it)."""
     if not any(spec.sky for spec in load.tables.values()):
         return None
     install_functions(load.conn, load.schema)
-    return ensure_q3c(load.conn)
+    return ensure_q3c(load.conn, warn) if warn else ensure_q3c(load.conn)
 
 
 def durable(load: Load) -> None:

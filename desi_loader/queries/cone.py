@@ -16,6 +16,7 @@ from typing import Optional, Sequence, TYPE_CHECKING
 from psycopg2 import sql
 
 from ..control.skyindex import q3c_schema
+from ..db import relation_exists
 from ..errors import UsageError
 from ..sky import COLUMN
 
@@ -57,8 +58,10 @@ def describe(cur: Cursor, schema: str, table: Optional[str]) -> SkyTable:
     if table not in tables:
         import difflib
         close = difflib.get_close_matches(table, tables, n=1, cutoff=0.5)
-        raise UsageError(f"table {schema}.{table} has no sky index" + (f" (did you mean {close[0]}?)" if close else ""),
-                         f"tables with one in {schema}: {', '.join(tables)}")
+        exists = relation_exists(cur, schema, table)
+        raise UsageError(f"table {schema}.{table} " + ("has no sky index" if exists else "does not exist")
+                         + (f" (did you mean {close[0]}?)" if close else ""),
+                         f"tables with a sky index in {schema}: {', '.join(tables)}")
     cur.execute("SELECT col_description(%s::regclass, a.attnum) FROM pg_attribute a "
                 "WHERE a.attrelid = %s::regclass AND a.attname = %s",
                 (f'"{schema}"."{table}"',) * 2 + (COLUMN,))

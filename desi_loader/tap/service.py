@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING, Callable, Optional
 import psycopg2
 from psycopg2 import sql
 
+from ..control import skyindex
 from ..control.ledger import tap as marker
+from ..control.sqlgen import index_name
 from ..db import connect, first_line
 from ..errors import DatabaseError, LoaderError, UsageError
 from . import dachs, describe, rd
@@ -76,7 +78,9 @@ def publish(dsn: str, schema: str, tap_dir: Path, host: str = "127.0.0.1", port:
         if not _initialised(conn, inst):
             _init(conn, inst, admin_dsn or dsn)
         _admin_acts_as_owners(conn, inst, schema, metas, admin_dsn)
+        sky_notes = _cone_indexes(conn, schema, metas, admin_dsn)
         result = _describe_and_import(conn, inst, schema)
+        result.notes[:0] = sky_notes
         with conn.cursor() as cur:
             marker.record_served(cur, schema, str(inst.root.resolve()), tap_url(inst.url))
         inst.add_schema(schema)
@@ -126,6 +130,45 @@ def _admin_acts_as_owners(conn: Connection, inst: dachs.Instance, schema: str, m
     finally:
         if grantor is not conn:
             grantor.close()
+
+
+def _cone_indexes(conn: Connection, schema: str, metas: list, admin_dsn: Optional[str]) -> list:
+    """DaCHS serves a cone search over a q3c index only: create q3c where the role (or the
+    superuser of ``--admin-dsn``) may, and build the q3c index of every sky-indexed table that
+    lacks one, without reloading a row.  Notes: what was built, and why a table has no cone
+    search where it still has none."""
+    wanting = [m for m in metas if m.kind == "table" and m.sky and not m.q3c_index]
+    if not wanting:
+        return []
+    admin = connect(admin_dsn, "desi-loader tap sky") if admin_dsn else conn
+    database = conn.get_dsn_parameters().get("dbname", "")
+    try:
+        admin.autocommit = True
+        with admin.cursor() as cur:
+            q3c = skyindex.q3c_schema(cur)
+            if q3c is None:
+                try:
+                    cur.execute("CREATE EXTENSION IF NOT EXISTS q3c")
+                except psycopg2.Error as exc:
+                    why = (f"the server has no q3c (install postgresql-NN-q3c): {first_line(exc)}"
+                           if exc.pgcode == "0A000" or "control file" in str(exc) else
+                           f"q3c is not installed and {'--admin-dsn' if admin_dsn else 'this role'} cannot create "
+                           f"it ({first_line(exc)}); {skyindex.q3c_advice(database)}")
+                    return [f"{m.name}: no cone search: {why}" for m in wanting]
+                q3c = skyindex.q3c_schema(cur)
+            notes = []
+            for m in wanting:
+                name = index_name(m.name, ("q3c",))
+                cur.execute(skyindex.q3c_index_statement(schema, m.name, name, m.sky, q3c))
+                cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, m.name)))
+                notes.append(f"{m.name}: q3c index {name} built, its cone search is served")
+            return notes
+    except psycopg2.Error as exc:
+        raise DatabaseError(f"cannot build the q3c indexes of {schema}: {first_line(exc)}",
+                            "give --admin-dsn with a superuser or the tables' owner") from exc
+    finally:
+        if admin is not conn:
+            admin.close()
 
 
 def _initialised(conn: Connection, inst: dachs.Instance) -> bool:
