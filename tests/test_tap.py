@@ -359,3 +359,39 @@ def test_guide_pyvo_session_runs_as_written(tap):
     assert len(namespace["cone"]) > 0 and len(namespace["galaxies"]) > 0
     assert list(namespace["matches"]["name"]) == ["first"]
     assert list(namespace["cone"]["dist"]) == sorted(namespace["cone"]["dist"])
+
+
+def test_non_superuser_load_then_admin_publish_serves_cone_search(tap, capsys, monkeypatch, tmp_path):
+    """#36: an ordinary role loads into a database without q3c (it cannot create it, and the
+    load says who can); tap publish --admin-dsn creates q3c and builds the q3c index without a
+    reload; stilts cone then returns the rows desi-loader cone returns; tap url finds the
+    instance published with --tap-dir without being told."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))       # this user's own registry of instances
+    _sql(tap.superuser, "CREATE DATABASE vo2 OWNER loader")
+    port = re.search(r":(\d+)/", tap.admin_dsn).group(1)
+    dsn, admin = f"postgresql://loader@127.0.0.1:{port}/vo2", f"postgresql://postgres@127.0.0.1:{port}/vo2"
+    capsys.readouterr()
+    assert cli.main(["load", tap.main[0], "--dsn", dsn, "-q", "--workers", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "only a superuser can create it" in err and "CREATE EXTENSION q3c;" in err and "--admin-dsn" in err
+    assert _sql(admin, "SELECT count(*) FROM pg_extension WHERE extname = 'q3c'")[0][0] == 0
+    tap_dir, tap_port = tmp_path / "vo2-tap", localpg.free_port()
+    try:
+        assert cli.main(["tap", "publish", "--dsn", dsn, "--admin-dsn", admin, "--tap-dir", str(tap_dir),
+                         "--port", str(tap_port)]) == 0
+        out = capsys.readouterr().out
+        assert "q3c index" in out and "built" in out
+        scs = re.search(r"cone search on fastspecfit_metadata: (\S+)", out).group(1)
+        assert cli.main(["tap", "url"]) == 0                           # no --tap-dir: the one just published
+        assert capsys.readouterr().out.strip() == f"http://127.0.0.1:{tap_port}/tap"
+        want = sorted(w[0] for w in _cli_rows(capsys, ["cone", "150", "30", "5", "--dsn", dsn,
+                                                        "--columns", "targetid"]))
+        assert want
+        out_file = tmp_path / "cone.csv"
+        proc = subprocess.run(["stilts", "cone", f"serviceurl={scs}", "lon=150", "lat=30", "radius=5",
+                               "ofmt=csv", f"out={out_file}"], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        got = Table.read(out_file, format="ascii.csv")
+        assert sorted(str(x) for x in got["targetid"]) == want
+    finally:
+        cli.main(["tap", "stop", "--tap-dir", str(tap_dir)])
