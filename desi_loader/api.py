@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Optional, Sequence, Union
+import time
+from typing import Callable, Optional, Sequence, Union
 
 from .control.options import LoadOptions
 from .control.summary import Summary
 from .control.run import plan_loads, run_loads
-from .queries.tables import default_dsn, query
-from .errors import LoaderError, with_hint
+from .queries.tables import query
+from .errors import LoaderError, UsageError, with_hint
+from .report import NullReporter
+from .samples.cache import ensure_sample
+from .servers import embedded
 from .tap import service as tap
 
 log = logging.getLogger(__name__)
 
-__all__ = ["load", "query", "tap_url"]
+__all__ = ["load", "query", "tap_url", "run", "Sample"]
 
 
 def load(paths: Union[str, Sequence[str]] = (), *, dsn: Optional[str] = None, workers: int = 2,
@@ -81,22 +85,13 @@ def load(paths: Union[str, Sequence[str]] = (), *, dsn: Optional[str] = None, wo
 
 def _load(paths, dsn, workers, sample, quiet, options) -> list[Summary]:
     from rich.console import Console
-    from .errors import UsageError
     from .progress import PlainReporter, QuietReporter, RichReporter
-    from .samples.cache import ensure_sample
     console = Console()
-    paths = [paths] if isinstance(paths, str) else list(paths)
-    if sample:
-        paths += ensure_sample(say=(lambda m: None) if quiet else console.print)
-    if not paths:
-        raise UsageError("no input given", "name FITS files or directories, or pass sample=True")
-    opts = LoadOptions(paths=tuple(paths), dsn="", workers=workers, **options)
-    plans = plan_loads(opts)              # arguments and files checked before any server starts
-    opts = dataclasses.replace(opts, dsn=dsn if dsn is not None else default_dsn(start=True))
+    opts = LoadOptions(paths=tuple([paths] if isinstance(paths, str) else paths), workers=workers, **options)
     reporter = QuietReporter() if quiet else (
         RichReporter(console) if console.is_terminal or console.is_jupyter else PlainReporter())
-    summaries = run_loads(opts, reporter, plans)
-    tap.sync_loads(opts.dsn, summaries, log.info)     # a schema served over TAP stays in sync
+    summaries = run(opts, dsn=dsn, sample=Sample() if sample else None, reporter=reporter,
+                    say=log.info if quiet else console.print)
     if not quiet:
         for s in summaries:
             rows = sum(s.rows.values())
@@ -104,6 +99,49 @@ def _load(paths, dsn, workers, sample, quiet, options) -> list[Summary]:
                           f"{len(s.rows)} tables ({', '.join(s.rows)}) in {sum(s.phases.values()):.1f} s"
                           if s.role != "nothing" else f"{s.catalog}: nothing to load (published and unchanged)",
                           highlight=False)
+    return summaries
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    """The sample files to add to a load (``--sample``): FastSpecFit files of ``rows`` rows
+    each and the 8 DESIVAST files at ``scale`` of the real counts, written once to the cache."""
+
+    rows: int = 2000
+    files: int = 3
+    scale: Optional[float] = None
+
+
+def run(opts: LoadOptions, *, dsn: Optional[str] = None, data_dir: Optional[str] = None,
+        sample: Optional[Sample] = None, reporter: Optional[NullReporter] = None,
+        say: Callable[[str], None] = log.info) -> list[Summary]:
+    """The load use case: the one orchestration of a load, which ``desi_loader.load()`` and
+    ``desi-loader load`` both call (they differ only in how they show progress and results).
+
+    The sample files are added, the files are planned (paths, catalogs and headers checked
+    before any server is started or schema touched), the target database is chosen as every
+    command chooses it (``dsn``, DESI_LOADER_DSN, the config, libpq's environment, else the
+    embedded server in ``data_dir``, started), each catalog is loaded (control/run.py), and a
+    schema served over TAP is brought up to date.  A dry run touches no database.
+    """
+    if opts.workers < 1:
+        raise UsageError("--workers must be at least 1")
+    paths = list(opts.paths)
+    if sample is not None:
+        paths += ensure_sample(sample.rows, sample.files, sample.scale, say)
+    if not paths:
+        raise UsageError("no input given", "name FITS files or directories, or use --sample (sample=True)")
+    opts = dataclasses.replace(opts, paths=tuple(paths), dsn="")
+    reporter = reporter or NullReporter()
+    t0 = time.perf_counter()
+    reporter.phase("plan")
+    plans = plan_loads(opts)
+    plan_s = round(time.perf_counter() - t0, 3)
+    target = "" if opts.dry_run else embedded.target(dsn, opts.config, data_dir, start_server=True)
+    opts = dataclasses.replace(opts, dsn=target)
+    summaries = run_loads(opts, reporter, plans, plan_s)
+    if not opts.dry_run:
+        tap.sync_loads(target, summaries, say)       # a schema served over TAP stays in sync
     return summaries
 
 

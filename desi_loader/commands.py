@@ -6,7 +6,6 @@ LoaderError it raises becomes one line and its exit code in cli.main.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import runpy
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Optional
 import psycopg2
 from rich.table import Table
 
+from . import api
 from .servers import citus, embedded as server
 from . import display
 from .queries import checks, cone, export, tables, voids
@@ -27,9 +27,8 @@ from .db import connect, mask_dsn
 from .errors import UsageError
 from .control.ledger import Ledger, client_alive
 from .progress import PlainReporter, QuietReporter, RichReporter
-from .control.options import Faults
-from .control.run import LoadOptions, plan_loads, run_loads
-from .samples.cache import ensure_sample, write_samples
+from .control.options import Faults, LoadOptions
+from .samples.cache import write_samples
 from .tap import dachs, service as tap
 
 if TYPE_CHECKING:
@@ -114,63 +113,58 @@ def _reporter(args, console):
     return RichReporter(console) if console.is_terminal else PlainReporter()
 
 
-def cmd_load(args, console, reporter: Optional[NullReporter] = None,
-             faults: Optional[Faults] = None) -> int:
-    if args.workers < 1:
-        raise UsageError("--workers must be at least 1")
-    paths = list(args.paths)
-    if args.sample:
-        paths.extend(ensure_sample(args.sample_rows, args.sample_files, args.sample_scale, console.print))
-    if not paths:
-        raise UsageError("no input given", "name FITS files or directories, or use --sample")
-    opts = LoadOptions(paths=tuple(paths), dsn="", schema=args.schema, catalog=args.catalog,
-                       prefix=args.prefix, sky=args.sky,
-                       distribute=tuple(args.distribute), workers=args.workers, fmt=args.fmt, unlogged=args.unlogged,
-                       dry_run=args.dry_run, task_rows=args.task_rows, config=args.config,
+def load_options(args, faults: Optional[Faults] = None) -> LoadOptions:
+    """The load command's arguments as LoadOptions: the one place they are mapped."""
+    return LoadOptions(paths=tuple(args.paths), dsn="", schema=args.schema, catalog=args.catalog, prefix=args.prefix,
+                       sky=args.sky, distribute=tuple(args.distribute), workers=args.workers, fmt=args.fmt,
+                       unlogged=args.unlogged, dry_run=args.dry_run, task_rows=args.task_rows, config=args.config,
                        verify_checksum=args.verify_checksum, allow_partial=args.allow_partial,
                        resume=args.resume, copy_out=args.copy_out, join=args.join, staging_mode=args.staging,
-                       replace_all=args.replace_all,
-                       wait_timeout=args.wait_timeout, faults=faults or Faults())
-    reporter = reporter or _reporter(args, console)   # a caller's (a test's seam: it may stop the process)
-    # paths, catalogs and headers are checked before anything is touched: a mistake in the
-    # arguments neither starts the embedded server nor creates a schema
-    t0 = time.perf_counter()
-    reporter.phase("plan")
-    plans = plan_loads(opts)
-    plan_s = round(time.perf_counter() - t0, 3)
-    dsn = "" if args.dry_run else _dsn(args, start=True)
-    opts = dataclasses.replace(opts, dsn=dsn)
-    summaries = run_loads(opts, reporter, plans, plan_s)
+                       replace_all=args.replace_all, wait_timeout=args.wait_timeout, faults=faults or Faults())
+
+
+def cmd_load(args, console, reporter: Optional[NullReporter] = None,
+             faults: Optional[Faults] = None) -> int:
+    """desi-loader load: api.run (the load use case), then the summary, the JSON and the exit code."""
+    sample = api.Sample(args.sample_rows, args.sample_files, args.sample_scale) if args.sample else None
+    summaries = api.run(load_options(args, faults), dsn=args.dsn, data_dir=args.data_dir, sample=sample,
+                        reporter=reporter or _reporter(args, console),    # a test's seam may stop the process
+                        say=(lambda m: None) if args.quiet else console.print)
     if args.summary_json:
         loads = [s.as_dict() for s in summaries]
         Path(args.summary_json).write_text(json.dumps(
             {"loads": loads, "total_rows": sum(d["total_rows"] for d in loads)}, indent=2, default=str))
-    if not args.dry_run:
-        tap.sync_loads(dsn, summaries, (lambda m: None) if args.quiet else console.print)
     code = 4 if any(s.left_out for s in summaries) else 0
     if args.dry_run and any(s.left_out for s in summaries) and not args.allow_partial:
         code = 1                       # the load would fail on these files
-    if args.quiet:
-        return code
-    for summary in summaries:
-        if summary.role == "nothing":
-            console.print(f"{summary.catalog}: all {summary.unchanged_files} files are published and "
-                          f"unchanged in schema {summary.schema}: nothing to load (--replace-all reloads them)")
-            for name, reason in summary.left_out:
-                console.print(f"[yellow]not loaded: {name}[/yellow]: {reason}")
-        elif args.dry_run:
-            for entry in summary.plan:
-                sky = f", sky index hpx29 of ({', '.join(entry['sky'])})" if entry.get("sky") else ""
-                console.print(f"{summary.schema}.{entry['table']}: {entry['columns']} columns, "
-                              f"key ({', '.join(entry['key'])}){sky}, {summary.rows[entry['table']]:,} rows")
-            for path, reason in summary.files_failed:
-                console.print(f"[yellow]cannot load {os.path.basename(path)}[/yellow]: {reason}")
-            console.print(f"{summary.catalog}: {summary.files} files, {summary.tasks} tasks; dry run: nothing loaded"
-                          + (f"; {len(summary.files_failed)} file(s) cannot be loaded (exit {code})"
-                             if summary.files_failed else ""))
-        else:
-            _print_summary(console, summary, dsn, _target_args(args))
+    if not args.quiet:
+        for summary in summaries:
+            _print_outcome(console, summary, args, code)
     return code
+
+
+def _print_outcome(console, summary, args, code: int) -> None:
+    if summary.role == "nothing":
+        console.print(f"{summary.catalog}: all {summary.unchanged_files} files are published and "
+                      f"unchanged in schema {summary.schema}: nothing to load (--replace-all reloads them)")
+        for name, reason in summary.left_out:
+            console.print(f"[yellow]not loaded: {name}[/yellow]: {reason}")
+    elif args.dry_run:
+        _print_dry_run(console, summary, code)
+    else:
+        _print_summary(console, summary, summary.dsn, _target_args(args))
+
+
+def _print_dry_run(console, summary, code: int) -> None:
+    for entry in summary.plan:
+        sky = f", sky index hpx29 of ({', '.join(entry['sky'])})" if entry.get("sky") else ""
+        console.print(f"{summary.schema}.{entry['table']}: {entry['columns']} columns, "
+                      f"key ({', '.join(entry['key'])}){sky}, {summary.rows[entry['table']]:,} rows")
+    for path, reason in summary.files_failed:
+        console.print(f"[yellow]cannot load {os.path.basename(path)}[/yellow]: {reason}")
+    failed = len(summary.files_failed)
+    console.print(f"{summary.catalog}: {summary.files} files, {summary.tasks} tasks; dry run: nothing loaded"
+                  + (f"; {failed} file(s) cannot be loaded (exit {code})" if failed else ""))
 
 
 def cmd_tap(args, console) -> int:

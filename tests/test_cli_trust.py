@@ -242,7 +242,7 @@ def test_a_failed_tap_sync_does_not_fail_the_published_load(pg_uri, tmp_path, ca
     publishes and exits 0, and says how to bring the service up to date."""
     import psycopg2
     from astropy.table import Table
-    from desi_loader.control.ledger import tap as marker
+    from desi_loader.catalog import served as marker
     import numpy as np
     Table({"A": np.arange(5, dtype=np.int32)}).write(tmp_path / "a.fits")
     args = ["load", str(tmp_path / "a.fits"), "--catalog", "generic", "--prefix", "g", "--dsn", pg_uri,

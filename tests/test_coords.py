@@ -6,7 +6,7 @@ from astropy.coordinates import SkyCoord
 from astropy.cosmology import FlatLambdaCDM
 
 from desi_loader import coords
-from desi_loader.control.skyindex import install_functions
+from desi_loader.catalog.skyindex import install_functions
 from helpers import fetch
 
 RNG = np.random.default_rng(7)

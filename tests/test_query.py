@@ -4,7 +4,6 @@ FITS, value for value."""
 import io
 import json
 from contextlib import redirect_stdout
-from pathlib import Path
 
 import numpy as np
 import pytest

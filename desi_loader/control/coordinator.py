@@ -26,7 +26,7 @@ from .load import Load
 from .opening import open_load
 from .options import LoadOptions
 from .pool import WorkerPool
-from .results import Merged, Outcome
+from .results import FailedFile, Merged, Outcome
 from .summary import Facts, Summary, dry_run, summarize
 from .settle import Settling, checkpoint_advice, plan_settling
 from .verify import RowsLost, check_canary, expected_counts
@@ -280,7 +280,8 @@ class Coordinator:
         while True:
             status, phase, finalizer, error = ledger.state()
             if status == "published":
-                self.facts.outcome = Outcome(finalizer, ledger.rows_by_table(), tuple(ledger.left_out(error)))
+                self.facts.outcome = Outcome(finalizer, ledger.rows_by_table(),
+                                             tuple(FailedFile(*f) for f in ledger.left_out(error)))
                 self.reporter.info(f"load {ledger.load_id} was published by {finalizer}")
                 return
             if status in ("failed", "aborted"):

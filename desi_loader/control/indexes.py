@@ -23,12 +23,13 @@ from typing import Callable, Optional, TYPE_CHECKING
 import psycopg2
 from psycopg2 import sql
 
-from . import analyze as statistics, attach
+from . import analyze as statistics
+from ..catalog import attach
 from ..db import connect, free_connections, relation_exists
 from ..errors import LoadFailed
 from ..servers import citus
 from .ledger import app_name
-from .skyindex import q3c_index_statement
+from ..catalog.skyindex import q3c_index_statement
 from .staging import FINALIZE_LOCK_TIMEOUT
 from .sqlgen import attach_key, index_name, key_index, primary_key, secondary_indexes
 

@@ -8,7 +8,7 @@ from typing import Callable, Optional, TYPE_CHECKING
 import psycopg2
 from psycopg2 import sql
 
-from . import attach
+from ..catalog import attach
 from ..db import first_line, is_transient, relation_exists
 from ..errors import DatabaseError, LoadFailed
 from .retry import DEFAULT_BUDGET, Backoff

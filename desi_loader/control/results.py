@@ -2,8 +2,9 @@
 summary.Facts and summary.summarize turns them into the Summary."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from ..fits.discover import Plan
 from .pool import PoolResult
@@ -30,13 +31,25 @@ class CopyStats:
                          max(self.worker_peak_kb, result.worker_peak_kb))
 
 
+class FailedFile(NamedTuple):
+    """A named file that was not loaded: its path as named, and why.  The one shape of a failed
+    file from verify to the ledger to the Summary, on every process of a load."""
+
+    path: str
+    reason: str
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.path)
+
+
 @dataclass(frozen=True)
 class Outcome:
     """The await phase: another process published the load."""
 
     published_by: str
     rows: dict                       # table -> rows
-    left_out: tuple                  # (file name, reason) left out by --allow-partial
+    left_out: tuple                  # FailedFile: the files --allow-partial published without
 
 
 @dataclass(frozen=True)
@@ -45,8 +58,7 @@ class Verified:
 
     rows: Optional[dict]             # table -> rows; None: nothing to count (every loadable file unchanged)
     plan: Plan                       # the files published (--allow-partial leaves failed ones out)
-    left_out: tuple = ()             # (file name, reason) left out
-    failed: tuple = ()               # (path, reason) of the same files
+    left_out: tuple = ()             # FailedFile: the files published without (--allow-partial)
 
 
 @dataclass(frozen=True)

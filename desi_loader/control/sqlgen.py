@@ -5,6 +5,7 @@ from typing import Optional
 
 from psycopg2 import sql
 
+from ..catalog.names import index_name
 from ..fits.columns import TableSpec
 from ..servers.citus import unique_columns
 
@@ -36,15 +37,6 @@ def create_staging(schema: str, name: str, spec: TableSpec, logged: bool = False
             out.append(sql.SQL("COMMENT ON COLUMN {}.{} IS {}").format(
                 ident, sql.Identifier(c.name), sql.Literal(c.comment)))
     return out
-
-
-def index_name(table: str, cols: tuple) -> str:
-    """Deterministic index names (<= 63 bytes)."""
-    name = f"{table}_{'_'.join(cols)}_idx"
-    if len(name) > 63:
-        import hashlib
-        name = f"{table[:40]}_{hashlib.sha1(name.encode()).hexdigest()[:12]}_idx"
-    return name
 
 
 def primary_key(schema: str, name: str, spec: TableSpec, distributed=None) -> sql.Composed:

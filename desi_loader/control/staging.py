@@ -12,7 +12,7 @@ from psycopg2 import sql
 from ..servers import citus
 from ..db import connect
 from .ledger import app_name
-from .skyindex import ensure_q3c, install_functions
+from ..catalog.skyindex import ensure_q3c, install_functions
 from ..errors import LoadFailed
 from .sqlgen import create_staging
 

@@ -134,6 +134,13 @@ def dry_run(opts: LoadOptions, plan: Plan, expected: dict, plan_s: float) -> Sum
                    files_loaded=[fp.info.path for fp in plan.files], files_failed=list(plan.failed))
 
 
+def _failed(s: Summary, files: tuple) -> None:
+    """The Summary's two views of the files a load was published without (results.FailedFile):
+    ``files_failed`` their paths, ``left_out`` their names, the same on every process."""
+    s.files_failed = [(f.path, f.reason) for f in files]
+    s.left_out = [(f.name, f.reason) for f in files]
+
+
 def summarize(opts: LoadOptions, facts: Facts) -> Summary:
     """The Summary of a load this process took part in, from what its phases returned."""
     opening = facts.opening
@@ -157,10 +164,10 @@ def summarize(opts: LoadOptions, facts: Facts) -> Summary:
         s.phases["copy_stream"] = round(c.stream_s, 3)
     if facts.outcome is not None:
         s.published_by, s.rows = facts.outcome.published_by, dict(facts.outcome.rows)
-        s.left_out, s.files_failed = list(facts.outcome.left_out), list(facts.outcome.left_out)
+        _failed(s, facts.outcome.left_out)
     if facts.verified is not None:
         v = facts.verified
-        s.left_out, s.files_failed = list(v.left_out), list(v.failed)
+        _failed(s, v.left_out)
         if v.rows is not None:
             s.rows, s.verified, s.files = dict(v.rows), True, len(v.plan.files)
             s.files_loaded = [fp.info.path for fp in v.plan.files]

@@ -12,7 +12,7 @@ from psycopg2 import sql
 
 from ..fits.checksum import checksum_ok, combine
 from ..fits.discover import Plan, narrowed
-from .results import Verified
+from .results import FailedFile, Verified
 from ..errors import LoadFailed
 from .staging import FINALIZE_LOCK_TIMEOUT
 
@@ -39,12 +39,12 @@ def verify(load: Load, unchanged: int) -> Verified:
 
     ``unchanged``: published files this load skips.  Returns a results.Verified whose plan
     holds the files to publish (the load's plan without those --allow-partial left out)."""
-    plan, left_out, failed = settle_failures(load, unchanged)
+    plan, left_out = settle_failures(load, unchanged)
     loaded = load.ledger.loaded_rows()          # what each COPY reported, committed with its task
     if loaded is None:                          # tasks of an older version: count staging
         loaded = count_staging(load.conn, load.schema, load.staging_tables, load.tables)
     rows = check_counts(loaded, expected_counts(plan, load.file_ids))
-    return Verified(rows, plan, left_out, failed)
+    return Verified(rows, plan, left_out)
 
 
 def check_canary(load: Load) -> None:
@@ -84,12 +84,11 @@ def checksum_failures(load: Load, incomplete: set) -> list:
     return bad
 
 
-def settle_failures(load: Load, unchanged: int) -> tuple[Plan, tuple, tuple]:
+def settle_failures(load: Load, unchanged: int) -> tuple[Plan, tuple]:
     """Failed files (plan-time rejections, failed tasks, bad sums): LoadFailed, or with
     --allow-partial the load goes on without them (recorded for the other processes).
 
-    Returns (the plan of the files to publish, (file name, reason), (path, reason)) of the
-    files left out."""
+    Returns the plan of the files to publish and the files left out (results.FailedFile)."""
     opts, plan, ledger, ids = load.opts, load.plan, load.ledger, load.file_ids
     bad = list(plan.failed)
     names = {fp.info.name: fp for fp in plan.files}
@@ -102,7 +101,7 @@ def settle_failures(load: Load, unchanged: int) -> tuple[Plan, tuple, tuple]:
     corrupt = checksum_failures(load, incomplete) if opts.verify_checksum else []
     bad += corrupt
     if not bad:
-        return plan, (), ()
+        return plan, ()
     # forget the rows of files that failed their checksum: a rerun after a re-download
     # (same name, even the same size) loads them again instead of keeping stale rows
     ledger.remove_files(sorted({ids[os.path.basename(p)] for p, _ in corrupt}), load.staging_tables)
@@ -118,10 +117,10 @@ def settle_failures(load: Load, unchanged: int) -> tuple[Plan, tuple, tuple]:
                          "fix or re-download the named files and rerun the same command "
                          "(or --allow-partial to publish without them)")
     ledger.remove_files([ids[n] for n in loaded], load.staging_tables)
-    left_out = tuple((os.path.basename(p), r) for p, r in uniq)
+    left_out = tuple(FailedFile(p, r) for p, r in uniq)
     ledger.set_left_out(list(left_out))
     kept = {fp.info.name for fp in plan.files} - loaded
-    return narrowed(plan, kept, opts.task_bytes, opts.task_rows), left_out, tuple(uniq)
+    return narrowed(plan, kept, opts.task_bytes, opts.task_rows), left_out
 
 
 def nothing_but_failures(load: Load, unchanged: int) -> Verified:
@@ -134,7 +133,7 @@ def nothing_but_failures(load: Load, unchanged: int) -> Verified:
                          f"published file(s) unchanged; the published tables were not changed):"
                          + reasons(failed), "fix or re-download the named files and rerun the same "
                          "command (or --allow-partial to accept the tables without them)")
-    return Verified(None, load.plan, tuple((os.path.basename(p), r) for p, r in failed), tuple(failed))
+    return Verified(None, load.plan, tuple(FailedFile(p, r) for p, r in failed))
 
 
 # --------------------------------------------------------------------------- counts

@@ -15,7 +15,7 @@ from typing import Optional, Sequence, TYPE_CHECKING
 
 from psycopg2 import sql
 
-from ..control.skyindex import q3c_schema
+from ..catalog.skyindex import q3c_schema
 from ..db import relation_exists
 from ..errors import UsageError
 from ..sky import COLUMN

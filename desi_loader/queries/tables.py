@@ -22,7 +22,7 @@ from typing import Iterator, Optional, Sequence, TYPE_CHECKING
 import numpy as np
 import psycopg2
 
-from ..control.ledger import column_sources
+from ..catalog.columns import column_sources
 from .. import units
 from ..db import connect
 from ..errors import QueryError, UsageError, with_hint
@@ -118,7 +118,8 @@ def iter_tables(conn: Connection, query: str, params=None, chunk_rows: int = CHU
         cur.execute(query, params)
         rows = cur.fetchmany(chunk_rows)
         with conn.cursor() as meta:
-            cols = [c if c.unit or c.name not in (units_of or {}) else replace(c, unit=units_of[c.name])
+            computed = units_of or {}
+            cols = [c if c.unit or c.name not in computed else replace(c, unit=computed[c.name])
                     for c in describe(meta, cur.description)]
         yield to_table(cols, rows, fits_names)
         while len(rows) == chunk_rows:

@@ -32,8 +32,8 @@ from ..db import relation_exists
 from ..fits.config import released_name
 from ..errors import UsageError
 from ..coords import cartesian, comoving_distance
-from ..control import attach
-from ..control.ledger import published_headers
+from ..catalog import attach
+from ..catalog.files import published_headers
 
 if TYPE_CHECKING:
     from ..db import Connection, Cursor

@@ -15,7 +15,7 @@ from typing import Optional, TYPE_CHECKING
 
 from psycopg2 import sql
 
-from ..control.ledger.columns import column_sources
+from ..catalog.columns import column_sources
 from ..db import relation_exists
 from ..fits.columns import FitsSource
 from ..queries.voids import TABLE as VOID_MEMBERSHIP

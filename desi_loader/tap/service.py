@@ -19,9 +19,8 @@ from typing import TYPE_CHECKING, Callable, Optional
 import psycopg2
 from psycopg2 import sql
 
-from ..control import skyindex
-from ..control.ledger import tap as marker
-from ..control.sqlgen import index_name
+from ..catalog import served as marker, skyindex
+from ..catalog.names import index_name
 from ..db import connect, first_line
 from ..errors import DatabaseError, LoaderError, UsageError
 from . import dachs, describe, rd
@@ -156,6 +155,8 @@ def _cone_indexes(conn: Connection, schema: str, metas: list, admin_dsn: Optiona
                            f"it ({first_line(exc)}); {skyindex.q3c_advice(database)}")
                     return [f"{m.name}: no cone search: {why}" for m in wanting]
                 q3c = skyindex.q3c_schema(cur)
+            if q3c is None:
+                return [f"{m.name}: no cone search: q3c did not install" for m in wanting]
             notes = []
             for m in wanting:
                 name = index_name(m.name, ("q3c",))

@@ -15,8 +15,10 @@ from psycopg2 import sql
 from ...db import relation_exists, relation_oid
 from ..retry import transient
 from ..sessions import SETUP_LOCK, Session, Tx, app_name, client_alive, parse_app_name, process_name
-from .columns import column_sources, publish_columns
-from .files import Files, published_headers, publish_merged, publish_swapped, replaced_files
+from ...catalog.columns import column_sources
+from ...catalog.files import published_headers
+from .columns import publish_columns
+from .files import Files, publish_merged, publish_swapped, replaced_files
 from .loads import Loads, staging_name
 from .tasks import Tasks
 

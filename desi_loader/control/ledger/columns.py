@@ -8,8 +8,6 @@ from typing import TYPE_CHECKING
 from psycopg2 import sql
 from psycopg2.extras import execute_values
 
-from ...db import relation_exists
-from ...fits.columns import FitsSource
 
 if TYPE_CHECKING:
     from ...db import Cursor
@@ -32,13 +30,3 @@ def publish_columns(cur: Cursor, schema: str, specs: dict, load_id: int, replace
             "description = excluded.description, vla = excluded.vla, tnull = excluded.tnull, "
             "load_id = excluded.load_id").format(s)
             .as_string(cur), rows)
-
-
-def column_sources(cur: Cursor, schema: str, table: str) -> dict:
-    """column -> fits.columns.FitsSource of a published table ({} for tables the loader did not
-    publish, or a schema whose ledger predates loader_columns)."""
-    if not relation_exists(cur, schema, "loader_columns"):
-        return {}
-    cur.execute(sql.SQL("SELECT column_name, fits_name, dtype, shape, unit, description, vla, tnull "
-                        "FROM {}.loader_columns WHERE table_name = %s").format(sql.Identifier(schema)), (table,))
-    return {r[0]: FitsSource(r[1], r[2], tuple(r[3]), r[4], r[5], r[6], r[7]) for r in cur.fetchall()}

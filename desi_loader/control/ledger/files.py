@@ -56,15 +56,6 @@ def publish_swapped(cur: Cursor, schema: str, tables: list, load_id: int) -> Non
                         "WHERE load_id = %s").format(s=sql.Identifier(schema)), (load_id,))
 
 
-def published_headers(cur: Cursor, schema: str, catalog: str) -> list:
-    """(filename, PRIMARY header) of the published files of ``catalog`` ([] before any load)."""
-    if not relation_exists(cur, schema, "load_files"):
-        return []
-    cur.execute(sql.SQL("SELECT filename, header FROM {}.load_files WHERE published AND catalog = %s")
-                .format(sql.Identifier(schema)), (catalog,))
-    return cur.fetchall()
-
-
 class Files(SessionFace):
     """The ledger's statements on ``load_files`` (a Ledger mixin: it runs them in its Session)."""
 

@@ -7,7 +7,7 @@ from typing import Optional, TYPE_CHECKING
 
 from psycopg2 import sql
 
-from ...db import relation_exists
+from ..db import relation_exists
 
 if TYPE_CHECKING:
     from ...db import Cursor
