@@ -104,14 +104,7 @@ def _parser_load(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("load", help="load FITS files into PostgreSQL",
                        description="Load FITS files (or directories of them) into PostgreSQL tables.")
     p.add_argument("paths", nargs="*", help="FITS files or directories holding them")
-    p.add_argument("--sample", action="store_true",
-                   help="load generated sample files: FastSpecFit (main and sv3) and the 8 DESIVAST files "
-                   "(made in the cache directory if missing)")
-    p.add_argument("--sample-rows", type=int, default=2000,
-                   help="rows per sample FastSpecFit file (default 2000)")
-    p.add_argument("--sample-files", type=int, default=3, help="number of sample FastSpecFit files (default 3)")
-    p.add_argument("--sample-scale", type=float, default=None,
-                   help="DESIVAST sample size as a fraction of the real row counts (default 0.002)")
+    _sample_options(p)
     p.add_argument("-w", "--workers", type=int, default=min(os.cpu_count() or 2, 16),
                    help="worker processes, each with its own connection (default: cores, at most 16)")
     p.add_argument("--catalog", help="fastspecfit (FastSpecFit Iron v3.0), desivast (DESIVAST v1.0 void "
@@ -161,6 +154,17 @@ def _parser_load(sub) -> argparse.ArgumentParser:
                    help="log details to stderr")
     _target(p)
     return p
+
+
+def _sample_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sample", action="store_true",
+                   help="load generated sample files: FastSpecFit (main and sv3) and the 8 DESIVAST files "
+                   "(made in the cache directory if missing)")
+    p.add_argument("--sample-rows", type=int, default=2000,
+                   help="rows per sample FastSpecFit file (default 2000)")
+    p.add_argument("--sample-files", type=int, default=3, help="number of sample FastSpecFit files (default 3)")
+    p.add_argument("--sample-scale", type=float, default=None,
+                   help="DESIVAST sample size as a fraction of the real row counts (default 0.002)")
 
 
 def _parser_sample(sub) -> argparse.ArgumentParser:

@@ -101,72 +101,92 @@ def table_jobs(schema: str, table: str, stage: str, spec, pages: int, q3c: Optio
                          pages + ANALYZE_COST * len(spec.all_columns), after=len(builds), then=take_statistics)]
 
 
+class _Queue:
+    """The index phase's jobs, shared by its sessions: biggest first, each table's finishing
+    job after its builds; the first failure stops every session."""
+
+    def __init__(self, jobs: list) -> None:
+        self.jobs = jobs
+        self.lock = threading.Condition()
+        self.waiting = {id(j): j.after for j in jobs}       # builds left before a job may start
+        self.ready = [(-j.cost, n, j) for n, j in enumerate(jobs) if not j.after]
+        heapq.heapify(self.ready)
+        self.running: dict = {}                             # backend pid -> Job
+        self.left = len(jobs)
+        self.failure: list = []
+
+    def take(self) -> Optional[Job]:
+        with self.lock:
+            while not self.ready and self.left and not self.failure:
+                self.lock.wait()
+            if self.failure or not self.ready:
+                return None
+            return heapq.heappop(self.ready)[2]
+
+    def finished(self, job: Job) -> None:
+        with self.lock:
+            self.left -= 1
+            for n, other in enumerate(self.jobs):
+                if other.table == job.table and self.waiting[id(other)] and job.after == 0:
+                    self.waiting[id(other)] -= 1
+                    if not self.waiting[id(other)]:
+                        heapq.heappush(self.ready, (-other.cost, len(self.jobs) + n, other))
+            self.lock.notify_all()
+
+    def fail(self, exc: BaseException) -> None:
+        with self.lock:
+            self.failure.append(exc)
+            self.lock.notify_all()
+
+
+def _session(dsn: str, tag: str, queue: _Queue, conns: list, result: IndexResult, reporter: NullReporter,
+             on_cluster: bool) -> None:
+    """One session of the index phase: jobs from ``queue`` until none is left (or one failed)."""
+    conn = connect(dsn, app_name("finalize", tag))
+    conns.append(conn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SET lock_timeout = %s", (FINALIZE_LOCK_TIMEOUT,))
+        conn.commit()
+        pid = conn.get_backend_pid()
+        while (job := queue.take()) is not None:
+            label = f"{job.table}: {job.what}"
+            reporter.step(label, "start")
+            with queue.lock:
+                queue.running[pid] = job
+            t0 = time.perf_counter()
+            try:
+                _execute(conn, job, on_cluster)
+                if job.then is not None:
+                    job.then(conn, dsn, tag)
+            finally:
+                with queue.lock:
+                    queue.running.pop(pid, None)
+            secs = time.perf_counter() - t0
+            result.steps[label] = round(secs, 3)
+            reporter.step(label, f"done in {secs:.1f} s")
+            queue.finished(job)
+    except BaseException as exc:               # noqa: BLE001 -- handed to the caller by run_jobs
+        queue.fail(exc)
+    finally:
+        conn.close()
+
+
+def _cancel(conns: list) -> None:
+    for c in list(conns):
+        if not c.closed:
+            c.cancel()
+
+
 def run_jobs(dsn: str, tag: str, jobs: list, sessions: int, reporter: NullReporter, on_cluster: bool) -> IndexResult:
     """Run ``jobs`` in ``sessions`` connections, biggest first, each table's finishing job
     after its builds; the server's progress of each running job reported every second."""
     result = IndexResult(sessions=sessions)
-    lock = threading.Condition()
-    waiting = {id(j): j.after for j in jobs}            # builds left before a job may start
-    ready = [(-j.cost, n, j) for n, j in enumerate(jobs) if not j.after]
-    heapq.heapify(ready)
-    running: dict = {}                                  # backend pid -> Job
-    left = [len(jobs)]
-    failure: list = []
+    queue, stop = _Queue(jobs), threading.Event()
     conns: list = []
-    stop = threading.Event()
-
-    def take() -> Optional[Job]:
-        with lock:
-            while not ready and left[0] and not failure:
-                lock.wait()
-            if failure or not ready:
-                return None
-            return heapq.heappop(ready)[2]
-
-    def finished(job: Job) -> None:
-        with lock:
-            left[0] -= 1
-            for n, other in enumerate(jobs):
-                if other.table == job.table and waiting[id(other)] and job.after == 0:
-                    waiting[id(other)] -= 1
-                    if not waiting[id(other)]:
-                        heapq.heappush(ready, (-other.cost, len(jobs) + n, other))
-            lock.notify_all()
-
-    def session() -> None:
-        conn = connect(dsn, app_name("finalize", tag))
-        conns.append(conn)
-        try:
-            with conn.cursor() as cur:
-                cur.execute("SET lock_timeout = %s", (FINALIZE_LOCK_TIMEOUT,))
-            conn.commit()
-            pid = conn.get_backend_pid()
-            while (job := take()) is not None:
-                label = f"{job.table}: {job.what}"
-                reporter.step(label, "start")
-                with lock:
-                    running[pid] = job
-                t0 = time.perf_counter()
-                try:
-                    _execute(conn, job, on_cluster)
-                    if job.then is not None:
-                        job.then(conn, dsn, tag)
-                finally:
-                    with lock:
-                        running.pop(pid, None)
-                secs = time.perf_counter() - t0
-                result.steps[label] = round(secs, 3)
-                reporter.step(label, f"done in {secs:.1f} s")
-                finished(job)
-        except BaseException as exc:               # noqa: BLE001 -- handed to the caller below
-            with lock:
-                failure.append(exc)
-                lock.notify_all()
-        finally:
-            conn.close()
-
-    threads = [threading.Thread(target=session, name=f"index-{i}", daemon=True) for i in range(sessions)]
-    watcher = threading.Thread(target=_watch, args=(dsn, tag, running, lock, stop, reporter), daemon=True)
+    threads = [threading.Thread(target=_session, args=(dsn, tag, queue, conns, result, reporter, on_cluster),
+                                name=f"index-{i}", daemon=True) for i in range(sessions)]
+    watcher = threading.Thread(target=_watch, args=(dsn, tag, queue.running, queue.lock, stop, reporter), daemon=True)
     for t in threads:
         t.start()
     watcher.start()
@@ -177,20 +197,14 @@ def run_jobs(dsn: str, tag: str, jobs: list, sessions: int, reporter: NullReport
     except BaseException:
         # interrupted (Ctrl-C, SIGTERM): stop the statements now rather than wait minutes
         # for index builds nobody will use
-        with lock:
-            failure.append(KeyboardInterrupt())
-            lock.notify_all()
-        for c in list(conns):
-            if not c.closed:
-                c.cancel()
+        queue.fail(KeyboardInterrupt())
+        _cancel(conns)
         raise
     finally:
         stop.set()
-    if failure:
-        for c in list(conns):
-            if not c.closed:
-                c.cancel()
-        raise failure[0]
+    if queue.failure:
+        _cancel(conns)
+        raise queue.failure[0]
     return result
 
 
