@@ -1,7 +1,7 @@
 """Sphinx configuration of the desi-loader documentation.
 
 Build: ``pip install -e '.[docs]'`` then ``sphinx-build -W --keep-going docs docs/_build/html``
-(the test suite does this in tests/test_docs.py).  The command-line reference is generated
+(the test suite does this in tests/integration/test_docs.py).  The command-line reference is generated
 from the argparse parser (sphinx-argparse) and the Python API from the numpydoc docstrings
 (autodoc), so neither can drift from the code.
 """

@@ -1,11 +1,33 @@
-"""Test fixtures: one real PostgreSQL server for the session, started by the suite itself."""
+"""Test fixtures: one real PostgreSQL server for the session, started by the suite itself.
+
+The tests live by layer, and their markers follow the folders: tests/unit (pure: no server,
+no subprocess that starts one), tests/integration (one server: the embedded PostgreSQL),
+tests/system (clusters, SLURM, DaCHS, kills, the benchmark: also marked slow).  The helpers
+shared by all three (helpers, nodes, localpg, pg15, copyformat, docs_examples, loader_node)
+sit here, on the import path of every layer."""
 import shutil
+import sys
 import uuid
+from pathlib import Path
 
 import psycopg2
 import pytest
 
-from desi_loader.servers import embedded as server
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from desi_loader.servers import embedded as server  # noqa: E402
+
+LAYERS = ("unit", "integration", "system")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Each test is marked with its folder's layer; the system layer is slow as well."""
+    for item in items:
+        layer = Path(str(item.fspath)).parent.name
+        if layer in LAYERS:
+            item.add_marker(getattr(pytest.mark, layer))
+            if layer == "system":
+                item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

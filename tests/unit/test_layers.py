@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PKG = ROOT / "desi_loader"
 
 
@@ -108,3 +108,18 @@ def test_no_import_cycle():
 @pytest.mark.parametrize("row", [0, -1])
 def test_table_is_read(row):
     assert _layers()[row]
+
+
+SERVER_FIXTURES = {"pg_uri", "pg15_uri", "db", "schema", "loaded", "tap", "cluster"}
+
+
+def test_unit_tests_ask_for_no_server():
+    """tests/unit is the pure layer: none of its tests takes a fixture that starts a server."""
+    wrong = []
+    for path in sorted((ROOT / "tests" / "unit").glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"):
+                used = {a.arg for a in node.args.args} & SERVER_FIXTURES
+                if used:
+                    wrong.append(f"{path.name}::{node.name} takes {sorted(used)}")
+    assert not wrong, wrong

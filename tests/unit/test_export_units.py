@@ -19,7 +19,7 @@ from desi_loader import units
 from desi_loader.queries import export
 from desi_loader.queries.tables import ResultColumn, to_table
 
-DATA = Path(__file__).resolve().parents[1] / "desi_loader" / "data"
+DATA = Path(__file__).resolve().parents[2] / "desi_loader" / "data"
 
 
 def _unit_strings() -> list:

@@ -33,7 +33,7 @@ from desi_loader.tap import dachs
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _sql(dsn, query, params=None, autocommit=True):

@@ -15,7 +15,7 @@ from desi_loader import cli, display
 from desi_loader.progress import PlainReporter
 from desi_loader.tap import dachs
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 def _empty_home_env(home: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "XDG_", "DESI_LOADER_"))}
