@@ -5,12 +5,14 @@ import io
 import json
 from contextlib import redirect_stdout
 
+import astropy.cosmology.units as cu
+import astropy.units as u
 import numpy as np
 import pytest
 from astropy.io import fits, votable
 from astropy.table import Table
 
-from desi_loader import query
+from desi_loader import query, units as units_mod
 from desi_loader.queries import export
 from desi_loader.queries.tables import iter_tables
 from desi_loader.db import connect
@@ -62,12 +64,12 @@ def test_query_gives_each_column_as_the_fits_file_had_it(tmp_path, pg_uri, schem
     assert got.colnames[:2] == ["file_id", "row_num"]
     for name, col in want.items():
         assert_same_column(name, col, got[name.lower()])
-        assert got[name.lower()].unit == units[name], name
+        assert got[name.lower()].unit == units_mod.astropy_unit(units[name]), name     # the unit the file meant
     assert got["u2"].dtype == np.uint16 and got["u8"].dtype == np.uint64 and got["f4"].dtype == np.float32
     assert got["arr23"].shape == (40, 2, 3)
     assert got["tn"].mask[3] and np.ma.getdata(got["tn"])[3] == 999    # a NULL holds the file's TNULL
     assert got["l"].mask[5]                                   # a FITS null logical
-    assert got["f8"].unit == "Mpc h-1"
+    assert got["f8"].unit == u.Mpc / cu.littleh and got["f8"].meta["tunit"] == "Mpc h-1"   # little h, not the hour
     assert got["file_id"].dtype == np.int64 and got["file_id"].description == "key of load_files"
 
 
@@ -117,7 +119,8 @@ def test_export_formats_keep_units_descriptions_and_values(tmp_path, pg_uri, sch
     if ext == ".vot":
         report = io.StringIO()
         assert votable.validate(out, output=report), report.getvalue()
-    back = Table.read(out, character_as_bytes=False) if ext == ".fits" else Table.read(out)
+    with u.add_enabled_units(cu):                       # ECSV writes astropy's littleh
+        back = Table.read(out, character_as_bytes=False) if ext == ".fits" else Table.read(out)
     assert back.colnames == whole.colnames
     for name in whole.colnames:
         if whole[name].dtype.kind == "U":               # '' may come back masked (astropy's mask_invalid)
@@ -136,8 +139,15 @@ def test_export_formats_keep_units_descriptions_and_values(tmp_path, pg_uri, sch
             continue
         want = whole[name]
         assert_same_column(name, want, back[name])
-        assert back[name].unit == want.unit, name
-    assert back["f8"].unit == "Mpc h-1"
+        if name != "f8":
+            assert back[name].unit == want.unit, name
+    # little h: FITS keeps the file's TUNIT, VOTable the quoted VOUnit (TAP's), ECSV astropy's littleh
+    if ext == ".fits":
+        assert fits.getheader(out, 1)[f"TUNIT{back.colnames.index('f8') + 1}"] == "Mpc h-1"
+    elif ext == ".vot":
+        assert "unit=\"Mpc.&#x27;h&#x27;**-1\"" in open(out).read() and not back["f8"].unit.is_equivalent(u.Mpc / u.hour)
+    else:
+        assert back["f8"].unit == u.Mpc / cu.littleh
 
 
 def test_export_of_an_empty_result(tmp_path, pg_uri, schema):

@@ -201,4 +201,4 @@ def test_cone_cli_prints_rows_and_plan(tmp_path, pg_uri, schema, capsys):
     assert main(["cone", "150", "2.2", "0.0167", "--schema", schema, "--dsn", pg_uri, "--explain"]) == 0
     assert "pos_hdu1_hpx29_idx" in capsys.readouterr().out       # the plan uses the sky index
     assert main(["cone", "150", "2.2", "1", "--schema", schema, "--dsn", pg_uri, "--table", "nope"]) == 2
-    assert "has no sky index" in capsys.readouterr().err
+    assert "table " + schema + ".nope does not exist" in capsys.readouterr().err
