@@ -20,7 +20,7 @@ from rich.markup import escape
 
 from . import __version__
 from .db import first_line
-from .commands import (cmd_abort, cmd_bench, cmd_cone, cmd_load, cmd_sample, cmd_server, cmd_sql,
+from .commands import (cmd_abort, cmd_bench, cmd_cone, cmd_coverage, cmd_load, cmd_sample, cmd_server, cmd_sql,
                        cmd_status, cmd_tap, cmd_void_membership, cmd_xmatch, write_samples)
 from .errors import Interrupted, LoaderError
 
@@ -45,7 +45,8 @@ Passwords: use ~/.pgpass or PGPASSWORD; they are never printed."""
 #: the page of the documentation (docs/, in the repository and on the site) that explains each
 #: command: every --help ends with it
 GUIDE = {"": "index", "load": "guide/loading", "sample": "getting-started", "sql": "guide/querying",
-         "cone": "guide/sky", "xmatch": "guide/sky", "void-membership": "guide/voids", "bench": "benchmarks/index",
+         "cone": "guide/sky", "xmatch": "guide/sky", "coverage": "guide/coverage",
+         "void-membership": "guide/voids", "bench": "benchmarks/index",
          "status": "guide/failures", "abort": "guide/failures", "tap": "guide/tap", "server": "guide/target"}
 
 #: the documentation site's address once one is published (then links point there, not to docs/)
@@ -247,6 +248,29 @@ def _parser_xmatch(sub) -> argparse.ArgumentParser:
     return x
 
 
+def _parser_coverage(sub) -> argparse.ArgumentParser:
+    c = sub.add_parser("coverage", help="the sky a table covers: its area, a MOC (.fits, .json) or a sky map "
+                       "(.png, .pdf)",
+                       description="The coverage of a table with a sky index, computed in the database from the "
+                       "index (no row leaves the server): HEALPix cells at --order and the rows in each. Without "
+                       "--output, the covered area in one line; with it, a MOC (IVOA MOC 2.0: .fits or .json, for "
+                       "TOPCAT, Aladin and mocpy) or a sky map of the rows per square degree (.png or .pdf).",
+                       epilog="examples:\n  desi-loader coverage fastspecfit_metadata\n"
+                       "  desi-loader coverage fastspecfit_metadata -o fastspecfit.moc.fits\n"
+                       "  desi-loader coverage desivast_voids --order 3 -o voids.png",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("table", help="a table with a sky index (TABLE or SCHEMA.TABLE)")
+    c.add_argument("--order", type=int, default=None,
+                   help="HEALPix order of the cells, 3 to 13 (default: about one row per cell of the whole sky: "
+                   "order 4 for 6,000 rows, 10 for 18 million)")
+    c.add_argument("--output", "-o", metavar="FILE", default=None,
+                   help="write a MOC (.fits, .json) or a sky map (.png, .pdf) instead of printing the area")
+    c.add_argument("--schema", default=None, help="schema of the table (default desi_dr1)")
+    _target(c)
+    _start(c)
+    return c
+
+
 def _parser_void_membership(sub) -> argparse.ArgumentParser:
     vm = sub.add_parser("void-membership", help="materialise desivast_void_membership for the four void finders",
                         description="Re-create SCHEMA.desivast_void_membership (algorithm, cap, void, targetid, "
@@ -327,6 +351,7 @@ def _parser_server(sub) -> argparse.ArgumentParser:
 #: command -> (parser builder, function(args, console) returning the exit code), in --help order
 COMMANDS = {"load": (_parser_load, cmd_load), "sample": (_parser_sample, cmd_sample),
             "sql": (_parser_sql, cmd_sql), "cone": (_parser_cone, cmd_cone), "xmatch": (_parser_xmatch, cmd_xmatch),
+            "coverage": (_parser_coverage, cmd_coverage),
             "void-membership": (_parser_void_membership, cmd_void_membership),
             "bench": (_parser_bench, lambda args, console: cmd_bench(args.args)),
             "status": (_parser_status, cmd_status), "abort": (_parser_abort, cmd_abort),

@@ -21,7 +21,7 @@ from rich.table import Table
 from . import api
 from .servers import citus, embedded as server
 from . import display
-from .queries import checks, cone, export, tables, voids
+from .queries import checks, cone, coverage, export, tables, voids
 from .fits.config import load_settings
 from .db import connect, mask_dsn
 from .errors import UsageError
@@ -101,9 +101,20 @@ def _print_summary(console, summary, dsn: str, target: str = "") -> None:
         console.print(f"[yellow]published WITHOUT {name}[/yellow]: {reason}")
     if summary.server:
         console.print("server: " + ", ".join(f"{k}={v}" for k, v in summary.server.items()))
+    for line in _sky_coverage(summary, dsn):
+        console.print(f"sky coverage: {line}", highlight=False, soft_wrap=True)
     console.print(f"connection: {mask_dsn(dsn)}")
     console.print(f'query it:   desi-loader sql "SELECT count(*) FROM {summary.schema}.'
                   f'{next(iter(summary.rows), "load_files")}"{target}', highlight=False, soft_wrap=True)
+
+
+def _sky_coverage(summary, dsn: str) -> list:
+    """The covered area of each sky-indexed table of a load (desi-loader coverage's line)."""
+    tables = [entry["table"] for entry in summary.plan if entry.get("sky")]
+    if not tables or not dsn:
+        return []
+    with connect(dsn) as conn, conn.cursor() as cur:
+        return [coverage.coverage(cur, summary.schema, t).line() for t in tables]
 
 
 def _reporter(args, console):
@@ -138,12 +149,13 @@ def cmd_load(args, console, reporter: Optional[NullReporter] = None,
     if args.dry_run and any(s.left_out for s in summaries) and not args.allow_partial:
         code = 1                       # the load would fail on these files
     if not args.quiet:
+        dsn = "" if args.dry_run else _dsn(args)        # the database the load used (its server runs now)
         for summary in summaries:
-            _print_outcome(console, summary, args, code)
+            _print_outcome(console, summary, args, code, dsn)
     return code
 
 
-def _print_outcome(console, summary, args, code: int) -> None:
+def _print_outcome(console, summary, args, code: int, dsn: str) -> None:
     if summary.role == "nothing":
         console.print(f"{summary.catalog}: all {summary.unchanged_files} files are published and "
                       f"unchanged in schema {summary.schema}: nothing to load (--replace-all reloads them)")
@@ -152,7 +164,7 @@ def _print_outcome(console, summary, args, code: int) -> None:
     elif args.dry_run:
         _print_dry_run(console, summary, code)
     else:
-        _print_summary(console, summary, summary.dsn, _target_args(args))
+        _print_summary(console, summary, dsn, _target_args(args))
 
 
 def _print_dry_run(console, summary, code: int) -> None:
@@ -354,6 +366,26 @@ def _print_query(cur: Cursor, q, explain: bool, console, what: str, output: Opti
     except psycopg2.Error as exc:
         raise checks.explain_sql_error(exc, text) from exc
     display.show(console, [d.name for d in cur.description], cur, what)
+    return 0
+
+
+def cmd_coverage(args, console) -> int:
+    """desi-loader coverage: the area in one line, or a MOC or a sky map written to --output."""
+    kind = coverage.output_kind(args.output) if args.output else None
+    if args.order is not None:
+        coverage.check_order(args.order)
+    schema, table = checks.split_table(args.table, _schema(args))
+    with connect(_dsn(args)) as conn, conn.cursor() as cur:
+        cov = coverage.coverage(cur, schema, table, args.order)
+    if kind is None:
+        print(cov.line())
+        return 0
+    if kind == "map":
+        from .queries import skymap
+        skymap.draw(cov, args.output)
+    else:
+        coverage.write_moc(cov, args.output)
+    print(f"wrote {args.output}: {cov.line()}", file=sys.stderr)
     return 0
 
 

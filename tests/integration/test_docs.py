@@ -82,6 +82,8 @@ def _run_block(name: str, env: dict, cwd: Path, dsn: str) -> None:
         assert proc.returncode == 0, f"{name}: desi-loader {shlex.join(args)}\n{proc.stdout}\n{proc.stderr}"
         if args[0] in ("sql", "cone", "xmatch"):
             assert _says_rows(args, proc), f"{name}: desi-loader {shlex.join(args)} returned no rows\n{proc.stdout}"
+        if args[0] == "coverage":
+            assert re.search(r": [1-9][\d,]* rows in [1-9]", proc.stdout + proc.stderr), proc.stdout + proc.stderr
 
 
 def _run_python(name: str, env: dict, cwd: Path) -> str:
@@ -108,7 +110,7 @@ def test_a_new_user_follows_the_readme_and_the_guide(tmp_path):
     try:
         uri = _desi_loader(["server", "url"], env, tmp_path).stdout.strip()
         for name in ("tour", "first-queries", "sql-commands", "cone-commands", "xmatch-commands",
-                     "void-membership", "exports"):
+                     "void-membership", "exports", "coverage"):
             _run_block(name, env, tmp_path, uri)
         assert "float32" in _run_python("first-python-query", env, tmp_path)
         _run_python("readme-query", env, tmp_path)
