@@ -87,7 +87,7 @@ def _load(paths, dsn, workers, sample, quiet, options) -> list[Summary]:
     from rich.console import Console
     from .progress import PlainReporter, QuietReporter, RichReporter
     console = Console()
-    opts = LoadOptions(paths=tuple([paths] if isinstance(paths, str) else paths), workers=workers, **options)
+    opts = LoadOptions(paths=tuple([paths] if isinstance(paths, str) else paths), dsn="", workers=workers, **options)
     reporter = QuietReporter() if quiet else (
         RichReporter(console) if console.is_terminal or console.is_jupyter else PlainReporter())
     summaries = run(opts, dsn=dsn, sample=Sample() if sample else None, reporter=reporter,
