@@ -9,7 +9,6 @@ so the cell of a row at order k is ``hpx29 >> 2(29-k)``.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -19,6 +18,7 @@ from psycopg2 import sql
 from ..errors import UsageError
 from ..sky import COLUMN, ORDER
 from .cone import describe
+from .export import by_extension
 
 if TYPE_CHECKING:
     from ..db import Cursor
@@ -105,11 +105,8 @@ def coverage(cur: Cursor, schema: str, table: str, order: int | None = None) -> 
 
 
 def output_kind(path: str) -> str:
-    ext = os.path.splitext(path)[1].lower()
-    if ext not in FORMATS:
-        raise UsageError(f"--output {path}: unknown format {ext or '(no extension)'!r}",
-                         "a MOC as .fits or .json, a sky map as .png or .pdf")
-    return FORMATS[ext]
+    """What ``--output`` writes: a MOC or a map, by the file's extension."""
+    return by_extension(path, FORMATS, "a MOC as .fits or .json, a sky map as .png or .pdf")
 
 
 def moc(cov: Coverage):

@@ -49,13 +49,18 @@ class Written:
     bytes: int = 0
 
 
-def file_format(path: str) -> str:
-    """The format of ``path`` by its extension; UsageError for others."""
+def by_extension(path: str, formats: dict, hint: str) -> str:
+    """The format of the ``--output`` file ``path`` by its extension, from ``formats``
+    ({extension: format}); UsageError with ``hint`` for another."""
     ext = os.path.splitext(path)[1].lower()
-    if ext not in FORMATS:
-        raise UsageError(f"--output {path}: unknown format {ext or '(no extension)'!r}",
-                         "name the file .fits, .vot (VOTable), .ecsv or .csv")
-    return FORMATS[ext]
+    if ext not in formats:
+        raise UsageError(f"--output {path}: unknown format {ext or '(no extension)'!r}", hint)
+    return formats[ext]
+
+
+def file_format(path: str) -> str:
+    """The format of a query result's ``path`` by its extension; UsageError for others."""
+    return by_extension(path, FORMATS, "name the file .fits, .vot (VOTable), .ecsv or .csv")
 
 
 def write(chunks: Iterable[Table], path: str) -> Written:
