@@ -312,7 +312,7 @@ class Coordinator:
 
     def merge(self) -> None:
         check_canary(self.load)
-        added, replaced = publish.publish_merge(self.load)
+        added, replaced = publish.publish_merge(self.load, self.reporter.warn)
         if added:
             self.reporter.info(f"new columns in the published tables: {', '.join(added)}")
         self.facts.merged = Merged(tuple(added), replaced)

@@ -193,10 +193,11 @@ def _swap_tables(cur: Cursor, schema: str, staging: dict, load_id: int, views: d
 
 # ------------------------------------------------------------------ a whole load
 
-def publish_merge(load: Load) -> tuple[list, dict]:
+def publish_merge(load: Load, warn: Optional[Callable[[str], None]] = None) -> tuple[list, dict]:
     """Incremental publish of ``load`` (a load.Load): new columns, then one transaction
-    replacing and adding rows.  Returns (columns added, {table: rows replaced})."""
-    prepare_sky(load)
+    replacing and adding rows.  Returns (columns added, {table: rows replaced}); ``warn``: the
+    reporter's, told when q3c is there but this role cannot create it."""
+    prepare_sky(load, warn)
     added = add_columns(load.conn, load.schema, load.tables)
     deleted = merge(load.conn, load.schema, load.staging_tables, load.tables, load.load_id,
                     table_order(load.tables, load.fkeys))
