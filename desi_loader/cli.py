@@ -316,10 +316,12 @@ def _parser_tap(sub) -> argparse.ArgumentParser:
                        "Loads into a served schema keep the service in sync by themselves.",
                        epilog="actions:\n  publish  describe the schema to DaCHS, set privileges, start or reload the "
                        "server\n  url      print the TAP endpoint (one line)\n  status   what is served, and "
-                       "whether it matches the published tables\n  stop     stop the server\n\nexample:\n"
+                       "whether it matches the published tables\n  stop     stop the server\n\nexamples:\n"
                        "  desi-loader tap publish --dsn postgresql://me@127.0.0.1/desi --admin-dsn "
-                       "postgresql://postgres@127.0.0.1/desi\n  topcat: File > Load Table > TAP, URL from "
-                       "desi-loader tap url", formatter_class=argparse.RawDescriptionHelpFormatter)
+                       "postgresql://postgres@127.0.0.1/desi\n"
+                       "  desi-loader tap url --web      the web pages: tables, coverage, search forms\n"
+                       "  topcat: File > Load Table > TAP, URL from desi-loader tap url",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("action", choices=("publish", "url", "status", "stop"), help="what to do (see actions below)")
     t.add_argument("--schema", default=None, help="schema to serve (default desi_dr1)")
     t.add_argument("--tap-dir", default=None, help="the DaCHS instance's directory (publish: default "
@@ -331,6 +333,8 @@ def _parser_tap(sub) -> argparse.ArgumentParser:
                    "DaCHS up in it (its roles, schemas and pgsphere) and to create q3c and the q3c indexes the "
                    "cone searches need (default: --dsn)")
     t.add_argument("--no-start", action="store_false", dest="start", help="publish without starting the server")
+    t.add_argument("--web", action="store_true",
+                   help="url: print the landing page of the schema (tables, coverage, search forms) instead")
     _target(t)
     return t
 

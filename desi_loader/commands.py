@@ -29,7 +29,7 @@ from .control.ledger import Ledger, client_alive
 from .progress import PlainReporter, QuietReporter, RichReporter
 from .control.options import Faults, LoadOptions
 from .samples.cache import write_samples
-from .tap import dachs, service as tap
+from .tap import dachs, rd, service as tap
 
 if TYPE_CHECKING:
     from .db import Connection, Cursor
@@ -189,6 +189,7 @@ def cmd_tap(args, console) -> int:
         console.print(f"{result.schema}: {len(result.tables)} tables and views, {columns:,} columns served over TAP")
         for table, url in result.cone_services.items():
             console.print(f"cone search on {table}: {url}", highlight=False, soft_wrap=True)
+        console.print(f"web pages: {result.web}", highlight=False, soft_wrap=True)
         console.print(f"TAP endpoint: {result.url}" + ("" if args.start else " (not started: --no-start)"),
                       highlight=False, soft_wrap=True)
         return 0
@@ -196,7 +197,7 @@ def cmd_tap(args, console) -> int:
     if not inst.exists():
         raise dachs.missing(inst)
     if args.action == "url":
-        print(tap.tap_url(inst.url))
+        print(inst.url + rd.web_path(_schema(args)) if args.web else tap.tap_url(inst.url))
         return 0
     if args.action == "stop":
         console.print("stopped" if inst.stop() else "not running")

@@ -2,7 +2,8 @@
 # Install what the test suite needs, on a fresh machine or in CI (both call this script):
 #   - Debian packages: slurm-wlm and munge (the SLURM recipe runs on a one-machine cluster),
 #     postgresql-15, postgresql-15-q3c and postgresql-15-pgsphere (the sky-index and TAP tests
-#     start that server), gavodachs2-server (GAVO DaCHS, the TAP service) and stilts (taplint);
+#     start that server), gavodachs2-server (GAVO DaCHS, the TAP service), stilts (taplint),
+#     chromium and chromium-driver (the TAP service's web pages, tested in a headless browser);
 #   - Citus 12.1 for that server, built from the vendored source (../shared/vendor, or
 #     $DESI_LOADER_VENDOR) when the server lacks it (the cluster tests start 3 nodes);
 #   - a virtual environment .venv with the package and its test extra.
@@ -56,6 +57,8 @@ apt_install() {    # install the Debian packages among "$@" that are missing; 1 
 
 # the server first (and its upgrades), then what builds on it
 apt_install slurm-wlm munge postgresql-15 postgresql-15-q3c postgresql-15-pgsphere stilts postgresql-server-dev-15 || true
+# the web pages of the TAP service are tested in a real browser: headless Chromium and its driver
+apt_install chromium chromium-driver || true
 
 # pgsphere 1.2.0 as Debian packs it declares two legacy DaCHS operators (bigint @ smoc,
 # spoint @ smoc) with a commutator and a negator that other operators already claim;

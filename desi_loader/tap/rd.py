@@ -19,6 +19,23 @@ from .vocab import adql_name
 #: the RD's name inside its resource directory: its id is "<schema>/q"
 RD_NAME = "q"
 
+#: the static service of the schema's web pages (its landing page, the coverage pictures),
+#: served from this directory of the RD's resource directory (tap/web.py writes it)
+WEB_SERVICE = WEB_DIR = "web"
+
+#: the columns a table's search form offers beside the position and radius (DaCHS builds an
+#: input from each column: ranges for numbers, values for text), first match on the table
+FORM_COLUMNS = {
+    "fastspecfit_metadata": ("z", "spectype", "flux_r", "survey", "program"),
+    "desivast_voids": ("algorithm", "cap", "radius", "redshift"),
+    "desivast_maximals": ("algorithm", "cap", "radius", "edge"),
+}
+
+
+def web_path(schema: str) -> str:
+    """The landing page's path on the DaCHS server."""
+    return f"/{schema}/{RD_NAME}/{WEB_SERVICE}/static/"
+
 
 @dataclass(frozen=True)
 class Privileges:
@@ -75,6 +92,7 @@ def resource_descriptor(schema: str, tables: Sequence[TableMeta], privileges: di
     for t in tables:
         if t.sky and t.q3c_index and t.kind == "table" and _has_main_id(t):
             root.append(_cone_service(t))
+    root.append(_web_service(title))
     ET.indent(root, "  ")
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
@@ -155,4 +173,25 @@ def _cone_service(t: TableMeta) -> ET.Element:
     _meta(svc, "testQuery.sr", "1.0")
     core = ET.SubElement(svc, "scsCore", queriedTable=t.name)
     ET.SubElement(core, "FEED", source="//scs#coreDescs")
+    names = {c.name for c in t.columns}
+    for column in FORM_COLUMNS.get(t.name, ()):
+        if column in names:
+            ET.SubElement(core, "condDesc", buildFrom=adql_name(column).replace("quoted/", ""))
+    return svc
+
+
+def cone_form_path(schema: str, table: str) -> str:
+    """The search form of a table with a cone search, on the DaCHS server."""
+    return f"/{schema}/{RD_NAME}/{service_id(table)}/form"
+
+
+def _web_service(title: str) -> ET.Element:
+    """The schema's landing page and its pictures, files DaCHS serves as they are."""
+    svc = ET.Element("service", id=WEB_SERVICE, allowed="static")
+    _meta(svc, "title", f"{title}: tables, coverage and search forms")
+    _meta(svc, "description", "What the schema serves: each table with its coverage, search form, cone search "
+          "and TAP endpoints.")
+    ET.SubElement(svc, "property", name="staticData").text = WEB_DIR
+    ET.SubElement(svc, "property", name="indexFile").text = f"{WEB_DIR}/index.html"
+    ET.SubElement(svc, "nullCore")
     return svc

@@ -23,7 +23,7 @@ from ..catalog import served as marker, skyindex
 from ..catalog.names import index_name
 from ..db import connect, first_line
 from ..errors import DatabaseError, LoaderError, UsageError
-from . import dachs, describe, rd
+from . import dachs, describe, rd, web
 
 if TYPE_CHECKING:
     from ..db import Connection, Cursor
@@ -44,6 +44,7 @@ class Published:
     cone_services: dict                # table -> SCS URL
     notes: list = field(default_factory=list)   # units translated, columns left out, rights kept
     changed: bool = True               # the RD was rewritten and imported (sync: the server must re-read it)
+    web: str = ""                      # the landing page: tables, coverage, search forms
 
 
 def tap_url(base: str) -> str:
@@ -225,12 +226,13 @@ def _describe_and_import(conn: Connection, inst: dachs.Instance, schema: str, fo
                 tmp.write_text(text)
                 tmp.replace(path)
                 inst.imp_meta(schema)
+            web.write(cur, path.parent / rd.WEB_DIR, schema, metas, tap_url(inst.url))   # files: no reload
         finally:
             cur.execute("SELECT pg_advisory_unlock(hashtext('desi-loader tap ' || %s))", (schema,))
     notes = _column_notes(metas) + notes
     cones = {m.name: f"{inst.url}/{schema}/{rd.RD_NAME}/{rd.service_id(m.name)}/scs.xml"
              for m in metas if m.sky and m.q3c_index and m.kind == "table"}
-    return Published(tap_url(inst.url), schema, metas, cones, notes, changed)
+    return Published(tap_url(inst.url), schema, metas, cones, notes, changed, inst.url + rd.web_path(schema))
 
 
 def _column_notes(metas: list) -> list:

@@ -7,6 +7,7 @@ role, published with ``desi-loader tap publish``; later tests load more into it 
 table, an incremental merge that adds columns, a --replace-all swap) and check that TAP
 follows without any further command.
 """
+import io
 import os
 import re
 import shutil
@@ -395,3 +396,102 @@ def test_non_superuser_load_then_admin_publish_serves_cone_search(tap, capsys, m
         assert sorted(str(x) for x in got["targetid"]) == want
     finally:
         cli.main(["tap", "stop", "--tap-dir", str(tap_dir)])
+
+
+def _get(url: str) -> bytes:
+    import urllib.request
+    with urllib.request.urlopen(url, timeout=120) as r:
+        return r.read()
+
+
+def test_landing_page_lists_every_served_table_with_its_coverage(tap, capsys):
+    """#38: tap url --web prints the schema's landing page; it lists each served table with its
+    row count, covered area and coverage picture, and links its search form."""
+    capsys.readouterr()
+    assert cli.main(["tap", "url", "--web"]) == 0
+    page_url = capsys.readouterr().out.strip()
+    assert page_url == tap.url.replace("/tap", "/desi_dr1/q/web/static/")
+    page = _get(page_url).decode()
+    served = [t for (t,) in _sql(tap.admin_dsn, "SELECT table_name FROM tap_schema.tables "
+                                                "WHERE schema_name = 'desi_dr1'")]
+    assert served and all(f'id="{t.split(".")[1]}"' in page for t in served)
+    assert 'src="fastspecfit_metadata.png"' in page and "% of the sky" in page
+    assert _get(page_url + "fastspecfit_metadata.png")[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "/desi_dr1/q/cone_fastspecfit_metadata/form" in page
+
+
+def test_search_form_returns_the_rows_of_desi_loader_cone(tap, capsys):
+    """The cone form (DaCHS's hscs_pos, hscs_sr in arcminutes) at (150, 30), 300 arcmin: the
+    rows desi-loader cone 150 30 5 returns; its VOTable reads back with units; a column
+    constraint narrows it."""
+    import urllib.parse
+    want = {w[0] for w in _cli_rows(capsys, ["cone", "150", "30", "5", "--dsn", tap.dsn, "--columns", "targetid"])}
+    assert want
+    form = tap.url.replace("/tap", "/desi_dr1/q/cone_fastspecfit_metadata/form")
+    query = {"__nevow_form__": "genForm", "hscs_pos": "150, 30", "hscs_sr": "300", "_FORMAT": "VOTable",
+             "_VERB": "3", "MAXREC": "100000"}
+    out = tap.tmp / "form.vot"
+    out.write_bytes(_get(form + "?" + urllib.parse.urlencode(query)))
+    got = Table.read(out)
+    assert {str(t) for t in got["targetid"]} == want
+    assert str(got["ra"].unit) == "deg"
+    query["z"] = "0.5 .. 10"
+    narrowed = Table.read(io.BytesIO(_get(form + "?" + urllib.parse.urlencode(query))), format="votable")
+    assert len(narrowed) < len(got) and all(z >= 0.5 for z in narrowed["z"])
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """Headless Chromium (Debian's chromium and chromium-driver) driven by selenium."""
+    if shutil.which("chromedriver") is None or shutil.which("chromium") is None:
+        pytest.fail("chromium and chromium-driver are not installed: run scripts/provision.sh as root")
+    os.environ.setdefault("SE_OFFLINE", "true")           # selenium: never fetch a browser or driver
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--window-size=1400,1100", f"--user-data-dir={tmp_path / 'chromium'}"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    driver.set_page_load_timeout(120)
+    yield driver
+    driver.quit()
+
+
+def test_in_a_browser_landing_page_and_cone_form(tap, capsys, browser):
+    """#38 in headless Chromium: the landing page shows every served table with its coverage
+    picture loaded; the form of fastspecfit_metadata at (150, 30) with 300 arcmin shows the
+    rows desi-loader cone 150 30 5 gives; the same search as a VOTable reads back with units."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+    capsys.readouterr()
+    assert cli.main(["tap", "url", "--web"]) == 0
+    browser.get(capsys.readouterr().out.strip())
+    rows = browser.find_elements(By.CSS_SELECTOR, "#tables tr.table")
+    served = _sql(tap.admin_dsn, "SELECT count(*) FROM tap_schema.tables WHERE schema_name = 'desi_dr1'")[0][0]
+    assert len(rows) == served
+    images = browser.find_elements(By.CSS_SELECTOR, "img.coverage")
+    assert images and all(browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", i)
+                          for i in images)
+    browser.save_screenshot(str(tap.tmp / "landing.png"))
+    browser.find_element(By.CSS_SELECTOR, "#fastspecfit_metadata a[href$='/form']").click()
+    WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.NAME, "hscs_pos"))
+    browser.find_element(By.NAME, "hscs_pos").send_keys("150, 30")
+    browser.find_element(By.NAME, "hscs_sr").send_keys("300")
+    browser.find_element(By.CSS_SELECTOR, "form input[type=submit]").click()
+    WebDriverWait(browser, 120).until(lambda d: d.find_elements(By.CSS_SELECTOR, "table.results"))
+    want = _cli_rows(capsys, ["cone", "150", "30", "5", "--dsn", tap.dsn, "--columns", "targetid"])
+    shown = browser.find_elements(By.CSS_SELECTOR, "table.results tbody tr")
+    assert want and len(shown) == len(want)
+    browser.save_screenshot(str(tap.tmp / "results.png"))
+    # the same search as a VOTable, downloaded as a user does: the output format, then Go
+    downloads = tap.tmp / "downloads"
+    downloads.mkdir(exist_ok=True)
+    browser.execute_cdp_cmd("Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+    Select(browser.find_element(By.NAME, "_FORMAT")).select_by_value("VOTable")
+    browser.find_element(By.CSS_SELECTOR, "form input[type=submit]").click()
+    WebDriverWait(browser, 120).until(lambda d: [f for f in downloads.iterdir() if not f.name.endswith(".crdownload")])
+    got = Table.read(next(downloads.iterdir()), format="votable")
+    assert {str(t) for t in got["targetid"]} == {w[0] for w in want} and str(got["ra"].unit) == "deg"

@@ -88,8 +88,12 @@ def test_resource_descriptor():
     assert [m.get("table") for m in root.find("data").findall("make")] == \
         ["desivast_void_galaxies", "desivast_zonevoid", "desivast_voids"]
     services = root.findall("service")
-    assert [s.get("id") for s in services] == ["cone_desivast_voids"]
+    assert [s.get("id") for s in services] == ["cone_desivast_voids", "web"]
     assert services[0].find("scsCore").get("queriedTable") == "desivast_voids"
+    assert [c.get("buildFrom") for c in services[0].find("scsCore").findall("condDesc")] == \
+        [c for c in rd.FORM_COLUMNS["desivast_voids"] if c in {"algorithm"}]      # the columns the table has
+    web = services[1]
+    assert web.get("allowed") == "static" and web.find("property[@name='staticData']").text == rd.WEB_DIR
 
 
 def test_same_description_ignores_the_date_and_row_counts_within_a_factor_of_two():
