@@ -104,6 +104,22 @@ def coverage(cur: Cursor, schema: str, table: str, order: int | None = None) -> 
     return Coverage(t.schema, t.table, order, cells, counts, int(counts.sum()))
 
 
+#: the order of the coverage a TAP service declares (cells of 0.84 deg2): DaCHS keeps it in
+#: its registry records, which Aladin and the registries read; finer would grow every record
+DECLARED_ORDER = 6
+
+
+def moc_ascii(cells: np.ndarray, order: int) -> str:
+    """Cells of one order in the MOC ASCII serialisation ("6/1-3,7"), as DaCHS reads it."""
+    cells = np.unique(np.asarray(cells, np.int64))
+    if not len(cells):
+        return f"{order}/"
+    breaks = np.flatnonzero(np.diff(cells) != 1)
+    starts = np.concatenate(([cells[0]], cells[breaks + 1]))
+    ends = np.concatenate((cells[breaks], [cells[-1]]))
+    return f"{order}/" + ",".join(str(a) if a == b else f"{a}-{b}" for a, b in zip(starts.tolist(), ends.tolist()))
+
+
 def output_kind(path: str) -> str:
     """What ``--output`` writes: a MOC or a map, by the file's extension."""
     return by_extension(path, FORMATS, "a MOC as .fits or .json, a sky map as .png or .pdf")

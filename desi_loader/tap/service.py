@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
+import numpy as np
 import psycopg2
 from psycopg2 import sql
 
@@ -23,6 +24,7 @@ from ..catalog import served as marker, skyindex
 from ..catalog.names import index_name
 from ..db import connect, first_line
 from ..errors import DatabaseError, LoaderError, UsageError
+from ..queries import coverage
 from . import dachs, describe, rd, web
 
 if TYPE_CHECKING:
@@ -217,7 +219,8 @@ def _describe_and_import(conn: Connection, inst: dachs.Instance, schema: str, fo
             metas = describe.describe_schema(cur, schema)
             privileges, notes = _privileges(cur, inst, schema, metas)
             created = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-            text = rd.resource_descriptor(schema, metas, privileges, f"DESI DR1 catalogs ({schema})", created)
+            text = rd.resource_descriptor(schema, metas, privileges, f"DESI DR1 catalogs ({schema})", created,
+                                          _declared_coverage(cur, schema, metas))
             path = inst.rd_path(schema)
             changed = force or not path.exists() or not rd.same_description(path.read_text(), text)
             if changed:
@@ -233,6 +236,13 @@ def _describe_and_import(conn: Connection, inst: dachs.Instance, schema: str, fo
     cones = {m.name: f"{inst.url}/{schema}/{rd.RD_NAME}/{rd.service_id(m.name)}/scs.xml"
              for m in metas if m.sky and m.q3c_index and m.kind == "table"}
     return Published(tap_url(inst.url), schema, metas, cones, notes, changed, inst.url + rd.web_path(schema))
+
+
+def _declared_coverage(cur: Cursor, schema: str, metas: list) -> str:
+    """The sky the served tables cover, as the MOC the RD declares (queries/coverage.py)."""
+    cells = [coverage.coverage(cur, schema, m.name, coverage.DECLARED_ORDER).cells
+             for m in metas if m.sky and m.kind == "table"]
+    return coverage.moc_ascii(np.concatenate(cells), coverage.DECLARED_ORDER) if cells else ""
 
 
 def _column_notes(metas: list) -> list:

@@ -285,10 +285,18 @@ def test_loader_role_keeps_its_rights(tap):
                                    "'SELECT')")[0][0]
 
 
+def _declared_cells(tap) -> set:
+    from desi_loader.tap import rd
+    text = tap.inst.rd_path("desi_dr1").read_text()
+    return rd._cells(re.search(r"<spatial>([^<]*)</spatial>", text).group(1))
+
+
 def test_incremental_load_adding_columns_is_served_at_once(tap, capsys):
     with pytest.raises(pyvo.dal.DALQueryError):
         tap.service.run_sync("SELECT TOP 1 sv3_desi_target FROM desi_dr1.fastspecfit_metadata")
+    declared = _declared_cells(tap)
     assert cli.main(["load", *tap.sv3, "--dsn", tap.dsn, "-q"]) == 0       # sv3: 13 more METADATA columns
+    assert _declared_cells(tap) > declared          # more sky, declared in the RD with no further command
     t = tap.service.run_sync("SELECT sv3_desi_target FROM desi_dr1.fastspecfit_metadata WHERE survey = 'sv3'",
                              maxrec=100000).to_table()
     assert len(t) == 2000 and not np.ma.count_masked(t["sv3_desi_target"])

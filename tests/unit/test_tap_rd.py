@@ -3,6 +3,7 @@ the resource descriptor written from table descriptions (no database, no DaCHS).
 import xml.etree.ElementTree as ET
 
 import astropy.units as u
+import numpy as np
 import pytest
 
 from desi_loader import units
@@ -104,3 +105,13 @@ def test_same_description_ignores_the_date_and_row_counts_within_a_factor_of_two
     assert not rd.same_description(text("2026-01-01", (6000, 10)), text("2026-01-01", (2000, 10)))
     assert not rd.same_description(text("2026-01-01", (0, 10)), text("2026-01-01", (2, 10)))
     assert not rd.same_description(text("2026-01-01", (6000, 10)), text("2026-01-01", (6000, 10), "<column/>"))
+
+
+def test_declared_coverage_is_a_moc_and_only_growth_reloads():
+    from desi_loader.queries.coverage import moc_ascii
+    assert moc_ascii(np.array([9, 1, 2, 3, 7, 10]), 6) == "6/1-3,7,9-10" and moc_ascii(np.array([], int), 6) == "6/"
+    text = rd.resource_descriptor("s", [], {"": rd.Privileges(("q",), ("a",))}, "T", "2026-01-01", "6/1-3")
+    assert ET.fromstring(text.split("\n", 1)[1]).find("coverage/spatial").text == "6/1-3"
+    old = rd.resource_descriptor("s", [], {"": rd.Privileges(("q",), ("a",))}, "T", "2026-01-01", "6/1-3,7")
+    assert rd.same_description(old, text)                    # less sky: the RD stays (still true of it)
+    assert not rd.same_description(text, old)                # more sky: declared at once
