@@ -76,7 +76,7 @@ def same_description(old: str, new: str) -> bool:
 
 def _cells(moc: str) -> set:
     """(order, cell) of a MOC in ASCII ("6/1-3,7 7/40")."""
-    out = set()
+    out: set = set()
     for order, cells in re.findall(r"(\d+)/([\d,\-\s]*)", moc):
         for item in re.split(r"[,\s]+", cells.strip()):
             if item:
