@@ -56,6 +56,12 @@ class Coverage:
     def sky_fraction(self) -> float:
         return len(self.cells) / (12 * 4 ** self.order)
 
+    def cells_at(self, order: int) -> np.ndarray:
+        """The covered cells at a coarser (or the same) order: the parents of the cells."""
+        if order > self.order:
+            raise ValueError(f"order {order} is finer than the coverage's {self.order}")
+        return np.unique(self.cells >> (2 * (self.order - order)))
+
     def line(self) -> str:
         """The coverage in one line, for the terminal and the load's summary."""
         return (f"{self.schema}.{self.table}: {self.rows:,} rows in {len(self.cells):,} cells of order "

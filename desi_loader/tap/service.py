@@ -219,8 +219,9 @@ def _describe_and_import(conn: Connection, inst: dachs.Instance, schema: str, fo
             metas = describe.describe_schema(cur, schema)
             privileges, notes = _privileges(cur, inst, schema, metas)
             created = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            covered = {m.name: coverage.coverage(cur, schema, m.name) for m in metas if m.sky and m.kind == "table"}
             text = rd.resource_descriptor(schema, metas, privileges, f"DESI DR1 catalogs ({schema})", created,
-                                          _declared_coverage(cur, schema, metas))
+                                          _declared_coverage(cur, covered))
             path = inst.rd_path(schema)
             changed = force or not path.exists() or not rd.same_description(path.read_text(), text)
             if changed:
@@ -229,7 +230,7 @@ def _describe_and_import(conn: Connection, inst: dachs.Instance, schema: str, fo
                 tmp.write_text(text)
                 tmp.replace(path)
                 inst.imp_meta(schema)
-            web.write(cur, path.parent / rd.WEB_DIR, schema, metas, tap_url(inst.url))   # files: no reload
+            web.write(path.parent / rd.WEB_DIR, schema, metas, covered, tap_url(inst.url))   # files: no reload
         finally:
             cur.execute("SELECT pg_advisory_unlock(hashtext('desi-loader tap ' || %s))", (schema,))
     notes = _column_notes(metas) + notes
@@ -238,10 +239,13 @@ def _describe_and_import(conn: Connection, inst: dachs.Instance, schema: str, fo
     return Published(tap_url(inst.url), schema, metas, cones, notes, changed, inst.url + rd.web_path(schema))
 
 
-def _declared_coverage(cur: Cursor, schema: str, metas: list) -> str:
-    """The sky the served tables cover, as the MOC the RD declares (queries/coverage.py)."""
-    cells = [coverage.coverage(cur, schema, m.name, coverage.DECLARED_ORDER).cells
-             for m in metas if m.sky and m.kind == "table"]
+def _declared_coverage(cur: Cursor, covered: dict) -> str:
+    """The sky the served tables cover, as the MOC the RD declares: from each table's coverage
+    ({table: queries.coverage.Coverage}) where it is fine enough (a large table's), else
+    counted again at the declared order (a small table: a cheap query)."""
+    order = coverage.DECLARED_ORDER
+    cells = [c.cells_at(order) if c.order >= order else coverage.coverage(cur, c.schema, c.table, order).cells
+             for c in covered.values()]
     return coverage.moc_ascii(np.concatenate(cells), coverage.DECLARED_ORDER) if cells else ""
 
 

@@ -9,14 +9,11 @@ from __future__ import annotations
 import html
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Optional
 
 from ..errors import LoaderError
-from ..queries import coverage
+from ..queries.coverage import Coverage
 from . import rd
-
-if TYPE_CHECKING:
-    from ..db import Cursor
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +22,11 @@ table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #ddd;pad
 text-align:left}img{width:22em}code{background:#f4f4f4;padding:0 .2em}.num{text-align:right}"""
 
 
-def write(cur: Cursor, directory: Path, schema: str, metas: list, tap_url: str) -> Path:
-    """Write the landing page (and each sky table's map) of ``schema`` to ``directory``."""
+def write(directory: Path, schema: str, metas: list, covered: dict, tap_url: str) -> Path:
+    """Write the landing page (and each sky table's map) of ``schema`` to ``directory``;
+    ``covered``: {table: queries.coverage.Coverage} of the sky tables."""
     directory.mkdir(parents=True, exist_ok=True)
-    rows = [_row(cur, directory, schema, m) for m in metas if m.kind in ("table", "view")]
+    rows = [_row(directory, schema, m, covered.get(m.name)) for m in metas if m.kind in ("table", "view")]
     page = directory / "index.html"
     tmp = page.with_suffix(".tmp")
     tmp.write_text(f"""<!DOCTYPE html>
@@ -47,25 +45,20 @@ pyvo: <code>pyvo.dal.TAPService("{html.escape(tap_url)}")</code>).</p>
     return page
 
 
-def _row(cur: Cursor, directory: Path, schema: str, m) -> str:
+def _row(directory: Path, schema: str, m, cov: Optional[Coverage]) -> str:
     name = html.escape(m.name)
     links = [f'<a href="{rd.cone_form_path(schema, m.name)}">search form</a>',
              f'<a href="/{schema}/{rd.RD_NAME}/{rd.service_id(m.name)}/scs.xml?">cone search (SCS)</a>'] \
         if m.sky and m.q3c_index and m.kind == "table" else []
-    cover = ""
-    if m.sky and m.kind == "table":
-        cover = _coverage(cur, directory, schema, m.name)
+    cover = _coverage(directory, cov) if cov is not None else ""
     return (f'<tr class="table" id="{name}"><td><code>{name}</code>'
             f'{" (view)" if m.kind == "view" else ""}</td><td>{html.escape(m.description)}</td>'
             f'<td class="num">{m.rows:,}</td><td>{cover}</td><td>{"<br>".join(links)}</td></tr>\n')
 
 
-def _coverage(cur: Cursor, directory: Path, schema: str, table: str) -> str:
+def _coverage(directory: Path, cov: Coverage) -> str:
     """The covered area and the map of a sky table (the map where matplotlib is installed)."""
-    try:
-        cov = coverage.coverage(cur, schema, table)
-    except LoaderError as exc:
-        return html.escape(str(exc))
+    table = cov.table
     text = f"{cov.area_deg2:,.0f} deg² ({100 * cov.sky_fraction:.1f} % of the sky)"
     try:
         from ..queries import skymap

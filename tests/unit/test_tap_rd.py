@@ -115,3 +115,12 @@ def test_declared_coverage_is_a_moc_and_only_growth_reloads():
     old = rd.resource_descriptor("s", [], {"": rd.Privileges(("q",), ("a",))}, "T", "2026-01-01", "6/1-3,7")
     assert rd.same_description(old, text)                    # less sky: the RD stays (still true of it)
     assert not rd.same_description(text, old)                # more sky: declared at once
+
+
+def test_coverage_at_a_coarser_order_is_the_parents_of_its_cells():
+    from desi_loader.queries.coverage import Coverage
+    cov = Coverage("s", "t", 8, np.array([0, 3, 4, 17, 300]), np.ones(5, int), 5)
+    assert cov.cells_at(8).tolist() == [0, 3, 4, 17, 300] and cov.cells_at(7).tolist() == [0, 1, 4, 75]
+    assert cov.cells_at(6).tolist() == [0, 1, 18]
+    with pytest.raises(ValueError):
+        cov.cells_at(9)
