@@ -14,13 +14,12 @@ from typing import Callable, Optional
 
 import psycopg2
 
-from . import indexes, publish, staging, verify
+from . import indexes, publish, publishing, staging, verify
 from ..db import as_database_error, free_connections, server_settings
 from ..errors import DatabaseError, LoadFailed, UsageError
-from ..fits.discover import Plan, split_tasks
+from ..fits.discover import Plan
 from ..pipeline.encodings import encoder_plan
 from ..report import NullReporter
-from ..servers import citus
 from .ledger import Ledger, process_name
 from .load import Load
 from .opening import open_load
@@ -28,7 +27,8 @@ from .options import LoadOptions
 from .pool import WorkerPool
 from .results import FailedFile, Merged, Outcome
 from .summary import Facts, Summary, dry_run, summarize
-from .settle import Settling, checkpoint_advice, plan_settling
+from .settle import Settling, checkpoint_advice
+from .target import Server, target_of
 from .verify import RowsLost, check_canary, expected_counts
 from .worker import WorkerConfig, peak_rss_kb
 
@@ -56,10 +56,13 @@ class Coordinator:
     """Runs one plan's load through PHASES; raises LoaderError subclasses for what users must fix."""
 
     def __init__(self, opts: LoadOptions, plan: Plan, reporter: NullReporter) -> None:
-        self.opts, self.plan, self.reporter = opts, plan, reporter
-        self._load: Optional[Load] = None     # once the ledger is connected (run)
-        self.settling = Settling(False, opts.task_bytes)   # once the server is known (_settle_behind)
-        self.facts = Facts(plan)              # what the phases return; summary.summarize reports it
+        self.opts, self.reporter = opts, reporter
+        self.plan = plan                      # as planned; its task size decided once the server is known
+        self._ledger: Optional[Ledger] = None   # once connected (run)
+        self._load: Optional[Load] = None     # the open load (open phase on): its own plan
+        self.target: Server = Server()        # decided once connected (_decide)
+        self.settling = Settling(False, plan.task_bytes)   # likewise
+        self.facts = Facts()                  # what the phases return; summary.summarize reports it
 
     @property
     def load(self) -> Load:
@@ -90,14 +93,14 @@ class Coordinator:
             return dry_run(self.opts, plan, {t: sum(per.values()) for t, per in expected_counts(plan).items()},
                            plan_s)
         try:
-            self._load = Load(self.opts, plan, Ledger(self.opts.dsn, plan.schema, budget=self.opts.wait_timeout,
-                                                        notify=self.reporter.warn))
-            facts.server = server_settings(self.load.conn)
-            self._settle_behind()
+            self._ledger = Ledger(self.opts.dsn, plan.schema, budget=self.opts.wait_timeout,
+                                  notify=self.reporter.warn)
+            facts.server = server_settings(self.ledger.conn)
+            self._decide()
             self._advise(checkpoint_advice(facts.server, self.plan.total_bytes))
             self._run_phases()
             facts.coordinator_peak_kb = peak_rss_kb()
-            summary = summarize(self.opts, facts)
+            summary = summarize(self.opts, self.load.plan, facts)
             for name, reason in summary.left_out:
                 self.reporter.warn(f"published without {name}: {reason}")
             return summary
@@ -105,13 +108,13 @@ class Coordinator:
             raise as_database_error(exc, "staging tables are kept; rerun the same command to resume") from exc
         except LoadFailed as exc:
             if self.finalizer:                # tell the processes waiting for this load why
-                why, ledger = str(exc), self.load.ledger
+                why, ledger = str(exc), self.ledger
                 ledger.resilient(lambda: ledger.set_status("failed", why))
             raise
         finally:
             self.reporter.close()
-            if self._load is not None:
-                self._load.ledger.close()
+            if self._ledger is not None:
+                self._ledger.close()
 
     def _run_phases(self) -> None:
         """PHASES in order; when a server crash took rows of done tasks, back to the copy."""
@@ -125,29 +128,28 @@ class Coordinator:
             except RowsLost as lost:
                 self.reporter.warn(f"the server restarted after a crash: UNLOGGED staging lost the rows of "
                                    f"{lost.tasks} done task(s); reloading exactly those")
-                self.load.ledger.unlock()
+                self.ledger.unlock()
                 self.facts.finalizer = False
-                self.load.ledger.hold_shared()
+                self.ledger.hold_shared()
                 start = next(i for i, p in enumerate(PHASES) if p.name == "copy")
 
     @property
     def ledger(self) -> Ledger:
-        return self.load.ledger
+        """The load's ledger (from the start of run on)."""
+        if self._ledger is None:
+            raise RuntimeError("not connected yet")
+        return self._ledger
 
-    def _settle_behind(self) -> None:
-        """Whether workers set hint bits behind their tasks, and smaller tasks when the server's
-        checkpoints fall inside the load (settle.py); an explicit --task-rows is kept."""
-        conn = self.load.conn
-        with conn.cursor() as cur:
-            distributed = citus.cluster(cur) is not None
-        conn.commit()
-        self.settling = plan_settling(self.facts.server, self.plan.total_bytes, self.opts.workers,
-                                      self.opts.task_bytes, distributed)
-        if self.settling.task_bytes < self.opts.task_bytes and self.opts.task_rows is None:
-            self.opts = replace(self.opts, task_bytes=self.settling.task_bytes)
-            self.plan = replace(self.plan, tasks=tuple(split_tasks(self.plan, self.opts.task_bytes, None)))
-            self._load = Load(self.opts, self.plan, self.load.ledger)
-            self.facts.plan = self.plan
+    def _decide(self) -> None:
+        """What depends on the server, decided before the load opens and before anything reads
+        the plan's tasks (split when first read): the target (target.py), whether workers set
+        hint bits behind their tasks, and smaller tasks when the server's checkpoints fall
+        inside the load (settle.py); an explicit --task-rows is kept."""
+        self.target = target_of(self.ledger.conn)
+        plan = self.plan
+        self.settling = self.target.settling(self.facts.server, plan.total_bytes, self.opts.workers, plan.task_bytes)
+        if self.settling.task_bytes < plan.task_bytes and plan.task_rows is None:
+            self.plan = replace(plan, task_bytes=self.settling.task_bytes)
             self.facts.notes.append(self.settling.reason)
             self.reporter.info(self.settling.reason)
 
@@ -176,9 +178,8 @@ class Coordinator:
     def open(self) -> None:
         """Start, resume or join the load of these tables (opening.py), after the preflight."""
         self.ledger.ensure_tables()
-        self.preflight(not self.opts.replace_all and bool(self.ledger.published_files(sorted(self.plan.tables))))
-        opening = open_load(self.ledger, self.plan, self.opts, self.reporter)
-        self.load.opened(opening)
+        self.preflight()
+        self._load, opening = open_load(self.ledger, self.plan, self.opts, self.target, self.reporter)
         self.facts.opening = opening
         if opening.how == "nothing" and self.plan.failed:
             self.facts.verified = verify.nothing_but_failures(self.load, len(opening.unchanged))
@@ -188,16 +189,19 @@ class Coordinator:
 
     def describe_cluster(self) -> None:
         """On a Citus coordinator: say how each table is placed (and keys adapted)."""
-        with self.ledger.conn.cursor() as cur:
-            placed = citus.describe(cur, self.plan.tables)
-        self.ledger.conn.commit()
+        placed = self.target.describe(self.plan.tables)
         if placed is not None:
             self.facts.cluster = placed
             self.reporter.info(f"{placed[0]}: " + "; ".join(f"{t} {d}" for t, d in placed[1].items()))
 
-    def preflight(self, incremental: bool) -> None:
-        """Refuse, before any data moves, what publishing could not do (publish.preflight)."""
-        problems = publish.preflight(self.load, incremental)
+    def preflight(self) -> None:
+        """Refuse, before any data moves, what publishing could not do (publishing.py's
+        preflight of the way this load would publish)."""
+        conn = self.ledger.conn
+        how = publishing.choose(self.ledger, self.plan, self.opts)
+        with conn.cursor() as cur:
+            problems = how.preflight(cur, self.plan)
+        conn.rollback()
         if problems:
             raise UsageError(f"publishing would break what users attached to the tables in {self.plan.schema}:"
                              + "".join(f"\n  {p}" for p in problems),
@@ -308,7 +312,7 @@ class Coordinator:
         """Failed files, checksums and rows per file; the load goes on with the files it publishes."""
         opening = self.facts.opening
         self.facts.verified = verified = verify.verify(self.load, len(opening.unchanged) if opening else 0)
-        self._load = replace(self.load, plan=verified.plan)
+        self._load = self.load.narrowed({os.path.basename(p) for p in verified.published})
 
     def merge(self) -> None:
         check_canary(self.load)
@@ -318,8 +322,7 @@ class Coordinator:
         self.facts.merged = Merged(tuple(added), replaced)
 
     def index(self) -> None:
-        self.facts.indexed = indexes.index(self.load, self.facts.cluster is not None,
-                                           staging.prepare_sky(self.load, self.reporter.warn), self.reporter)
+        self.facts.indexed = indexes.index(self.load, staging.prepare_sky(self.load, self.reporter.warn), self.reporter)
 
     def durable(self) -> None:
         check_canary(self.load)
@@ -338,8 +341,9 @@ class Coordinator:
 #: copy phase only starts workers for the tasks still pending).  Every
 #: process copies; the one that wins the load's lock alone (``finalizer``) verifies,
 #: indexes and publishes, the others await the outcome (and take over if it dies).
-def _replacing(c: Coordinator) -> bool:
-    return c.finalizer and not c.load.incremental
+def _publishes(step: str) -> Callable[[Coordinator], bool]:
+    """The finalizer runs the steps of the load's way of publishing (publishing.py)."""
+    return lambda c: c.finalizer and c.load.publishes(step)
 
 
 PHASES = (
@@ -347,11 +351,11 @@ PHASES = (
     Phase("copy", Coordinator.copy, when=lambda c: c.role != "nothing"),
     Phase("await", Coordinator.await_outcome, when=lambda c: not c.finalizer and c.role != "nothing"),
     Phase("verify", Coordinator.verify, when=lambda c: c.finalizer),
-    Phase("merge", Coordinator.merge, when=lambda c: c.finalizer and c.load.incremental),
+    Phase("merge", Coordinator.merge, when=_publishes("merge")),
     # SET LOGGED rewrites the table and rebuilds its indexes: made durable first, indexed once
     Phase("durable", Coordinator.durable,
-          when=lambda c: _replacing(c) and not c.opts.unlogged and c.load.staging_mode == "unlogged"),
-    Phase("index", Coordinator.index, when=_replacing),
-    Phase("foreign_keys", Coordinator.link, when=lambda c: _replacing(c) and bool(c.load.fkeys)),
-    Phase("swap", Coordinator.swap, when=_replacing),
+          when=lambda c: _publishes("durable")(c) and not c.opts.unlogged and c.load.staging_mode == "unlogged"),
+    Phase("index", Coordinator.index, when=_publishes("index")),
+    Phase("foreign_keys", Coordinator.link, when=lambda c: _publishes("foreign_keys")(c) and bool(c.load.fkeys)),
+    Phase("swap", Coordinator.swap, when=_publishes("swap")),
 )

@@ -21,17 +21,14 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional, TYPE_CHECKING
 
 import psycopg2
-from psycopg2 import sql
 
-from . import analyze as statistics
 from ..catalog import attach
 from ..db import connect, free_connections, relation_exists
 from ..errors import LoadFailed
-from ..servers import citus
 from .ledger import app_name
-from ..catalog.skyindex import q3c_index_statement
+from .jobs import Job
 from .staging import FINALIZE_LOCK_TIMEOUT
-from .sqlgen import attach_key, index_name, key_index, primary_key, secondary_indexes
+from .sqlgen import index_name
 
 if TYPE_CHECKING:
     from ..control.load import Load
@@ -43,62 +40,12 @@ log = logging.getLogger(__name__)
 #: seconds between looks at the server's progress views
 PROGRESS_POLL = 1.0
 
-#: heap pages an ANALYZE costs per column, for the order of the jobs (the biggest first)
-ANALYZE_COST = 20
-
-
-@dataclass
-class Job:
-    """One statement group of the index phase on one staging table."""
-
-    table: str                         # the published table's name (what the user sees)
-    what: str                          # "index <name>", "primary key", "ANALYZE", ...
-    statements: list                   # run in order, in one transaction
-    cost: float                        # a guess of the work (heap pages, columns): biggest first
-    after: int = 0                     # jobs of the same table that must end first
-    unique: Optional[str] = None       # the key a UniqueViolation breaks (for the message)
-    then: Optional[Callable] = None    # run(conn, dsn, tag) after the statements' commit
-
-
 @dataclass
 class IndexResult:
     """What the index phase did: seconds per step ("table: what"), sessions used."""
 
     steps: dict = field(default_factory=dict)
     sessions: int = 0
-
-
-def table_jobs(schema: str, table: str, stage: str, spec, pages: int, q3c: Optional[str],
-               user: list, on_cluster: bool, has_key: bool) -> list:
-    """The jobs of one staging table: its index builds (no order between them), then the
-    primary key attached and ANALYZE (``after`` = the number of builds).
-
-    ``user``: (statement, name) of the indexes users added to the published table; ``has_key``:
-    a resumed load attached the primary key already.  On a Citus coordinator (``on_cluster``)
-    one job runs them all in order, the key built by ADD PRIMARY KEY."""
-    distribution = spec.distribution if on_cluster else None
-    key = ", ".join(spec.key)
-    builds = [] if has_key or on_cluster else [
-        Job(table, "primary key index", [key_index(schema, stage, spec)], pages, unique=key)]
-    for name, stmt, unique in secondary_indexes(schema, stage, spec, distribution):
-        builds.append(Job(table, f"index {name}", [stmt], pages, unique=unique))
-    if q3c and spec.sky:
-        name = index_name(stage, ("q3c",))
-        builds.append(Job(table, f"index {name}", [q3c_index_statement(schema, stage, name, spec.sky, q3c)], pages))
-    for stmt, name in user:
-        builds.append(Job(table, f"index {name} (yours)", [stmt], pages))
-    if on_cluster:
-        first = [] if has_key else [primary_key(schema, stage, spec, distribution)]
-        analyze = sql.SQL("ANALYZE {}").format(sql.Identifier(schema, stage))
-        return [Job(table, "keys, indexes, ANALYZE", first + [s for j in builds for s in j.statements] + [analyze],
-                    pages * (2 + len(builds)), unique=key)]
-
-    def take_statistics(conn: Connection, dsn: str, tag: str) -> None:
-        statistics.analyze(conn, dsn, tag, schema, stage)
-
-    finish = [] if has_key else [attach_key(schema, stage)]
-    return builds + [Job(table, "statistics" if has_key else "primary key, statistics", finish,
-                         pages + ANALYZE_COST * len(spec.all_columns), after=len(builds), then=take_statistics)]
 
 
 class _Queue:
@@ -140,7 +87,7 @@ class _Queue:
 
 
 def _session(dsn: str, tag: str, queue: _Queue, conns: list, result: IndexResult, reporter: NullReporter,
-             on_cluster: bool) -> None:
+             begin: Callable) -> None:
     """One session of the index phase: jobs from ``queue`` until none is left (or one failed)."""
     conn = connect(dsn, app_name("finalize", tag))
     conns.append(conn)
@@ -156,7 +103,7 @@ def _session(dsn: str, tag: str, queue: _Queue, conns: list, result: IndexResult
                 queue.running[pid] = job
             t0 = time.perf_counter()
             try:
-                _execute(conn, job, on_cluster)
+                _execute(conn, job, begin)
                 if job.then is not None:
                     job.then(conn, dsn, tag)
             finally:
@@ -178,13 +125,15 @@ def _cancel(conns: list) -> None:
             c.cancel()
 
 
-def run_jobs(dsn: str, tag: str, jobs: list, sessions: int, reporter: NullReporter, on_cluster: bool) -> IndexResult:
+def run_jobs(dsn: str, tag: str, jobs: list, sessions: int, reporter: NullReporter,
+             begin: Callable = lambda cur: None) -> IndexResult:
     """Run ``jobs`` in ``sessions`` connections, biggest first, each table's finishing job
-    after its builds; the server's progress of each running job reported every second."""
+    after its builds; the server's progress of each running job reported every second.
+    ``begin(cursor)`` starts each job's transaction (the target's session settings)."""
     result = IndexResult(sessions=sessions)
     queue, stop = _Queue(jobs), threading.Event()
     conns: list = []
-    threads = [threading.Thread(target=_session, args=(dsn, tag, queue, conns, result, reporter, on_cluster),
+    threads = [threading.Thread(target=_session, args=(dsn, tag, queue, conns, result, reporter, begin),
                                 name=f"index-{i}", daemon=True) for i in range(sessions)]
     watcher = threading.Thread(target=_watch, args=(dsn, tag, queue.running, queue.lock, stop, reporter), daemon=True)
     for t in threads:
@@ -208,11 +157,10 @@ def run_jobs(dsn: str, tag: str, jobs: list, sessions: int, reporter: NullReport
     return result
 
 
-def _execute(conn: Connection, job: Job, on_cluster: bool) -> None:
+def _execute(conn: Connection, job: Job, begin: Callable) -> None:
     try:
         with conn.cursor() as cur:
-            if on_cluster:                  # SET LOCAL: for this job's transaction
-                citus.no_local_execution(cur)
+            begin(cur)
             for stmt in job.statements:
                 cur.execute(stmt)
         conn.commit()
@@ -284,23 +232,23 @@ def table_pages(cur: Cursor, schema: str, stage: str) -> int:
     return int(cur.fetchone()[0])
 
 
-def index(load: Load, on_cluster: bool, q3c: Optional[str], reporter: NullReporter) -> IndexResult:
-    """Every staging table's keys, indexes (the preset's, the sky's, the users') and ANALYZE."""
+def index(load: Load, q3c: Optional[str], reporter: NullReporter) -> IndexResult:
+    """Every staging table's keys, indexes (the preset's, the sky's, the users') and ANALYZE,
+    as the load's target builds them (target.py)."""
     jobs = []
     conn = load.conn
     with conn.cursor() as cur:
         for table, spec in load.tables.items():
             stage = load.staging_tables[table]
-            cluster = on_cluster and spec.distribution is not None
             cur.execute("SELECT 1 FROM pg_constraint WHERE conrelid = %s::regclass AND conname = %s",
                         (f'"{load.schema}"."{stage}"', f"{stage}_pkey"))
             has_key = cur.fetchone() is not None
-            jobs += table_jobs(load.schema, table, stage, spec, table_pages(cur, load.schema, stage), q3c,
-                               user_index_statements(cur, load.schema, table, stage, spec, load.load_id),
-                               cluster, has_key)
+            jobs += load.target.index_jobs(load.schema, table, stage, spec, table_pages(cur, load.schema, stage),
+                                           q3c, user_index_statements(cur, load.schema, table, stage, spec,
+                                                                      load.load_id), has_key)
     conn.commit()
     return run_jobs(load.opts.dsn, load.ledger.tag, jobs, sessions_for(conn, load.opts.workers, len(jobs)),
-                    reporter, on_cluster)
+                    reporter, load.target.begin_job)
 
 
 def user_index_statements(cur: Cursor, schema: str, table: str, stage: str, spec, load_id: int) -> list:

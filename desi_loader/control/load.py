@@ -1,41 +1,50 @@
-"""``Load``: what a load carries through its stages once it is open.
+"""``Load``: an open load, what every stage after the opening takes whole.
 
-The coordinator creates it with the ledger, the opening fills in what it decided (the plan
-of the files to load, staging names, file ids, staging mode, incremental), and every later
-stage (verify, staging, publish) takes it whole instead of a (connection, schema, staging,
-...) tuple.  Plans are frozen: verify's narrower plan (--allow-partial) makes a new Load.
+The opening (opening.py) makes it: the plan of the files this load loads, its ledger, the
+target its tables live on (target.py), how it publishes (publishing.py), its staging
+tables, file ids and staging mode.  Nothing changes a Load: verify's narrower plan
+(--allow-partial) is a new one (``narrowed``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from typing import TYPE_CHECKING
 
-from ..fits.discover import Plan, foreign_keys
+from ..fits.discover import Plan, foreign_keys, narrowed
 from .ledger import Ledger
 from .options import LoadOptions
 
+if TYPE_CHECKING:
+    from .publishing import Publishing
+    from .target import Server
 
-@dataclass
+
+@dataclass(frozen=True)
 class Load:
     """One open load: its options, plan and ledger, and what the opening decided."""
 
     opts: LoadOptions
-    plan: Plan
+    plan: Plan                                      # the files this load loads (and publishes)
     ledger: Ledger
+    target: Server                                  # a plain server or a Citus cluster
+    publishing: Publishing                          # Swap (replace the tables) or Merge (incremental)
     staging_tables: dict = field(default_factory=dict)   # published table -> its staging table
     file_ids: dict = field(default_factory=dict)    # file name -> file_id (a column of every row)
     staging_mode: str = "unlogged"                  # unlogged | logged
-    incremental: bool = False                       # merge into the published tables
-    fkeys: list = field(init=False)                 # discover.ForeignKey between loaded tables (from the plan)
 
-    def __post_init__(self) -> None:
-        self.fkeys = foreign_keys(self.plan)
+    @cached_property
+    def fkeys(self) -> list:
+        """discover.ForeignKey between the loaded tables (from the plan)."""
+        return foreign_keys(self.plan)
 
-    def opened(self, opening) -> None:
-        """Take what opening.open_load decided (an opening.Opening): the plan of the files to
-        load, staging names, file ids, how staging becomes durable, whether it merges."""
-        self.plan = opening.plan
-        self.staging_tables, self.file_ids = opening.staging_tables, opening.file_ids
-        self.staging_mode, self.incremental = opening.staging_mode, opening.incremental
+    def narrowed(self, names: set) -> "Load":
+        """This load publishing only the files named (file names)."""
+        return replace(self, plan=narrowed(self.plan, names))
+
+    def publishes(self, step: str) -> bool:
+        """Whether ``step`` (a phase's name) is one of this load's publishing steps."""
+        return step in self.publishing.steps
 
     @property
     def schema(self) -> str:

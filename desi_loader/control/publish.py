@@ -9,6 +9,7 @@ import psycopg2
 from psycopg2 import sql
 
 from ..catalog import attach
+from ..catalog.columns import published_columns
 from ..db import first_line, is_transient, relation_exists
 from ..errors import DatabaseError, LoadFailed
 from .retry import DEFAULT_BUDGET, Backoff
@@ -34,14 +35,6 @@ def swap_backoff(budget: float = DEFAULT_BUDGET, notify: Callable[[str], None] =
     """How the swap waits for readers of the published tables (retry.py's policy, its delays)."""
     return Backoff("publishing", budget, notify, waiting_for="readers of the published tables",
                    first=SWAP_FIRST, cap=SWAP_CAP)
-
-
-def published_columns(cur: Cursor, schema: str, table: str) -> dict:
-    """column -> SQL type of a published table ({} when it does not exist)."""
-    cur.execute("SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = "
-                "to_regclass(format('%%I.%%I', %s::text, %s::text)) AND attnum > 0 AND NOT attisdropped",
-                (schema, table))
-    return dict(cur.fetchall())
 
 
 def add_columns(conn: Connection, schema: str, specs: dict) -> list:
@@ -209,22 +202,3 @@ def publish_swap(load: Load) -> int:
     return swap(load.conn, load.schema, load.staging_tables, load.load_id, load.plan.catalog.name,
                 load.plan.catalog.views, swap_backoff(load.opts.wait_timeout, load.ledger.notify),
                 specs=load.tables)
-
-
-def preflight(load: Load, incremental: bool) -> list:
-    """What publishing ``load`` could not do, found before any data moves: a swap that would
-    break what users attached to the tables, or (incremental) new rows whose column types
-    differ from the published ones.  Returns one line per problem."""
-    plan, conn = load.plan, load.conn
-    with conn.cursor() as cur:
-        if incremental:
-            problems = [f"{plan.schema}.{t}.{c.name} is {have[c.name]} in the published table but "
-                        f"{c.sql_type} in the new files (reload everything with --replace-all)"
-                        for t, spec in plan.tables.items()
-                        for have in [published_columns(cur, plan.schema, t)]
-                        for c in spec.all_columns if c.name in have and have[c.name] != c.stored_type]
-        else:
-            new_columns = {t: {c.name for c in spec.all_columns} for t, spec in plan.tables.items()}
-            problems = attach.preflight(cur, plan.schema, new_columns, set(plan.tables), set(plan.catalog.views))
-    conn.rollback()
-    return problems

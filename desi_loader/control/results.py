@@ -6,7 +6,6 @@ import os
 from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
-from ..fits.discover import Plan
 from .pool import PoolResult
 
 
@@ -57,7 +56,7 @@ class Verified:
     """The verify phase: rows per table checked, and the files published."""
 
     rows: Optional[dict]             # table -> rows; None: nothing to count (every loadable file unchanged)
-    plan: Plan                       # the files published (--allow-partial leaves failed ones out)
+    published: tuple                 # paths of the files published (--allow-partial leaves failed ones out)
     left_out: tuple = ()             # FailedFile: the files published without (--allow-partial)
 
 

@@ -92,14 +92,13 @@ def checkpoint_advice(server: dict, fits_bytes: int) -> Optional[str]:
             f"(ALTER SYSTEM SET max_wal_size = '{want}GB'; SELECT pg_reload_conf())")
 
 
-def plan_settling(server: dict, fits_bytes: int, workers: int, task_bytes: int,
-                  distributed: bool = False) -> Settling:
+def plan_settling(server: dict, fits_bytes: int, workers: int, task_bytes: int) -> Settling:
     """What the server at hand needs (pure: ``server`` as db.server_settings reads it).
 
     ``task_bytes`` is the plan's task size; it is only ever made smaller, and only when the
     load's WAL passes the checkpoint distance.
     """
-    if distributed or not hints_logged(server):
+    if not hints_logged(server):
         return Settling(False, task_bytes)
     distance = checkpoint_distance(server)
     if distance is None or WAL_PER_FITS_BYTE * fits_bytes <= distance:

@@ -9,7 +9,6 @@ from typing import Callable, Optional, TYPE_CHECKING
 import psycopg2
 from psycopg2 import sql
 
-from ..servers import citus
 from ..db import connect
 from .ledger import app_name
 from ..catalog.skyindex import ensure_q3c, install_functions
@@ -18,6 +17,7 @@ from .sqlgen import create_staging
 
 if TYPE_CHECKING:
     from ..control.load import Load
+    from .target import Server
     from ..db import Connection, Cursor
 
 log = logging.getLogger(__name__)
@@ -28,13 +28,13 @@ log = logging.getLogger(__name__)
 FINALIZE_LOCK_TIMEOUT = "10s"
 
 
-def prepare_staging(conn: Connection, schema: str, staging: dict, specs: dict, logged: bool = False) -> None:
-    """Create missing staging tables (logged, or UNLOGGED: ``logged``); add columns a resumed
-    load's new files bring.
+def prepare_staging(conn: Connection, schema: str, staging: dict, specs: dict, target: Server,
+                    logged: bool = False) -> None:
+    """Create missing staging tables (logged, or UNLOGGED: ``logged``), placed by the load's
+    ``target`` (target.py); add columns a resumed load's new files bring.
 
     Runs in the caller's transaction (the opening of a load commits it with the plan)."""
     with conn.cursor() as cur:
-        on_cluster = citus.cluster(cur) is not None
         hashed: list = []                   # staging tables hashed so far: co-locate the next ones
         for table, spec in specs.items():
             stage = staging[table]
@@ -44,11 +44,7 @@ def prepare_staging(conn: Connection, schema: str, staging: dict, specs: dict, l
             if not have:
                 for stmt in create_staging(schema, stage, spec, logged):
                     cur.execute(stmt)
-                if on_cluster and spec.distribution is not None:
-                    partner = citus.colocation_partner(cur, schema, [table] + hashed, spec.distribution)
-                    citus.distribute(cur, schema, stage, spec.distribution, partner)
-                    if spec.distribution.kind == "hash":
-                        hashed.append(stage)
+                target.distribute(cur, schema, table, stage, spec, hashed)
                 continue
             for col in spec.all_columns:
                 if col.name not in have:

@@ -27,7 +27,6 @@ __all__ = ["Summary", "Facts", "summarize", "dry_run", "CopyStats", "Merged", "O
 class Facts:
     """What a coordinator learnt on the way, each field set once, by the step named."""
 
-    plan: Plan                                   # as planned (run.plan_loads)
     plan_s: float = 0.0
     phases: dict = field(default_factory=dict)   # phase -> seconds (Coordinator._run_phase)
     server: dict = field(default_factory=dict)   # db.server_settings, once connected
@@ -129,7 +128,7 @@ def _base(opts: LoadOptions, plan: Plan, facts: Facts) -> Summary:
 
 def dry_run(opts: LoadOptions, plan: Plan, expected: dict, plan_s: float) -> Summary:
     """The summary of --dry-run: what the load would do (``expected``: table -> rows)."""
-    s = _base(opts, plan, Facts(plan, plan_s))
+    s = _base(opts, plan, Facts(plan_s=plan_s))
     return replace(s, rows=expected, left_out=[(os.path.basename(p), r) for p, r in plan.failed],
                    files_loaded=[fp.info.path for fp in plan.files], files_failed=list(plan.failed))
 
@@ -141,13 +140,14 @@ def _failed(s: Summary, files: tuple) -> None:
     s.left_out = [(f.name, f.reason) for f in files]
 
 
-def summarize(opts: LoadOptions, facts: Facts) -> Summary:
-    """The Summary of a load this process took part in, from what its phases returned."""
+def summarize(opts: LoadOptions, plan: Plan, facts: Facts) -> Summary:
+    """The Summary of a load this process took part in (``plan``: the open load's), from what
+    its phases returned."""
     opening = facts.opening
-    plan = opening.plan if opening is not None else facts.plan
     s = _base(opts, plan, facts)
     if opening is not None:
-        s.load_id, s.role, s.incremental = opening.load_id, opening.how, opening.incremental
+        s.load_id, s.role, s.incremental = opening.load_id, opening.how, opening.publishing.incremental
+        s.fits_bytes, s.tasks = opening.fits_bytes, opening.tasks
         s.durable_path = opening.durable_path
         s.unchanged_files, s.files_unchanged = len(opening.unchanged), list(opening.unchanged)
         s.resumed = opening.message if opening.how == "resumed" else None
@@ -169,8 +169,8 @@ def summarize(opts: LoadOptions, facts: Facts) -> Summary:
         v = facts.verified
         _failed(s, v.left_out)
         if v.rows is not None:
-            s.rows, s.verified, s.files = dict(v.rows), True, len(v.plan.files)
-            s.files_loaded = [fp.info.path for fp in v.plan.files]
+            s.rows, s.verified, s.files = dict(v.rows), True, len(v.published)
+            s.files_loaded = list(v.published)
     if facts.merged is not None:
         s.replaced_rows = dict(facts.merged.replaced_rows)
     if facts.indexed is not None:

@@ -37,14 +37,14 @@ class RowsLost(Exception):
 def verify(load: Load, unchanged: int) -> Verified:
     """Refuse to publish with failed files or wrong row counts (or drop them: --allow-partial).
 
-    ``unchanged``: published files this load skips.  Returns a results.Verified whose plan
-    holds the files to publish (the load's plan without those --allow-partial left out)."""
+    ``unchanged``: published files this load skips.  Returns a results.Verified naming the
+    files to publish (the load's files without those --allow-partial left out)."""
     plan, left_out = settle_failures(load, unchanged)
     loaded = load.ledger.loaded_rows()          # what each COPY reported, committed with its task
     if loaded is None:                          # tasks of an older version: count staging
         loaded = count_staging(load.conn, load.schema, load.staging_tables, load.tables)
     rows = check_counts(loaded, expected_counts(plan, load.file_ids))
-    return Verified(rows, plan, left_out)
+    return Verified(rows, tuple(fp.info.path for fp in plan.files), left_out)
 
 
 def check_canary(load: Load) -> None:
@@ -120,7 +120,7 @@ def settle_failures(load: Load, unchanged: int) -> tuple[Plan, tuple]:
     left_out = tuple(FailedFile(p, r) for p, r in uniq)
     ledger.set_left_out(list(left_out))
     kept = {fp.info.name for fp in plan.files} - loaded
-    return narrowed(plan, kept, opts.task_bytes, opts.task_rows), left_out
+    return narrowed(plan, kept), left_out
 
 
 def nothing_but_failures(load: Load, unchanged: int) -> Verified:
@@ -133,7 +133,7 @@ def nothing_but_failures(load: Load, unchanged: int) -> Verified:
                          f"published file(s) unchanged; the published tables were not changed):"
                          + reasons(failed), "fix or re-download the named files and rerun the same "
                          "command (or --allow-partial to accept the tables without them)")
-    return Verified(None, load.plan, tuple(FailedFile(p, r) for p, r in failed))
+    return Verified(None, (), tuple(FailedFile(p, r) for p, r in failed))
 
 
 # --------------------------------------------------------------------------- counts

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import glob
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Optional, Sequence
 
 from .config import check_distribution
@@ -102,16 +103,13 @@ class Task:
     def rows(self) -> int:
         return sum(p.stop - p.start for p in self.parts)
 
-    @classmethod
-    def from_ledger(cls, task_id: int, file: str, parts: list) -> "Task":
-        return cls(task_id, file, tuple(Part(*p) for p in parts))
-
 
 @dataclass
 class FilePlan:
     info: object                       # read.FitsInfo
     tables: dict                       # hdu index -> table name
     constants: dict
+    columns: dict = field(default_factory=dict)   # hdu index -> its FitsColumns to load (selected_columns)
 
 
 @dataclass(frozen=True)
@@ -123,9 +121,16 @@ class Plan:
     schema: str
     tables: dict                       # table name -> TableSpec
     files: tuple                       # FilePlan
-    tasks: tuple = ()
     failed: tuple = ()                 # (path, reason) of files that cannot load (found while planning)
     notes: tuple = ()                  # what users should know (names cut at 63 bytes)
+    task_bytes: int = TASK_BYTES       # the largest task, in FITS bytes (the server may want less)
+    task_rows: Optional[int] = None    # --task-rows: rows per task, whatever their bytes
+
+    @cached_property
+    def tasks(self) -> tuple:
+        """The tasks (``split_tasks``), split when first read: once the task size is decided
+        (the coordinator may make it smaller for the server at hand), nothing splits again."""
+        return tuple(split_tasks(self))
 
     @property
     def total_rows(self) -> int:
@@ -190,32 +195,32 @@ def build_plan(infos: Sequence, catalog: Catalog, schema: str,
     for info in infos:
         try:
             constants = catalog.file_constants(info.name)
-            tables, columns_of = _file_tables(info, catalog, constants, descs, sky)
+            tables, columns_of, selected = _file_tables(info, catalog, constants, descs, sky)
         except (BadFileError, UsageError) as exc:
             failed.append((info.path, exc.explained if isinstance(exc, BadFileError) else str(exc)))
             continue
         for table, pg in columns_of.items():
             sources.setdefault(table, []).append((info.name, pg))
-        files.append(FilePlan(info, tables, constants))
+        files.append(FilePlan(info, tables, constants, selected))
     specs = {table: _table_spec(catalog, table, srcs, extra, sky.get(table, ()))
              for table, srcs in sources.items()}
     notes = _cut_names(files)
-    plan = Plan(catalog, schema, specs, tuple(files), failed=tuple(failed), notes=tuple(notes))
-    return replace(plan, tasks=tuple(split_tasks(plan, task_bytes, task_rows)))
+    return Plan(catalog, schema, specs, tuple(files), failed=tuple(failed), notes=tuple(notes),
+                task_bytes=task_bytes, task_rows=task_rows)
 
 
-def narrowed(plan: Plan, names: set, task_bytes: int, task_rows: Optional[int]) -> Plan:
-    """The plan of only the files named in ``names`` (file names), its tasks split again."""
+def narrowed(plan: Plan, names: set) -> Plan:
+    """The plan of only the files named in ``names`` (file names): a new plan, whose tasks
+    are split when first read."""
     files = tuple(fp for fp in plan.files if fp.info.name in names)
     if len(files) == len(plan.files):
         return plan
-    narrow = replace(plan, files=files)
-    return replace(narrow, tasks=tuple(split_tasks(narrow, task_bytes, task_rows)))
+    return replace(plan, files=files)
 
 
-def _file_tables(info, catalog: Catalog, constants: dict, descs: dict, sky: dict) -> tuple[dict, dict]:
-    """One file's tables: ({hdu index: table}, {table: its PgColumns from this file}); adds
-    the (ra, dec) of tables with a sky index to ``sky``.
+def _file_tables(info, catalog: Catalog, constants: dict, descs: dict, sky: dict) -> tuple[dict, dict, dict]:
+    """One file's tables: ({hdu index: table}, {table: its PgColumns from this file}, {hdu
+    index: its FitsColumns loaded}); adds the (ra, dec) of tables with a sky index to ``sky``.
 
     Raises
     ------
@@ -225,11 +230,12 @@ def _file_tables(info, catalog: Catalog, constants: dict, descs: dict, sky: dict
     hdus = _file_hdus(info, catalog, constants)
     tables: dict = {}
     columns_of: dict = {}
+    selected: dict = {}
     with_sky: set = set()
     for h in hdus:
         table = catalog.table_for(h.extname, h.index)
         tables[h.index] = table
-        cols = selected_columns(h, catalog)
+        cols = selected[h.index] = selected_columns(h, catalog)
         h_desc = descs.get((h.extname or "").upper(), {})
         columns_of.setdefault(table, []).extend(pg_column(c, h_desc.get(c.name.lower())) for c in cols)
         pair = sky_columns(cols, catalog.sky_columns(h.extname))
@@ -245,7 +251,7 @@ def _file_tables(info, catalog: Catalog, constants: dict, descs: dict, sky: dict
         clash = _clash(table, pg, tuple(catalog.constants))
         if clash:
             raise BadFileError(info.path, clash)
-    return tables, columns_of
+    return tables, columns_of, selected
 
 
 def _cut_names(files: list) -> list:
@@ -317,8 +323,10 @@ def _ranges(nrows: int, step: int) -> list[tuple[int, int]]:
     return [(s, min(s + step, nrows)) for s in range(0, nrows, step)] or [(0, 0)]
 
 
-def split_tasks(plan: Plan, task_bytes: int, task_rows: Optional[int]) -> list[Task]:
-    """Row ranges so that no task holds more than ``task_bytes`` of FITS data."""
+def split_tasks(plan: Plan) -> list[Task]:
+    """Row ranges so that no task holds more than the plan's ``task_bytes`` of FITS data
+    (or ``task_rows`` rows, when set)."""
+    task_bytes, task_rows = plan.task_bytes, plan.task_rows
     tasks: list[Task] = []
     for fp in plan.files:
         name = fp.info.name

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 
 from ..encode import Codec
 from ..fits.config import Catalog
-from ..fits.discover import Plan, Task, selected_columns
+from ..fits.discover import Plan, Task
 from ..fits.columns import row_fields, sky_columns
 from .stream import PartSource
 
@@ -56,7 +56,7 @@ def encoder_plan(plan: Plan, staging: dict, file_ids: dict) -> dict[str, FileEnc
             cols: list = []
             shift = 0
             for h in hdus:
-                cols.extend(replace(c, offset=c.offset + shift) for c in selected_columns(h, plan.catalog))
+                cols.extend(replace(c, offset=c.offset + shift) for c in fp.columns[h.index])
                 shift += h.block_bytes
             derived = {}
             if table == plan.catalog.one_table:

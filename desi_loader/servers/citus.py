@@ -92,12 +92,9 @@ def unique_columns(columns: Sequence[str], dist: Optional[Distribution]) -> tupl
     return cols
 
 
-def describe(cur: Cursor, tables: dict) -> Optional[tuple[str, dict]]:
-    """On a Citus coordinator: (the cluster, {table: how it is placed and its keys adapted}
-    for the TableSpecs ``tables``); None on a plain server."""
-    info = cluster(cur)
-    if info is None:
-        return None
+def describe(info: Cluster, tables: dict) -> tuple[str, dict]:
+    """(the cluster, {table: how it is placed and its keys adapted} for the TableSpecs
+    ``tables``)."""
     placed = {}
     for t, spec in tables.items():
         dist = spec.distribution

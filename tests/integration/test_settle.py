@@ -11,6 +11,8 @@ from desi_loader.control import settle
 from desi_loader.control.options import LoadOptions
 from desi_loader.control.run import run_load
 from desi_loader.report import NullReporter
+from desi_loader.control.target import Cluster, Server
+from desi_loader.servers import citus
 from desi_loader.control.settle import MIN_TASK_BYTES, TASK_BYTES_DEFAULT, plan_settling
 
 CHECKSUMS = {"data_checksums": "on", "wal_log_hints": "off", "checkpoint_completion_target": "0.9"}
@@ -19,8 +21,11 @@ CHECKSUMS = {"data_checksums": "on", "wal_log_hints": "off", "checkpoint_complet
 def test_no_settling_where_hint_bits_write_no_wal_or_tables_are_distributed():
     plain = {**CHECKSUMS, "data_checksums": "off", "max_wal_size": "1GB"}
     assert plan_settling(plain, 10 << 30, 2, TASK_BYTES_DEFAULT) == settle.Settling(False, TASK_BYTES_DEFAULT)
-    assert not plan_settling({**CHECKSUMS, "max_wal_size": "1GB"}, 10 << 30, 2, TASK_BYTES_DEFAULT,
-                             distributed=True).settle
+    checksums = {**CHECKSUMS, "max_wal_size": "1GB"}
+    assert Server().settling(checksums, 10 << 30, 2, TASK_BYTES_DEFAULT) == plan_settling(
+        checksums, 10 << 30, 2, TASK_BYTES_DEFAULT)
+    assert Cluster(citus.Cluster("13.0", 2)).settling(checksums, 10 << 30, 2, TASK_BYTES_DEFAULT) \
+        == settle.Settling(False, TASK_BYTES_DEFAULT)
     assert plan_settling({**plain, "wal_log_hints": "on", "max_wal_size": "1GB"}, 1, 2, TASK_BYTES_DEFAULT).settle
 
 

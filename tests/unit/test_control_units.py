@@ -1,12 +1,16 @@
 """The control plane's pure decisions, table-driven (no server, no process): row checks,
 table order, staging mode, file identity, connection names, DSN masking, task chunks, the
 index phase's plan of jobs and its progress lines."""
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
 
-from desi_loader.control import indexes
-from desi_loader.control.opening import same_file, staging_mode
+from desi_loader.control import indexes, jobs
+from desi_loader.control.publishing import same_file, staging_mode
+from desi_loader.control.target import Cluster, Server
+from desi_loader.fits.config import Distribution
+from desi_loader.servers import citus
 from desi_loader.control.sessions import app_name, parse_app_name
 from desi_loader.control.staging import table_order
 from desi_loader.control.verify import check_counts
@@ -103,17 +107,27 @@ def spec(ncols=3, indexes_=(("z",),), sky=None):
 
 
 def test_index_jobs_build_beside_each_other_then_attach_the_key_and_take_statistics():
-    jobs = indexes.table_jobs("s", "t", "t__load1", spec(), pages=100, q3c=None, user=[("CREATE INDEX u ...", "u")],
-                              on_cluster=False, has_key=False)
-    builds, finish = jobs[:-1], jobs[-1]
+    planned = Server().index_jobs("s", "t", "t__load1", spec(), pages=100, q3c=None,
+                                  user=[("CREATE INDEX u ...", "u")], has_key=False)
+    builds, finish = planned[:-1], planned[-1]
     assert [j.what for j in builds][0] == "primary key index"
     assert "index u (yours)" in [j.what for j in builds]
     assert all(j.after == 0 for j in builds)
     assert finish.after == len(builds) and finish.what == "primary key, statistics" and finish.then is not None
-    resumed = indexes.table_jobs("s", "t", "t__load1", spec(), 100, None, [], on_cluster=False, has_key=True)
+    resumed = jobs.table_jobs("s", "t", "t__load1", spec(), 100, None, [], has_key=True)
     assert "primary key index" not in [j.what for j in resumed] and resumed[-1].what == "statistics"
-    cluster = indexes.table_jobs("s", "t", "t__load1", spec(), 100, None, [], on_cluster=True, has_key=False)
-    assert len(cluster) == 1 and cluster[0].what == "keys, indexes, ANALYZE"
+
+
+def test_a_cluster_builds_a_distributed_table_in_one_job_and_a_local_one_as_a_server_does():
+    cluster = Cluster(citus.Cluster("13.0", 2))
+    hashed = replace(spec(), distribution=Distribution("hash", "c0"))
+    one = cluster.index_jobs("s", "t", "t__load1", hashed, 100, None, [], has_key=False)
+    assert len(one) == 1 and one[0].what == "keys, indexes, ANALYZE"
+    assert len(one[0].statements) == 3              # ADD PRIMARY KEY, the index on z, ANALYZE
+    assert one[0].unique == "file_id, row_num"
+    kept = cluster.index_jobs("s", "t", "t__load1", spec(), 100, None, [], has_key=False)
+    assert [j.what for j in kept] == [j.what for j in Server().index_jobs("s", "t", "t__load1", spec(), 100, None, [],
+                                                                             has_key=False)]
 
 
 @pytest.mark.parametrize("args,text", [

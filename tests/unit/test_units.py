@@ -1,4 +1,5 @@
 """Pure stages, table-driven: config, discover, schema, checksum (no database, no files read)."""
+from dataclasses import replace
 import os
 
 import numpy as np
@@ -6,7 +7,7 @@ import pytest
 
 from desi_loader.fits.checksum import checksum_ok, combine, fold, partial_sum
 from desi_loader.fits.config import generic, load_settings
-from desi_loader.fits.discover import FilePlan, Plan, find_files, group_by_catalog, split_tasks
+from desi_loader.fits.discover import FilePlan, Plan, find_files, group_by_catalog, narrowed, split_tasks
 from desi_loader.errors import SchemaError, UsageError
 from desi_loader.fits.read import HduInfo
 from desi_loader.fits.columns import FitsColumn, PgColumn, TableSpec, classify, parse_tdim, parse_tform, union_columns
@@ -176,10 +177,22 @@ def test_split_tasks(aligned, nrows, task_rows, want):
     cat = load_settings().catalogs["fastspecfit"]
     cat = type(cat)(**{**cat.__dict__, "aligned": aligned})
     fp = FilePlan(_Info([_hdu(1, nrows, 100), _hdu(2, nrows, 50)]), {1: "a", 2: "b"}, {})
-    plan = Plan(cat, "s", {"a": TableSpec("a", ()), "b": TableSpec("b", ())}, [fp])
-    tasks = split_tasks(plan, 1 << 20, task_rows)
+    plan = Plan(cat, "s", {"a": TableSpec("a", ()), "b": TableSpec("b", ())}, (fp,), task_bytes=1 << 20,
+                task_rows=task_rows)
+    tasks = plan.tasks
     assert [(t.parts[0].start, t.parts[0].stop) for t in tasks] == want
     assert all(len(t.parts) == (2 if aligned else 1) for t in tasks)
+    assert plan.tasks is tasks and list(tasks) == split_tasks(plan)     # split once, when first read
+
+
+def test_a_plan_is_split_by_the_task_size_decided_for_it():
+    cat = load_settings().catalogs["fastspecfit"]
+    fp = FilePlan(_Info([_hdu(1, 1000, 100), _hdu(2, 1000, 50)]), {1: "a", 2: "b"}, {})
+    plan = Plan(cat, "s", {"a": TableSpec("a", ()), "b": TableSpec("b", ())}, (fp,), task_bytes=150 * 1000)
+    assert len(plan.tasks) == 1
+    smaller = replace(plan, task_bytes=150 * 100)          # what the coordinator decides for the server
+    assert len(smaller.tasks) == 10 and all(t.rows == 200 for t in smaller.tasks)   # 100 galaxies, 2 HDUs
+    assert narrowed(smaller, set()).tasks == () and narrowed(smaller, {fp.info.name}) is smaller
 
 
 # ----------------------------------------------------------------------------- checksum

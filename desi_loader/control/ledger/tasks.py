@@ -8,7 +8,7 @@ from typing import Optional, TYPE_CHECKING
 from psycopg2 import sql
 from psycopg2.extras import Json, execute_values
 
-from ...fits.discover import Task
+from ...fits.discover import Part, Task
 from .base import SessionFace, Tx
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ class Tasks(SessionFace):
                                 s=sql.Identifier(self.schema)),
                     (self.load_id,))
         row = cur.fetchone()
-        return Task.from_ledger(*row) if row else None
+        return _task(*row) if row else None
 
     def finish(self, cur: Cursor, task_id: int, worker: str, datasums: dict, rows: dict) -> None:
         """Mark a task done, in the transaction that holds its rows (``rows``: table -> rows COPY reported)."""
@@ -123,7 +123,7 @@ class Tasks(SessionFace):
         rows = self._run("SELECT t.task_id, f.filename, t.parts FROM {s}.loader_tasks t JOIN {s}.load_files f "
                          "USING (file_id) WHERE t.load_id = %s AND t.status = 'done' ORDER BY t.task_id",
                          (self.load_id,))
-        return [Task.from_ledger(*r) for r in rows]
+        return [_task(*r) for r in rows]
 
     def reset_tasks(self, task_ids: list) -> None:
         """Make done tasks pending again (their rows are gone)."""
@@ -154,3 +154,8 @@ class Tasks(SessionFace):
         return self._run("SELECT f.filename, t.error FROM {s}.loader_tasks t JOIN {s}.load_files f "
                          "USING (file_id) WHERE t.load_id = %s AND t.status = 'failed' ORDER BY t.task_id",
                          (self.load_id,))
+
+
+def _task(task_id: int, file: str, parts: list) -> Task:
+    """A task as the ledger stores it (parts as [hdu, table, start, stop] JSON) read back."""
+    return Task(task_id, file, tuple(Part(*p) for p in parts))
