@@ -1,4 +1,5 @@
 """Shared test helpers: FITS files with every type, loading, fetching."""
+import os
 import threading
 import time
 from contextlib import contextmanager
@@ -9,6 +10,7 @@ from astropy.io import fits
 from astropy.table import Table
 
 from desi_loader.control.run import LoadOptions, run_load
+from desi_loader.samples.fastspecfit import write_fastspecfit_file
 
 SPECIAL_STRINGS = [" lead", "back\\slash", "tab\there", "\\N", "q'uo\"te", "", "new\nline", "x"]
 
@@ -207,3 +209,34 @@ def assert_fastspecfit_exact(db, schema, files):
                     _same(col, want, got)
                 checked += 1
     return checked
+
+
+# ----------------------------------------------------------------- damaged and edge-case files
+
+NAMES = ["fastspec-iron-main-bright-nside1-hp00.fits", "fastspec-iron-main-bright-nside1-hp01.fits",
+         "fastspec-iron-main-bright-nside1-hp02.fits", "fastspec-iron-main-bright-nside1-hp03.fits"]
+
+
+def truncated(src, dst):
+    """``src`` less its last 20,000 bytes, written to ``dst``."""
+    data = open(src, "rb").read()
+    open(dst, "wb").write(data[: len(data) - 20000])
+
+
+def empty_fastspecfit(path):
+    """A FastSpecFit file whose three HDUs have no rows (a HEALPix without targets)."""
+    src = os.path.dirname(path) + "/.src.fits"
+    write_fastspecfit_file(src, 3, seed=7, like=os.path.basename(path))
+    with fits.open(src) as h:
+        out = [h[0].copy()] + [fits.BinTableHDU(data=h[i].data[:0], header=h[i].header, name=h[i].name)
+                               for i in (1, 2, 3)]
+        fits.HDUList(out).writeto(path, overwrite=True, checksum=True)
+    os.remove(src)
+
+
+def gzipped(src, dst, cut=0):
+    """``src`` gzip'd into ``dst`` (less its last ``cut`` bytes)."""
+    import gzip
+
+    data = gzip.compress(open(src, "rb").read())
+    open(dst, "wb").write(data[:len(data) - cut] if cut else data)

@@ -14,11 +14,7 @@ from astropy.io import fits
 
 from desi_loader.cli import main
 from desi_loader.samples.fastspecfit import write_fastspecfit_file
-from helpers import assert_fastspecfit_exact, fetch
-
-NAMES = ["fastspec-iron-main-bright-nside1-hp00.fits", "fastspec-iron-main-bright-nside1-hp01.fits",
-         "fastspec-iron-main-bright-nside1-hp02.fits", "fastspec-iron-main-bright-nside1-hp03.fits"]
-
+from helpers import NAMES, assert_fastspecfit_exact, empty_fastspecfit, fetch, gzipped, truncated
 
 def cli(capsys, *argv):
     code = main([str(a) for a in argv])
@@ -39,18 +35,13 @@ def fsf(tmp_path_factory):
     return d
 
 
-def _truncated(src, dst):
-    data = open(src, "rb").read()
-    open(dst, "wb").write(data[: len(data) - 20000])
-
-
 def test_incremental_rerun_names_damaged_files(capsys, tmp_path, fsf, pg_uri, schema, db):
     """Two files published; adding a truncated file and a non-FITS file must not be 'nothing to load'."""
     for name in NAMES[:2]:
         shutil.copy2(fsf / name, tmp_path / name)
     code, _, err = cli(capsys, "load", tmp_path, "--dsn", pg_uri, "--schema", schema, "-w", "1", "-q")
     assert code == 0, err
-    _truncated(fsf / NAMES[0], tmp_path / NAMES[2])
+    truncated(fsf / NAMES[0], tmp_path / NAMES[2])
     (tmp_path / NAMES[3]).write_bytes(b"not FITS at all " * 300)
     code, out, err = cli(capsys, "load", tmp_path, "--dsn", pg_uri, "--schema", schema, "-w", "1")
     assert code == 1, (out, err)
@@ -88,21 +79,10 @@ def test_every_named_file_accounted_in_the_summary(capsys, tmp_path, fsf, pg_uri
     assert "named files: 1 loaded, 1 unchanged (published before), 0 not loaded" in out
 
 
-def _empty_fastspecfit(path):
-    """A FastSpecFit file whose three HDUs have no rows (a HEALPix without targets)."""
-    src = os.path.dirname(path) + "/.src.fits"
-    write_fastspecfit_file(src, 3, seed=7, like=os.path.basename(path))
-    with fits.open(src) as h:
-        out = [h[0].copy()] + [fits.BinTableHDU(data=h[i].data[:0], header=h[i].header, name=h[i].name)
-                               for i in (1, 2, 3)]
-        fits.HDUList(out).writeto(path, overwrite=True, checksum=True)
-    os.remove(src)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["binary", "text"])
 def test_empty_hdus_in_sky_order(capsys, tmp_path, fsf, pg_uri, schema, db, fmt):
-    _empty_fastspecfit(str(tmp_path / NAMES[2]))
+    empty_fastspecfit(str(tmp_path / NAMES[2]))
     shutil.copy2(fsf / NAMES[0], tmp_path / NAMES[0])
     code, out, err = cli(capsys, "load", tmp_path, "--dsn", pg_uri, "--schema", schema, "-w", "1",
                          "--format", fmt)
@@ -278,19 +258,13 @@ def test_damaged_heap_is_refused(capsys, tmp_path, pg_uri, schema):
     assert "a.fits: HDU 1 (T) row 3, column VF: variable-length array of 2 elements" in err
 
 
-def _gzip(src, dst, cut=0):
-    import gzip
-    data = gzip.compress(open(src, "rb").read())
-    open(dst, "wb").write(data[:len(data) - cut] if cut else data)
-
-
 @pytest.mark.slow
 def test_gzip_files_load_exactly_and_damaged_ones_are_named(capsys, tmp_path, fsf, pg_uri, schema, db):
     """.fits.gz FastSpecFit files are recognised by the preset and load exactly (sky order, checksums);
     a truncated gzip file is named; a VLA table inside gzip loads too."""
     d = tmp_path / "in"
     d.mkdir()
-    _gzip(fsf / NAMES[0], d / (NAMES[0] + ".gz"))
+    gzipped(fsf / NAMES[0], d / (NAMES[0] + ".gz"))
     shutil.copy2(fsf / NAMES[1], d / NAMES[1])
     js = tmp_path / "s.json"
     code, out, err = cli(capsys, "load", d, "--dsn", pg_uri, "--schema", schema, "-w", "2", "--summary-json", js)
@@ -307,7 +281,7 @@ def test_gzip_files_load_exactly_and_damaged_ones_are_named(capsys, tmp_path, fs
     s, = summary_of(js)
     assert sorted(os.path.basename(p) for p in s["files_loaded"]) == sorted([NAMES[0] + ".gz", NAMES[1]])
     # truncated gzip: named, exit 1
-    _gzip(fsf / NAMES[1], d / (NAMES[2] + ".gz"), cut=3000)
+    gzipped(fsf / NAMES[1], d / (NAMES[2] + ".gz"), cut=3000)
     code, out, err = cli(capsys, "load", d, "--dsn", pg_uri, "--schema", schema, "-w", "1")
     assert code == 1 and "Traceback" not in err, (out, err)
     assert f"{NAMES[2]}.gz: truncated or corrupt gzip stream" in err, err
@@ -318,7 +292,7 @@ def test_gzip_with_variable_length_arrays(capsys, tmp_path, pg_uri, schema, db, 
     src = _new_types_file(tmp_path / "a.fits", n=50, seed=3)
     d = tmp_path / "gz"
     d.mkdir()
-    _gzip(src, d / "a.fits.gz")
+    gzipped(src, d / "a.fits.gz")
     code, out, err = cli(capsys, "load", d, "--catalog", "generic", "--prefix", "v", "--dsn", pg_uri,
                          "--schema", schema, "-w", "1", "--format", fmt)
     assert code == 0, (out, err)
@@ -371,9 +345,9 @@ def test_desivast_incremental_rerun_names_damaged_files(capsys, tmp_path, pg_uri
     kept.mkdir()
     for p in good:
         shutil.copy2(p, kept)
-    _truncated(good[0], d / file_name("REVOLVER", "NGC"))
+    truncated(good[0], d / file_name("REVOLVER", "NGC"))
     zobov = write_desivast_file(str(tmp_path / file_name("ZOBOV", "SGC")), "ZOBOV", "SGC", 0.0005, seed=3)
-    _gzip(zobov, d / (file_name("ZOBOV", "SGC") + ".gz"))
+    gzipped(zobov, d / (file_name("ZOBOV", "SGC") + ".gz"))
     (d / file_name("VIDE", "SGC")).write_bytes(b"")
     code, out, err = cli(capsys, "load", d, "--dsn", pg_uri, "--schema", schema, "-w", "1")
     assert code == 1, (out, err)

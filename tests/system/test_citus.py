@@ -227,14 +227,14 @@ def test_contract_on_the_cluster(cluster, cschema, tmp_path, capsys):
     """Empty HDUs in sky order, a gzip'd file and damaged files on Citus: the good files exact, the
     damaged named (exit 1), then --allow-partial publishes the good ones (exit 4)."""
     from desi_loader.cli import main
-    from test_contract import NAMES, _empty_fastspecfit, _gzip, _truncated
+    from helpers import NAMES, empty_fastspecfit, gzipped, truncated
     from desi_loader.samples.fastspecfit import write_fastspecfit_file
     uri, d = cluster["uri"], tmp_path / "in"
     d.mkdir()
     src = write_fastspecfit_file(str(tmp_path / NAMES[0]), 40, seed=3)
-    _gzip(src, d / (NAMES[0] + ".gz"))
-    _empty_fastspecfit(str(d / NAMES[1]))
-    _truncated(src, d / NAMES[2])
+    gzipped(src, d / (NAMES[0] + ".gz"))
+    empty_fastspecfit(str(d / NAMES[1]))
+    truncated(src, d / NAMES[2])
     args = ["load", str(d), "--dsn", uri, "--schema", cschema, "-w", "2"]
     assert main(args) == 1
     out, err = capsys.readouterr()
