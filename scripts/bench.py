@@ -495,6 +495,11 @@ def parse_args(argv):
                     help="max_wal_size of the scale runs (e.g. 1GB: checkpoints fall inside the copy, as on the "
                     "real 79 GB catalog; default: the embedded server's 32GB)")
     ap.add_argument("--scale-levels", default="minimal,replica", help="wal_level values of the scale runs")
+    ap.add_argument("--server", choices=("embedded", "pg15"), default="embedded",
+                    help="the server measured: the embedded PostgreSQL (default), or Debian's PostgreSQL 15 "
+                         "started in OUT/pg15 (max_wal_size=32GB, shared_buffers=1GB), as production servers are")
+    ap.add_argument("--checksums", action="store_true",
+                    help="with --server pg15: a cluster with data checksums (initdb --data-checksums)")
     ap.add_argument("--tap-rows", type=int, default=100_000,
                     help="galaxies of the TAP section, and rows of its sync VOTable query (default 100,000)")
     ap.add_argument("--tap-radius", type=float, default=3.0, help="cone radius of the TAP section, degrees (default 3)")
@@ -514,11 +519,15 @@ def parse_args(argv):
 
 # --------------------------------------------------------------------------- whole load
 
-def by_hand(dsn: str, plan, chunks, copied: Optional[threading.Barrier] = None) -> float:
+def by_hand(dsn: str, plan, chunks, copied: Optional[threading.Barrier] = None, like: Optional[str] = None) -> float:
     """The hand-written load: per table, in its own backend and in parallel, CREATE TABLE and
     COPY FROM the pre-encoded binary files in one transaction (so wal_level=minimal skips the
     WAL of the COPY), then PRIMARY KEY and ANALYZE.  Seconds.  ``copied``: a barrier every
-    table's thread waits at between its COPY and its key (the scale section samples there)."""
+    table's thread waits at between its COPY and its key (the scale section samples there).
+
+    The tables have the columns in the files' order, as a DBA writes them; with ``like`` (a
+    schema holding the loader's tables) they are created LIKE those, in the loader's column
+    order: the server's best, which the loader is held against."""
     from desi_loader.control.sqlgen import primary_key
     schema = "bench_hand"
     fresh_schema(dsn, schema)
@@ -527,9 +536,12 @@ def by_hand(dsn: str, plan, chunks, copied: Optional[threading.Barrier] = None) 
         conn = connect(dsn)
         spec = plan.tables[table]
         with conn.cursor() as cur:
-            # as a hand-written load would: the columns in the files' order, no NOT NULL
-            cur.execute(sql.SQL("CREATE TABLE {} ({})").format(sql.Identifier(schema, table), sql.SQL(", ").join(
-                sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.sql_type)) for c in spec.all_columns)))
+            if like:
+                cur.execute(sql.SQL("CREATE TABLE {} (LIKE {})").format(sql.Identifier(schema, table),
+                                                                       sql.Identifier(like, table)))
+            else:    # as a hand-written load would: the columns in the files' order, no NOT NULL
+                cur.execute(sql.SQL("CREATE TABLE {} ({})").format(sql.Identifier(schema, table), sql.SQL(", ").join(
+                    sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.sql_type)) for c in spec.all_columns)))
             for t, path, cols in chunks:
                 if t == table:
                     collist = ", ".join(f'"{c}"' for c in cols)
@@ -551,13 +563,18 @@ def by_hand(dsn: str, plan, chunks, copied: Optional[threading.Barrier] = None) 
     return time.perf_counter() - t0
 
 
-def command(dsn: str, files, schema: str, workers: int, *extra) -> tuple[float, dict]:
-    """The whole `load` command as users run it (a process of its own): seconds and its summary."""
+def command(dsn: str, files, schema: str, workers: int, *extra, started=None) -> tuple[float, dict]:
+    """The whole `load` command as users run it (a process of its own): seconds and its summary.
+    ``started(pid)`` is told its process id."""
     js = Path(tempfile.mkdtemp(prefix="desi-bench-")) / "s.json"
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, str(Path(__file__).resolve().parent / "load.py"), *files, "--dsn", dsn,
-                    "--schema", schema, "--workers", str(workers), "--quiet", "--summary-json", str(js), *extra],
-                   check=True)
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve().parent / "load.py"), *files, "--dsn", dsn,
+                             "--schema", schema, "--workers", str(workers), "--quiet", "--summary-json", str(js),
+                             *extra])
+    if started is not None:
+        started(proc.pid)
+    if proc.wait() != 0:
+        raise subprocess.CalledProcessError(proc.returncode, "load.py")
     secs = time.perf_counter() - t0
     summary = json.loads(js.read_text())["loads"][0]
     shutil.rmtree(js.parent, ignore_errors=True)
@@ -574,8 +591,9 @@ def has_column(dsn: str, schema: str, table: str, column: str) -> bool:
     return found
 
 
-def set_wal_level(dsn: str, data_dir, level: str) -> bool:
-    """Switch the embedded server's wal_level (restart); False for a server we do not own."""
+def set_wal_level(dsn: str, data_dir, level: str, restart=None) -> bool:
+    """Switch the server's wal_level (``restart``: how, the embedded server's by default);
+    False for a server we do not own."""
     if data_dir is None:
         return False
     conn = connect(dsn)
@@ -587,7 +605,7 @@ def set_wal_level(dsn: str, data_dir, level: str) -> bool:
         else:
             cur.execute("ALTER SYSTEM RESET max_wal_senders")
     conn.close()
-    server.restart(data_dir)
+    (restart or server.restart)(data_dir)
     return True
 
 
@@ -609,14 +627,33 @@ class Bench:
         self.out = Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.cache = self.out / "data"
-        self.data_dir = None if args.dsn else Path(args.data_dir or server.default_data_dir())
-        self.dsn = args.dsn or server.start(self.data_dir)
+        self.restart = server.restart
+        self.stop = lambda: None
+        if args.server == "pg15":
+            self.data_dir, self.dsn = self._pg15(args)
+        else:
+            self.data_dir = None if args.dsn else Path(args.data_dir or server.default_data_dir())
+            self.dsn = args.dsn or server.start(self.data_dir)
         self.W = max(1, args.workers)
         self.results = {"machine": machine(self.dsn), "config": vars(args), "methods": [], "ratios": {}}
         self.files = make_files(self.cache, args.files, args.rows)
         self.n, self.nb = galaxies(self.files), fits_bytes(self.files)
         print(f"{len(self.files)} files, {self.n:,} galaxies, {self.nb / 1e6:,.1f} MB of FITS; "
               f"server {self.results['machine']['server']}")
+
+    def _pg15(self, args) -> tuple:
+        """Debian's PostgreSQL 15, as a distribution makes a cluster (initdb, data checksums
+        with --checksums), with the settings of a server tuned for loading
+        (``max_wal_size=32GB``, ``shared_buffers=1GB``): (data directory, DSN)."""
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        import localpg
+        data_dir = self.out / ("pg15-checksums" if args.checksums else "pg15")
+        dsn = localpg.start(data_dir, localpg.free_port(), {
+            "max_wal_size": "32GB", "shared_buffers": "1GB", "wal_level": "minimal", "max_wal_senders": "0",
+            "max_connections": "100"}, version="15", checksums=args.checksums)
+        self.restart = lambda d: localpg.restart(d, version="15")
+        self.stop = lambda: localpg.stop(data_dir, version="15")
+        return data_dir, dsn
 
     def record(self, method: str, workers, secs: float, n: int, nbytes: float, **extra) -> dict:
         row = {"method": method, "workers": workers, "seconds": round(secs, 3), "rows": n,
@@ -1070,7 +1107,7 @@ class Bench:
                 try:
                     plan, chunks = pre_encode(files, "binary", tmp)
                     for level in args.scale_levels.split(","):
-                        set_wal_level(dsn, self.data_dir, level)
+                        set_wal_level(dsn, self.data_dir, level, self.restart)
                         results.append(self._scale_one(files, n, nb, level, plan, chunks, W))
                 finally:
                     shutil.rmtree(tmp, ignore_errors=True)
@@ -1079,39 +1116,55 @@ class Bench:
         finally:
             if args.scale_max_wal_size:
                 set_setting(dsn, "max_wal_size", server.LOAD_TUNING["max_wal_size"])
-            set_wal_level(dsn, self.data_dir, "minimal")
+            set_wal_level(dsn, self.data_dir, "minimal", self.restart)
 
-    def _scale_one(self, files, n, nb, level, plan, chunks, W) -> dict:
+    def _own_path(self, plan, chunks, like: Optional[str] = None) -> Probe:
+        """The server's own path (by_hand), probed: copy, index (keys and ANALYZE), end."""
         dsn = self.dsn
-        # nothing of the previous run left: autovacuum of its freshly published tables would
-        # run beside this run's own path (seen: 4.5 GB of VACUUM inside the next own path)
-        fresh_schema(dsn, "bench_scale")
         fresh_schema(dsn, "bench_hand")
         _checkpoint(dsn)
         own = Probe(dsn, self.data_dir)
         barrier = threading.Barrier(len(plan.tables) + 1)
         own.mark("copy")
-        worker = threading.Thread(target=by_hand, args=(dsn, plan, chunks, barrier))
+        worker = threading.Thread(target=by_hand, args=(dsn, plan, chunks, barrier, like))
         worker.start()
         barrier.wait()
         own.mark("index")
         worker.join()
         own.mark("end")
         fresh_schema(dsn, "bench_hand")
-        _checkpoint(dsn)
+        return own
+
+    def _scale_one(self, files, n, nb, level, plan, chunks, W) -> dict:
+        dsn = self.dsn
+        # nothing of the previous run left: autovacuum of its freshly published tables would
+        # run beside this run's own path (seen: 4.5 GB of VACUUM inside the next own path)
         fresh_schema(dsn, "bench_scale")
+        own = self._own_path(plan, chunks)
+        _checkpoint(dsn)
         mine = Probe(dsn, self.data_dir)
         secs, summary = watched_command(dsn, files, "bench_scale", W, mine, "--replace-all")
-        own_s = own.marks[-1][1]["t"] - own.marks[0][1]["t"]
-        row = {"galaxies": n, "fits_gb": round(nb / 1e9, 2), "wal_level": level, "workers": W,
-               "loader_s": round(secs, 2), "own_path_s": round(own_s, 2), "ratio": round(own_s / secs, 2),
-               "loader_phases": mine.phases(), "own_phases": own.phases(),
+        best = self._own_path(plan, chunks, like="bench_scale")       # the loader's column order
+        fresh_schema(dsn, "bench_scale")
+        own_s, best_s = own.seconds(), best.seconds()
+        settings = {k: summary["server"].get(k) for k in ("server_version", "data_checksums", "wal_level",
+                                                           "max_wal_size", "shared_buffers", "wal_buffers")}
+        row = {"galaxies": n, "fits_gb": round(nb / 1e9, 2), "wal_level": level, "workers": W, "server": settings,
+               "loader_s": round(secs, 2), "own_path_s": round(own_s, 2), "own_path_loader_order_s": round(best_s, 2),
+               "ratio": round(own_s / secs, 2), "ratio_loader_order": round(best_s / secs, 2),
+               "loader_phases": mine.phases(), "own_phases": own.phases(), "own_loader_order_phases": best.phases(),
                "loader_summary_phases": summary["phases"], "loader_client_cpu": summary.get("cpu")}
-        self.record(f"scale {n:,} galaxies, wal_level={level}: server's own path", len(plan.tables), own_s, n, nb,
+        where = (f"PostgreSQL {settings['server_version']}, checksums {settings['data_checksums']}, "
+                 f"wal_level={level}, max_wal_size={settings['max_wal_size']}, "
+                 f"shared_buffers={settings['shared_buffers']}")
+        print(f"  scale {n:,} galaxies on {where}")
+        self.record(f"scale {n:,}, {level}: own path (files' order)", len(plan.tables), own_s, n, nb,
                     phases=row["own_phases"])
-        self.record(f"scale {n:,} galaxies, wal_level={level}: desi-loader whole command", W, secs, n, nb,
-                    phases=row["loader_phases"])
+        self.record(f"scale {n:,}, {level}: own path (loader's order)", len(plan.tables), best_s, n, nb,
+                    phases=row["own_loader_order_phases"])
+        self.record(f"scale {n:,}, {level}: desi-loader whole command", W, secs, n, nb, phases=row["loader_phases"])
         self.ratio(f"scale_{n}_{level}_loader_vs_own_path", own_s / secs)
+        self.ratio(f"scale_{n}_{level}_loader_vs_own_path_loader_order", best_s / secs)
         lp = row["loader_phases"]
         if lp.get("copy", {}).get("wal_mb"):
             after = sum(v["wal_mb"] for k, v in lp.items() if k not in ("open", "copy"))
@@ -1119,10 +1172,12 @@ class Bench:
         if lp.get("copy", {}).get("seconds"):
             self.ratio(f"scale_{n}_{level}_index_vs_copy_seconds", lp.get("index", {}).get("seconds", 0)
                        / lp["copy"]["seconds"])
-        for who, ph in (("own path", row["own_phases"]), ("desi-loader", row["loader_phases"])):
+        for who, ph in (("own, files'", row["own_phases"]), ("own, loader's", row["own_loader_order_phases"]),
+                        ("desi-loader", row["loader_phases"])):
             for name, v in ph.items():
-                print(f"    {who:12s} {name:13s} {v['seconds']:8.1f} s  server CPU {v['server_cpu_s']:7.1f} s  "
-                      f"client CPU {v['client_cpu_s']:7.1f} s  WAL {v['wal_mb']:9.1f} MB  checkpoints {v['checkpoints']}")
+                print(f"    {who:13s} {name:13s} {v['seconds']:8.1f} s  server CPU {v['server_cpu_s']:7.1f} s  "
+                      f"client CPU {v['client_cpu_s']:7.1f} s  WAL {v['wal_mb']:9.1f} MB  checkpoints {v['checkpoints']}"
+                      f"  full-page images {v.get('fpi', '-')}")
         return row
 
     def tap(self) -> None:
@@ -1217,6 +1272,7 @@ class Bench:
         (self.out / "bench.json").write_text(json.dumps(self.results, indent=2, default=str))
         _chart(self.results, self.out / "bench.png")
         print(f"\nwrote {self.out / 'bench.json'} and {self.out / 'bench.png'}")
+        self.stop()
 
 
 class Probe:
@@ -1225,6 +1281,7 @@ class Probe:
 
     def __init__(self, dsn: str, data_dir) -> None:
         self.dsn, self.data_dir, self.marks = dsn, data_dir, []
+        self.client: Optional[int] = None    # a client process (and its children) running now
         conn = connect(dsn)
         with conn.cursor() as cur:
             cur.execute("SELECT to_regclass('pg_catalog.pg_stat_checkpointer') IS NOT NULL")
@@ -1240,12 +1297,18 @@ class Probe:
             wal = int(cur.fetchone()[0])
             cur.execute(self.checkpoints_sql)
             ckpt = int(cur.fetchone()[0])
+            cur.execute("SELECT wal_fpi FROM pg_stat_wal")
+            fpi = int(cur.fetchone()[0])
         conn.close()
         return {"t": time.perf_counter(), "server_cpu": server_cpu(self.data_dir), "wal": wal, "checkpoints": ckpt,
-                "client_cpu": _children_cpu()}
+                "client_cpu": _children_cpu() + (tree_cpu(self.client) if self.client else 0.0), "fpi": fpi}
 
     def mark(self, name: str) -> None:
         self.marks.append((name, self.sample()))
+
+    def seconds(self) -> float:
+        """From the first mark to the last."""
+        return self.marks[-1][1]["t"] - self.marks[0][1]["t"]
 
     def phases(self) -> dict:
         """phase -> seconds, server CPU s, client CPU s (this script's waited-for children),
@@ -1255,12 +1318,13 @@ class Probe:
             out[name] = {"seconds": round(b["t"] - a["t"], 2),
                          "server_cpu_s": round(b["server_cpu"] - a["server_cpu"], 2),
                          "client_cpu_s": round(b["client_cpu"] - a["client_cpu"], 2),
-                         "wal_mb": round((b["wal"] - a["wal"]) / 1e6, 1),
+                         "wal_mb": round((b["wal"] - a["wal"]) / 1e6, 1), "fpi": b["fpi"] - a["fpi"],
                          "checkpoints": b["checkpoints"] - a["checkpoints"]}
         return out
 
 
 def _children_cpu() -> float:
+    """CPU seconds of this process and of its children that ended (and were waited for)."""
     import resource
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     s = resource.getrusage(resource.RUSAGE_SELF)
@@ -1299,31 +1363,59 @@ def watched_command(dsn: str, files, schema: str, workers: int, probe: Probe, *e
                 probe.mark(phase)
                 last = phase
 
+    def started(pid: int) -> None:
+        probe.client = pid
+
     t = threading.Thread(target=watch, daemon=True)
     t.start()
     try:
-        return command(dsn, files, schema, workers, *extra)
+        return command(dsn, files, schema, workers, *extra, started=started)
     finally:
         done.set()
         t.join()
+        probe.client = None                  # ended and waited for: in _children_cpu from now on
         probe.mark("end")
 
 
-def server_cpu(data_dir) -> float:
-    """CPU seconds (user + system) a server has spent: its postmaster, the backends it reaped
-    (children times) and the processes running now."""
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has spent: its own, its children's that it reaped
+    (children times) and those of its children running now.
+
+    A child that has exited but is not reaped yet (a zombie) shows no CPU time in /proc; counted
+    then, the sum would drop and come back once the parent reaps it (a backend closed just
+    before a mark made a phase's server CPU negative).  So the sample waits, briefly, until
+    no child is a zombie."""
     import psutil
-    pid = int((Path(data_dir) / "postmaster.pid").read_text().split()[0])
-    p = psutil.Process(pid)
-    t = p.cpu_times()
-    total = t.user + t.system + t.children_user + t.children_system
-    for c in p.children():
+    try:
+        p = psutil.Process(pid)
+    except psutil.Error:
+        return 0.0
+    for _ in range(100):
         try:
-            ct = c.cpu_times()
-            total += ct.user + ct.system
-        except psutil.Error:
-            pass
+            t = p.cpu_times()
+            total, zombie = t.user + t.system + t.children_user + t.children_system, False
+            for c in p.children():
+                try:
+                    if c.status() == psutil.STATUS_ZOMBIE:
+                        zombie = True
+                        break
+                    ct = c.cpu_times()
+                    total += ct.user + ct.system + ct.children_user + ct.children_system
+                except psutil.NoSuchProcess:
+                    zombie = True             # gone between the listing and the read: read again
+                    break
+        except psutil.NoSuchProcess:
+            return 0.0
+        if not zombie:
+            return total
+        time.sleep(0.02)
     return total
+
+
+def server_cpu(data_dir) -> float:
+    """CPU seconds (user + system) a server has spent: its postmaster and every process it
+    started (tree_cpu)."""
+    return tree_cpu(int((Path(data_dir) / "postmaster.pid").read_text().split()[0]))
 
 
 def citus_model(coord_per_row: float, workers_per_row: float, single_per_row: float, rows: int,

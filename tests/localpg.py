@@ -76,8 +76,9 @@ def _run(args: Sequence[str], **kw) -> subprocess.CompletedProcess:
 
 
 def start(data_dir: Path, port: int, settings: Optional[dict] = None, version: Optional[str] = None,
-          preload: Sequence[str] = ()) -> str:
-    """Start (initdb on first use) a server in ``data_dir`` on 127.0.0.1:``port``; its URI."""
+          preload: Sequence[str] = (), checksums: bool = False) -> str:
+    """Start (initdb on first use, with data checksums when ``checksums``) a server in
+    ``data_dir`` on 127.0.0.1:``port``; its URI."""
     bd = bindir(version)
     if bd is None:
         raise DatabaseError("no PostgreSQL server binaries under /usr/lib/postgresql",
@@ -90,7 +91,7 @@ def start(data_dir: Path, port: int, settings: Optional[dict] = None, version: O
             shutil.chown(data_dir, "postgres", "postgres")
         os.chmod(data_dir, 0o700)
         _run(prefix + [str(bd / "initdb"), "-D", str(data_dir), "-U", "postgres", "-A", "trust",
-                       "--no-sync", "-E", "UTF8"])
+                       "--no-sync", "-E", "UTF8"] + (["--data-checksums"] if checksums else []))
     opts = dict(LOCAL_SETTINGS)
     opts.update(settings or {})
     opts["port"] = str(port)

@@ -1,6 +1,9 @@
-"""A staging table's planner statistics: ANALYZE, or for a wide table on PostgreSQL 18+ the
-same statistics computed from one read of the sample (colstats.py) and restored with
-``pg_restore_attribute_stats``.
+"""A staging table's planner statistics: ANALYZE, or for a wide table the same statistics
+computed from one read of the sample (colstats.py) and restored: with
+``pg_restore_attribute_stats`` on PostgreSQL 18+, and before 18, where a superuser loads
+(the embedded server, a DBA's load), written into ``pg_statistic`` as ANALYZE writes them
+(``_catalog_statements``; the values made by ``array_in``, the only way SQL makes an
+``anyarray``).
 
 ANALYZE of a wide table costs its column count times a sort of 30,000 values in one server
 backend (two ANALYZE of one table cannot run at once): 8.6 s for FASTSPEC's 887 columns on
@@ -12,7 +15,8 @@ binary COPY in a few sessions, a group of columns each, and sorted by numpy.  Co
 columns)``, which also sets the table's page and row counts.  A table with an expression
 index or extended statistics is analyzed by the server whole (ANALYZE computes those only
 without a column list), as is any table whose sample holds a NULL in a fixed-width column
-(the fast read assumes none: the DESI catalogs store none) and every table on older servers.
+(the fast read assumes none: the DESI catalogs store none), and every table on servers
+before 18 where the loader is no superuser.
 """
 from __future__ import annotations
 
@@ -82,12 +86,7 @@ def analyze(conn: Connection, dsn: str, tag: str, schema: str, stage: str, group
     finally:
         for c in extra:
             c.close()
-    with conn.cursor() as cur:
-        cur.execute(";".join(_restore_call(cur, schema, stage, name, st) for name, st in stats))
-        if not others:
-            cur.execute("SELECT pg_restore_relation_stats('schemaname', %s, 'relname', %s, "
-                        "'relpages', %s::integer, 'reltuples', %s::real)", (schema, stage, pages, float(rows)))
-    conn.commit()
+    _write(conn, schema, stage, stats, {n: t for n, t, _ in fixed}, None if others else (pages, rows))
     if side:
         side.join()
     elif others:
@@ -139,14 +138,13 @@ def _run(conn: Connection, stmt) -> None:
 def _columns(conn: Connection, schema: str, stage: str) -> Optional[tuple[list, list, int, int, int]]:
     """(fixed-width columns [(name, type, target)], other columns, largest target, rows,
     pages), or None when the server should ANALYZE the table whole."""
-    if conn.server_version < 180000:
-        return None
     with conn.cursor() as cur:
-        cur.execute("SELECT a.attname, t.typname, coalesce(a.attstattarget, "
-                    "current_setting('default_statistics_target')::int) FROM pg_attribute a "
-                    "JOIN pg_type t ON t.oid = a.atttypid WHERE a.attrelid = %s::regclass AND a.attnum > 0 "
-                    "AND NOT a.attisdropped ORDER BY a.attnum", (f'"{schema}"."{stage}"',))
-        cols = cur.fetchall()
+        if conn.server_version < 180000:
+            cur.execute("SELECT current_setting('is_superuser') = 'on'")
+            if not cur.fetchone()[0]:
+                conn.commit()
+                return None
+        cols = _columns_of(conn, schema, stage)
         cur.execute("SELECT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = %(t)s::regclass AND "
                     "indexprs IS NOT NULL) OR EXISTS (SELECT 1 FROM pg_statistic_ext WHERE stxrelid = %(t)s::regclass)",
                     {"t": f'"{schema}"."{stage}"'})
@@ -291,6 +289,73 @@ def decode_fixed(buf, types: list) -> list:
             raise NullInSample()
         out.append(table[f"v{k}"].astype(np.dtype(FIXED[t]).newbyteorder("=")))
     return out
+
+
+def _write(conn: Connection, schema: str, stage: str, stats: list, types: dict, counts: Optional[tuple]) -> None:
+    """Restore ``stats`` ([(column, ColumnStats)]; ``types``: column -> type name) and, when
+    given, the table's (pages, rows), in one transaction."""
+    with conn.cursor() as cur:
+        if conn.server_version >= 180000:
+            cur.execute(";".join(_restore_call(cur, schema, stage, name, st) for name, st in stats))
+            if counts:
+                cur.execute("SELECT pg_restore_relation_stats('schemaname', %s, 'relname', %s, 'relpages', "
+                            "%s::integer, 'reltuples', %s::real)", (schema, stage, counts[0], float(counts[1])))
+        else:
+            cur.execute(";".join(_catalog_statements(cur, schema, stage, name, types[name], st)
+                                 for name, st in stats))
+            if counts:
+                cur.execute("UPDATE pg_class SET relpages = %s, reltuples = %s WHERE oid = %s::regclass",
+                            (counts[0], float(counts[1]), f'"{schema}"."{stage}"'))
+    conn.commit()
+
+
+def _columns_of(conn: Connection, schema: str, stage: str) -> list:
+    """[(name, type name, statistics target)] of a table's columns, in order."""
+    with conn.cursor() as cur:
+        # the column's statistics target: NULL (PostgreSQL 17+) or -1 (before) for the default
+        cur.execute("SELECT a.attname, t.typname, coalesce(nullif(a.attstattarget, -1), "
+                    "current_setting('default_statistics_target')::int) FROM pg_attribute a "
+                    "JOIN pg_type t ON t.oid = a.atttypid WHERE a.attrelid = %s::regclass AND a.attnum > 0 "
+                    "AND NOT a.attisdropped ORDER BY a.attnum", (f'"{schema}"."{stage}"',))
+        return cur.fetchall()
+
+
+#: pg_statistic's stakind of each slot ANALYZE fills for a scalar column (statistics.h)
+KIND_MCV, KIND_HISTOGRAM, KIND_CORRELATION = 1, 2, 3
+#: the pg_statistic columns one column's row is written with
+_STAT_COLUMNS = ", ".join(["starelid", "staattnum", "stainherit", "stanullfrac", "stawidth", "stadistinct"]
+                          + [f"{f}{k}" for f in ("stakind", "staop", "stacoll", "stanumbers", "stavalues")
+                             for k in range(1, 6)])
+
+
+def _catalog_statements(cur: Cursor, schema: str, stage: str, column: str, typ: str,
+                        st: colstats.ColumnStats) -> str:
+    """The statements writing one column's row of ``pg_statistic`` as ANALYZE
+    (compute_scalar_stats) fills it: the most common values (kind 1, the type's ``=``), the
+    histogram (kind 2, ``<``) and the correlation (kind 3, ``<``) in the slots in that order;
+    no collation (the fixed-width types have none).  Before PostgreSQL 18; a superuser's."""
+    slots: list = []            # (kind, operator, numbers, values)
+    if st.mcv is not None and st.mcf is not None:
+        slots.append((KIND_MCV, "=", [float(f) for f in st.mcf], colstats.literal(st.mcv)))
+    if st.histogram is not None:
+        slots.append((KIND_HISTOGRAM, "<", None, colstats.literal(st.histogram)))
+    if st.correlation is not None:
+        slots.append((KIND_CORRELATION, "<", [float(st.correlation)], None))
+    slots += [(0, None, None, None)] * (5 - len(slots))
+    rel = f'"{schema}"."{stage}"'
+    kinds = ", ".join(str(k) for k, _, _, _ in slots)
+    ops = ", ".join("0" if op is None else cur.mogrify("%s::regoperator::oid", (f"{op}({typ},{typ})",)).decode()
+                    for _, op, _, _ in slots)
+    numbers = ", ".join("NULL" if n is None else cur.mogrify("%s::real[]", (n,)).decode() for _, _, n, _ in slots)
+    values = ", ".join("NULL" if v is None else cur.mogrify("array_in(%s, %s::regtype::oid, -1)", (v, typ)).decode()
+                       for _, _, _, v in slots)
+    return cur.mogrify(
+        "DELETE FROM pg_statistic WHERE starelid = %(rel)s::regclass AND NOT stainherit AND staattnum = "
+        "(SELECT attnum FROM pg_attribute WHERE attrelid = %(rel)s::regclass AND attname = %(col)s);"
+        f"INSERT INTO pg_statistic ({_STAT_COLUMNS}) SELECT %(rel)s::regclass, attnum, false, %(nf)s, %(w)s, "
+        f"%(nd)s, {kinds}, {ops}, 0, 0, 0, 0, 0, {numbers}, {values} FROM pg_attribute "
+        "WHERE attrelid = %(rel)s::regclass AND attname = %(col)s",
+        {"rel": rel, "col": column, "nf": st.null_frac, "w": st.avg_width, "nd": st.n_distinct}).decode()
 
 
 def _restore_call(cur: Cursor, schema: str, stage: str, column: str, st: colstats.ColumnStats) -> str:
