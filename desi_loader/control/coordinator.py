@@ -24,7 +24,7 @@ from .ledger import Ledger, process_name
 from .load import Load
 from .opening import open_load
 from .options import LoadOptions
-from .pool import WorkerPool
+from .pool import Spares, WorkerPool
 from .results import FailedFile, Merged, Outcome
 from .summary import Facts, Summary, dry_run, summarize
 from .settle import Settling, checkpoint_advice
@@ -63,6 +63,7 @@ class Coordinator:
         self.target: Server = Server()        # decided once connected (_decide)
         self.settling = Settling(False, plan.task_bytes)   # likewise
         self.facts = Facts()                  # what the phases return; summary.summarize reports it
+        self.spares: Optional[Spares] = None  # workers started while the load opens (pool.py)
 
     @property
     def load(self) -> Load:
@@ -93,6 +94,7 @@ class Coordinator:
             return dry_run(self.opts, plan, {t: sum(per.values()) for t, per in expected_counts(plan).items()},
                            plan_s)
         try:
+            self.spares = Spares(self.opts.dsn, self.opts.workers)
             self._ledger = Ledger(self.opts.dsn, plan.schema, budget=self.opts.wait_timeout,
                                   notify=self.reporter.warn)
             facts.server = server_settings(self.ledger.conn)
@@ -112,6 +114,7 @@ class Coordinator:
                 ledger.resilient(lambda: ledger.set_status("failed", why))
             raise
         finally:
+            self._release_spares()
             self.reporter.close()
             if self._ledger is not None:
                 self._ledger.close()
@@ -153,6 +156,12 @@ class Coordinator:
             self.facts.notes.append(self.settling.reason)
             self.reporter.info(self.settling.reason)
 
+    def _release_spares(self) -> None:
+        """Let the spare workers go (this process copies no more, or never did)."""
+        if self.spares is not None:
+            self.spares.release()
+            self.spares = None
+
     def _advise(self, advice: Optional[str]) -> None:
         """A note on the server's settings for the summary and the user (when there is one)."""
         if advice:
@@ -185,6 +194,8 @@ class Coordinator:
             self.facts.verified = verify.nothing_but_failures(self.load, len(opening.unchanged))
         if opening.message:
             self.reporter.info(opening.message)
+        if opening.how in ("nothing", "finalizing"):
+            self._release_spares()
         self.describe_cluster()
 
     def describe_cluster(self) -> None:
@@ -232,6 +243,7 @@ class Coordinator:
             self._check_wait(waited_since, "tasks held by other processes")
             ledger.end_orphans()
             time.sleep(WAIT_POLL)
+        self._release_spares()
         ledger.release_shared()
         self.facts.finalizer = ledger.try_lock()
         if self.finalizer:
@@ -246,7 +258,8 @@ class Coordinator:
         cfg = WorkerConfig(plan.schema, ledger.bound_id(), opts.fmt, opts.verify_checksum,
                            encoder_plan(plan, self.load.staging_tables, self.load.file_ids), os.getpid(), opts.copy_out,
                            opts.faults, opts.wait_timeout, self.settling.settle)
-        pool = WorkerPool(opts.dsn, cfg, workers, self.reporter, self._death)
+        pool = WorkerPool(opts.dsn, cfg, workers, self.reporter, self._death, spares=self.spares)
+        self.spares = None                     # adopted, or let go, by the pool
         t0, cpu0 = time.perf_counter(), time.process_time()
         result = pool.run(ledger.pending_rows(), plan.total_bytes)
         end = time.perf_counter()

@@ -4,6 +4,10 @@ Workers are spawned (never forked with an open connection) with the stop signals
 blocked, so a Ctrl-C or a scheduler's SIGTERM reaches only the coordinator, which then
 stops them.  Their configuration goes through a private temporary file that is removed
 as soon as every worker has read it; the DSN goes through the spawn pipe only.
+
+A worker's start (a new interpreter importing numpy, psycopg2 and the loader) takes a
+good part of a second; the first pool of a load adopts workers started while the
+coordinator connected and opened the load (``Spares``), which wait for the file's name.
 """
 from __future__ import annotations
 
@@ -43,6 +47,65 @@ class PoolResult:
     gave_up: bool = False                    # workers kept dying: no new one was started
 
 
+def start_blocked(ctx, args: tuple) -> BaseProcess:
+    """Start a worker process (worker_main(*args)) with the stop signals blocked (the mask
+    survives exec).
+
+    A stop signal arriving while the child is being started (in the middle of writing its
+    pickled arguments it would leave it half-started) is noted, then re-raised.
+    """
+    noted: list = []
+    handlers = {sig: signal.signal(sig, lambda s, _f: noted.append(s)) for sig in STOP_SIGNALS}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, set(STOP_SIGNALS))
+    try:
+        proc = ctx.Process(target=worker_main, args=args, daemon=True)
+        proc.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    if noted:
+        signal.raise_signal(noted[0])
+    return proc
+
+
+class Spares:
+    """Workers started before their load is open: they import what they need while the
+    coordinator connects, decides and opens the load, then wait for their configuration (the
+    name of its file, on a pipe of their own; None: not needed, exit; the pipe closed, as
+    when the coordinator is killed: exit).  The first pool adopts them (``take``) and lets
+    the rest go (``release``)."""
+
+    def __init__(self, dsn: str, count: int) -> None:
+        self.ctx = mp.get_context("spawn")
+        self.messages = self.ctx.Queue()
+        self.waiting: dict = {}                   # worker id -> (process, the sending end of its pipe)
+        for w in range(count):
+            receive, send = self.ctx.Pipe(duplex=False)
+            self.waiting[w] = (start_blocked(self.ctx, (w, dsn, receive, self.messages)), send)
+            receive.close()                       # the worker's end: closed here, so it sees EOF when we go
+
+    def take(self, w: int) -> Optional[tuple]:
+        """(process, the sending end of its pipe) of spare worker ``w``, if it is still alive."""
+        proc, send = self.waiting.pop(w, (None, None))
+        return (proc, send) if proc is not None and proc.is_alive() else None
+
+    def release(self) -> None:
+        """The spares nobody took exit."""
+        for proc, send in self.waiting.values():
+            if proc.is_alive():
+                try:
+                    send.send(None)
+                except OSError:
+                    pass
+            send.close()
+        for proc, _ in self.waiting.values():
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.kill()
+        self.waiting.clear()
+
+
 @dataclass
 class _Slot:
     proc: Optional[BaseProcess] = None
@@ -60,11 +123,12 @@ class WorkerPool:
     """
 
     def __init__(self, dsn: str, cfg: WorkerConfig, size: int, reporter: NullReporter,
-                 on_death: Callable[[int, str], bool]) -> None:
+                 on_death: Callable[[int, str], bool], spares: Optional[Spares] = None) -> None:
         self.dsn, self.cfg, self.size = dsn, cfg, size
         self.reporter, self.on_death = reporter, on_death
-        self.ctx = mp.get_context("spawn")
-        self.messages = self.ctx.Queue()
+        self.spares = spares
+        self.ctx = spares.ctx if spares is not None else mp.get_context("spawn")
+        self.messages = spares.messages if spares is not None else self.ctx.Queue()
         self.slots = {w: _Slot() for w in range(size)}
         self.restarts = 0
         self.result = PoolResult()
@@ -84,6 +148,8 @@ class WorkerPool:
         try:
             for w in self.slots:
                 self._spawn(w)
+            if self.spares is not None:
+                self.spares.release()
             self.reporter.start_copy(total_rows, total_bytes, self.size)
             while not all(s.exited for s in self.slots.values()):
                 try:
@@ -102,29 +168,20 @@ class WorkerPool:
         return self.result
 
     def _spawn(self, w: int) -> None:
-        """Start worker ``w`` with the stop signals blocked (the mask survives exec).
-
-        A stop signal arriving while the child is being started (in the middle of writing
-        its pickled arguments it would leave it half-started) is noted, then re-raised.
-        """
+        """Give slot ``w`` a worker: the spare of that number when there is one, told the
+        configuration's file, else a new process (start_blocked)."""
         if self._cfg_path is None:
             self._write_cfg()
-        noted: list = []
-        handlers = {sig: signal.signal(sig, lambda s, _f: noted.append(s)) for sig in STOP_SIGNALS}
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, set(STOP_SIGNALS))
-        try:
-            slot = self.slots[w]
-            slot.proc = self.ctx.Process(target=worker_main, args=(w, self.dsn, self._cfg_path, self.messages),
-                                         daemon=True)
-            slot.proc.start()
-            slot.exited, slot.ready, slot.task, slot.inflight = False, False, None, [0, 0]
-            self._unread += 1
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            for sig, handler in handlers.items():
-                signal.signal(sig, handler)
-        if noted:
-            signal.raise_signal(noted[0])
+        slot = self.slots[w]
+        spare = self.spares.take(w) if self.spares is not None else None
+        if spare is not None:
+            slot.proc = spare[0]
+            spare[1].send(self._cfg_path)
+            spare[1].close()
+        else:
+            slot.proc = start_blocked(self.ctx, (w, self.dsn, self._cfg_path, self.messages))
+        slot.exited, slot.ready, slot.task, slot.inflight = False, False, None, [0, 0]
+        self._unread += 1
 
     def _reap(self) -> None:
         """Replace workers that died without a word (killed, crashed): their transaction rolled back."""

@@ -59,8 +59,10 @@ class WorkerConfig:
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-def worker_main(worker_id: int, dsn: str, cfg_path: str, messages) -> None:
-    """Body of a worker process; its WorkerConfig is pickled in ``cfg_path``.
+def worker_main(worker_id: int, dsn: str, cfg_path, messages) -> None:
+    """Body of a worker process; its WorkerConfig is pickled in the file ``cfg_path`` (or in
+    the file whose name a spare worker receives on the pipe ``cfg_path``: pool.Spares; None
+    there, or the pipe closed: not needed, exit).
 
     The configuration (with every column's encoder fields) comes from a file rather than
     through the spawn pipe, so starting a worker does not wait for the previous one to
@@ -71,6 +73,13 @@ def worker_main(worker_id: int, dsn: str, cfg_path: str, messages) -> None:
         signal.signal(sig, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, set(STOP_SIGNALS))
     keep_freed_memory()
+    if not isinstance(cfg_path, str):
+        try:
+            cfg_path = cfg_path.recv()
+        except (EOFError, OSError):
+            cfg_path = None
+        if cfg_path is None:
+            return
     with open(cfg_path, "rb") as f:
         cfg = pickle.load(f)
     messages.put(("ready", worker_id, None))

@@ -194,18 +194,29 @@ def _pg_ctl(data_dir, *args) -> None:
     pgexec("pg_ctl", ("-w", "-D", str(data_dir), *args), bin_path=srv.bin_path, user=srv.system_user, timeout=120)
 
 
-def outage(data_dirs, seconds: float) -> None:
-    """Embedded servers stopped (fast: open sessions end) and, ``seconds`` later, started
-    again with the options each ran with (postmaster.opts: its socket directory, no TCP)."""
+def stop_servers(data_dirs) -> dict:
+    """Embedded servers stopped (fast: open sessions end); the options each ran with
+    (postmaster.opts: its socket directory, no TCP), for start_servers."""
     import shlex
     options = {}
     for d in data_dirs:
         args = shlex.split((d / "postmaster.opts").read_text())[1:]
         options[d] = [a for i, a in enumerate(args) if a != "-D" and (i == 0 or args[i - 1] != "-D")]
         _pg_ctl(d, "-m", "fast", "stop")
+    return options
+
+
+def start_servers(options: dict) -> None:
+    import shlex
+    for d, opts in options.items():
+        _pg_ctl(d, "-o", shlex.join(opts), "-l", str(d / "outage.log"), "start")
+
+
+def outage(data_dirs, seconds: float) -> None:
+    """Embedded servers stopped and, ``seconds`` later, started again."""
+    options = stop_servers(data_dirs)
     time.sleep(seconds)
-    for d in data_dirs:
-        _pg_ctl(d, "-o", shlex.join(options[d]), "-l", str(d / "outage.log"), "start")
+    start_servers(options)
 
 
 def test_server_down_over_a_minute_mid_copy_and_mid_index(good, tmp_path):
@@ -223,9 +234,14 @@ def test_server_down_over_a_minute_mid_copy_and_mid_index(good, tmp_path):
         for proc, mark in zip(procs, marks):
             assert paused(proc, mark)
         assert done_tasks(dsns[0], "outage") < 16           # 16 tasks of 50 rows; 0.3 s a block
+        # stopped before the loads go on: each meets the outage where it is held, however
+        # fast or slow this machine runs them (released first, an index build of 800 rows
+        # could end before the server stops, and the swap meet the outage instead)
+        options = stop_servers(dirs)
         for mark in marks:
             release(mark)
-        outage(dirs, OUTAGE)
+        time.sleep(OUTAGE)
+        start_servers(options)
         for k, (proc, dsn) in enumerate(zip(procs, dsns)):
             out, err = proc.communicate(timeout=600)
             assert proc.returncode == 0, (proc.returncode, err[-3000:])

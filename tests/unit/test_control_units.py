@@ -137,3 +137,13 @@ def test_a_cluster_builds_a_distributed_table_in_one_job_and_a_local_one_as_a_se
 ])
 def test_progress_text(args, text):
     assert indexes.progress_text(*args) == text
+
+
+def test_a_server_gone_after_the_load_costs_the_coverage_lines_not_the_exit_code():
+    """The summary's sky coverage is read after publishing; a server that went away since
+    (nothing listens on port 1 here) gives a line saying so, not an error."""
+    from desi_loader.commands import _sky_coverage
+    from desi_loader.control.summary import Summary
+    summary = Summary(schema="s", plan=[{"table": "t", "columns": 3, "key": ["k"], "sky": ["ra", "dec"]}])
+    (line,) = _sky_coverage(summary, "postgresql://u@127.0.0.1:1/db?connect_timeout=2")
+    assert line.startswith("not read (") and "desi-loader coverage TABLE" in line
