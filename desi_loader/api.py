@@ -10,6 +10,7 @@ from typing import Callable, Optional, Sequence, Union
 
 from .control.options import LoadOptions
 from .control.summary import Summary
+from .control.pool import Spares
 from .control.run import plan_loads, run_loads
 from .queries.tables import query
 from .errors import LoaderError, UsageError, with_hint
@@ -134,12 +135,18 @@ def run(opts: LoadOptions, *, dsn: Optional[str] = None, data_dir: Optional[str]
     opts = dataclasses.replace(opts, paths=tuple(paths), dsn="")
     reporter = reporter or NullReporter()
     t0 = time.perf_counter()
-    reporter.phase("plan")
-    plans = plan_loads(opts)
-    plan_s = round(time.perf_counter() - t0, 3)
-    target = "" if opts.dry_run else embedded.target(dsn, opts.config, data_dir, start_server=True)
-    opts = dataclasses.replace(opts, dsn=target)
-    summaries = run_loads(opts, reporter, plans, plan_s)
+    # the workers start now, beside the planning and the opening: their start-up is off the copy's path
+    spares = None if opts.dry_run else Spares(opts.workers)
+    try:
+        reporter.phase("plan")
+        plans = plan_loads(opts)
+        plan_s = round(time.perf_counter() - t0, 3)
+        target = "" if opts.dry_run else embedded.target(dsn, opts.config, data_dir, start_server=True)
+        opts = dataclasses.replace(opts, dsn=target)
+        summaries = run_loads(opts, reporter, plans, plan_s, spares)
+    finally:
+        if spares is not None:
+            spares.release()
     if not opts.dry_run:
         tap.sync_loads(target, summaries, say)       # a schema served over TAP stays in sync
     return summaries

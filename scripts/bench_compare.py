@@ -27,8 +27,10 @@ from desi_loader.servers import embedded as server  # noqa: E402
 from desi_loader.samples.fastspecfit import write_fastspecfit_file  # noqa: E402
 
 
-def one_load(tree: Path, files: list, dsn: str, workers: int, out: Path) -> float:
-    """Galaxies/s of the copy phase (streaming part) of one load with the code in ``tree``."""
+def one_load(tree: Path, files: list, dsn: str, workers: int, out: Path, startup: bool = False) -> float:
+    """Galaxies/s of the copy phase of one load with the code in ``tree``: its streaming part
+    (first rows encoded to last task committed), or with ``startup`` the whole phase
+    (workers started, their connections, the last task)."""
     schema = "cmp_" + uuid.uuid4().hex[:8]
     js = out / f"{schema}.json"
     env = dict(os.environ, PYTHONPATH=str(tree))
@@ -36,7 +38,7 @@ def one_load(tree: Path, files: list, dsn: str, workers: int, out: Path) -> floa
                     "--workers", str(workers), "--unlogged", "-q", "--summary-json", str(js)],
                    check=True, env=env, cwd=str(tree))
     load = json.loads(js.read_text())["loads"][0]
-    secs = load["phases"].get("copy_stream") or load["phases"]["copy"]
+    secs = load["phases"]["copy"] if startup else (load["phases"].get("copy_stream") or load["phases"]["copy"])
     rows = load["total_rows"] / 3                  # a galaxy is one row in each of the three tables
     subprocess.run([sys.executable, "-m", "desi_loader.cli", "sql", f'DROP SCHEMA "{schema}" CASCADE',
                     "--dsn", dsn], check=True, env=env, cwd=str(tree), stdout=subprocess.DEVNULL)
@@ -52,6 +54,8 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--dsn")
+    p.add_argument("--with-startup", action="store_true",
+                   help="time the whole copy phase, the workers' start-up included (default: its streaming part)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="desi-cmp-") as tmp:
         tmp = Path(tmp)
@@ -70,10 +74,11 @@ def main() -> int:
             dsn = args.dsn or server.start(tmp / "pg")
             rates: dict = {"base": [], "this": []}
             for _ in range(args.repeat):
-                rates["base"].append(one_load(base, files, dsn, args.workers, tmp))
-                rates["this"].append(one_load(this, files, dsn, args.workers, tmp))
+                rates["base"].append(one_load(base, files, dsn, args.workers, tmp, args.with_startup))
+                rates["this"].append(one_load(this, files, dsn, args.workers, tmp, args.with_startup))
             b, t = max(rates["base"]), max(rates["this"])
-            print(f"copy phase, {args.files} x {args.rows} galaxies, {args.workers} workers, best of {args.repeat}")
+            what = "whole copy phase (start-up included)" if args.with_startup else "copy phase (streaming)"
+            print(f"{what}, {args.files} x {args.rows} galaxies, {args.workers} workers, best of {args.repeat}")
             print(f"  base {args.base}: {b:,.0f} galaxies/s  (runs: {', '.join(f'{r:,.0f}' for r in rates['base'])})")
             print(f"  {args.this or 'this tree'}: {t:,.0f} galaxies/s  (runs: {', '.join(f'{r:,.0f}' for r in rates['this'])})")
             print(f"  ratio this/base: {t / b:.2f}")

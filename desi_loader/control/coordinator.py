@@ -55,7 +55,8 @@ class Phase:
 class Coordinator:
     """Runs one plan's load through PHASES; raises LoaderError subclasses for what users must fix."""
 
-    def __init__(self, opts: LoadOptions, plan: Plan, reporter: NullReporter) -> None:
+    def __init__(self, opts: LoadOptions, plan: Plan, reporter: NullReporter,
+                 spares: Optional[Spares] = None) -> None:
         self.opts, self.reporter = opts, reporter
         self.plan = plan                      # as planned; its task size decided once the server is known
         self._ledger: Optional[Ledger] = None   # once connected (run)
@@ -63,7 +64,7 @@ class Coordinator:
         self.target: Server = Server()        # decided once connected (_decide)
         self.settling = Settling(False, plan.task_bytes)   # likewise
         self.facts = Facts()                  # what the phases return; summary.summarize reports it
-        self.spares: Optional[Spares] = None  # workers started while the load opens (pool.py)
+        self.spares = spares                  # workers started while the load is planned and opens (pool.py)
 
     @property
     def load(self) -> Load:
@@ -94,7 +95,7 @@ class Coordinator:
             return dry_run(self.opts, plan, {t: sum(per.values()) for t, per in expected_counts(plan).items()},
                            plan_s)
         try:
-            self.spares = Spares(self.opts.dsn, self.opts.workers)
+            self.spares = self.spares or Spares(self.opts.workers)
             self._ledger = Ledger(self.opts.dsn, plan.schema, budget=self.opts.wait_timeout,
                                   notify=self.reporter.warn)
             facts.server = server_settings(self.ledger.conn)

@@ -71,18 +71,18 @@ def start_blocked(ctx, args: tuple) -> BaseProcess:
 
 class Spares:
     """Workers started before their load is open: they import what they need while the
-    coordinator connects, decides and opens the load, then wait for their configuration (the
-    name of its file, on a pipe of their own; None: not needed, exit; the pipe closed, as
-    when the coordinator is killed: exit).  The first pool adopts them (``take``) and lets
-    the rest go (``release``)."""
+    files are planned and the coordinator connects, decides and opens the load, then wait
+    for the DSN and their configuration's file name (on a pipe of their own: the DSN never
+    touches a disk; None: not needed, exit; the pipe closed, as when the coordinator is
+    killed: exit).  The first pool adopts them (``take``) and lets the rest go (``release``)."""
 
-    def __init__(self, dsn: str, count: int) -> None:
+    def __init__(self, count: int) -> None:
         self.ctx = mp.get_context("spawn")
         self.messages = self.ctx.Queue()
         self.waiting: dict = {}                   # worker id -> (process, the sending end of its pipe)
         for w in range(count):
             receive, send = self.ctx.Pipe(duplex=False)
-            self.waiting[w] = (start_blocked(self.ctx, (w, dsn, receive, self.messages)), send)
+            self.waiting[w] = (start_blocked(self.ctx, (w, None, receive, self.messages)), send)
             receive.close()                       # the worker's end: closed here, so it sees EOF when we go
 
     def take(self, w: int) -> Optional[tuple]:
@@ -91,18 +91,14 @@ class Spares:
         return (proc, send) if proc is not None and proc.is_alive() else None
 
     def release(self) -> None:
-        """The spares nobody took exit."""
+        """The spares nobody took end: killed, as they may still be importing (a spare holds
+        nothing yet: no connection, no configuration, nothing sent on the message queue)."""
         for proc, send in self.waiting.values():
-            if proc.is_alive():
-                try:
-                    send.send(None)
-                except OSError:
-                    pass
             send.close()
-        for proc, _ in self.waiting.values():
-            proc.join(timeout=10)
             if proc.is_alive():
                 proc.kill()
+        for proc, _ in self.waiting.values():
+            proc.join(timeout=10)
         self.waiting.clear()
 
 
@@ -176,7 +172,7 @@ class WorkerPool:
         spare = self.spares.take(w) if self.spares is not None else None
         if spare is not None:
             slot.proc = spare[0]
-            spare[1].send(self._cfg_path)
+            spare[1].send((self.dsn, self._cfg_path))
             spare[1].close()
         else:
             slot.proc = start_blocked(self.ctx, (w, self.dsn, self._cfg_path, self.messages))

@@ -16,6 +16,7 @@ from .coordinator import Coordinator
 from ..fits.discover import Plan, build_plan, find_files, group_by_catalog
 from ..errors import BadFileError, LoaderError, UsageError
 from .options import LoadOptions
+from .pool import Spares
 from .summary import Summary
 from ..fits.read import gzip_damage, read_info
 from ..report import NullReporter
@@ -72,17 +73,22 @@ def apply_distribution(plan: Plan, overrides: tuple) -> Plan:
 
 
 def run_loads(opts: LoadOptions, reporter: Optional[NullReporter] = None,
-              plans: Optional[list] = None, plan_s: float = 0.0) -> list[Summary]:
+              plans: Optional[list] = None, plan_s: float = 0.0, spares: Optional[Spares] = None) -> list[Summary]:
     """Plan (unless ``plans`` are given: plan_loads needs no database, so a caller can check
     paths and arguments before it starts a server), then load each catalog found among the
-    paths; one Summary per catalog."""
+    paths; one Summary per catalog.  ``spares``: workers started before planning, for the
+    first load (pool.Spares)."""
     reporter = reporter or NullReporter()
     if plans is None:
         t0 = time.perf_counter()
         reporter.phase("plan")
         plans = plan_loads(opts)
         plan_s = round(time.perf_counter() - t0, 3)
-    return [Coordinator(opts, plan, reporter).run(plan_s / len(plans)) for plan in plans]
+    summaries = []
+    for plan in plans:
+        summaries.append(Coordinator(opts, plan, reporter, spares).run(plan_s / len(plans)))
+        spares = None
+    return summaries
 
 
 def run_load(opts: LoadOptions, reporter: Optional[NullReporter] = None) -> Summary:

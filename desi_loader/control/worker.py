@@ -59,10 +59,10 @@ class WorkerConfig:
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-def worker_main(worker_id: int, dsn: str, cfg_path, messages) -> None:
-    """Body of a worker process; its WorkerConfig is pickled in the file ``cfg_path`` (or in
-    the file whose name a spare worker receives on the pipe ``cfg_path``: pool.Spares; None
-    there, or the pipe closed: not needed, exit).
+def worker_main(worker_id: int, dsn: Optional[str], cfg_path, messages) -> None:
+    """Body of a worker process; its WorkerConfig is pickled in the file ``cfg_path`` (or, for
+    a spare worker (pool.Spares), ``cfg_path`` is a pipe on which it receives the DSN and the
+    file's name; None there, or the pipe closed: not needed, exit).
 
     The configuration (with every column's encoder fields) comes from a file rather than
     through the spawn pipe, so starting a worker does not wait for the previous one to
@@ -75,11 +75,13 @@ def worker_main(worker_id: int, dsn: str, cfg_path, messages) -> None:
     keep_freed_memory()
     if not isinstance(cfg_path, str):
         try:
-            cfg_path = cfg_path.recv()
+            given = cfg_path.recv()
         except (EOFError, OSError):
-            cfg_path = None
-        if cfg_path is None:
+            given = None
+        if given is None:
             return
+        dsn, cfg_path = given
+    assert dsn is not None
     with open(cfg_path, "rb") as f:
         cfg = pickle.load(f)
     messages.put(("ready", worker_id, None))
