@@ -80,9 +80,14 @@ class Merge:
     incremental = True
     steps = ("merge",)
 
+    def __init__(self, published: Optional[dict] = None) -> None:
+        self.published = published      # the published files it was chosen on (choose), if read already
+
     def narrow(self, ledger: Ledger, plan: Plan, tx: Tx) -> tuple[Plan, list]:
         """(the plan without the published files whose identity did not change, their paths)."""
-        published = ledger.published_files(sorted(plan.tables), tx=tx)
+        published = self.published
+        if published is None:
+            published = ledger.published_files(sorted(plan.tables), tx=tx)
         unchanged = {fp.info.name for fp in plan.files
                      if fp.info.name in published and same_file(published[fp.info.name][1], fp.info)}
         skipped = [fp.info.path for fp in plan.files if fp.info.name in unchanged]
@@ -109,9 +114,8 @@ Publishing = Union[Swap, Merge]
 
 def choose(ledger: Ledger, plan: Plan, opts: LoadOptions, tx: Optional[Tx] = None) -> Publishing:
     """A new load merges when files of its tables are published (and no --replace-all)."""
-    if opts.replace_all or not ledger.published_files(sorted(plan.tables), tx=tx):
-        return Swap()
-    return Merge()
+    published = {} if opts.replace_all else ledger.published_files(sorted(plan.tables), tx=tx)
+    return Merge(published) if published else Swap()
 
 
 def recorded(options: dict) -> Publishing:
