@@ -16,22 +16,28 @@ from widetable import ROWS, analyzed_at_target_10, clear, pg_stats, wide_table
 
 @pytest.fixture(params=["18", "15"])
 def server(request, pg_uri, pg15_uri):
-    """(URI, fresh schema) on the embedded PostgreSQL 18, then on Debian's 15."""
+    """(URI, fresh schema, an autocommit cursor) on the embedded PostgreSQL 18, then on Debian's 15."""
     uri = pg_uri if request.param == "18" else pg15_uri
     name = "t_" + uuid.uuid4().hex[:10]
-    yield uri, name
     conn = psycopg2.connect(uri)
     conn.autocommit = True
     with conn.cursor() as cur:
+        yield uri, name, cur
         cur.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
     conn.close()
 
 
+def loader_statistics(uri: str, schema: str, table: str) -> str:
+    """The loader's statistics of ``schema.table`` taken in a session of their own: how."""
+    work = psycopg2.connect(uri)
+    try:
+        return analyze.analyze(work, uri, "test", schema, table)
+    finally:
+        work.close()
+
+
 def test_statistics_equal_the_servers_analyze_column_by_column(server):
-    pg_uri, schema = server
-    conn = psycopg2.connect(pg_uri)
-    conn.autocommit = True
-    cur = conn.cursor()
+    pg_uri, schema, cur = server
     cols = wide_table(cur, schema, "wide")
     cur.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET STATISTICS 10, ALTER COLUMN {} SET STATISTICS 0").format(
         sql.Identifier(schema, "wide"), sql.Identifier(cols[0][0]), sql.Identifier(cols[3][0])))
@@ -40,9 +46,7 @@ def test_statistics_equal_the_servers_analyze_column_by_column(server):
     assert len(by_server) == len(cols) - 1            # one column has no statistics (target 0)
     clear(cur, schema, "wide", cols)
     assert pg_stats(cur, schema, "wide") == []
-    work = psycopg2.connect(pg_uri)
-    how = analyze.analyze(work, pg_uri, "test", schema, "wide")
-    work.close()
+    how = loader_statistics(pg_uri, schema, "wide")
     assert how == f"statistics of {len(cols) - 3} columns from {ROWS:,} sampled rows, ANALYZE of 2"
     by_loader = pg_stats(cur, schema, "wide")
     assert [r[0] for r in by_loader] == [r[0] for r in by_server]
@@ -56,38 +60,26 @@ def test_statistics_equal_the_servers_analyze_column_by_column(server):
     cur.execute(sql.SQL("EXPLAIN SELECT * FROM {} WHERE {} = 1 AND {} < 300").format(
         sql.Identifier(schema, "wide"), sql.Identifier(cols[1][0]), sql.Identifier(cols[3 + 19][0])))
     assert cur.fetchall() == mine
-    conn.close()
 
 
 def test_a_null_in_a_fixed_width_column_leaves_it_to_analyze(server):
-    pg_uri, schema = server
-    conn = psycopg2.connect(pg_uri)
-    conn.autocommit = True
-    cur = conn.cursor()
+    pg_uri, schema, cur = server
     cols = wide_table(cur, schema, "holes", null_at=7)
     cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, "holes")))
     by_server = pg_stats(cur, schema, "holes")
     clear(cur, schema, "holes", cols)
-    work = psycopg2.connect(pg_uri)
-    assert analyze.analyze(work, pg_uri, "test", schema, "holes") == "ANALYZE (a NULL in the sample)"
-    work.close()
+    assert loader_statistics(pg_uri, schema, "holes") == "ANALYZE (a NULL in the sample)"
     assert pg_stats(cur, schema, "holes") == by_server
-    conn.close()
 
 
 def test_a_sampled_table_gets_every_statistic_analyze_gives(server):
     """More rows than the sample (300 x the target): pages drawn at random, as ANALYZE does;
     the values differ by the draw, what is filled does not, and the estimates stay close."""
-    pg_uri, schema = server
-    conn = psycopg2.connect(pg_uri)
-    conn.autocommit = True
-    cur = conn.cursor()
+    pg_uri, schema, cur = server
     cols, ident = analyzed_at_target_10(cur, schema, "big", 20000)
     by_server = pg_stats(cur, schema, "big")
     clear(cur, schema, "big", cols)
-    work = psycopg2.connect(pg_uri)
-    how = analyze.analyze(work, pg_uri, "test", schema, "big")
-    work.close()
+    how = loader_statistics(pg_uri, schema, "big")
     assert how.startswith(f"statistics of {len(cols) - 2} columns from 3,000 sampled rows"), how
     by_loader = pg_stats(cur, schema, "big")
     assert len(by_loader) == len(by_server) == len(cols)
@@ -110,23 +102,16 @@ def test_a_sampled_table_gets_every_statistic_analyze_gives(server):
         if k == 1:                                         # one value in 60 % of the rows: first, at 0.6
             assert mine[4].strip("{}").split(",")[0] == theirs[4].strip("{}").split(",")[0] == "1", name
             assert float(mine[5].strip("{}").split(",")[0]) == pytest.approx(0.6, abs=0.05), name
-    conn.close()
 
 
 def test_a_table_grown_past_its_row_count_is_still_sampled(server):
     """reltuples says the whole table fits the sample; it has grown since: the rows read
     are drawn down to the sample's size, not all taken."""
-    pg_uri, schema = server
-    conn = psycopg2.connect(pg_uri)
-    conn.autocommit = True
-    cur = conn.cursor()
+    pg_uri, schema, cur = server
     cols, ident = analyzed_at_target_10(cur, schema, "grown", 2000)     # reltuples = 2000
     cur.execute(sql.SQL("INSERT INTO {} SELECT * FROM {}").format(ident, ident))   # 4000 rows now
-    work = psycopg2.connect(pg_uri)
-    how = analyze.analyze(work, pg_uri, "test", schema, "grown")
-    work.close()
+    how = loader_statistics(pg_uri, schema, "grown")
     assert how.startswith(f"statistics of {len(cols) - 2} columns from 3,000 sampled rows"), how
-    conn.close()
 
 
 def test_before_18_a_loader_that_is_no_superuser_gets_the_servers_analyze(pg15_uri):
