@@ -6,6 +6,7 @@ same command after any interruption continues where the last run stopped.
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import replace
 from typing import Optional
@@ -18,6 +19,9 @@ from ..errors import BadFileError, LoaderError, UsageError
 from .options import LoadOptions
 from .pool import Spares
 from .summary import Summary
+from ..fits.arrow import read_info as arrow_info
+from ..fits.config import arrow_catalog, parse_sky
+from ..fits.hats import ArrowSource, split_inputs
 from ..fits.read import gzip_damage, read_info
 from ..report import NullReporter
 
@@ -28,10 +32,11 @@ __all__ = ["LoadOptions", "Summary", "plan_loads", "run_loads", "run_load"]
 def plan_loads(opts: LoadOptions) -> list[Plan]:
     """Find files, read headers and build one plan per catalog (no database needed)."""
     settings = load_settings(opts.config)
-    files = find_files(opts.paths)
+    fits_paths, sources = split_inputs(opts.paths)
+    files = find_files(fits_paths) if fits_paths or not sources else []
     schema = opts.schema or settings.schema
-    plans = []
-    for catalog, group in group_by_catalog(files, settings, opts.catalog, opts.prefix, opts.sky):
+    plans = [arrow_plan(src, opts, schema, len(sources)) for src in sources]
+    for catalog, group in (group_by_catalog(files, settings, opts.catalog, opts.prefix, opts.sky) if files else ()):
         infos, failed = [], []
         for f in group:
             try:
@@ -54,6 +59,42 @@ def plan_loads(opts: LoadOptions) -> list[Plan]:
         raise UsageError(f"--distribute names no table of this load: {', '.join(sorted(unknown))}",
                          f"tables: {', '.join(sorted(t for p in plans for t in p.tables))}")
     return plans
+
+
+def arrow_plan(src: ArrowSource, opts: LoadOptions, schema: str, sources: int = 1) -> Plan:
+    """The plan of one table of Parquet files or a HATS catalog (fits/arrow.py reads each
+    file as a table of one HDU); partitions the catalog lists but lacks, and files whose rows
+    differ from the catalog's metadata, are the plan's failed files."""
+    if opts.catalog not in (None, "generic", "parquet"):
+        raise UsageError(f"--catalog {opts.catalog} is a preset for FITS files; {src.origin} loads as one table",
+                         "leave --catalog out (--prefix NAME names the table)")
+    if opts.prefix and sources > 1:
+        raise UsageError("--prefix names one table, but the paths hold several Parquet sources",
+                         "load each HATS catalog or directory with its own command")
+    names = [n for _, n in src.files]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise UsageError(f"two Parquet files share the name {dup[0]}", "load each copy once")
+    catalog = arrow_catalog(opts.prefix or src.table, parse_sky(opts.sky) if opts.sky else src.sky)
+    infos, failed = [], list(src.missing)
+    for path, name in src.files:
+        try:
+            info = arrow_info(path, name)
+        except BadFileError as exc:
+            failed.append((path, exc.explained))
+            continue
+        want = src.expected.get(os.path.normpath(name))
+        if want is not None and want != info.hdus[0].nrows:
+            failed.append((path, f"holds {info.hdus[0].nrows} rows, the catalog's dataset/_metadata says {want} "
+                                 "(the partition was rewritten or damaged: restore it, or build the catalog again)"))
+            continue
+        infos.append(info)
+    plan = build_plan(infos, catalog, schema, opts.task_bytes, opts.task_rows)
+    notes: tuple = ()
+    held = sum(i.hdus[0].nrows for i in infos)
+    if src.total is not None and not failed and held != src.total:
+        notes = (f"{src.origin}: its partitions hold {held:,} rows, hats.properties says hats_nrows={src.total:,}",)
+    return replace(plan, failed=tuple(failed) + plan.failed, notes=plan.notes + notes)
 
 
 def apply_distribution(plan: Plan, overrides: tuple) -> Plan:

@@ -13,7 +13,7 @@ import numpy as np
 
 from .fields import (OID, Codec, EncodeError, Field, _Layout, _NULL_WORD, _bits, _bool_values,
                      _float_values, _fusable, _int_values, _raw, _runs, _string_lengths, _check_ascii,
-                     hpx_values, row_numbers, vla_counts)
+                     hpx_values, row_numbers, utf8_slot, vla_counts)
 
 BINARY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 BINARY_TRAILER = b"\xff\xff"
@@ -184,6 +184,19 @@ def _binary_text(layout: _Layout, f: Field, rows: np.ndarray, first_row: int) ->
     layout.custom(4 + f.width, write, keep)
 
 
+def _binary_utf8(layout: _Layout, f: Field, rows: np.ndarray) -> None:
+    """A Parquet string: its slot in the row already is a binary COPY field (length word, -1
+    for NULL, then the bytes); the bytes past each length are dropped."""
+    slot, lengths, _ = utf8_slot(rows, f)
+    keep = np.ones(slot.shape, bool)
+    keep[:, 4:] = np.arange(f.width) < lengths[:, None]
+
+    def write(dst: np.ndarray) -> None:
+        dst[:] = slot
+
+    layout.custom(4 + f.width, write, None if keep.all() else keep)
+
+
 def _const_binary(f: Field) -> bytes:
     if f.value is None:
         return b"\xff\xff\xff\xff"
@@ -307,6 +320,8 @@ def encode_binary(rows: np.ndarray, fields: Sequence[Field], first_row: int = 0)
             if f.dims:
                 raise EncodeError(f"column {f.name!r}: string arrays are not supported")
             _binary_text(layout, f, rows, first_row)
+        elif f.kind == "utf8":
+            _binary_utf8(layout, f, rows)
         elif f.vla and not f.count:                # TFORM P?(0): every array is empty
             layout.const(struct.pack(">iiii", 12, 0, 0, OID[f.pgtype]))
         else:

@@ -50,7 +50,9 @@ class Field:
     from this file), ``const`` (a file-level value), ``rownum`` (0-based FITS row),
     ``hpx`` (int8 nested HEALPix pixel of two float columns, see sky.py: ``offset``/``width``
     locate RA, ``value`` = (offset, width) of DEC), ``bits`` (X: ``count`` bits packed
-    most significant first, to a boolean array).
+    most significant first, to a boolean array), ``utf8`` (a string read from Parquet/Arrow:
+    ``offset`` locates a big-endian int32 byte length, -1 for NULL, followed by ``width``
+    bytes of UTF-8 whose first length bytes are the value; kept as it is, spaces included).
     """
 
     name: str
@@ -71,6 +73,8 @@ class Field:
     @property
     def out_width(self) -> int:
         """Bytes per element in binary COPY."""
+        if self.kind == "utf8":
+            return self.width
         t = PG_TYPES.get(self.pgtype)
         return t.width if t is not None and t.width else self.width
 
@@ -285,6 +289,15 @@ def _string_lengths(chars: np.ndarray) -> np.ndarray:
     solid = (chars != 0) & (chars != 32) & (idx < first_nul[:, None])
     last = w - solid[:, ::-1].argmax(axis=1)
     return np.where(solid.any(axis=1), last, 0)
+
+
+def utf8_slot(rows: np.ndarray, f: Field) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A ``utf8`` column: (its slot: length word and bytes, (n, 4 + width) uint8; the byte
+    lengths, 0 for NULL; the NULL mask)."""
+    slot = rows[:, f.offset:f.offset + 4 + f.width]
+    lengths = np.ascontiguousarray(slot[:, :4]).view(">i4")[:, 0].astype(np.int64)
+    null = lengths < 0
+    return slot, np.where(null, 0, lengths), null
 
 
 def _check_ascii(chars: np.ndarray, lengths: np.ndarray, f: Field, first_row: int) -> None:

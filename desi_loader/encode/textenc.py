@@ -77,6 +77,8 @@ def _slot_width(f: E.Field) -> int:
         return INT_WIDTH
     if f.kind == "text":
         return 2 * f.width
+    if f.kind == "utf8":
+        return max(2 * f.width, 2)
     if f.kind in ("bool", "bits"):
         elem = 2
     elif f.kind in ("float", "scaled", "derived"):

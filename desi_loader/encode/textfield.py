@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .fields import (EncodeError, Field, _Layout, _bits, _bool_values, _check_ascii, _float_values, _int_values,
-                     _string_lengths, hpx_values, row_numbers, vla_counts)
+                     _string_lengths, hpx_values, row_numbers, utf8_slot, vla_counts)
 from .textnum import floats, ints
 
 _HEX = np.frombuffer(b"0123456789abcdef", np.uint8)
@@ -171,6 +171,10 @@ def _text_field(layout: _Layout, f: Field, rows: np.ndarray, first_row: int) -> 
         keep = np.arange(f.width) < lengths[:, None]
         chars, keep = _escape_text(chars, keep)
         layout.array(chars, None if keep.all() else keep)
+    elif f.kind == "utf8":
+        slot, lengths, missing = utf8_slot(rows, f)
+        chars, keep = _escape_text(slot[:, 4:], np.arange(f.width) < lengths[:, None])
+        _text_value(layout, chars, keep, missing if missing.any() else None, b"\\N")
     else:
         if f.vla and not f.count:                  # TFORM P?(0): every array is empty
             layout.const(b"{}")

@@ -37,7 +37,9 @@ FITS_TYPES = {t.code: t for t in (
     FitsType("I", 2, ">i2", "int", "int2"), FitsType("J", 4, ">i4", "int", "int4"),
     FitsType("K", 8, ">i8", "int", "int8"), FitsType("A", 1, "S1", "text", "text"),
     FitsType("E", 4, ">f4", "float", "float4"), FitsType("D", 8, ">f8", "float", "float8"),
-    FitsType("X", 1, "u1", "bits", "bool"))}
+    FitsType("X", 1, "u1", "bits", "bool"),
+    # not a FITS code: a Parquet/Arrow string (fits/arrow.py), stored as a length word and its bytes
+    FitsType("U", 1, "S1", "utf8", "text"))}
 #: complex columns load as arrays with a last axis of 2 (real, imaginary) of this code
 COMPLEX = {"C": "E", "M": "D"}
 #: bytes of a variable-length array descriptor (count, heap offset) in the row
@@ -117,6 +119,8 @@ class FitsColumn:
             return DESCRIPTOR_BYTES[self.heap]
         if self.code == "X":
             return (self.repeat + 7) // 8
+        if self.code == "U":
+            return 4 + self.repeat
         return self.repeat * FITS_TYPES[self.code].nbytes
 
     @property
@@ -222,7 +226,7 @@ def classify(col: FitsColumn) -> tuple[str, str]:
     """(encoder kind, PostgreSQL element type) for a FITS column, widening losslessly."""
     t = FITS_TYPES[col.code]
     tzero, tscal = col.tzero or 0, col.tscal if col.tscal is not None else 1
-    if col.code in "ALX" or (col.code == "B" and tscal == 1 and _is_int(tzero)):
+    if col.code in "ALXU" or (col.code == "B" and tscal == 1 and _is_int(tzero)):
         return t.kind, t.pgtype          # B: 0..255, or -128..127 with TZERO=-128, fit smallint
     if tscal != 1 or not _is_int(tzero) or (col.code in "ED" and tzero):
         return "scaled", "float8"
@@ -268,6 +272,8 @@ def fits_dtype(col: FitsColumn) -> tuple[str, tuple]:
         letter = col.tform.lstrip("0123456789")[1:2]
     if letter in COMPLEX:
         return ("complex64" if letter == "C" else "complex128"), tuple(col.dims[:-1])
+    if col.code == "U":
+        return f"<U{max(col.repeat, 1)}", ()
     if col.code == "A":
         cells = int(np.prod(col.dims)) if col.dims else 1
         return f"<U{max(col.repeat // max(cells, 1), 1)}", tuple(col.dims)
@@ -286,7 +292,7 @@ def encoder_field(col: FitsColumn) -> Field:
     name = col.name                # the FITS name: errors name it; COPY sends pg_name(name)
     vla = (col.offset, DESCRIPTOR_BYTES[col.heap] // 2) if col.heap else None
     offset = col.region if col.heap else col.offset      # a VLA's elements: its region of the block
-    if kind == "text":
+    if kind in ("text", "utf8"):
         return Field(name, kind, pgtype, offset, col.repeat, 1, col.dims, vla=vla)
     src = t.stored if kind == "scaled" else ""
     return Field(name, kind, pgtype, offset, t.nbytes, col.repeat, col.dims, vla=vla,

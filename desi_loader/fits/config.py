@@ -146,6 +146,16 @@ def generic(prefix: str, sky: Optional[str] = None) -> Catalog:
                    sky={"*": parse_sky(sky)} if sky else {})
 
 
+def arrow_catalog(table: str, sky: Optional[tuple] = None) -> Catalog:
+    """A Parquet file's (or HATS catalog's) one table, keyed by (file_id, row_num); ``sky``
+    (RA, DEC) gives it a sky index."""
+    if not re.match(r"^[a-z_][a-z0-9_]*$", table):
+        raise UsageError(f"table name {table!r} is not a plain lowercase name",
+                         "name the table with --prefix NAME (letters, digits and underscores)")
+    return Catalog(name="parquet", description="Parquet files or a HATS catalog", hdus=("DATA",),
+                   tables={"DATA": table}, detect=False, sky={"DATA": sky} if sky else {})
+
+
 def parse_sky(value: str) -> tuple[str, str]:
     """'RA, DEC' -> ('RA', 'DEC'): the position columns of a sky index."""
     cols = tuple(c.upper() for c in _list(value))

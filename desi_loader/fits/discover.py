@@ -323,6 +323,19 @@ def _ranges(nrows: int, step: int) -> list[tuple[int, int]]:
     return [(s, min(s + step, nrows)) for s in range(0, nrows, step)] or [(0, 0)]
 
 
+def _group_ranges(bounds: Sequence[int], step: int) -> list[tuple[int, int]]:
+    """Row ranges of whole row groups (``bounds``: each group's first row, then the total),
+    each of about ``step`` rows (a larger group is one range)."""
+    out, start = [], 0
+    for b in bounds[1:]:
+        if b - start >= step:
+            out.append((start, b))
+            start = b
+    if start < bounds[-1] or not out:
+        out.append((start, bounds[-1]))
+    return out
+
+
 def split_tasks(plan: Plan) -> list[Task]:
     """Row ranges so that no task holds more than the plan's ``task_bytes`` of FITS data
     (or ``task_rows`` rows, when set)."""
@@ -345,7 +358,8 @@ def split_tasks(plan: Plan) -> list[Task]:
         else:
             for h in hdus:
                 step = task_rows or max(1, task_bytes // max(h.block_bytes, 1))
-                for s, e in _ranges(h.nrows, step):
+                groups = getattr(h, "row_groups", None)        # a Parquet file: whole row groups
+                for s, e in (_group_ranges(groups, step) if groups else _ranges(h.nrows, step)):
                     tasks.append(Task(len(tasks), name, (Part(h.index, fp.tables[h.index], s, e),)))
     return tasks
 

@@ -17,6 +17,7 @@ import numpy as np
 from ..fits.checksum import combine, partial_sum
 from ..encode import BINARY_HEADER, BINARY_TRAILER, Codec, EncodeError, encode_block, hpx_values
 from ..errors import BadFileError
+from ..fits.arrow import ArrowHdu, read_rows as arrow_rows
 from ..fits.read import expand_heap, heap_sum, read_rows
 
 #: FITS bytes read and encoded per block.  Small blocks let encoding overlap the
@@ -65,6 +66,9 @@ def _read(path: str, fh: BinaryIO, part: PartSource, start: int, stop: int, sums
     """Rows [start, stop) of the part's HDUs side by side; adds partial sums per HDU."""
     blocks = []
     for h in part.hdus:
+        if isinstance(h, ArrowHdu):                    # a Parquet file: no checksum, no heap
+            blocks.append(arrow_rows(path, h, start, stop, fh))
+            continue
         rows = read_rows(path, h, start, stop, fh)
         if sums is not None:
             sums.setdefault(h.index, []).append(partial_sum(rows, start * h.row_bytes))

@@ -200,3 +200,22 @@ def test_text_vla_between_columns_keeps_its_tab():
     fields = [Field("x", "bits", "bool", 0, 1, 5, (5,)), Field("v", "int", "int4", 17, 4, 1, (1,), vla=(1, 4)),
               Field("k", "int", "int8", 9, 8)]
     assert encode_text(rows, fields) == b"{t,f,t,f,f}\t{7}\t-9223372036854775808\n"
+
+
+def test_utf8_golden_binary_and_text():
+    """A Parquet string's slot (length word, -1 for NULL, then its bytes): kept exactly,
+    spaces and UTF-8 included, NULL distinct from the empty string."""
+    values = ["Ångström  ", None, "", " a\tb\\"]
+    width = max(len(v.encode()) for v in values if v is not None)
+    slot = np.zeros((len(values), 4 + width), np.uint8)
+    for r, v in enumerate(values):
+        data = b"" if v is None else v.encode()
+        slot[r, :4] = np.frombuffer(struct.pack(">i", -1 if v is None else len(data)), np.uint8)
+        slot[r, 4:4 + len(data)] = np.frombuffer(data, np.uint8)
+    ids = np.array([1, 2, 3, 4], ">i4")
+    rows = rows_of(ids, slot)
+    fields = [Field("id", "int", "int4", 0, 4), Field("s", "utf8", "text", 4, width)]
+    want = b"".join(tup(fld(ids[r:r + 1].tobytes()), fld(None if v is None else v.encode()))
+                    for r, v in enumerate(values))
+    assert encode_binary(rows, fields) == want
+    assert encode_text(rows, fields) == "1\tÅngström  \n2\t\\N\n3\t\n4\t a\\tb\\\\\n".encode()
