@@ -204,7 +204,15 @@ def _output(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", "-o", metavar="FILE", default=None,
                    help="write the result to FILE instead of printing it: FITS (.fits), VOTable (.vot, .xml), "
                    "ECSV (.ecsv) or CSV (.csv), with each column's FITS dtype, unit and description; "
-                   "streamed in chunks, so any size fits")
+                   "streamed in chunks, so any size fits; with --format hats, a new directory")
+    p.add_argument("--format", choices=("fits", "votable", "ecsv", "csv", "hats"), default=None,
+                   help="the --output format, whatever its name's extension; hats: a HATS catalog for LSDB "
+                   "(HEALPix-partitioned Parquet with a margin cache; needs pip install 'desi-loader[hats]')")
+    p.add_argument("--sky", metavar="RA,DEC", default=None,
+                   help="--format hats: the position columns (default: the result's ra and dec)")
+    p.add_argument("--margin", metavar="ARCSEC", type=float, default=None,
+                   help="--format hats: width of the margin cache in arcseconds, the largest separation an LSDB "
+                   "cross-match finds at partition edges (default 10)")
 
 
 def _parser_cone(sub) -> argparse.ArgumentParser:

@@ -222,11 +222,12 @@ def cmd_tap(args, console) -> int:
 
 
 def cmd_sql(args, console) -> int:
-    checks.output(args.output)
+    out = _output(args)
+    checks.output(out)
     conn = connect(_dsn(args))
     try:
-        if args.output:
-            return _export(conn, args.query, args.output)
+        if out is not None:
+            return _export(conn, args.query, out)
         with conn.cursor() as cur:
             try:
                 cur.execute(args.query)
@@ -302,7 +303,8 @@ def cmd_cone(args, console) -> int:
     checks.position(args.ra, args.dec)
     checks.radius(args.radius)
     checks.limit(args.limit)
-    checks.output(args.output)
+    out = _output(args)
+    checks.output(out)
     schema, table = checks.split_table(args.table, _schema(args)) if args.table else (_schema(args), None)
     with connect(_dsn(args)) as conn, conn.cursor() as cur:
         t = cone.describe(cur, schema, table)
@@ -311,12 +313,13 @@ def cmd_cone(args, console) -> int:
         cols = cols or _default_columns(cur, t)
         ranges = cone.cone_ranges(cur, t.schema, args.ra, args.dec, args.radius)
         q = cone.cone_query(t, args.ra, args.dec, args.radius, cols, args.method, args.limit, args.count, ranges)
-        return _print_query(cur, q, args.explain, console, "row", args.output)
+        return _print_query(cur, q, args.explain, console, "row", out)
 
 
 def cmd_xmatch(args, console) -> int:
     checks.radius(args.radius)
-    checks.output(args.output)
+    out = _output(args)
+    checks.output(out)
     with connect(_dsn(args)) as conn, conn.cursor() as cur:
         a = cone.describe(cur, *checks.split_table(args.table_a, _schema(args)))
         b = cone.describe(cur, *checks.split_table(args.table_b, _schema(args)))
@@ -326,7 +329,7 @@ def cmd_xmatch(args, console) -> int:
             (citus.placement(cur, t.schema, t.table) or "").startswith("hash") for t in (a, b))
         q = cone.crossmatch_query(a, b, args.radius, _columns(args.columns_a), _columns(args.columns_b),
                                   pushdown=distributed)
-        return _print_query(cur, q, args.explain, console, "match", args.output)
+        return _print_query(cur, q, args.explain, console, "match", out)
 
 
 def _columns(text: Optional[str]) -> list:
@@ -344,12 +347,23 @@ def _default_columns(cur: Cursor, t) -> list:
 COMPUTED_UNITS = {"dist": "deg"}
 
 
-def _export(conn: Connection, query: str, path: str, units_of: Optional[dict] = None) -> int:
-    """Write a query's result to ``path`` (queries/export.py), and say what was written."""
-    checks.output(path)                           # a wrong extension or directory fails before the query runs
+def _output(args) -> Optional[export.Output]:
+    """The command's --output (with --format, --sky, --margin), or None."""
+    if not args.output:
+        for flag, value in (("--format", args.format), ("--sky", args.sky), ("--margin", args.margin)):
+            if value is not None:
+                raise UsageError(f"{flag} is for --output", "name the file or directory to write with --output")
+        return None
+    return export.Output(args.output, args.format, args.sky, args.margin)
+
+
+def _export(conn: Connection, query: str, out: export.Output, units_of: Optional[dict] = None) -> int:
+    """Write a query's result as ``out`` says (queries/export.py, queries/hats.py), and say what was written."""
+    checks.output(out)                            # a wrong extension or directory fails before the query runs
+    path = out.path
     t0 = time.perf_counter()
     try:
-        written = export.write(tables.iter_tables(conn, query, units_of=units_of), path)
+        written = export.write_output(tables.iter_tables(conn, query, units_of=units_of), out)
     except psycopg2.Error as exc:
         conn.rollback()
         raise checks.explain_sql_error(exc, query, conn.cursor()) from exc
@@ -358,12 +372,13 @@ def _export(conn: Connection, query: str, path: str, units_of: Optional[dict] = 
     dt = time.perf_counter() - t0
     rate = f" in {dt:.2f} s: {written.rows / dt:,.0f} rows/s, {written.bytes / 1e6 / dt:,.1f} MB/s" \
         if written.rows and dt > 0 else ""
-    print(f"wrote {display.plural(written.rows, 'row')} to {path} ({written.bytes / 1e6:,.1f} MB){rate}",
+    what = "a HATS catalog (with its margin cache) at " if out.kind == "hats" else ""
+    print(f"wrote {display.plural(written.rows, 'row')} to {what}{path} ({written.bytes / 1e6:,.1f} MB){rate}",
           file=sys.stderr)
     return 0
 
 
-def _print_query(cur: Cursor, q, explain: bool, console, what: str, output: Optional[str] = None) -> int:
+def _print_query(cur: Cursor, q, explain: bool, console, what: str, output: Optional[export.Output] = None) -> int:
     text = q.as_string(cur.connection)
     if output and not explain:
         return _export(cur.connection, text, output, COMPUTED_UNITS)

@@ -8,7 +8,7 @@ from typing import Optional, Sequence, TYPE_CHECKING
 
 
 from ..errors import UsageError
-from .export import file_format
+from .export import Output
 from .sqlerrors import explain_sql_error, nearest
 
 if TYPE_CHECKING:
@@ -35,18 +35,28 @@ def limit(n: Optional[int]) -> None:
         raise UsageError(f"--limit {n} must be at least 1", "leave it out for every row")
 
 
-def output(path: Optional[str]) -> None:
-    """A known format, in a directory that exists and can be written."""
-    if path is None:
+def output(out: Optional[Output]) -> None:
+    """A known format, in a directory that exists and can be written (a HATS catalog: a
+    directory that does not exist yet)."""
+    if out is None:
         return
-    file_format(path)
-    parent = os.path.dirname(os.path.abspath(path))
+    path = out.path
+    kind = out.kind
+    parent = os.path.dirname(os.path.abspath(os.path.normpath(path)))
     if not os.path.isdir(parent):
         raise UsageError(f"--output {path}: directory {parent} does not exist", f"create it (mkdir -p {parent})")
     if not os.access(parent, os.W_OK):
         raise UsageError(f"--output {path}: directory {parent} is not writable", "choose a directory you can write")
+    if kind == "hats":
+        if os.path.exists(path):
+            raise UsageError(f"--output {path} exists; a HATS catalog is written as a new directory",
+                             "remove it, or name a new directory")
+        if out.margin is not None and not 0 < out.margin <= 3600:
+            raise UsageError(f"--margin {out.margin:g} is not in (0, 3600] arcseconds",
+                             "the largest separation a cross-match in LSDB should find, e.g. 10")
+        return
     if os.path.isdir(path):
-        raise UsageError(f"--output {path} is a directory", "name a file in it")
+        raise UsageError(f"--output {path} is a directory", "name a file in it (or --format hats)")
 
 
 def split_table(name: str, schema: str) -> tuple:

@@ -25,7 +25,7 @@ import json
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable, TYPE_CHECKING
+from typing import Any, Iterable, Optional, TYPE_CHECKING
 
 import numpy as np
 
@@ -58,14 +58,45 @@ def by_extension(path: str, formats: dict, hint: str) -> str:
     return formats[ext]
 
 
+#: every format --format names (hats: a directory, queries/hats.py)
+FORMAT_NAMES = ("fits", "votable", "ecsv", "csv", "hats")
+
+
+@dataclass(frozen=True)
+class Output:
+    """Where and how a result is written: ``--output PATH [--format F] [--sky RA,DEC] [--margin ARCSEC]``."""
+
+    path: str
+    format: Optional[str] = None          # None: by the path's extension
+    sky: Optional[str] = None             # hats: the position columns
+    margin: Optional[float] = None        # hats: the margin cache, arcseconds
+
+    @property
+    def kind(self) -> str:
+        return self.format or file_format(self.path)
+
+
 def file_format(path: str) -> str:
     """The format of a query result's ``path`` by its extension; UsageError for others."""
-    return by_extension(path, FORMATS, "name the file .fits, .vot (VOTable), .ecsv or .csv")
+    return by_extension(path, FORMATS, "name the file .fits, .vot (VOTable), .ecsv or .csv, or give "
+                        "--format (fits, votable, ecsv, csv, or hats for a HATS catalog directory)")
 
 
-def write(chunks: Iterable[Table], path: str) -> Written:
-    """Write the chunks of one result to ``path`` (format by extension); returns what was written."""
-    fmt = file_format(path)
+def write_output(chunks: Iterable[Table], out: Output) -> Written:
+    """Write the chunks of one result as ``out`` says; returns what was written."""
+    if out.kind == "hats":
+        from .hats import MARGIN_ARCSEC, write_hats
+        return write_hats(chunks, out.path, out.sky, MARGIN_ARCSEC if out.margin is None else out.margin,
+                          workers=min(4, os.cpu_count() or 1))
+    if out.sky or out.margin is not None:
+        raise UsageError("--sky and --margin are for --format hats", "leave them out for a file")
+    return write(chunks, out.path, out.kind)
+
+
+def write(chunks: Iterable[Table], path: str, fmt: Optional[str] = None) -> Written:
+    """Write the chunks of one result to ``path`` (format ``fmt``, by default by extension);
+    returns what was written."""
+    fmt = fmt or file_format(path)
     tmp = f"{path}.part{os.getpid()}"
     out = Written(path)
     try:

@@ -168,8 +168,11 @@ def _column_data(col: ResultColumn, values: list) -> tuple[np.ndarray, Optional[
     if src is not None and src.vla:
         data = np.empty(n, object)
         base = np.dtype(src.dtype)
+        null = physical(base, src.null) if src.null is not None and base.kind in "iu" else _zero(base)
         for i, v in enumerate(values):
-            data[i] = np.array([] if v is None else _fill(v, base), dtype=base)
+            data[i] = cell = np.array([] if v is None else [null if x is None else x for x in v], dtype=base)
+            if v is not None and None in v:       # a NULL element: masked, holding what the file holds
+                data[i] = np.ma.MaskedArray(cell, mask=[x is None for x in v])
         return data, None
     dtype = np.dtype(src.dtype) if src is not None else None
     shape = tuple(src.shape) if src is not None else None
