@@ -86,8 +86,9 @@ def write_output(chunks: Iterable[Table], out: Output) -> Written:
     """Write the chunks of one result as ``out`` says; returns what was written."""
     if out.kind == "hats":
         from .hats import MARGIN_ARCSEC, write_hats
-        return write_hats(chunks, out.path, out.sky, MARGIN_ARCSEC if out.margin is None else out.margin,
-                          workers=min(4, os.cpu_count() or 1))
+        rows, size = write_hats(chunks, out.path, out.sky, MARGIN_ARCSEC if out.margin is None else out.margin,
+                                workers=min(4, os.cpu_count() or 1))
+        return Written(out.path, rows, size)
     if out.sky or out.margin is not None:
         raise UsageError("--sky and --margin are for --format hats", "leave them out for a file")
     return write(chunks, out.path, out.kind)

@@ -31,7 +31,6 @@ from ..errors import UsageError
 from ..fits.arrow import pyarrow
 from ..fits.columns import FILE_ID, ROW_NUM
 from ..sky import COLUMN as SKY_COLUMN
-from .export import Written
 
 if TYPE_CHECKING:
     from astropy.table import Table
@@ -127,16 +126,16 @@ def _arrow_column(pa: Any, name: str, col: Any) -> Any:
 
 
 def write_hats(chunks: Iterable["Table"], path: str, sky: Optional[str] = None, margin: float = MARGIN_ARCSEC,
-               workers: int = 1, partition_bytes: int = PARTITION_BYTES) -> Written:
-    """Write a query's chunks as a HATS collection at ``path`` (a directory); returns what
-    was written."""
+               workers: int = 1, partition_bytes: int = PARTITION_BYTES) -> tuple[int, int]:
+    """Write a query's chunks as a HATS collection at ``path`` (a directory); returns (rows,
+    bytes) written."""
     pa = pyarrow()
     CollectionArguments, pipeline_with_client, Client = hats_modules()
     if os.path.exists(path):
         raise UsageError(f"--output {path} exists", "remove it, or name a new directory")
     name = os.path.basename(os.path.normpath(path))
     work = os.path.join(os.path.dirname(os.path.abspath(path)), f".{name}.part{os.getpid()}")
-    out = Written(path)
+    out = _Count()
     os.makedirs(os.path.join(work, "input"))
     try:
         inputs, schema, pair = _write_inputs(chunks, os.path.join(work, "input"), pa, sky, out)
@@ -161,8 +160,7 @@ def write_hats(chunks: Iterable["Table"], path: str, sky: Optional[str] = None, 
         os.replace(built, path)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    out.bytes = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
-    return out
+    return out.rows, sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
 
 
 def _arcsec(margin: float) -> str:
@@ -198,8 +196,12 @@ def _quiet() -> Iterator[None]:
             lg.setLevel(level)
 
 
+class _Count:
+    rows = 0
+
+
 def _write_inputs(chunks: Iterable["Table"], folder: str, pa: Any, sky: Optional[str],
-                  out: Written) -> tuple[list, Any, tuple]:
+                  out: _Count) -> tuple[list, Any, tuple]:
     """The chunks as Parquet files of about FILE_ROWS rows: (their paths, the schema, the
     (RA, DEC) columns)."""
     files: list = []

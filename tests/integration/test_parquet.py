@@ -267,3 +267,58 @@ def test_hats_output_refusals(capsys, tmp_path, pg_uri):
                        "--dsn", pg_uri)
     assert code == 2 and "--sky and --margin are for --format hats" in err
     assert not (tmp_path / "h").exists() and not list(tmp_path.glob(".h.part*"))
+
+
+def test_lsdb_crossmatch_of_the_export_gives_the_pairs_of_xmatch(capsys, tmp_path, pg_uri, schema, db):
+    """DESI galaxies exported as HATS, cross-matched in LSDB against a HATS catalog made by
+    hats-import (objects near some galaxies, across small partitions with margin caches):
+    the same pairs as ``desi-loader xmatch`` of the two tables in PostgreSQL."""
+    import lsdb
+    from dask.distributed import Client
+    from hats_import.collection.arguments import CollectionArguments
+    from hats_import.pipeline import pipeline_with_client
+
+    from desi_loader.queries.hats import write_hats
+    from desi_loader.queries.tables import iter_tables
+    from desi_loader.samples.fastspecfit import write_fastspecfit_file
+    from helpers import NAMES
+
+    for i, name in enumerate(NAMES[:2]):
+        write_fastspecfit_file(str(tmp_path / name), 400, seed=i + 11)
+    load(pg_uri, schema, [tmp_path / n for n in NAMES[:2]])
+    gal = np.array(fetch(db, f'SELECT ra, dec FROM "{schema}".fastspecfit_metadata ORDER BY targetid'))
+    rng = np.random.default_rng(7)
+    near = gal[rng.random(len(gal)) < 0.6]
+    sep = rng.uniform(0, 2.5, len(near)) / 3600                               # within 2.5 arcsec
+    angle = rng.uniform(0, 2 * np.pi, len(near))
+    ra = np.concatenate([near[:, 0] + sep * np.cos(angle) / np.cos(np.radians(near[:, 1])),
+                         rng.uniform(0, 360, 1500)]) % 360
+    dec = np.concatenate([np.clip(near[:, 1] + sep * np.sin(angle), -90, 90),
+                          np.degrees(np.arcsin(rng.uniform(-1, 1, 1500)))])
+    objs = pa.table({"OBJID": pa.array(np.arange(len(ra), dtype=np.int64)), "RA": ra, "DEC": dec})
+    pq.write_table(objs, tmp_path / "objs.parquet")
+    args = (CollectionArguments(output_artifact_name="objs", output_path=tmp_path / "hats", progress_bar=False,
+                                tmp_dir=tmp_path / "tmp")
+            .catalog(input_file_list=[str(tmp_path / "objs.parquet")], file_reader="parquet", ra_column="RA",
+                     dec_column="DEC", pixel_threshold=150)
+            .add_margin(margin_threshold=10.0, is_default=True))
+    with Client(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as client:
+        pipeline_with_client(args, client)
+    load(pg_uri, schema, [tmp_path / "hats" / "objs"])
+
+    radius = 3.0                                                              # arcsec
+    code, _, err = cli(capsys, "xmatch", "fastspecfit_metadata", "objs", radius / 3600, "--columns-a", "targetid",
+                       "--columns-b", "objid", "--schema", schema, "--dsn", pg_uri, "--output", tmp_path / "pairs.csv")
+    assert code == 0, err
+    from astropy.table import Table
+    sql_pairs = {(int(r["targetid"]), int(r["objid"])) for r in Table.read(tmp_path / "pairs.csv")}
+
+    conn = db
+    write_hats(iter_tables(conn, f'SELECT targetid, ra, dec FROM "{schema}".fastspecfit_metadata'),
+               str(tmp_path / "desi"), partition_bytes=4000)
+    desi = lsdb.read_hats(tmp_path / "desi")
+    assert len(desi.get_healpix_pixels()) > 4                                   # partition edges to cross
+    matched = desi.crossmatch(lsdb.read_hats(tmp_path / "hats" / "objs"), radius_arcsec=radius, n_neighbors=1,
+                              suffixes=("_a", "_b")).compute()
+    lsdb_pairs = {(int(a), int(b)) for a, b in zip(matched["targetid_a"], matched["OBJID_b"])}
+    assert len(sql_pairs) >= 0.5 * len(near) and lsdb_pairs == sql_pairs
