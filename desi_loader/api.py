@@ -21,7 +21,7 @@ from .tap import service as tap
 
 log = logging.getLogger(__name__)
 
-__all__ = ["load", "query", "tap_url", "run", "Sample"]
+__all__ = ["load", "query", "export", "tap_url", "run", "Sample"]
 
 
 def load(paths: Union[str, Sequence[str]] = (), *, dsn: Optional[str] = None, workers: int = 2,
@@ -150,6 +150,70 @@ def run(opts: LoadOptions, *, dsn: Optional[str] = None, data_dir: Optional[str]
     if not opts.dry_run:
         tap.sync_loads(target, summaries, say)       # a schema served over TAP stays in sync
     return summaries
+
+
+def export(sql: str, output: str, params=None, *, format: Optional[str] = None, sky: Optional[str] = None,
+           margin: Optional[float] = None, dsn: Optional[str] = None, start: bool = False) -> int:
+    """Write a query's result to a file or a HATS catalog, as ``desi-loader sql --output`` does.
+
+    The rows are streamed in chunks, so a result larger than memory is written; every column
+    keeps its FITS dtype, unit and description (as ``query`` returns them).
+
+    Parameters
+    ----------
+    sql : str
+        One SQL statement that returns rows.
+    output : str
+        The file to write (FITS, VOTable, ECSV or CSV by its extension), or with
+        ``format="hats"`` the directory of a new HATS catalog (a collection: the catalog and
+        its margin cache), which ``lsdb.read_hats(output)`` opens.
+    params : sequence or dict, optional
+        Values for the placeholders in ``sql`` (psycopg2's parameters).
+    format : {"fits", "votable", "ecsv", "csv", "hats"}, optional
+        The format, whatever the name's extension.
+    sky : str, optional
+        ``"RA,DEC"``: the position columns a HATS catalog is partitioned by (default: the
+        result's ``ra`` and ``dec``).
+    margin : float, optional
+        The HATS margin cache's width in arcseconds (default 10): the largest separation an
+        LSDB cross-match finds across partition edges.
+    dsn : str, optional
+        The database, as for ``query``.
+    start : bool, optional
+        Start the embedded server when it is the target and is stopped.
+
+    Returns
+    -------
+    int
+        The rows written.
+
+    Raises
+    ------
+    desi_loader.errors.UsageError
+        A format, path or option that cannot be written (the message says what to change).
+    desi_loader.errors.QueryError
+        The server refused the query.
+
+    Examples
+    --------
+    >>> from desi_loader import export
+    >>> export("SELECT * FROM desi_dr1.fastspecfit_metadata", "fsf_hats", format="hats")  # doctest: +SKIP
+    """
+    from .db import connect
+    from .queries import checks, export as writers
+    from .queries.tables import default_dsn, iter_tables
+    import psycopg2
+
+    out = writers.Output(output, format, sky, margin)
+    checks.output(out)
+    conn = connect(dsn if dsn is not None else default_dsn(start))
+    try:
+        return writers.write_output(iter_tables(conn, sql, params), out).rows
+    except psycopg2.Error as exc:
+        conn.rollback()
+        raise with_hint(checks.explain_sql_error(exc, sql, conn.cursor())) from exc
+    finally:
+        conn.close()
 
 
 def tap_url(tap_dir: Optional[str] = None) -> str:

@@ -41,7 +41,7 @@ def test_the_site_builds_with_warnings_as_errors_and_holds_every_option(tmp_path
     for command in _long_options():
         assert not command or f'id="desi-loader-{command}"' in cli, command
     api = (out / "reference" / "api.html").read_text()
-    for name in ("desi_loader.load", "desi_loader.query", "desi_loader.tap_url"):
+    for name in ("desi_loader.load", "desi_loader.query", "desi_loader.export", "desi_loader.tap_url"):
         assert f'id="{name}"' in api, name
     assert "Parameters" in api and "Returns" in api
     changelog = (out / "changelog.html").read_text()
