@@ -65,13 +65,14 @@ def _print_summary(console, summary, dsn: str, target: str = "") -> None:
         phases += f"  (copy streaming {summary.phases['copy_stream']:.2f}s, the rest is worker start-up and exit)"
     console.print(f"named files: {len(summary.files_loaded)} loaded, {len(summary.files_unchanged)} unchanged "
                   f"(published before), {len(summary.files_failed)} not loaded")
-    console.print(f"files {summary.files}  FITS {summary.fits_bytes / 1e6:,.1f} MB  tasks {summary.tasks}  "
+    kind = "Parquet" if summary.catalog == "parquet" else "FITS"
+    console.print(f"files {summary.files}  {kind} {summary.fits_bytes / 1e6:,.1f} MB  tasks {summary.tasks}  "
                   f"workers {summary.workers}  format {summary.fmt}")
     console.print(f"phases: {phases}", highlight=False)
     if d["copy_rows_per_s"]:
         cpu = (f" (client CPU: workers {summary.cpu['workers_s']:.2f}s reading, encoding and sending, "
                f"coordinator {summary.cpu['coordinator_s']:.2f}s)" if summary.cpu else "")
-        console.print(f"copy: {d['copy_rows_per_s']:,.0f} rows/s, {d['copy_mb_per_s']:,.1f} MB/s of FITS{cpu}",
+        console.print(f"copy: {d['copy_rows_per_s']:,.0f} rows/s, {d['copy_mb_per_s']:,.1f} MB/s of {kind}{cpu}",
                       highlight=False)
     elif summary.role != "nothing":
         console.print("copy: no rows copied in this run (the rows were copied before it)", highlight=False)
@@ -87,7 +88,8 @@ def _print_summary(console, summary, dsn: str, target: str = "") -> None:
     if summary.cluster:
         console.print(f"{summary.cluster}: " + "; ".join(f"{t} {d}" for t, d in summary.distribution.items()))
     console.print(f"checksums {summary.checksums}; " +
-                  ("row counts verified against NAXIS2 per file and HDU; " if summary.verified else "") +
+                  (f"row counts verified against {'each file' if kind == 'Parquet' else 'NAXIS2 per file and HDU'}; "
+                   if summary.verified else "") +
                   ("tables are durable (LOGGED)" if summary.durable else
                    "[yellow]tables are UNLOGGED: a server crash empties them[/yellow]"))
     if summary.resumed:

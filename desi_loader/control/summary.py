@@ -119,7 +119,7 @@ def _base(opts: LoadOptions, plan: Plan, facts: Facts) -> Summary:
     return Summary(
         workers=opts.workers, fmt=opts.fmt, durable=not opts.unlogged, dsn=mask_dsn(opts.dsn or ""),
         catalog=plan.catalog.name, schema=plan.schema, files=len(plan.files), fits_bytes=plan.total_bytes,
-        tasks=len(plan.tasks), checksums="verified" if opts.verify_checksum else "not verified (--no-verify-checksum)",
+        tasks=len(plan.tasks), checksums=_checksums(plan, opts),
         plan=[{"table": t, "columns": len(s.all_columns), "key": list(s.key), "sky": list(s.sky)}
               for t, s in plan.tables.items()],
         notes=list(plan.notes) + list(facts.notes), phases={"plan": facts.plan_s, **facts.phases},
@@ -180,3 +180,10 @@ def summarize(opts: LoadOptions, plan: Plan, facts: Facts) -> Summary:
         s.published_by = process_name()
     s.memory["coordinator_peak_mb"] = round(facts.coordinator_peak_kb / 1024, 1)
     return s
+
+
+def _checksums(plan, opts) -> str:
+    """What the summary says of checksums: FITS CHECKSUM/DATASUM, or a Parquet file's page CRCs."""
+    if not opts.verify_checksum:
+        return "not verified (--no-verify-checksum)"
+    return "verified (Parquet page CRCs, where written)" if plan.catalog.name == "parquet" else "verified"

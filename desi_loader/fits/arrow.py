@@ -222,7 +222,7 @@ def read_info(path: str, name: Optional[str] = None) -> FitsInfo:
     pa = pyarrow()
     where = "Parquet table"
     try:
-        pf = pa.parquet.ParquetFile(path)
+        pf = pa.parquet.ParquetFile(path, page_checksum_verification=True)
         schema = pf.schema_arrow
         wanted = [fld.name for i, fld in enumerate(schema)
                   if _needs_read(pa, pf, i, _element(pa, fld.type, f"column {fld.name!r}")[0])]
@@ -288,11 +288,12 @@ def read_rows(path: str, hdu: ArrowHdu, start: int, stop: int, fh: Optional[Any]
 
 def _groups(path: str, hdu: ArrowHdu, g0: int, g1: int, fh: Optional[Any]) -> np.ndarray:
     pa = pyarrow()
-    where = f"row groups {g0}-{g1 - 1} (rows {hdu.row_groups[g0]}-{hdu.row_groups[g1] - 1})"
+    groups = f"row group {g0}" if g1 == g0 + 1 else f"row groups {g0}-{g1 - 1}"
+    where = f"{groups} (rows {hdu.row_groups[g0]}-{hdu.row_groups[g1] - 1})"
     try:
         if fh is not None:
             fh.seek(0)
-        pf = pa.parquet.ParquetFile(fh if fh is not None else path)
+        pf = pa.parquet.ParquetFile(fh if fh is not None else path, page_checksum_verification=True)
         table = pf.read_row_groups(list(range(g0, g1)), columns=[s.name for s in hdu.slots], use_threads=False)
     except (OSError, ValueError, pa.ArrowException) as exc:
         raise BadFileError(path, f"{where}: unreadable ({exc})",
