@@ -12,6 +12,7 @@ from .control.options import LoadOptions
 from .control.summary import Summary
 from .control.pool import Spares
 from .control.run import plan_loads, run_loads
+from .fits.hats import any_parquet
 from .queries.tables import query
 from .errors import LoaderError, UsageError, with_hint
 from .report import NullReporter
@@ -136,7 +137,8 @@ def run(opts: LoadOptions, *, dsn: Optional[str] = None, data_dir: Optional[str]
     reporter = reporter or NullReporter()
     t0 = time.perf_counter()
     # the workers start now, beside the planning and the opening: their start-up is off the copy's path
-    spares = None if opts.dry_run else Spares(opts.workers)
+    preload = ("pyarrow.parquet", "pyarrow.compute") if any_parquet(opts.paths) else ()
+    spares = None if opts.dry_run else Spares(opts.workers, preload)
     try:
         reporter.phase("plan")
         plans = plan_loads(opts)

@@ -335,6 +335,104 @@ def adbc_ingest(dsn: str, files, nprocs: int) -> float:
     return max(b for _, b in windows) - min(a for a, _ in windows)
 
 
+def parquet_files(files, folder: Path) -> list:
+    """Each FITS file's METADATA and SPECPHOT columns (row-aligned) as one Parquet file (as a
+    catalog published in Parquet would hold them): made once, kept in the cache."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for path in files:
+        dst = folder / (Path(path).name.replace(".fits", ".parquet"))
+        if not dst.exists():
+            meta, phot = _arrow(path, "METADATA"), _arrow(path, "SPECPHOT")
+            cols = {**{n: meta.column(n) for n in meta.column_names},
+                    **{n: phot.column(n) for n in phot.column_names if n not in meta.column_names}}
+            pq.write_table(pa.table(cols), str(dst) + ".part", row_group_size=20_000)
+            os.replace(str(dst) + ".part", dst)
+        out.append(dst)
+    return out
+
+
+def pq_rows(path) -> int:
+    import pyarrow.parquet as pq
+    return pq.ParquetFile(path).metadata.num_rows
+
+
+def adbc_parquet(dsn: str, pfiles, schema: str) -> float:
+    """Seconds for what a user tries first: read each Parquet file with pyarrow and hand the
+    Arrow table to ADBC's adbc_ingest (the driver's binary COPY), one connection, into a new
+    table; from the first read to the commit."""
+    import adbc_driver_postgresql.dbapi as adbc
+    import pyarrow.parquet as pq
+    with adbc.connect(dsn) as conn:
+        t0 = time.perf_counter()
+        for i, path in enumerate(pfiles):
+            with conn.cursor() as cur:
+                cur.adbc_ingest("galaxies", pq.read_table(path), mode="create" if i == 0 else "append",
+                                db_schema_name=schema)
+        conn.commit()
+        return time.perf_counter() - t0
+
+
+def duckdb_parquet(dsn: str, pfiles, schema: str) -> Optional[float]:
+    """Seconds for DuckDB's postgres extension to create the table from the Parquet files
+    (ATTACH, CREATE TABLE ... AS SELECT * FROM read_parquet); None without the extension
+    (pip install duckdb-extension-postgres: DuckDB otherwise downloads it)."""
+    try:
+        import duckdb
+        import duckdb_extension_postgres
+    except ImportError:
+        print("hats: DuckDB left out (pip install duckdb-extension-postgres)")
+        return None
+    src = next(Path(duckdb_extension_postgres.__file__).parent.glob("extensions/*/postgres.duckdb_extension"))
+    ext = Path(tempfile.mkdtemp(prefix="desi-bench-duck-")) / "postgres_scanner.duckdb_extension"
+    shutil.copy(src, ext)              # LOAD finds the entry point by the file's name
+    fresh_schema(dsn, schema)
+    conn = connect(dsn)
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+    conn.commit()
+    conn.close()
+    con = duckdb.connect()
+    try:
+        con.execute(f"LOAD '{ext}'")
+        libpq = " ".join(f"{k}={v}" for k, v in _libpq(dsn).items())
+        t0 = time.perf_counter()
+        con.execute(f"ATTACH '{libpq}' AS pg (TYPE postgres)")
+        files = ", ".join(f"'{p}'" for p in pfiles)
+        con.execute(f"CREATE TABLE pg.{schema}.galaxies AS SELECT * FROM read_parquet([{files}])")
+        con.execute("DETACH pg")
+        return time.perf_counter() - t0
+    finally:
+        con.close()
+        shutil.rmtree(ext.parent, ignore_errors=True)
+
+
+def _libpq(dsn: str) -> dict:
+    """A DSN as libpq keywords (DuckDB's ATTACH takes a keyword string)."""
+    from psycopg2.extensions import parse_dsn
+    return {k: v for k, v in parse_dsn(dsn).items() if v}
+
+
+def hats_import_fits(files, out: Path, workers: int) -> float:
+    """Seconds for hats-import to make a HATS collection (catalog + 10 arcsec margin) of the
+    FITS files' METADATA tables, as its documentation shows (FitsReader, a local Dask cluster)."""
+    from dask.distributed import Client
+    from hats_import.catalog.file_readers import FitsReader
+    from hats_import.collection.arguments import CollectionArguments
+    from hats_import.pipeline import pipeline_with_client
+    t0 = time.perf_counter()
+    args = (CollectionArguments(output_artifact_name="import", output_path=out, progress_bar=False,
+                                tmp_dir=out / "tmp", resume=False)
+            .catalog(input_file_list=[str(f) for f in files], file_reader=FitsReader(hdu=1), ra_column="RA",
+                     dec_column="DEC", byte_pixel_threshold=256 << 20)
+            .add_margin(margin_threshold=10.0, is_default=True))
+    with Client(n_workers=workers, threads_per_worker=1, processes=False, dashboard_address=None) as client:
+        pipeline_with_client(args, client)
+    return time.perf_counter() - t0
+
+
 def _pg(dtype) -> str:
     kind, size = getattr(dtype, "kind", "O"), getattr(dtype, "itemsize", 8)
     if kind == "f":
@@ -478,7 +576,9 @@ def parse_args(argv):
                     "latency and a sync VOTable query against the same SQL), statistics (ANALYZE of FASTSPEC "
                     "in FITS and stored column order against the loader's statistics); default all; "
                     "scale (the whole load at --scale-galaxies sizes and both WAL levels against the server's own "
-                    "path, per phase: seconds, server and client CPU, WAL, checkpoints) runs only when named")
+                    "path, per phase: seconds, server and client CPU, WAL, checkpoints) and hats (Parquet into "
+                    "PostgreSQL against ADBC and DuckDB; a table out as HATS against hats-import from FITS; "
+                    "--whole-files x --whole-rows) run only when named")
     ap.add_argument("--sky-rows", type=int, default=1_000_000,
                     help="rows of the positions table of the cone-search benchmark (default 1,000,000)")
     ap.add_argument("--whole-repeat", type=int, default=1,
@@ -1089,6 +1189,53 @@ class Bench:
         finally:
             shutil.rmtree(out, ignore_errors=True)
 
+    def hats(self) -> None:
+        """Parquet into PostgreSQL: the loader (whole command) against ADBC's adbc_ingest of the
+        same Arrow tables and DuckDB's postgres extension (CREATE TABLE AS read_parquet); and a
+        table out as HATS: the loader's export (sql --format hats) against hats-import from
+        the FITS files of the same rows.  One run each, side by side."""
+        dsn, W, args = self.dsn, self.W, self.args
+        files = make_files(self.cache, args.whole_files, args.whole_rows)
+        pfiles = parquet_files(files, self.cache / f"parquet-{len(files)}x{args.whole_rows}")
+        n = sum(pq_rows(f) for f in pfiles)
+        nb = sum(os.path.getsize(f) for f in pfiles)
+        print(f"hats: {len(pfiles)} Parquet files (METADATA + SPECPHOT columns), {n:,} rows, {nb / 1e6:,.1f} MB")
+        ratios = self.results["ratios"]
+        fresh_schema(dsn, "bench_pq")
+        secs, summary = command(dsn, [str(pfiles[0].parent)], "bench_pq", W, "--prefix", "galaxies", "--sky", "ra,dec")
+        self.record("parquet: desi-loader whole command", W, secs, n, nb)
+        self.record("parquet: desi-loader copy phase", W, summary["phases"]["copy"], n, nb)
+        fresh_schema(dsn, "bench_adbc_pq")
+        adbc_s = adbc_parquet(dsn, pfiles, "bench_adbc_pq")
+        self.record("parquet: ADBC adbc_ingest (pyarrow read + ingest, one connection)", 1, adbc_s, n, nb)
+        ratios["parquet_loader_whole_vs_adbc_ingest"] = round(adbc_s / secs, 2)
+        duck_s = duckdb_parquet(dsn, pfiles, "bench_duck")
+        if duck_s is not None:
+            self.record("parquet: DuckDB postgres extension (CREATE TABLE AS read_parquet)", 1, duck_s, n, nb)
+            ratios["parquet_loader_whole_vs_duckdb"] = round(duck_s / secs, 2)
+        # a table out as HATS: the loaded METADATA against hats-import of the FITS files' METADATA
+        fresh_schema(dsn, "bench_hx")
+        command(dsn, files, "bench_hx", W)
+        out = Path(tempfile.mkdtemp(prefix="desi-bench-hats-"))
+        try:
+            t0 = time.perf_counter()
+            proc = subprocess.run([sys.executable, "-m", "desi_loader.cli", "sql",
+                                   "SELECT * FROM bench_hx.fastspecfit_metadata", "--output", str(out / "loader"),
+                                   "--format", "hats", "--dsn", dsn], capture_output=True, text=True)
+            ours = time.perf_counter() - t0
+            if proc.returncode:
+                raise RuntimeError(proc.stderr[-2000:])
+            theirs = hats_import_fits(files, out / "import", W)
+            self.record("hats: desi-loader sql --format hats (table -> HATS with margin)", W, ours, galaxies(files),
+                        fits_bytes(files))
+            self.record("hats: hats-import from the FITS files (catalog + margin)", W, theirs, galaxies(files),
+                        fits_bytes(files))
+            ratios["hats_export_vs_hats_import_from_fits"] = round(theirs / ours, 2)
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+            for name in ("bench_pq", "bench_adbc_pq", "bench_duck", "bench_hx"):
+                fresh_schema(dsn, name)
+
     def scale(self) -> None:
         """The whole load at two sizes and both WAL levels, against the server's own path: per
         phase the seconds, server and client CPU, WAL written and checkpoints."""
@@ -1505,6 +1652,8 @@ def main(argv=None) -> int:
         bench.statistics()
     if "scale" in only:                      # not in "all": two sizes of 0.4 and 1 million galaxies take long
         bench.scale()
+    if "hats" in only:                       # not in "all": needs the [hats] extra and DuckDB's extension
+        bench.hats()
     bench.finish()
     return 0
 

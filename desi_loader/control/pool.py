@@ -72,17 +72,18 @@ def start_blocked(ctx, args: tuple) -> BaseProcess:
 class Spares:
     """Workers started before their load is open: they import what they need while the
     files are planned and the coordinator connects, decides and opens the load, then wait
-    for the DSN and their configuration's file name (on a pipe of their own: the DSN never
+    for the DSN and their configuration's file name (``preload``: modules they import
+    meanwhile, as pyarrow when the inputs are Parquet) (on a pipe of their own: the DSN never
     touches a disk; None: not needed, exit; the pipe closed, as when the coordinator is
     killed: exit).  The first pool adopts them (``take``) and lets the rest go (``release``)."""
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, preload: tuple = ()) -> None:
         self.ctx = mp.get_context("spawn")
         self.messages = self.ctx.Queue()
         self.waiting: dict = {}                   # worker id -> (process, the sending end of its pipe)
         for w in range(count):
             receive, send = self.ctx.Pipe(duplex=False)
-            self.waiting[w] = (start_blocked(self.ctx, (w, None, receive, self.messages)), send)
+            self.waiting[w] = (start_blocked(self.ctx, (w, None, receive, self.messages, preload)), send)
             receive.close()                       # the worker's end: closed here, so it sees EOF when we go
 
     def take(self, w: int) -> Optional[tuple]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import importlib
 import os
 import pickle
 import re
@@ -59,10 +60,11 @@ class WorkerConfig:
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-def worker_main(worker_id: int, dsn: Optional[str], cfg_path, messages) -> None:
+def worker_main(worker_id: int, dsn: Optional[str], cfg_path, messages, preload: tuple = ()) -> None:
     """Body of a worker process; its WorkerConfig is pickled in the file ``cfg_path`` (or, for
     a spare worker (pool.Spares), ``cfg_path`` is a pipe on which it receives the DSN and the
-    file's name; None there, or the pipe closed: not needed, exit).
+    file's name; None there, or the pipe closed: not needed, exit); a spare imports the
+    modules named in ``preload`` (pyarrow for Parquet inputs) while it waits.
 
     The configuration (with every column's encoder fields) comes from a file rather than
     through the spawn pipe, so starting a worker does not wait for the previous one to
@@ -74,6 +76,11 @@ def worker_main(worker_id: int, dsn: Optional[str], cfg_path, messages) -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, set(STOP_SIGNALS))
     keep_freed_memory()
     if not isinstance(cfg_path, str):
+        for module in preload:
+            try:
+                importlib.import_module(module)
+            except ImportError:          # said when a file is read (fits/arrow.pyarrow)
+                break
         try:
             given = cfg_path.recv()
         except (EOFError, OSError):

@@ -317,6 +317,11 @@ def virtual_rows(pa: Any, table: Any, hdu: ArrowHdu) -> np.ndarray:
             _strings(buf, col, arr)
         elif slot.nesting == "list":
             _variable(pa, buf, col, slot, arr)
+        elif not slot.nesting and not arr.null_count and (slot.element in ("float", "double") or (
+                slot.element in _INTS and not col.tzero)):
+            # the common column: one pass, numpy swapping the bytes as it assigns
+            dst = buf[:, col.offset:col.offset + col.width].view(_STORED[col.code])
+            dst[:, 0] = arr.to_numpy(zero_copy_only=False)
         else:
             if slot.nesting == "fixed":
                 arr = _flat_fixed(pa, arr)

@@ -165,6 +165,15 @@ def split_inputs(paths: Sequence[str]) -> tuple[list, list]:
     return fits_paths, sources
 
 
+def any_parquet(paths: Sequence[str]) -> bool:
+    """Whether any path looks like a Parquet input (a quick look: never raises)."""
+    try:
+        return any(p.endswith((".parquet", ".parq")) or is_hats(p)
+                   or (os.path.isdir(p) and bool(glob.glob(os.path.join(p, "*.parquet")))) for p in paths)
+    except OSError:
+        return False
+
+
 def _has_fits(path: str) -> bool:
     from .discover import FITS_PATTERNS
     return any(glob.glob(os.path.join(path, pat)) for pat in FITS_PATTERNS)
