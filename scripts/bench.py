@@ -426,7 +426,7 @@ def hats_import_fits(files, out: Path, workers: int) -> float:
     args = (CollectionArguments(output_artifact_name="import", output_path=out, progress_bar=False,
                                 tmp_dir=out / "tmp", resume=False)
             .catalog(input_file_list=[str(f) for f in files], file_reader=FitsReader(hdu=1), ra_column="RA",
-                     dec_column="DEC", byte_pixel_threshold=256 << 20)
+                     dec_column="DEC", byte_pixel_threshold=256 << 20, highest_healpix_order=8)
             .add_margin(margin_threshold=10.0, is_default=True))
     with Client(n_workers=workers, threads_per_worker=1, processes=False, dashboard_address=None) as client:
         pipeline_with_client(args, client)

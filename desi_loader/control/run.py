@@ -75,7 +75,8 @@ def arrow_plan(src: ArrowSource, opts: LoadOptions, schema: str, sources: int = 
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise UsageError(f"two Parquet files share the name {dup[0]}", "load each copy once")
-    catalog = arrow_catalog(opts.prefix or src.table, parse_sky(opts.sky) if opts.sky else src.sky)
+    sky = parse_sky(opts.sky) if opts.sky else (tuple(c.upper() for c in src.sky) if src.sky else None)
+    catalog = arrow_catalog(opts.prefix or src.table, sky)
     infos, failed = [], list(src.missing)
     for path, name in src.files:
         try:

@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 FILE_ROWS = 500_000
 #: the largest partition hats-import makes, in bytes (LSDB reads one partition per task)
 PARTITION_BYTES = 256 << 20
+#: the finest partitions (order 8: 0.05 deg2, 256 MB of a catalog of 5 GB per deg2); hats-import's
+#: default of 10 costs about 10 s of histogram sums before the first partition, whatever the size
+HIGHEST_ORDER = 8
 #: the margin cache's width by default: pairs up to this separation are found at partition edges
 MARGIN_ARCSEC = 10.0
 #: columns left out: the loader's own, and HATS's pixel (hats-import computes it again)
@@ -148,6 +151,7 @@ def write_hats(chunks: Iterable["Table"], path: str, sky: Optional[str] = None, 
                                     tmp_dir=os.path.join(work, "tmp"), progress_bar=False, resume=False)
                 .catalog(input_file_list=inputs, file_reader="parquet", ra_column=pair[0], dec_column=pair[1],
                          use_schema_file=schema_file, byte_pixel_threshold=partition_bytes,
+                         highest_healpix_order=HIGHEST_ORDER,
                          expected_total_rows=out.rows)
                 .add_margin(margin_threshold=margin, is_default=True,
                             output_artifact_name=f"{name}_{_arcsec(margin)}"))

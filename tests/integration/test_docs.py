@@ -110,7 +110,7 @@ def test_a_new_user_follows_the_readme_and_the_guide(tmp_path):
     try:
         uri = _desi_loader(["server", "url"], env, tmp_path).stdout.strip()
         for name in ("tour", "first-queries", "sql-commands", "cone-commands", "xmatch-commands",
-                     "void-membership", "exports", "coverage"):
+                     "void-membership", "exports", "hats", "coverage"):
             _run_block(name, env, tmp_path, uri)
         assert "float32" in _run_python("first-python-query", env, tmp_path)
         _run_python("readme-query", env, tmp_path)
