@@ -24,6 +24,13 @@ from ..sky import COLUMN as SKY_COLUMN, COMMENT as SKY_COMMENT
 TASK_BYTES = 256 * 1024 * 1024
 
 
+#: Target bytes (as laid out in rows) of a Parquet file's task: a task's row groups are read and
+#: sorted whole before its first byte is sent, so smaller tasks keep the server busier (400,000
+#: rows of 181 columns, 2 workers, three interleaved runs: whole command 6.9-7.6 s against
+#: 7.7-7.9 s with 256 MB tasks).
+ARROW_TASK_BYTES = 32 * 1024 * 1024
+
+
 #: What a directory's FITS files are called: plain, gzip-compressed, fpack-compressed.
 FITS_PATTERNS = ("*.fits", "*.fit", "*.fits.gz", "*.fit.gz", "*.fits.fz")
 
@@ -357,8 +364,9 @@ def split_tasks(plan: Plan) -> list[Task]:
                 tasks.append(Task(len(tasks), name, parts))
         else:
             for h in hdus:
-                step = task_rows or max(1, task_bytes // max(h.block_bytes, 1))
                 groups = getattr(h, "row_groups", None)        # a Parquet file: whole row groups
+                most = min(task_bytes, ARROW_TASK_BYTES) if groups else task_bytes
+                step = task_rows or max(1, most // max(h.block_bytes, 1))
                 for s, e in (_group_ranges(groups, step) if groups else _ranges(h.nrows, step)):
                     tasks.append(Task(len(tasks), name, (Part(h.index, fp.tables[h.index], s, e),)))
     return tasks
