@@ -203,14 +203,15 @@ def export(sql: str, output: str, params=None, *, format: Optional[str] = None, 
     """
     from .db import connect
     from .queries import checks, export as writers
-    from .queries.tables import default_dsn, iter_tables
+    from .queries.tables import default_dsn
     import psycopg2
 
     out = writers.Output(output, format, sky, margin)
     checks.output(out)
     conn = connect(dsn if dsn is not None else default_dsn(start))
     try:
-        return writers.write_output(iter_tables(conn, sql, params), out).rows
+        text = sql if params is None else conn.cursor().mogrify(sql, params).decode()
+        return writers.write_output(conn, text, out).rows
     except psycopg2.Error as exc:
         conn.rollback()
         raise with_hint(checks.explain_sql_error(exc, sql, conn.cursor())) from exc

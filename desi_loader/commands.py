@@ -21,7 +21,7 @@ from rich.table import Table
 from . import api
 from .servers import citus, embedded as server
 from . import display
-from .queries import checks, cone, coverage, export, tables, voids
+from .queries import checks, cone, coverage, export, voids
 from .fits.config import load_settings
 from .db import connect, first_line, mask_dsn
 from .errors import DatabaseError, UsageError
@@ -365,7 +365,7 @@ def _export(conn: Connection, query: str, out: export.Output, units_of: Optional
     path = out.path
     t0 = time.perf_counter()
     try:
-        written = export.write_output(tables.iter_tables(conn, query, units_of=units_of), out)
+        written = export.write_output(conn, query, out, units_of)
     except psycopg2.Error as exc:
         conn.rollback()
         raise checks.explain_sql_error(exc, query, conn.cursor()) from exc

@@ -31,7 +31,7 @@ import numpy as np
 
 from .. import units
 from ..errors import UsageError
-from .tables import physical, stored
+from .tables import iter_tables, physical, stored
 
 if TYPE_CHECKING:
     from astropy.table import Table
@@ -82,16 +82,18 @@ def file_format(path: str) -> str:
                         "--format (fits, votable, ecsv, csv, or hats for a HATS catalog directory)")
 
 
-def write_output(chunks: Iterable[Table], out: Output) -> Written:
-    """Write the chunks of one result as ``out`` says; returns what was written."""
+def write_output(conn: Any, query: str, out: Output, units_of: Optional[dict] = None) -> Written:
+    """Write the result of ``query`` as ``out`` says, chunk by chunk; returns what was
+    written.  ``units_of``: {column: FITS unit} of computed columns (a cone's ``dist``)."""
     if out.kind == "hats":
-        from .hats import MARGIN_ARCSEC, write_hats
-        rows, size = write_hats(chunks, out.path, out.sky, MARGIN_ARCSEC if out.margin is None else out.margin,
+        from .hats import MARGIN_ARCSEC, arrow_chunks, write_hats
+        rows, size = write_hats(arrow_chunks(conn, query, units_of), out.path, out.sky,
+                                MARGIN_ARCSEC if out.margin is None else out.margin,
                                 workers=min(4, os.cpu_count() or 1))
         return Written(out.path, rows, size)
     if out.sky or out.margin is not None:
         raise UsageError("--sky and --margin are for --format hats", "leave them out for a file")
-    return write(chunks, out.path, out.kind)
+    return write(iter_tables(conn, query, units_of=units_of), out.path, out.kind)
 
 
 def write(chunks: Iterable[Table], path: str, fmt: Optional[str] = None) -> Written:
