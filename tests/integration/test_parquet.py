@@ -270,12 +270,13 @@ def test_hats_output_refusals(capsys, tmp_path, pg_uri):
 
 
 def test_lsdb_crossmatch_of_the_export_gives_the_pairs_of_xmatch(capsys, tmp_path, pg_uri, schema, db):
-    """DESI galaxies exported as HATS, cross-matched in LSDB against a HATS catalog made by
-    hats-import (objects near some galaxies, across small partitions with margin caches):
-    the same pairs as ``desi-loader xmatch`` of the two tables in PostgreSQL."""
+    """A HATS catalog made by hats-import (objects near some DESI galaxies) cross-matched in
+    LSDB against the DESI table exported as HATS (small partitions: LSDB finds the pairs across
+    their edges in the export's margin cache): the same pairs as ``desi-loader xmatch`` of the
+    two tables in PostgreSQL."""
     import lsdb
     from dask.distributed import Client
-    from hats_import.collection.arguments import CollectionArguments
+    from hats_import.catalog.arguments import ImportArguments
     from hats_import.pipeline import pipeline_with_client
 
     from desi_loader.queries.hats import write_hats
@@ -297,58 +298,26 @@ def test_lsdb_crossmatch_of_the_export_gives_the_pairs_of_xmatch(capsys, tmp_pat
                           np.degrees(np.arcsin(rng.uniform(-1, 1, 1500)))])
     objs = pa.table({"OBJID": pa.array(np.arange(len(ra), dtype=np.int64)), "RA": ra, "DEC": dec})
     pq.write_table(objs, tmp_path / "objs.parquet")
-    args = (CollectionArguments(output_artifact_name="objs", output_path=tmp_path / "hats", progress_bar=False,
-                                tmp_dir=tmp_path / "tmp")
-            .catalog(input_file_list=[str(tmp_path / "objs.parquet")], file_reader="parquet", ra_column="RA",
-                     dec_column="DEC", pixel_threshold=150)
-            .add_margin(margin_threshold=10.0, is_default=True))
+    args = ImportArguments(output_artifact_name="objs", input_file_list=[str(tmp_path / "objs.parquet")],
+                           file_reader="parquet", ra_column="RA", dec_column="DEC", pixel_threshold=300,
+                           output_path=tmp_path / "hats", progress_bar=False, tmp_dir=tmp_path / "tmp")
     with Client(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as client:
         pipeline_with_client(args, client)
     load(pg_uri, schema, [tmp_path / "hats" / "objs"])
 
     radius = 3.0                                                              # arcsec
-    code, _, err = cli(capsys, "xmatch", "fastspecfit_metadata", "objs", radius / 3600, "--columns-a", "targetid",
-                       "--columns-b", "objid", "--schema", schema, "--dsn", pg_uri, "--output", tmp_path / "pairs.csv")
+    code, _, err = cli(capsys, "xmatch", "objs", "fastspecfit_metadata", radius / 3600, "--columns-a", "objid",
+                       "--columns-b", "targetid", "--schema", schema, "--dsn", pg_uri,
+                       "--output", tmp_path / "pairs.csv")
     assert code == 0, err
     from astropy.table import Table
-    sql_pairs = {(int(r["targetid"]), int(r["objid"])) for r in Table.read(tmp_path / "pairs.csv")}
+    sql_pairs = {(int(r["objid"]), int(r["targetid"])) for r in Table.read(tmp_path / "pairs.csv")}
 
-    conn = db
-    write_hats(iter_tables(conn, f'SELECT targetid, ra, dec FROM "{schema}".fastspecfit_metadata'),
+    write_hats(iter_tables(db, f'SELECT targetid, ra, dec FROM "{schema}".fastspecfit_metadata'),
                str(tmp_path / "desi"), partition_bytes=4000)
     desi = lsdb.read_hats(tmp_path / "desi")
-    assert len(desi.get_healpix_pixels()) > 4                                   # partition edges to cross
-    matched = desi.crossmatch(lsdb.read_hats(tmp_path / "hats" / "objs"), radius_arcsec=radius, n_neighbors=1,
-                              suffixes=("_a", "_b")).compute()
-    lsdb_pairs = {(int(a), int(b)) for a, b in zip(matched["targetid_a"], matched["OBJID_b"])}
+    assert desi.margin is not None and len(desi.get_healpix_pixels()) > 4         # partition edges to cross
+    matched = lsdb.read_hats(tmp_path / "hats" / "objs").crossmatch(
+        desi, radius_arcsec=radius, n_neighbors=1, suffixes=("_a", "_b")).compute()
+    lsdb_pairs = {(int(a), int(b)) for a, b in zip(matched["OBJID_a"], matched["targetid_b"])}
     assert len(sql_pairs) >= 0.5 * len(near) and lsdb_pairs == sql_pairs
-
-
-def test_incremental_rerun_with_a_damaged_page_and_an_empty_file(capsys, tmp_path, pg_uri, schema, db):
-    """Published files stay as they were when a new file has a page whose CRC fails (found
-    while copying, named with its rows); an empty file loads (nothing) in sky order."""
-    d = tmp_path / "inc"
-    d.mkdir()
-    first = all_arrow_types(120, seed=1)
-    pq.write_table(first, d / "a.parquet")
-    code, _, err = cli(capsys, "load", d, "--dsn", pg_uri, "--schema", schema, "--sky", "RA,DEC", "-w", "1", "-q")
-    assert code == 0, err
-    second = all_arrow_types(120, seed=2)
-    pq.write_table(second, d / "b.parquet", write_page_checksum=True, compression="none", row_group_size=60)
-    data = bytearray((d / "b.parquet").read_bytes())
-    meta = pq.ParquetFile(d / "b.parquet").metadata
-    col = meta.row_group(1).column(first.column_names.index("F64"))
-    data[col.data_page_offset + col.total_compressed_size // 2] ^= 0xFF        # one byte of a data page
-    (d / "b.parquet").write_bytes(bytes(data))
-    pq.write_table(first.slice(0, 0), d / "c.parquet")                            # no rows
-    code, out, err = cli(capsys, "load", d, "--dsn", pg_uri, "--schema", schema, "--sky", "RA,DEC", "-w", "1",
-                         "--task-rows", "60")
-    assert code == 1, (out, err)
-    assert "b.parquet: row group 1 (rows 60-119): unreadable" in err and "CRC" in err, err
-    assert "Traceback" not in err
-    assert_table_exact(db, schema, "inc", first)                                  # as published before
-    (d / "b.parquet").unlink()
-    code, out, err = cli(capsys, "load", d, "--dsn", pg_uri, "--schema", schema, "--sky", "RA,DEC", "-w", "1")
-    assert code == 0, err
-    assert "named files: 1 loaded, 1 unchanged" in out
-    assert_table_exact(db, schema, "inc", first)
