@@ -54,7 +54,7 @@ def pyarrow() -> Any:
         import pyarrow.compute  # noqa: F401
         import pyarrow.parquet  # noqa: F401
     except ImportError as exc:
-        raise UsageError("reading Parquet and HATS catalogs needs pyarrow, which is not installed",
+        raise UsageError("Parquet files and HATS catalogs need pyarrow, which is not installed",
                          "pip install 'desi-loader[hats]'") from exc
     return pyarrow
 
