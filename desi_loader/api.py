@@ -195,11 +195,6 @@ def export(sql: str, output: str, params=None, *, format: Optional[str] = None, 
         A format, path or option that cannot be written (the message says what to change).
     desi_loader.errors.QueryError
         The server refused the query.
-
-    Examples
-    --------
-    >>> from desi_loader import export
-    >>> export("SELECT * FROM desi_dr1.fastspecfit_metadata", "fsf_hats", format="hats")  # doctest: +SKIP
     """
     from .db import connect
     from .queries import checks, export as writers

@@ -33,7 +33,7 @@ from ..errors import UsageError
 from ..fits.arrow import pyarrow
 from ..fits.columns import FILE_ID, ROW_NUM
 from ..sky import COLUMN as SKY_COLUMN
-from .tables import describe, iter_tables
+from .tables import describe, iter_tables, result_names
 
 if TYPE_CHECKING:
     from astropy.table import Table
@@ -205,10 +205,7 @@ def arrow_chunks(conn: Any, query: str, units_of: Optional[dict] = None) -> Iter
         cols = describe(cur, cur.description)
     conn.rollback()
     computed = units_of or {}
-    names: list = []
-    for c in cols:
-        n = sum(1 for m in names if m == c.name or m.startswith(f"{c.name}_"))
-        names.append(c.name if n == 0 else f"{c.name}_{n + 1}")
+    names = result_names(cols, False)               # as query() names them: a join's second "ra" is ra_2
     with adbc.connect(_uri(conn)) as aconn, aconn.cursor() as acur:
         acur.execute(text)
         for batch in acur.fetch_record_batch():

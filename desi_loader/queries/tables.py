@@ -134,7 +134,7 @@ def to_table(cols: list[ResultColumn], rows: list, fits_names: bool = False) -> 
     """An astropy Table of ``rows`` (tuples as psycopg2 returns them) for ``cols``."""
     from astropy.table import Column, MaskedColumn, Table   # here: astropy takes 0.3 s to import
     table = Table()
-    names = _names(cols, fits_names)
+    names = result_names(cols, fits_names)
     columns: list = list(zip(*rows)) if rows else [()] * len(cols)      # one transpose, in C
     for col, name, values in zip(cols, names, columns):
         data, mask = _column_data(col, values)
@@ -150,7 +150,9 @@ def to_table(cols: list[ResultColumn], rows: list, fits_names: bool = False) -> 
     return table
 
 
-def _names(cols: list[ResultColumn], fits_names: bool) -> list[str]:
+def result_names(cols: list[ResultColumn], fits_names: bool) -> list[str]:
+    """The result's column names: a published column as in its file (``fits_names``), a
+    repeated name numbered (a join's second "ra": ra_2)."""
     names: list[str] = []
     seen: dict[str, int] = {}
     for c in cols:
