@@ -321,3 +321,33 @@ def test_lsdb_crossmatch_of_the_export_gives_the_pairs_of_xmatch(capsys, tmp_pat
         desi, radius_arcsec=radius, n_neighbors=1, suffixes=("_a", "_b")).compute()
     lsdb_pairs = {(int(a), int(b)) for a, b in zip(matched["OBJID_a"], matched["targetid_b"])}
     assert len(sql_pairs) >= 0.5 * len(near) and lsdb_pairs == sql_pairs
+
+
+def test_incremental_rerun_with_a_damaged_page_and_an_empty_file(capsys, tmp_path, pg_uri, schema, db):
+    """Published files stay as they were when a new file has a page whose CRC fails (found
+    while copying, named with its rows); an empty file loads (nothing) in sky order."""
+    d = tmp_path / "inc"
+    d.mkdir()
+    first = all_arrow_types(120, seed=1)
+    pq.write_table(first, d / "a.parquet")
+    code, _, err = cli(capsys, "load", d, "--dsn", pg_uri, "--schema", schema, "--sky", "RA,DEC", "-w", "1", "-q")
+    assert code == 0, err
+    second = all_arrow_types(120, seed=2)
+    pq.write_table(second, d / "b.parquet", write_page_checksum=True, compression="none", row_group_size=60)
+    data = bytearray((d / "b.parquet").read_bytes())
+    meta = pq.ParquetFile(d / "b.parquet").metadata
+    col = meta.row_group(1).column(first.column_names.index("F64"))
+    data[col.data_page_offset + col.total_compressed_size // 2] ^= 0xFF        # one byte of a data page
+    (d / "b.parquet").write_bytes(bytes(data))
+    pq.write_table(first.slice(0, 0), d / "c.parquet")                            # no rows
+    code, out, err = cli(capsys, "load", d, "--dsn", pg_uri, "--schema", schema, "--sky", "RA,DEC", "-w", "1",
+                         "--task-rows", "60")
+    assert code == 1, (out, err)
+    assert "b.parquet: row group 1 (rows 60-119): unreadable" in err and "CRC" in err, err
+    assert "Traceback" not in err
+    assert_table_exact(db, schema, "inc", first)                                  # as published before
+    (d / "b.parquet").unlink()
+    code, out, err = cli(capsys, "load", d, "--dsn", pg_uri, "--schema", schema, "--sky", "RA,DEC", "-w", "1")
+    assert code == 0, err
+    assert "named files: 1 loaded, 1 unchanged" in out
+    assert_table_exact(db, schema, "inc", first)
