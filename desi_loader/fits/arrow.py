@@ -181,9 +181,11 @@ def _tnull(element: str, nulls: int, lo: Optional[int], hi: Optional[int], where
                       "value is left to stand for NULL", "cast the column to a wider integer type")
 
 
-def _column(pa: Any, pf: Any, idx: int, field: Any, offset: int, data: dict, where: str) -> tuple[FitsColumn, Slot]:
-    """One Arrow column as a FitsColumn at ``offset`` (VLA regions are placed later)."""
-    slot, dims = _element(pa, field.type, where)
+def _column(pa: Any, pf: Any, idx: int, field: Any, element: tuple, offset: int, data: dict,
+            where: str) -> tuple[FitsColumn, Slot]:
+    """One Arrow column (``element``: its _element) as a FitsColumn at ``offset`` (VLA regions
+    are placed later)."""
+    slot, dims = element
     slot = Slot(field.name, slot.element, slot.nesting)
     meta = {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in (field.metadata or {}).items()}
     unit, desc = meta.get("unit") or None, meta.get("description") or None
@@ -224,15 +226,15 @@ def read_info(path: str, name: Optional[str] = None) -> FitsInfo:
     try:
         pf = pa.parquet.ParquetFile(path, page_checksum_verification=True)
         schema = pf.schema_arrow
-        wanted = [fld.name for i, fld in enumerate(schema)
-                  if _needs_read(pa, pf, i, _element(pa, fld.type, f"column {fld.name!r}")[0])]
+        elements = [_element(pa, fld.type, f"column {fld.name!r}") for fld in schema]
+        wanted = [fld.name for i, fld in enumerate(schema) if _needs_read(pa, pf, i, elements[i][0])]
         data = {}
         if wanted:
             table = pf.read(columns=wanted, use_threads=False)
             data = {n: table.column(n).combine_chunks() for n in wanted}
         cols, slots, offset = [], [], 0
         for i, fld in enumerate(schema):
-            col, slot = _column(pa, pf, i, fld, offset, data, f"column {fld.name!r}")
+            col, slot = _column(pa, pf, i, fld, elements[i], offset, data, f"column {fld.name!r}")
             cols.append(col)
             slots.append(slot)
             offset += col.width

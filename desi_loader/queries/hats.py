@@ -141,11 +141,10 @@ def write_hats(chunks: Iterable[Any], path: str, sky: Optional[str] = None, marg
         raise UsageError(f"--output {path} exists", "remove it, or name a new directory")
     name = os.path.basename(os.path.normpath(path))
     work = os.path.join(os.path.dirname(os.path.abspath(path)), f".{name}.part{os.getpid()}")
-    out = _Count()
     os.makedirs(os.path.join(work, "input"))
     try:
-        inputs, schema, pair = _write_inputs(chunks, os.path.join(work, "input"), pa, sky, out)
-        if not out.rows:
+        inputs, schema, pair, rows = _write_inputs(chunks, os.path.join(work, "input"), pa, sky)
+        if not rows:
             raise UsageError("the query returned no rows: a HATS catalog needs at least one",
                              "check the query's WHERE clause")
         schema_file = os.path.join(work, "schema.parquet")
@@ -155,7 +154,7 @@ def write_hats(chunks: Iterable[Any], path: str, sky: Optional[str] = None, marg
                 .catalog(input_file_list=inputs, file_reader="parquet", ra_column=pair[0], dec_column=pair[1],
                          use_schema_file=schema_file, byte_pixel_threshold=partition_bytes,
                          highest_healpix_order=HIGHEST_ORDER,
-                         expected_total_rows=out.rows)
+                         expected_total_rows=rows)
                 .add_margin(margin_threshold=margin, is_default=True,
                             output_artifact_name=f"{name}_{_arcsec(margin)}"))
         with _quiet(), Client(n_workers=max(1, workers), threads_per_worker=1, processes=False,
@@ -167,7 +166,7 @@ def write_hats(chunks: Iterable[Any], path: str, sky: Optional[str] = None, marg
         os.replace(built, path)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return out.rows, sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+    return rows, sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
 
 
 def _arcsec(margin: float) -> str:
@@ -272,16 +271,11 @@ def _quiet() -> Iterator[None]:
             lg.setLevel(level)
 
 
-class _Count:
-    rows = 0
-
-
-def _write_inputs(chunks: Iterable[Any], folder: str, pa: Any, sky: Optional[str],
-                  out: _Count) -> tuple[list, Any, tuple]:
+def _write_inputs(chunks: Iterable[Any], folder: str, pa: Any, sky: Optional[str]) -> tuple[list, Any, tuple, int]:
     """The chunks as Parquet files of about FILE_ROWS rows: (their paths, the schema, the
-    (RA, DEC) columns)."""
+    (RA, DEC) columns, the rows written)."""
     files: list = []
-    writer, schema, pair, in_file = None, None, ("", ""), 0
+    writer, schema, pair, in_file, rows = None, None, ("", ""), 0, 0
     try:
         for chunk in chunks:
             t = chunk if isinstance(chunk, (pa.Table, pa.RecordBatch)) else arrow_table(chunk, pa, LOADER_COLUMNS)
@@ -298,8 +292,8 @@ def _write_inputs(chunks: Iterable[Any], folder: str, pa: Any, sky: Optional[str
                 writer, in_file = pa.parquet.ParquetWriter(files[-1], schema), 0
             writer.write_table(t)
             in_file += t.num_rows
-            out.rows += t.num_rows
+            rows += t.num_rows
     finally:
         if writer is not None:
             writer.close()
-    return files, schema, pair
+    return files, schema, pair, rows
