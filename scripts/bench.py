@@ -48,7 +48,8 @@ from desi_loader.fits.discover import build_plan  # noqa: E402
 from desi_loader.pipeline.encodings import encoder_plan  # noqa: E402
 from desi_loader.encode import BINARY_HEADER, BINARY_TRAILER, encode_block  # noqa: E402
 from desi_loader.fits.read import read_info, read_rows  # noqa: E402
-from desi_loader.control.run import LoadOptions, run_loads  # noqa: E402
+from desi_loader import api  # noqa: E402
+from desi_loader.control.run import LoadOptions  # noqa: E402
 from desi_loader.samples.fastspecfit import write_fastspecfit_file  # noqa: E402
 from desi_loader.control.sqlgen import create_staging  # noqa: E402
 from psycopg2 import sql  # noqa: E402
@@ -211,7 +212,7 @@ def loader(dsn: str, files, fmt: str, workers: int, catalog=None) -> dict:
     opts = LoadOptions(paths=tuple(files), dsn=dsn, schema=schema, workers=workers, fmt=fmt, catalog=catalog,
                        staging_mode="unlogged")
     t0 = time.perf_counter()
-    (summary,) = run_loads(opts)
+    (summary,) = api.run(opts, dsn=dsn)       # as the command runs it: its workers started while it plans
     whole = time.perf_counter() - t0
     return {"copy": summary.phases["copy"], "copy_stream": summary.phases.get("copy_stream"),
             "whole": whole, "phases": summary.phases, "memory": summary.memory, "cpu": summary.cpu}
@@ -781,11 +782,14 @@ class Bench:
             _, tchunks = pre_encode(files, "text", tmp)
             widths = sorted({1, W} | ({2} if W >= 2 else set()))
             ceil: dict = {(f, b): [] for f in ("binary", "text") for b in (1, W)}
+            stdin: list = []                 # the same bytes FROM STDIN: what any client's COPY can reach
             runs: dict = {}
             for _ in range(max(1, self.args.repeat)):
                 for (fmt, b) in ceil:
                     ceil[(fmt, b)].append(ceiling(dsn, plan, chunks if fmt == "binary" else tchunks, fmt, b,
                                                   server_side, self.data_dir))
+                if server_side:
+                    stdin.append(ceiling(dsn, plan, chunks, "binary", 1, False, self.data_dir))
                 for fmt in ("binary", "text"):
                     for w in widths:
                         runs.setdefault((fmt, w), []).append(loader(dsn, files, fmt, w))
@@ -794,6 +798,11 @@ class Bench:
                 secs, cpu = min(measured, key=lambda x: x[0])
                 rec[(fmt, b)] = self.record(f"ceiling {fmt} ({how})", b, secs, n, nb, server_cpu=cpu)
             self.c1, self.cw, self.t1, self.tw = (rec[k] for k in (("binary", 1), ("binary", W), ("text", 1), ("text", W)))
+            self.stdin1 = None
+            if stdin:
+                secs, cpu = min(stdin, key=lambda x: x[0])
+                self.stdin1 = self.record("ceiling binary (COPY FROM STDIN, pre-encoded in memory)", 1, secs, n, nb,
+                                          server_cpu=cpu)
             self.encode_seconds = {fmt: encode_seconds(files, fmt) for fmt in ("binary", "text")}
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -809,6 +818,9 @@ class Bench:
         # the whole copy phase, the workers' start-up included (what a user waits for)
         phase = min(x["copy"] for x in runs[("binary", 1)])
         self.ratio("binary_w1_copy_phase_vs_ceiling_1_backend", n / phase / self.c1["rows_per_s"])
+        if self.stdin1 is not None:          # the protocol's share: FROM STDIN against FROM file, same bytes
+            self.ratio("stdin_ceiling_vs_file_ceiling_1_backend", self.stdin1["rows_per_s"] / self.c1["rows_per_s"])
+            self.ratio("binary_w1_copy_phase_vs_stdin_ceiling_1_backend", n / phase / self.stdin1["rows_per_s"])
         self.ratio(f"binary_w{W}_vs_ceiling_{W}_backends", self.best[("binary", W)]["rows_per_s"] / self.cw["rows_per_s"])
         self.ratio("text_w1_vs_text_ceiling_1_backend", self.best[("text", 1)]["rows_per_s"] / self.t1["rows_per_s"])
         self.ratio(f"text_w{W}_vs_text_ceiling_{W}_backends", self.best[("text", W)]["rows_per_s"] / self.tw["rows_per_s"])
