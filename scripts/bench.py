@@ -1543,32 +1543,37 @@ def tree_cpu(pid: int) -> float:
     """CPU seconds (user + system) a process has spent: its own, its children's that it reaped
     (children times) and those of its children running now.
 
-    A child that has exited but is not reaped yet (a zombie) shows no CPU time in /proc; counted
-    then, the sum would drop and come back once the parent reaps it (a backend closed just
-    before a mark made a phase's server CPU negative).  So the sample waits, briefly, until
-    no child is a zombie."""
+    A child that ends while the sample is taken would be counted twice or not at all: a zombie
+    (exited, not reaped) shows no CPU time in /proc, and a child reaped after the parent's
+    children times were read but before the children were listed is in neither (a backend
+    closed just before a mark made a phase's server CPU negative, by the 20 s its session had
+    spent).  So the sample is taken again, briefly, until the children listed before and after
+    it are the same running processes."""
     import psutil
     try:
         p = psutil.Process(pid)
     except psutil.Error:
         return 0.0
+    total = 0.0
     for _ in range(100):
         try:
+            before = {c.pid for c in p.children()}
             t = p.cpu_times()
-            total, zombie = t.user + t.system + t.children_user + t.children_system, False
+            total, steady = t.user + t.system + t.children_user + t.children_system, True
             for c in p.children():
                 try:
-                    if c.status() == psutil.STATUS_ZOMBIE:
-                        zombie = True
+                    if c.pid not in before or c.status() == psutil.STATUS_ZOMBIE:
+                        steady = False
                         break
                     ct = c.cpu_times()
                     total += ct.user + ct.system + ct.children_user + ct.children_system
                 except psutil.NoSuchProcess:
-                    zombie = True             # gone between the listing and the read: read again
+                    steady = False            # gone between the listing and the read: read again
                     break
+            steady = steady and {c.pid for c in p.children()} == before
         except psutil.NoSuchProcess:
             return 0.0
-        if not zombie:
+        if steady:
             return total
         time.sleep(0.02)
     return total
