@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Optional, Union
 
 from ..catalog import attach
 from ..catalog.columns import published_columns
+from ..db import relation_exists
+from ..errors import UsageError
 from ..fits.discover import Plan, narrowed
 from .ledger import Ledger, Tx
 
@@ -80,8 +82,9 @@ class Merge:
     incremental = True
     steps = ("merge",)
 
-    def __init__(self, published: Optional[dict] = None) -> None:
+    def __init__(self, published: Optional[dict] = None, tables: Optional[set] = None) -> None:
         self.published = published      # the published files it was chosen on (choose), if read already
+        self.tables = tables or set()    # the tables those files' loads put rows in (choose)
 
     def narrow(self, ledger: Ledger, plan: Plan, tx: Tx) -> tuple[Plan, list]:
         """(the plan without the published files whose identity did not change, their paths)."""
@@ -98,7 +101,15 @@ class Merge:
         return "unlogged", "incremental: rows are inserted into the published tables (WAL-logged once)"
 
     def preflight(self, cur: Cursor, plan: Plan) -> list:
-        """New rows whose column types differ from the published ones cannot be inserted."""
+        """New rows whose column types differ from the published ones cannot be inserted; a
+        published table that is gone (dropped by hand) cannot take the new rows, nor be
+        rebuilt from them alone: its unchanged files' rows are gone too."""
+        gone = [t for t in sorted(self.tables) if not relation_exists(cur, plan.schema, t)]
+        if gone:
+            raise UsageError(f"{', '.join(f'{plan.schema}.{t}' for t in gone)}: the ledger records rows of "
+                             "published files in it, but the table is gone (dropped by hand?); an incremental "
+                             "load only adds to the published tables",
+                             "reload every file of the catalog with --replace-all (it builds every table anew)")
         return [f"{plan.schema}.{t}.{c.name} is {have[c.name]} in the published table but "
                 f"{c.sql_type} in the new files (reload everything with --replace-all)"
                 for t, spec in plan.tables.items()
@@ -115,7 +126,7 @@ Publishing = Union[Swap, Merge]
 def choose(ledger: Ledger, plan: Plan, opts: LoadOptions, tx: Optional[Tx] = None) -> Publishing:
     """A new load merges when files of its tables are published (and no --replace-all)."""
     published = {} if opts.replace_all else ledger.published_files(sorted(plan.tables), tx=tx)
-    return Merge(published) if published else Swap()
+    return Merge(published, ledger.published_tables(sorted(plan.tables), tx=tx)) if published else Swap()
 
 
 def recorded(options: dict) -> Publishing:

@@ -112,7 +112,9 @@ def describe_relation(cur: Cursor, schema: str, name: str, kind: str, bases: Opt
     for col, pg_type, comment in _columns(cur, schema, name):
         meta = _column(name, col, pg_type, comment, sources.get(col), origin.get(col))
         if meta is None:
-            left_out.append((col, f"type {pg_type} cannot be served over TAP"))
+            shape = tuple(sources[col].shape) if col in sources else ()
+            left_out.append((col, f"a {'x'.join(map(str, shape))} array: DaCHS serves 1-D arrays only"
+                             if len(shape) > 1 else f"type {pg_type} cannot be served over TAP"))
         else:
             columns.append(meta)
     columns = _main_ucds(columns, primary, sky)
@@ -144,11 +146,15 @@ def _column(table: str, col: str, pg_type: str, comment: Optional[str], source: 
 
 
 #: the smallest value of each integer type: an integer NULL's stand-in in VOTable BINARY
-#: serialisation when its FITS column had no TNULL (BINARY2 flags NULLs instead)
+#: serialisation when its FITS column had no TNULL (BINARY2 flags NULLs instead, but not
+#: those of an array's elements)
 _INT_MIN = {"smallint": -2 ** 15, "integer": -2 ** 31, "bigint": -2 ** 63}
 
 
 def _null_literal(dachs: str, source: Optional[FitsSource]) -> Optional[int]:
+    """The stand-in of an integer NULL, or of a NULL element of an integer array (DaCHS
+    refuses to write a None it has no stand-in for)."""
+    dachs = dachs.split("[")[0]
     if dachs not in _INT_MIN:
         return None
     if source is not None and source.null is not None:

@@ -97,9 +97,12 @@ def ucd(table: str, column: str) -> str:
     return ""
 
 
-#: PostgreSQL element type -> DaCHS type (its column types are SQL type names)
+#: PostgreSQL element type -> DaCHS type (its column types are SQL type names).  ``text`` is
+#: served as DaCHS's ``unicode`` (VOTable unicodeChar): its ``text`` is VOTable ``char``,
+#: whose values DaCHS writes in ASCII, a '?' for every other character (a Parquet file's
+#: 'Ångström' was served as '?ngstr?m').
 _DACHS = {"smallint": "smallint", "integer": "integer", "bigint": "bigint", "real": "real",
-          "double precision": "double precision", "boolean": "boolean", "text": "text",
+          "double precision": "double precision", "boolean": "boolean", "text": "unicode",
           "numeric": "double precision"}
 
 
@@ -116,6 +119,8 @@ def dachs_type(pg_type: str, shape: tuple = ()) -> Optional[str]:
         return _DACHS[base]
     if base == "text":
         return None                      # DaCHS has no arrays of strings
+    if len(shape) > 1:
+        return None                      # DaCHS writes 1-D arrays only (its VOTable fails on nested lists)
     if ndims == 1 and len(shape) == 1:
         return f"{_DACHS[base]}[{shape[0]}]"
     return f"{_DACHS[base]}[]"

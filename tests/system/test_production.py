@@ -139,3 +139,21 @@ def test_incremental_new_and_changed_files_leave_every_other_row_untouched(files
     assert q(pg_uri, f"""SELECT count(*) FROM "{schema}".fastspecfit_metadata m
                            JOIN "{schema}".fastspecfit_fastspec f USING (file_id, row_num)
                            WHERE m.targetid = f.targetid""") == [(370,)]
+
+
+def test_a_published_table_dropped_by_hand_is_named_and_replace_all_rebuilds_it(files, pg_uri, schema):
+    load(pg_uri, schema, files)
+    s = f'"{schema}"'
+    q(pg_uri, f"DROP TABLE {s}.fastspecfit_specphot")
+    (loads,), = q(pg_uri, f"SELECT count(*) FROM {s}.loader_loads")
+    for again in (files, files[:1]):            # every file unchanged (a no-op before), or a subset
+        with pytest.raises(UsageError) as err:
+            load(pg_uri, schema, again)
+        assert f"{schema}.fastspecfit_specphot" in str(err.value) and "gone" in str(err.value)
+        assert "--replace-all" in err.value.hint
+    assert q(pg_uri, f"SELECT count(*) FROM {s}.loader_loads") == [(loads,)]      # nothing started
+    summary = load(pg_uri, schema, files, replace_all=True)
+    assert summary.rows["fastspecfit_specphot"] == 250
+    assert q(pg_uri, f"SELECT count(*) FROM {s}.fastspecfit_specphot") == [(250,)]
+    assert q(pg_uri, f"SELECT count(*) FROM {s}.fastspecfit_metadata") == [(250,)]
+    assert load(pg_uri, schema, files).role == "nothing"          # and incremental loads work again

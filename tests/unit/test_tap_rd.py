@@ -44,9 +44,10 @@ def test_adql_names_and_ucds():
 
 
 @pytest.mark.parametrize("pg,shape,dachs", [
-    ("real", (), "real"), ("bigint", (), "bigint"), ("real[]", (5,), "real[5]"), ("real[]", (2, 3), "real[]"),
+    ("real", (), "real"), ("bigint", (), "bigint"), ("real[]", (5,), "real[5]"), ("real[]", (2, 3), None),
     ("numeric(20,0)", (), "double precision"), ("boolean[]", (8,), "boolean[8]"), ("jsonb", (), None),
     ("text[]", (3,), None), ("timestamp with time zone", (), None), ("double precision[]", (), "double precision[]"),
+    ("text", (), "unicode"),
 ])
 def test_dachs_types(pg, shape, dachs):
     assert vocab.dachs_type(pg, shape) == dachs
@@ -124,3 +125,9 @@ def test_coverage_at_a_coarser_order_is_the_parents_of_its_cells():
     assert cov.cells_at(6).tolist() == [0, 1, 18]
     with pytest.raises(ValueError):
         cov.cells_at(9)
+
+
+def test_integer_arrays_have_a_null_stand_in_for_their_elements():
+    from desi_loader.tap.describe import _null_literal
+    assert _null_literal("integer[]", None) == -2 ** 31 and _null_literal("smallint[3]", None) == -2 ** 15
+    assert _null_literal("bigint", None) == -2 ** 63 and _null_literal("real[5]", None) is None

@@ -66,6 +66,12 @@ class Files(SessionFace):
                          "WHERE f.published AND l.status = 'published' AND l.tables && %s", (sorted(tables),), tx)
         return {name: (file_id, identity) for name, file_id, identity in rows}
 
+    def published_tables(self, tables: list, tx: Optional[Tx] = None) -> set:
+        """Those of ``tables`` that a published load put rows in."""
+        rows = self._run("SELECT DISTINCT t FROM {s}.loader_loads l, unnest(l.tables) t "
+                         "WHERE l.status = 'published' AND t = ANY(%s)", (sorted(tables),), tx)
+        return {t for t, in rows}
+
     def register_files(self, catalog: str, files: list, tx: Optional[Tx] = None) -> dict:
         """Insert the manifest rows (unpublished) of ``files`` (FilePlans): {file name: file_id}."""
         ids = {}
