@@ -3,11 +3,12 @@
 Workers are spawned (never forked with an open connection) with the stop signals
 blocked, so a Ctrl-C or a scheduler's SIGTERM reaches only the coordinator, which then
 stops them.  The spares (below) are forked on Linux when the coordinator has no thread
-and no connection yet (``start_method``): they inherit the imports instead of redoing them.  Their configuration goes through a private temporary file that is removed
-as soon as every worker has read it; the DSN goes through the spawn pipe only.
+and no connection yet (``start_method``): they inherit the imports instead of redoing them.
+Their configuration goes through a private temporary file that is removed as soon as every
+worker has read it; the DSN goes through the spawn pipe only.
 
-A spawned worker's start (a new interpreter importing numpy, psycopg2 and the loader) takes a
-good part of a second of CPU; the first pool of a load adopts workers started while the
+A spawned worker's start (a new interpreter importing numpy, psycopg2 and the loader) takes
+a good part of a second of CPU; the first pool of a load adopts workers started while the
 coordinator connected and opened the load (``Spares``), which wait for the file's name.
 """
 from __future__ import annotations

@@ -106,9 +106,9 @@ class Merge:
         rebuilt from them alone: its unchanged files' rows are gone too."""
         gone = [t for t in sorted(self.tables) if not relation_exists(cur, plan.schema, t)]
         if gone:
-            raise UsageError(f"{', '.join(f'{plan.schema}.{t}' for t in gone)}: the ledger records rows of "
-                             "published files in it, but the table is gone (dropped by hand?); an incremental "
-                             "load only adds to the published tables",
+            raise UsageError(f"{', '.join(f'{plan.schema}.{t}' for t in gone)}: published by an earlier load "
+                             "(the ledger lists its files), but gone (dropped by hand?); an incremental load only "
+                             "adds rows to the published tables",
                              "reload every file of the catalog with --replace-all (it builds every table anew)")
         return [f"{plan.schema}.{t}.{c.name} is {have[c.name]} in the published table but "
                 f"{c.sql_type} in the new files (reload everything with --replace-all)"

@@ -48,7 +48,9 @@ def encoder_plan(plan: Plan, staging: dict, file_ids: dict) -> dict[str, FileEnc
     """
     out = {}
     shared: dict = {}                  # equal columns and fields of different files: one object
-    one = lambda x: shared.setdefault(x, x)                                          # noqa: E731
+
+    def one(x):
+        return shared.setdefault(x, x)
     for fp in plan.files:
         per_table: dict = {}
         for h in fp.info.hdus:
