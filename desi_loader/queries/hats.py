@@ -187,16 +187,16 @@ def _keep_field_metadata(pa: Any, dataset: str, schema: Any) -> None:
 
 
 def arrow_chunks(conn: Any, query: str, units_of: Optional[dict] = None) -> Iterator[Any]:
-    """A query's result as Arrow record batches with each column's exact type, unit and
-    description: ADBC's PostgreSQL driver reads it (binary COPY into Arrow, in C++: about 5x
-    psycopg2's rows through astropy), the columns' FITS sources come from the loader's
-    ledger (tables.describe).  Without ADBC: the chunks of tables.iter_tables, as Arrow."""
+    """A query's result as Arrow tables (a record batch each) with each column's exact type,
+    unit and description: ADBC's PostgreSQL driver reads it (binary COPY into Arrow, in C++:
+    about 5x psycopg2's rows through astropy), the columns' FITS sources come from the
+    loader's ledger (tables.describe).  Without ADBC: the astropy chunks of tables.iter_tables, which
+    write_hats turns into Arrow."""
     pa = pyarrow()
     try:
         import adbc_driver_postgresql.dbapi as adbc
     except ImportError:
-        for chunk in iter_tables(conn, query, units_of=units_of):
-            yield arrow_table(chunk, pa, LOADER_COLUMNS)
+        yield from iter_tables(conn, query, units_of=units_of)
         return
     text = query.strip().rstrip(";")
     with conn.cursor() as cur:
@@ -278,9 +278,7 @@ def _write_inputs(chunks: Iterable[Any], folder: str, pa: Any, sky: Optional[str
     writer, schema, pair, in_file, rows = None, None, ("", ""), 0, 0
     try:
         for chunk in chunks:
-            t = chunk if isinstance(chunk, (pa.Table, pa.RecordBatch)) else arrow_table(chunk, pa, LOADER_COLUMNS)
-            if isinstance(t, pa.RecordBatch):
-                t = pa.Table.from_batches([t])
+            t = chunk if isinstance(chunk, pa.Table) else arrow_table(chunk, pa, LOADER_COLUMNS)
             if schema is None:
                 schema, pair = t.schema, sky_of(t.column_names, sky)
             else:
