@@ -31,7 +31,7 @@ from .ledger import Ledger
 from .options import Faults
 from . import settle
 from ..fits.read import decompressed
-from ..pipeline.stream import ReadAhead, TaskStream, copy_out_paths, sky_first, tee
+from ..pipeline.stream import ReadAhead, Scratch, TaskStream, copy_out_paths, sky_first, tee
 
 if TYPE_CHECKING:
     from ..db import Cursor
@@ -170,6 +170,7 @@ class _State:
         self.sent = [0, 0]
         self.stream: Optional[TaskStream] = None   # the task's stream being sent (its sky orders name rows)
         self.current: dict = {}               # the parts (by table) being sent now
+        self.scratch = Scratch()              # what the tasks' sky-ordered parts are read into
         self.cpu = 0.0                        # CPU seconds (all threads) spent on tasks
 
     @property
@@ -228,7 +229,7 @@ class _State:
         self.current = by_table
         if cfg.faults.fail_file and os.path.basename(path) == cfg.faults.fail_file:
             raise RuntimeError("injected fault (Faults.fail_file)")
-        self.stream = stream = TaskStream(path, fh, sources, cfg.fmt, self.on_block, cfg.checksum)
+        self.stream = stream = TaskStream(path, fh, sources, cfg.fmt, self.on_block, cfg.checksum, self.scratch)
         blocks = iter(stream)
         statements = [copy_statement(cfg.schema, p.staging, [f.name for f in p.fields], cfg.fmt) for p in sources]
         if cfg.copy_out:
@@ -242,6 +243,7 @@ class _State:
             counts = send(cur, statements, reader)
         finally:
             reader.close()
+            stream.close()
         return {str(i): [v] for i, v in stream.hdu_sums().items()}, dict(zip((t for t, _ in tables), counts))
 
     def _attempt(self) -> bool:

@@ -338,10 +338,15 @@ def _header_sum(raw: BinaryIO, start: int, stop: int) -> int:
     return partial_sum(data, 0)
 
 
-def read_rows(path: str, hdu: HduInfo, start: int, stop: int, fh: Optional[Any] = None) -> np.ndarray:
-    """Rows [start, stop) of an HDU as an (n, NAXIS1) uint8 array of raw record bytes."""
+def read_rows(path: str, hdu: HduInfo, start: int, stop: int, fh: Optional[Any] = None,
+              out: Optional[np.ndarray] = None) -> np.ndarray:
+    """Rows [start, stop) of an HDU as an (n, NAXIS1) uint8 array of raw record bytes (a view
+    of ``out``, a flat uint8 array at least that long, when given)."""
     n = stop - start
-    buf = np.empty((n, hdu.row_bytes), np.uint8)
+    if out is None:
+        buf = np.empty((n, hdu.row_bytes), np.uint8)
+    else:
+        buf = out[:n * hdu.row_bytes].reshape(n, hdu.row_bytes)
     if buf.nbytes == 0:                    # an HDU without rows (a HEALPix file with no targets)
         return buf
     own = fh is None

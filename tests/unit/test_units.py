@@ -358,3 +358,57 @@ def test_checkpoint_advice_when_max_wal_size_is_below_the_load():
     assert checkpoint_advice({"max_wal_size": "32768MB"}, 4_200_000_000) is None
     assert checkpoint_advice({"max_wal_size": "1024MB"}, 50_000_000) is None
     assert checkpoint_advice({}, 10 ** 12) is None
+
+
+def _task_streams(tmp_path, nrows=300, task_rows=120):
+    """A FastSpecFit file's plan split into tasks of ``task_rows`` and each task's parts (sky first)."""
+    from desi_loader.control.options import LoadOptions
+    from desi_loader.control.run import plan_loads
+    from desi_loader.pipeline.encodings import encoder_plan
+    from desi_loader.pipeline.stream import sky_first
+    from desi_loader.samples.fastspecfit import write_fastspecfit_file
+    path = write_fastspecfit_file(str(tmp_path / "fastspec-iron-main-bright-nside1-hp07.fits"), nrows, seed=7)
+    plan = plan_loads(LoadOptions(paths=(path,), dsn="x", task_rows=task_rows))[0]
+    enc = encoder_plan(plan, {t: t for t in plan.tables}, {plan.files[0].info.name: 1})[plan.files[0].info.name]
+    return enc.path, [[p for _, p in sky_first(enc.sources(t))] for t in plan.tasks]
+
+
+@pytest.mark.parametrize("fmt", ["binary", "text"])
+def test_sky_ordered_parts_read_ahead_into_reused_buffers_give_the_same_bytes(tmp_path, fmt):
+    """A task whose parts are all in sky order has them read whole ahead, into buffers the
+    worker keeps from task to task (Scratch); its COPY bytes and checksums are those of
+    reading each part when its turn comes, whatever size the task before it had."""
+    from desi_loader.pipeline.stream import Scratch, TaskStream, part_blocks, reads_whole
+    path, tasks = _task_streams(tmp_path)
+    assert [p.stop - p.start for p in (t[0] for t in tasks)] == [120, 120, 60]
+    scratch = Scratch()
+    with open(path, "rb") as fh:
+        for parts in [tasks[2], tasks[0], tasks[2], tasks[1]]:      # smaller, larger, smaller again
+            assert reads_whole(parts)
+            want_sums: dict = {}
+            orders: dict = {}
+            want = []
+            for part in parts:
+                want += list(part_blocks(path, fh, part, fmt, lambda r, b: None, want_sums, orders)) + [b""]
+            stream = TaskStream(path, fh, parts, fmt, lambda r, b: None, True, scratch)
+            got = list(stream)
+            assert got == want
+            assert stream.hdu_sums() and stream.hdu_sums() == {i: combine(v) for i, v in want_sums.items()}
+            assert stream.orders.keys() == orders.keys()
+
+
+def test_a_file_cut_short_while_read_ahead_fails_its_task_with_the_file_named(tmp_path):
+    """The rows read ahead by a thread of their own: a short read there reaches the stream's
+    reader as the file's error, and the thread is gone when the stream is closed."""
+    import threading
+    from desi_loader.errors import BadFileError
+    from desi_loader.pipeline.stream import Scratch, TaskStream
+    path, tasks = _task_streams(tmp_path)
+    with open(path, "r+b") as f:                          # FASTSPEC's rows end past the new end
+        f.truncate(tasks[0][-1].hdus[0].data_offset + 100 * tasks[0][-1].hdus[0].row_bytes)
+    with open(path, "rb") as fh:
+        stream = TaskStream(path, fh, tasks[0], "binary", lambda r, b: None, False, Scratch())
+        with pytest.raises(BadFileError, match="short read at row 100"):
+            list(stream)
+        stream.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("whole-parts")]
