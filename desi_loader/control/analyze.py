@@ -23,7 +23,7 @@ from __future__ import annotations
 import io
 import logging
 import threading
-from typing import Optional, TYPE_CHECKING
+from typing import Callable, Optional, TYPE_CHECKING
 
 import numpy as np
 from psycopg2 import sql
@@ -31,16 +31,14 @@ from psycopg2 import sql
 from .. import colstats
 from ..db import connect
 from ..errors import DatabaseError
-from ..fits.columns import WIDE_TABLE
+from ..fits.columns import FILE_ID, ROW_NUM, WIDE_TABLE
+from ..pipeline.sample import FIXED, FileRows, NullInSample, decode_fixed
 from .ledger import app_name
 
 if TYPE_CHECKING:
     from ..db import Connection, Cursor
 
 log = logging.getLogger(__name__)
-
-#: the element types colstats handles, with their big-endian numpy type in binary COPY
-FIXED = {"int2": ">i2", "int4": ">i4", "int8": ">i8", "float4": ">f4", "float8": ">f8", "bool": "?"}
 
 #: seconds of numpy per column group are about those of the server's COPY: a few groups
 #: read and sort in parallel (each group is one more connection)
@@ -52,14 +50,13 @@ SEED = 20261204
 _HEADER, _TRAILER = 19, 2          # binary COPY: signature, flags, extension length; -1 field count
 
 
-class NullInSample(Exception):
-    """A fixed-width column of the sample holds a NULL: the fast read does not apply."""
-
-
-def analyze(conn: Connection, dsn: str, tag: str, schema: str, stage: str, groups: int = 2) -> str:
+def analyze(conn: Connection, dsn: str, tag: str, schema: str, stage: str, groups: int = 2,
+            files: Optional[FileRows] = None) -> str:
     """Take the statistics of ``schema.stage``, its indexes built (their builds counted its
     rows); returns how ("ANALYZE" or "statistics of N columns from R sampled rows, ...").
-    ``conn`` reads one group of columns, each other group opens a session of its own."""
+    ``conn`` reads one group of columns, each other group opens a session of its own;
+    ``files``: the table's rows in this load's files, where the sample's values are read
+    (the server then names the sampled rows only)."""
     plan = _columns(conn, schema, stage)
     ident = sql.Identifier(schema, stage)
     if plan is None or not plan[3]:
@@ -73,7 +70,7 @@ def analyze(conn: Connection, dsn: str, tag: str, schema: str, stage: str, group
     others_stmt = sql.SQL("ANALYZE {} ({})").format(ident, sql.SQL(", ").join(map(sql.Identifier, others)))
     side = _Side(extra.pop(), others_stmt) if others and extra else None
     try:
-        stats, sampled = _sample_stats(conn, extra, schema, stage, fixed, rows, pages, target)
+        stats, sampled, from_files = _sample_stats(conn, extra, schema, stage, fixed, rows, pages, target, files)
     except NullInSample:
         if side:
             side.join()
@@ -92,6 +89,7 @@ def analyze(conn: Connection, dsn: str, tag: str, schema: str, stage: str, group
     elif others:
         _run(conn, others_stmt)
     return f"statistics of {len(stats)} columns from {sampled:,} sampled rows" + (
+        " (their values read from the files)" if from_files else "") + (
         f", ANALYZE of {len(others)}" if others else "")
 
 
@@ -165,11 +163,13 @@ def _columns(conn: Connection, schema: str, stage: str) -> Optional[tuple[list, 
 
 
 def _sample_stats(conn: Connection, extra: list, schema: str, stage: str, fixed: list, rows: int, pages: int,
-                  target: int) -> tuple[list, int]:
+                  target: int, files: Optional[FileRows] = None) -> tuple[list, int, bool]:
     """[(column, ColumnStats)] of ``fixed`` from the sample ANALYZE would take, read in
-    ``conn`` and the ``extra`` sessions (a group of columns each), and the rows sampled."""
+    ``conn`` and the ``extra`` sessions (a group of columns each), or from ``files`` where
+    they hold every sampled row; the rows sampled; whether the files gave the values."""
     targrows = 300 * target
     source = _sample_source(conn, schema, stage, rows, pages, targrows)
+    read, from_files = _reader(conn, source, fixed, files)
     sessions = [conn] + list(extra)
     size = -(-len(fixed) // len(sessions))
     parts = [fixed[i:i + size] for i in range(0, len(fixed), size)]
@@ -178,7 +178,7 @@ def _sample_stats(conn: Connection, extra: list, schema: str, stage: str, fixed:
 
     def one(k: int) -> None:
         try:
-            out[k] = _group(sessions[k], source, parts[k], rows, targrows)
+            out[k] = _group(sessions[k], read, parts[k], rows, targrows)
         except BaseException as exc:               # noqa: BLE001 -- re-raised below
             errors.append(exc)
 
@@ -189,7 +189,7 @@ def _sample_stats(conn: Connection, extra: list, schema: str, stage: str, fixed:
         t.join()
     if errors:
         raise errors[0]
-    return [item for part in out for item in part[0]], (out[0][1] if out else 0)
+    return [item for part in out for item in part[0]], (out[0][1] if out else 0), from_files
 
 
 #: a binary COPY row of one tid: field count, length word, block number, line pointer
@@ -248,16 +248,42 @@ def _drawn(n: int, targrows: int) -> np.ndarray:
 COLUMNS_PER_COPY = 222
 
 
-def _group(conn: Connection, source, cols: list, rows: int, targrows: int) -> tuple[list, int]:
-    columns: list = []
-    with conn.cursor() as cur:
-        cur.execute("SET LOCAL synchronize_seqscans = off")     # the whole table from its first page
-        for i in range(0, len(cols), COLUMNS_PER_COPY):         # the same rows, in the same order
-            part = cols[i:i + COLUMNS_PER_COPY]
-            data = _copy_out(cur, sql.SQL("SELECT {} FROM {}").format(
-                sql.SQL(", ").join(sql.Identifier(n) for n, _, _ in part), source))
-            columns += decode_fixed(data, [t for _, t, _ in part])
-    conn.rollback()
+def _from_server(source) -> Callable:
+    """Reads a group's columns of the sample from the server (binary COPY TO, in its session)."""
+    def read(conn: Connection, cols: list) -> list:
+        columns: list = []
+        with conn.cursor() as cur:
+            cur.execute("SET LOCAL synchronize_seqscans = off")     # the whole table from its first page
+            for i in range(0, len(cols), COLUMNS_PER_COPY):         # the same rows, in the same order
+                part = cols[i:i + COLUMNS_PER_COPY]
+                data = _copy_out(cur, sql.SQL("SELECT {} FROM {}").format(
+                    sql.SQL(", ").join(sql.Identifier(n) for n, _, _ in part), source))
+                columns += decode_fixed(data, [t for _, t, _ in part])
+        conn.rollback()
+        return columns
+    return read
+
+
+def _reader(conn: Connection, source, fixed: list, files: Optional[FileRows]) -> tuple[Callable, bool]:
+    """How the groups read the sample's columns: from this load's files when they hold every
+    sampled row (the server sends each row's file_id and row_num, in physical order: the
+    correlation is the table's), else from the server; and whether from the files."""
+    types = {n: t for n, t, _ in fixed}
+    if files is None or not files.usable() or types.get(FILE_ID) != "int8" or types.get(ROW_NUM) != "int8":
+        return _from_server(source), False
+    ids = _from_server(source)(conn, [(FILE_ID, "int8", 0), (ROW_NUM, "int8", 0)])
+    try:
+        rows = files.gather(ids[0], ids[1])
+    except (OSError, ValueError) as exc:        # a file gone or changed since the copy: ask the server
+        log.info("statistics of %s from the server: %s", source.as_string(conn)[:80], exc)
+        rows = None
+    if rows is None:
+        return _from_server(source), False
+    return (lambda _conn, cols: rows.columns([n for n, _, _ in cols], types)), True
+
+
+def _group(conn: Connection, read: Callable, cols: list, rows: int, targrows: int) -> tuple[list, int]:
+    columns = read(conn, cols)
     n = len(columns[0]) if columns else 0
     if n > targrows:           # a whole table with more rows than its row count said: draw as above
         keep = _drawn(n, targrows)
@@ -268,27 +294,6 @@ def _group(conn: Connection, source, cols: list, rows: int, targrows: int) -> tu
     for (name, _t, target), values in zip(cols, columns):
         stats.append((name, colstats.scalar_stats(values, 0, sampled, total, target)))
     return stats, sampled
-
-
-def decode_fixed(buf, types: list) -> list:
-    """Binary COPY rows of fixed-width columns of ``types``: one array per column, in native
-    byte order.  NullInSample when a field is NULL (its length word is -1, the layout breaks)."""
-    fields = [("n", ">i2")]
-    for k, t in enumerate(types):
-        fields += [(f"l{k}", ">i4"), (f"v{k}", FIXED[t])]
-    row = np.dtype(fields)
-    body = len(buf) - _HEADER - _TRAILER
-    if body < 0 or body % row.itemsize:
-        raise NullInSample()
-    table = np.frombuffer(buf, dtype=row, count=body // row.itemsize, offset=_HEADER)
-    if len(table) and (table["n"] != len(types)).any():
-        raise NullInSample()
-    out = []
-    for k, t in enumerate(types):
-        if (table[f"l{k}"] != np.dtype(FIXED[t]).itemsize).any():
-            raise NullInSample()
-        out.append(table[f"v{k}"].astype(np.dtype(FIXED[t]).newbyteorder("=")))
-    return out
 
 
 def _write(conn: Connection, schema: str, stage: str, stats: list, types: dict, counts: Optional[tuple]) -> None:

@@ -25,6 +25,8 @@ import psycopg2
 from ..catalog import attach
 from ..db import connect, free_connections, relation_exists
 from ..errors import LoadFailed
+from ..pipeline.encodings import encoder_plan
+from ..pipeline.sample import FileRows
 from .ledger import app_name
 from .jobs import Job
 from .staging import FINALIZE_LOCK_TIMEOUT
@@ -237,6 +239,7 @@ def index(load: Load, q3c: Optional[str], reporter: NullReporter) -> IndexResult
     as the load's target builds them (target.py)."""
     jobs = []
     conn = load.conn
+    files = file_rows(load)
     with conn.cursor() as cur:
         for table, spec in load.tables.items():
             stage = load.staging_tables[table]
@@ -245,10 +248,19 @@ def index(load: Load, q3c: Optional[str], reporter: NullReporter) -> IndexResult
             has_key = cur.fetchone() is not None
             jobs += load.target.index_jobs(load.schema, table, stage, spec, table_pages(cur, load.schema, stage),
                                            q3c, user_index_statements(cur, load.schema, table, stage, spec,
-                                                                      load.load_id), has_key)
+                                                                      load.load_id), has_key, files.get(table))
     conn.commit()
     return run_jobs(load.opts.dsn, load.ledger.tag, jobs, sessions_for(conn, load.opts.workers, len(jobs)),
                     reporter, load.target.begin_job)
+
+
+def file_rows(load: Load) -> dict:
+    """{table: pipeline/sample.FileRows}: each table's rows in this load's files, by file_id."""
+    by_table: dict = {}
+    for name, enc in encoder_plan(load.plan, load.staging_tables, load.file_ids).items():
+        for table, te in enc.tables.items():
+            by_table.setdefault(table, {})[load.file_ids[name]] = (enc, te)
+    return {table: FileRows(files) for table, files in by_table.items()}
 
 
 def user_index_statements(cur: Cursor, schema: str, table: str, stage: str, spec, load_id: int) -> list:

@@ -9,6 +9,7 @@ one a table gets is the load's target's to say (target.py).
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Callable, Optional, TYPE_CHECKING
 
@@ -20,6 +21,8 @@ from .sqlgen import attach_key, index_name, key_index, primary_key, secondary_in
 
 if TYPE_CHECKING:
     from ..db import Connection
+
+log = logging.getLogger(__name__)
 
 #: heap pages an ANALYZE costs per column, for the order of the jobs (the biggest first)
 ANALYZE_COST = 20
@@ -52,19 +55,20 @@ def _builds(schema: str, table: str, stage: str, spec, pages: int, q3c: Optional
 
 
 def table_jobs(schema: str, table: str, stage: str, spec, pages: int, q3c: Optional[str],
-               user: list, has_key: bool) -> list:
+               user: list, has_key: bool, files=None) -> list:
     """The jobs of one staging table on a server that holds it whole: its index builds (no
     order between them), then the primary key attached and ANALYZE (``after`` = the number
     of builds).
 
     ``user``: (statement, name) of the indexes users added to the published table; ``has_key``:
-    a resumed load attached the primary key already."""
+    a resumed load attached the primary key already; ``files``: its rows in this load's
+    files (pipeline/sample.FileRows), where its statistics read their sample."""
     key = ", ".join(spec.key)
     builds = [] if has_key else [Job(table, "primary key index", [key_index(schema, stage, spec)], pages, unique=key)]
     builds += _builds(schema, table, stage, spec, pages, q3c, user, None)
 
     def take_statistics(conn: Connection, dsn: str, tag: str) -> None:
-        statistics.analyze(conn, dsn, tag, schema, stage)
+        log.info("statistics of %s: %s", table, statistics.analyze(conn, dsn, tag, schema, stage, files=files))
 
     finish = [] if has_key else [attach_key(schema, stage)]
     return builds + [Job(table, "statistics" if has_key else "primary key, statistics", finish,

@@ -35,9 +35,9 @@ class Server:
         """Place the new, empty staging table ``stage`` of ``table`` (here: it stays where it is)."""
 
     def index_jobs(self, schema: str, table: str, stage: str, spec: TableSpec, pages: int, q3c: Optional[str],
-                   user: list, has_key: bool) -> list:
+                   user: list, has_key: bool, files=None) -> list:
         """The index phase's jobs of one staging table (jobs.table_jobs)."""
-        return jobs.table_jobs(schema, table, stage, spec, pages, q3c, user, has_key)
+        return jobs.table_jobs(schema, table, stage, spec, pages, q3c, user, has_key, files)
 
     def begin_job(self, cur: Cursor) -> None:
         """Settings of one index job's transaction (none here)."""
@@ -69,11 +69,11 @@ class Cluster(Server):
             hashed.append(stage)
 
     def index_jobs(self, schema: str, table: str, stage: str, spec: TableSpec, pages: int, q3c: Optional[str],
-                   user: list, has_key: bool) -> list:
+                   user: list, has_key: bool, files=None) -> list:
         """A distributed table's statements in one job, in order (jobs.distributed_jobs); a
         table kept on the coordinator is built as on a plain server."""
         if spec.distribution is None:
-            return super().index_jobs(schema, table, stage, spec, pages, q3c, user, has_key)
+            return super().index_jobs(schema, table, stage, spec, pages, q3c, user, has_key, files)
         return jobs.distributed_jobs(schema, table, stage, spec, pages, q3c, user, has_key)
 
     def begin_job(self, cur: Cursor) -> None:

@@ -29,13 +29,13 @@ import numpy as np
 
 from .binary import BINARY_HEADER, BINARY_TRAILER, encode_binary
 from .fields import (OID, PG_TYPES, Codec, EncodeError, Field, PgType, copy_order, fixed_text_width, hpx_values,
-                     row_numbers, vla_counts)
+                     is_plain, row_numbers, vla_counts)
 from .textenc import encode_text as _columnar_text
 from .textfield import encode_text_fieldwise
 
 __all__ = ["BINARY_HEADER", "BINARY_TRAILER", "OID", "PG_TYPES", "Codec", "EncodeError", "Field", "PgType",
            "copy_order", "encode_binary", "encode_block", "encode_text", "encode_text_fieldwise",
-           "fixed_text_width", "hpx_values", "row_numbers", "vla_counts"]
+           "fixed_text_width", "hpx_values", "is_plain", "row_numbers", "vla_counts"]
 
 
 def encode_text(rows: np.ndarray, fields: Sequence[Field], first_row: int = 0) -> bytes:

@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .fields import (OID, Codec, EncodeError, Field, _Layout, _NULL_WORD, _bits, _bool_values,
-                     _float_values, _fusable, _int_values, _raw, _runs, _string_lengths, _check_ascii,
+                     _float_values, is_plain, _int_values, _raw, _runs, _string_lengths, _check_ascii,
                      hpx_values, row_numbers, utf8_slot, vla_counts)
 
 BINARY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
@@ -307,7 +307,7 @@ def encode_binary(rows: np.ndarray, fields: Sequence[Field], first_row: int = 0)
     runs = fields.runs if isinstance(fields, Codec) else _runs(fields)
     for run in runs:
         f = run[0]
-        if len(run) > 1 or _fusable(f):
+        if len(run) > 1 or is_plain(f):
             _binary_run(layout, run, rows)
         elif f.kind == "null":
             layout.const(b"\xff\xff\xff\xff")

@@ -313,7 +313,9 @@ def _check_ascii(chars: np.ndarray, lengths: np.ndarray, f: Field, first_row: in
 
 # --------------------------------------------------------------------------- copy order
 
-def _fusable(f: Field) -> bool:
+def is_plain(f: Field) -> bool:
+    """True when a column's binary COPY value is its FITS bytes unchanged (a scalar float or
+    integer without TZERO or TNULL, as wide stored as sent); a float's NaN is sent as NULL."""
     return (f.kind in ("float", "int") and f.count == 1 and not f.dims and not f.tzero
             and f.tnull is None and f.out_width == f.width)
 
@@ -323,7 +325,7 @@ def _runs(fields: Sequence[Field]) -> list[list[Field]]:
     runs: list[list[Field]] = []
     for f in fields:
         prev = runs[-1][-1] if runs else None
-        if (prev is not None and _fusable(f) and _fusable(prev) and f.width == prev.width
+        if (prev is not None and is_plain(f) and is_plain(prev) and f.width == prev.width
                 and prev.offset + prev.width == f.offset):
             runs[-1].append(f)
         else:

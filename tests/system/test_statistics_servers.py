@@ -131,3 +131,50 @@ def test_before_18_a_loader_that_is_no_superuser_gets_the_servers_analyze(pg15_u
     finally:
         cur.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE; DROP OWNED BY {role}; DROP ROLE {role}')
         su.close()
+
+
+@pytest.mark.parametrize("target", [100, 2], ids=["every-row", "sampled"])
+def test_statistics_read_from_the_files_equal_those_read_from_the_server(server, tmp_path, target):
+    """A loaded FASTSPEC table's sample values read from its files (the server names the
+    sampled rows: file_id, row_num, in physical order) give the statistics that reading
+    them from the server gives, column by column, correlation included: the whole table
+    (target 100: 1,400 rows) and a sample of 600 rows drawn by TID (target 2)."""
+    from desi_loader.control.options import LoadOptions
+    from desi_loader.control.run import plan_loads
+    from desi_loader.pipeline.encodings import encoder_plan
+    from desi_loader.pipeline.sample import FileRows
+    from desi_loader.samples.fastspecfit import write_fastspecfit_file
+    from helpers import load
+    uri, schema, cur = server
+    paths = [write_fastspecfit_file(str(tmp_path / f"fastspec-iron-main-dark-nside1-hp{i:02d}.fits"), 700, seed=60 + i)
+             for i in range(2)]
+    load(uri, schema, paths)
+    table = "fastspecfit_fastspec"
+    cur.execute(sql.SQL("SELECT filename, file_id FROM {}.load_files").format(sql.Identifier(schema)))
+    ids = dict(cur.fetchall())
+    plan = plan_loads(LoadOptions(paths=tuple(paths), dsn=uri))[0]
+    enc = encoder_plan(plan, {t: t for t in plan.tables}, ids)
+    files = FileRows({ids[name]: (e, e.tables[table]) for name, e in enc.items()})
+    cur.execute("SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0",
+                (f'"{schema}"."{table}"',))
+    cols = [(n, None) for (n,) in cur.fetchall()]
+
+    def taken(files) -> tuple:
+        clear(cur, schema, table, cols)
+        work = psycopg2.connect(uri)
+        try:
+            with work.cursor() as c:
+                c.execute("SET default_statistics_target = %s", (target,))
+            work.commit()
+            return analyze.analyze(work, uri, "test", schema, table, files=files), pg_stats(cur, schema, table)
+        finally:
+            work.close()
+    how_files, from_files = taken(files)
+    how_server, from_server = taken(None)
+    rows = 1400 if target == 100 else 600
+    assert how_files.startswith(f"statistics of ") and f"from {rows:,} sampled rows (their values read from " \
+        "the files)" in how_files, how_files
+    assert "files" not in how_server, how_server
+    assert len(from_files) == len(from_server) > 800
+    for mine, theirs in zip(from_files, from_server):
+        assert mine == theirs, mine[0]
