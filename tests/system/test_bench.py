@@ -42,4 +42,6 @@ def test_bench_quick_writes_json_and_chart(tmp_path, pg_uri):
     assert result["machine"]["cores"] and result["machine"]["server"]["server_version"]
     assert (out / "bench.png").stat().st_size > 1000
     stats = result["statistics"]                          # the loader's statistics are ANALYZE's
-    assert stats["pg_stats_rows"] == stats["columns"] > 800 and stats["pg_stats_identical"] == stats["pg_stats_rows"]
+    assert stats["pg_stats_rows"] == stats["columns"] > 800
+    assert stats["loader_pg_stats_identical"] == stats["loader_files_pg_stats_identical"] == stats["pg_stats_rows"]
+    assert "values read from the files" in stats["loader_files_how"] and "files" not in stats["loader_how"]
