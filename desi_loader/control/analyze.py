@@ -9,8 +9,10 @@ ANALYZE of a wide table costs its column count times a sort of 30,000 values in 
 backend (two ANALYZE of one table cannot run at once): 8.6 s for FASTSPEC's 887 columns on
 a 2-core machine, whatever the table's size.  Here the sample ANALYZE would take (every row
 of a table of at most 300 x the statistics target rows; else that many rows drawn from that
-many pages, as acquire_sample_rows draws them, named by TID) is read in physical order by
-binary COPY in a few sessions, a group of columns each, and sorted by numpy.  Columns that need the server's comparison
+many pages, as acquire_sample_rows draws them, named by TID) is read in physical order, its
+values from this load's files where they hold every sampled row (the server sends each row's
+file_id and row_num: pipeline/sample.py), else by binary COPY in a few sessions, a group of
+columns each; and sorted by numpy, a group of columns per thread.  Columns that need the server's comparison
 (text, whose order is the collation's; arrays; numeric) are left to ``ANALYZE (those
 columns)``, which also sets the table's page and row counts.  A table with an expression
 index or extended statistics is analyzed by the server whole (ANALYZE computes those only
