@@ -87,15 +87,13 @@ def galaxies(files) -> int:
 def file_rows(dsn: str, schema: str, table: str, files):
     """``table``'s rows in ``files`` as loaded into ``schema`` (pipeline/sample.FileRows: by the
     file_ids the load gave them), for the loader's statistics read from the files."""
-    from desi_loader.pipeline.sample import FileRows
+    from desi_loader.pipeline import sample
     conn = connect(dsn)
     with conn.cursor() as cur:
         cur.execute(sql.SQL("SELECT filename, file_id FROM {}.load_files").format(sql.Identifier(schema)))
         ids = dict(cur.fetchall())
     conn.close()
-    plan = plan_for(files)
-    enc = encoder_plan(plan, {t: t for t in plan.tables}, ids)
-    return FileRows({ids[name]: (e, e.tables[table]) for name, e in enc.items()})
+    return sample.file_rows(plan_for(files), ids)[table]
 
 
 def fresh_schema(dsn: str, name: str) -> None:

@@ -32,9 +32,9 @@ from psycopg2 import sql
 
 from .. import colstats
 from ..db import connect
-from ..errors import DatabaseError
+from ..errors import BadFileError, DatabaseError
 from ..fits.columns import FILE_ID, ROW_NUM, WIDE_TABLE
-from ..pipeline.sample import FIXED, FileRows, NullInSample, decode_fixed
+from ..pipeline.sample import FIXED, HEADER_BYTES, TRAILER_BYTES, FileRows, NullInSample, decode_fixed
 from .ledger import app_name
 
 if TYPE_CHECKING:
@@ -49,7 +49,6 @@ MAX_GROUPS = 4
 #: seed of the page sample (REPEATABLE): every group reads the same rows
 SEED = 20261204
 
-_HEADER, _TRAILER = 19, 2          # binary COPY: signature, flags, extension length; -1 field count
 
 
 def analyze(conn: Connection, dsn: str, tag: str, schema: str, stage: str, groups: int = 2,
@@ -217,7 +216,7 @@ def _sample_source(conn: Connection, schema: str, stage: str, rows: int, pages: 
         cur.execute("SET LOCAL synchronize_seqscans = off")     # the table from its first page
         data = _copy_out(cur, sql.SQL("SELECT ctid FROM {}").format(pages_of))
     conn.rollback()
-    tids = np.frombuffer(data[_HEADER:len(data) - _TRAILER], dtype=_TID_ROW)
+    tids = np.frombuffer(data[HEADER_BYTES:len(data) - TRAILER_BYTES], dtype=_TID_ROW)
     if len(tids) > targrows:
         tids = tids[_drawn(len(tids), targrows)]
     listed = ",".join(f'"({b},{o})"' for b, o in zip(tids["block"].tolist(), tids["offset"].tolist()))
@@ -276,7 +275,7 @@ def _reader(conn: Connection, source, fixed: list, files: Optional[FileRows]) ->
     ids = _from_server(source)(conn, [(FILE_ID, "int8", 0), (ROW_NUM, "int8", 0)])
     try:
         rows = files.gather(ids[0], ids[1])
-    except (OSError, ValueError) as exc:        # a file gone or changed since the copy: ask the server
+    except (OSError, ValueError, BadFileError) as exc:   # a file gone or changed since the copy: ask the server
         log.info("statistics of %s from the server: %s", source.as_string(conn)[:80], exc)
         rows = None
     if rows is None:

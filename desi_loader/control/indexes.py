@@ -25,8 +25,7 @@ import psycopg2
 from ..catalog import attach
 from ..db import connect, free_connections, relation_exists
 from ..errors import LoadFailed
-from ..pipeline.encodings import encoder_plan
-from ..pipeline.sample import FileRows
+from ..pipeline.sample import file_rows
 from .ledger import app_name
 from .jobs import Job
 from .staging import FINALIZE_LOCK_TIMEOUT
@@ -239,7 +238,7 @@ def index(load: Load, q3c: Optional[str], reporter: NullReporter) -> IndexResult
     as the load's target builds them (target.py)."""
     jobs = []
     conn = load.conn
-    files = file_rows(load)
+    files = file_rows(load.plan, load.file_ids)
     with conn.cursor() as cur:
         for table, spec in load.tables.items():
             stage = load.staging_tables[table]
@@ -252,15 +251,6 @@ def index(load: Load, q3c: Optional[str], reporter: NullReporter) -> IndexResult
     conn.commit()
     return run_jobs(load.opts.dsn, load.ledger.tag, jobs, sessions_for(conn, load.opts.workers, len(jobs)),
                     reporter, load.target.begin_job)
-
-
-def file_rows(load: Load) -> dict:
-    """{table: pipeline/sample.FileRows}: each table's rows in this load's files, by file_id."""
-    by_table: dict = {}
-    for name, enc in encoder_plan(load.plan, load.staging_tables, load.file_ids).items():
-        for table, te in enc.tables.items():
-            by_table.setdefault(table, {})[load.file_ids[name]] = (enc, te)
-    return {table: FileRows(files) for table, files in by_table.items()}
 
 
 def user_index_statements(cur: Cursor, schema: str, table: str, stage: str, spec, load_id: int) -> list:

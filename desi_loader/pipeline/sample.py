@@ -17,11 +17,15 @@ import numpy as np
 from ..encode import BINARY_HEADER, BINARY_TRAILER, Codec, encode_block, is_plain
 from ..fits.arrow import ArrowHdu
 from ..fits.columns import pg_name
+from ..fits.discover import Plan
+from ..fits.read import read_rows
+from .encodings import encoder_plan
 
 #: the element types read as arrays, with their big-endian numpy type in binary COPY
 FIXED = {"int2": ">i2", "int4": ">i4", "int8": ">i8", "float4": ">f4", "float8": ">f8", "bool": "?"}
 
-_HEADER, _TRAILER = len(BINARY_HEADER), len(BINARY_TRAILER)
+#: bytes before the first row and after the last of a binary COPY stream
+HEADER_BYTES, TRAILER_BYTES = len(BINARY_HEADER), len(BINARY_TRAILER)
 
 
 class NullInSample(Exception):
@@ -35,10 +39,10 @@ def decode_fixed(buf, types: list) -> list:
     for k, t in enumerate(types):
         fields += [(f"l{k}", ">i4"), (f"v{k}", FIXED[t])]
     row = np.dtype(fields)
-    body = len(buf) - _HEADER - _TRAILER
+    body = len(buf) - HEADER_BYTES - TRAILER_BYTES
     if body < 0 or body % row.itemsize:
         raise NullInSample()
-    table = np.frombuffer(buf, dtype=row, count=body // row.itemsize, offset=_HEADER)
+    table = np.frombuffer(buf, dtype=row, count=body // row.itemsize, offset=HEADER_BYTES)
     if len(table) and (table["n"] != len(types)).any():
         raise NullInSample()
     out = []
@@ -47,6 +51,16 @@ def decode_fixed(buf, types: list) -> list:
             raise NullInSample()
         out.append(table[f"v{k}"].astype(np.dtype(FIXED[t]).newbyteorder("=")))
     return out
+
+
+def file_rows(plan: Plan, file_ids: dict) -> dict:
+    """{table: FileRows}: each table's rows in the files of ``plan``, by the file_id the
+    load gave each file (``file_ids``: file name -> file_id)."""
+    by_table: dict = {}
+    for name, enc in encoder_plan(plan, {t: t for t in plan.tables}, file_ids).items():
+        for table, te in enc.tables.items():
+            by_table.setdefault(table, {})[file_ids[name]] = (enc, te)
+    return {table: FileRows(files) for table, files in by_table.items()}
 
 
 class FileRows:
@@ -126,14 +140,9 @@ def read_rows_at(path: str, hdus: tuple, rows: np.ndarray) -> np.ndarray:
         if not len(rows):
             blocks.append(np.zeros((0, h.row_bytes), np.uint8))
             continue
-        first, span = int(rows[0]), int(rows[-1]) - int(rows[0]) + 1
-        if span <= 4 * len(rows):
-            buf = np.empty((span, h.row_bytes), np.uint8)
-            with open(path, "rb") as f:
-                f.seek(h.data_offset + first * h.row_bytes)
-                if f.readinto(memoryview(buf.data).cast("B")) != buf.nbytes:
-                    raise ValueError(f"{path}: HDU {h.index}: shorter than when it was loaded")
-            blocks.append(buf[rows - first])
+        first, last = int(rows[0]), int(rows[-1]) + 1
+        if last - first <= 4 * len(rows):
+            blocks.append(read_rows(path, h, first, last)[rows - first])
         else:
             mapped = np.memmap(path, np.uint8, "r", offset=h.data_offset, shape=(h.nrows, h.row_bytes))
             blocks.append(np.asarray(mapped[rows]))

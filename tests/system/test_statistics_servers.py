@@ -137,11 +137,11 @@ def test_statistics_read_from_the_files_equal_those_read_from_the_server(server,
     """A loaded FASTSPEC table's sample values read from its files (the server names the
     sampled rows: file_id, row_num, in physical order) give the statistics that reading
     them from the server gives, column by column, correlation included: the whole table
-    (target 100: 1,400 rows) and a sample of 600 rows drawn by TID (target 2)."""
+    (target 100: 1,400 rows), a sample of 600 rows drawn by TID (target 2: each file's
+    rows read as one span) and one of 300 (target 1: each row through a memory map)."""
     from desi_loader.control.options import LoadOptions
     from desi_loader.control.run import plan_loads
-    from desi_loader.pipeline.encodings import encoder_plan
-    from desi_loader.pipeline.sample import FileRows
+    from desi_loader.pipeline.sample import file_rows
     from desi_loader.samples.fastspecfit import write_fastspecfit_file
     from helpers import load
     uri, schema, cur = server
@@ -151,9 +151,7 @@ def test_statistics_read_from_the_files_equal_those_read_from_the_server(server,
     table = "fastspecfit_fastspec"
     cur.execute(sql.SQL("SELECT filename, file_id FROM {}.load_files").format(sql.Identifier(schema)))
     ids = dict(cur.fetchall())
-    plan = plan_loads(LoadOptions(paths=tuple(paths), dsn=uri))[0]
-    enc = encoder_plan(plan, {t: t for t in plan.tables}, ids)
-    files = FileRows({ids[name]: (e, e.tables[table]) for name, e in enc.items()})
+    files = file_rows(plan_loads(LoadOptions(paths=tuple(paths), dsn=uri))[0], ids)[table]
     cur.execute("SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0",
                 (f'"{schema}"."{table}"',))
     cols = [(n, None) for (n,) in cur.fetchall()]
@@ -168,7 +166,7 @@ def test_statistics_read_from_the_files_equal_those_read_from_the_server(server,
             return analyze.analyze(work, uri, "test", schema, table, files=files), pg_stats(cur, schema, table)
         finally:
             work.close()
-    for target, rows in ((100, 1400), (2, 600)):
+    for target, rows in ((100, 1400), (2, 600), (1, 300)):
         how_files, from_files = taken(files, target)
         how_server, from_server = taken(None, target)
         assert f"from {rows:,} sampled rows (their values read from the files)" in how_files, how_files
