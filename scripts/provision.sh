@@ -117,7 +117,7 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 PYTHONWARNINGS=ignore .venv/bin/python -m pip install -q -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -c "import desi_loader, pyvo, pytest, mypy, pyarrow, hats_import, lsdb" || failed+=("the virtual environment (.venv: pip install -e '.[test]')")
+.venv/bin/python -c "import desi_loader, pyvo, pytest, xdist, mypy, pyarrow, hats_import, lsdb" || failed+=("the virtual environment (.venv: pip install -e '.[test]')")
 
 if [ ${#failed[@]} -gt 0 ]; then
     echo "provision.sh: could not install: ${failed[*]}" >&2
