@@ -6,7 +6,7 @@ textenc.py); imports none of them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -370,3 +370,15 @@ class Codec(tuple):
         self = super().__new__(cls, copy_order(list(fields)))
         self.runs = _runs(self)
         return self
+
+    def with_value(self, name: str, value: object) -> "Codec":
+        """This codec with the constant column ``name`` holding ``value`` instead, its runs
+        kept (the files of a catalog differ in their file id only: one Codec compiled, the
+        others copied, 0.05 ms against 3 ms for FASTSPEC)."""
+        old = next(f for f in self if f.name == name)
+        if old.kind != "const":
+            raise ValueError(f"{name} is not a constant column")
+        new = replace(old, value=value)
+        out = tuple.__new__(Codec, [new if f is old else f for f in self])
+        out.runs = [[new if f is old else f for f in run] for run in self.runs]
+        return out

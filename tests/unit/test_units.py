@@ -373,6 +373,35 @@ def _task_streams(tmp_path, nrows=300, task_rows=120):
     return enc.path, [[p for _, p in sky_first(enc.sources(t))] for t in plan.tasks]
 
 
+@pytest.mark.parametrize("catalog", ["fastspecfit", "fastspecfit-original"])
+def test_encoder_plan_of_many_files_is_each_files_own(tmp_path, catalog):
+    """Files whose fields differ in their file id only share one compiled Codec, copied
+    with each file's id: every file's fields and column runs are those compiled for it
+    alone (two kinds of METADATA, a one-table catalog's shifted and derived columns)."""
+    from dataclasses import replace
+    from desi_loader.control.options import LoadOptions
+    from desi_loader.control.run import plan_loads
+    from desi_loader.fits.columns import FILE_ID
+    from desi_loader.pipeline.encodings import encoder_plan
+    from desi_loader.samples.fastspecfit import write_fastspecfit_file
+    names = ["fastspec-iron-main-bright-nside1-hp07.fits", "fastspec-iron-main-bright-nside1-hp08.fits",
+             "fastspec-iron-sv3-bright.fits", "fastspec-iron-main-dark-nside1-hp07.fits"]
+    paths = tuple(write_fastspecfit_file(str(tmp_path / n), 20, seed=k) for k, n in enumerate(names))
+    plan = plan_loads(LoadOptions(paths=paths, dsn="x", catalog=catalog))[0]
+    staging = {t: t + "_s" for t in plan.tables}
+    ids = {fp.info.name: 10 + k for k, fp in enumerate(plan.files)}
+    together = encoder_plan(plan, staging, ids)
+    for fp in plan.files:
+        alone = encoder_plan(replace(plan, files=(fp,)), staging, ids)[fp.info.name]
+        got = together[fp.info.name]
+        assert got.tables.keys() == alone.tables.keys() and got.path == alone.path
+        for t, te in alone.tables.items():
+            codec = got.tables[t].fields
+            assert tuple(codec) == tuple(te.fields) and codec.runs == te.fields.runs, (fp.info.name, t)
+            assert next(f.value for f in codec if f.name == FILE_ID) == ids[fp.info.name]
+            assert got.tables[t].hdus == te.hdus and got.tables[t].staging == t + "_s"
+
+
 @pytest.mark.parametrize("fmt", ["binary", "text"])
 def test_sky_ordered_parts_read_ahead_into_reused_buffers_give_the_same_bytes(tmp_path, fmt):
     """A task whose parts are all in sky order has them read whole ahead, into buffers the
