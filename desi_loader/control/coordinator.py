@@ -256,9 +256,10 @@ class Coordinator:
         if opts.copy_out:
             os.makedirs(opts.copy_out, exist_ok=True)
         workers = self._budget(min(opts.workers, pending))
+        settle = self.settling.behind_tasks(self.load.staging_mode)
         cfg = WorkerConfig(plan.schema, ledger.bound_id(), opts.fmt, opts.verify_checksum,
                            encoder_plan(plan, self.load.staging_tables, self.load.file_ids), os.getpid(), opts.copy_out,
-                           opts.faults, opts.wait_timeout, self.settling.settle)
+                           opts.faults, opts.wait_timeout, settle, self.target.task_commits_wait)
         pool = WorkerPool(opts.dsn, cfg, workers, self.reporter, self._death, spares=self.spares)
         self.spares = None                     # adopted, or let go, by the pool
         t0, cpu0 = time.perf_counter(), time.process_time()

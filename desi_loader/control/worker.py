@@ -50,6 +50,7 @@ class WorkerConfig:
     faults: Faults = Faults()         # a test's injected faults (options.Faults); none in normal use
     wait_timeout: float = DEFAULT_BUDGET   # how long a task waits out the server (retry.py)
     settle: bool = False              # set the hint bits of each task's pages after its commit (settle.py)
+    commit_wait: bool = True          # a task's commit waits for its WAL flush (target.task_commits_wait)
 
     def coordinator_alive(self) -> bool:
         """False once the process that spawned the workers is gone (they are orphaned)."""
@@ -248,6 +249,8 @@ class _State:
 
     def _attempt(self) -> bool:
         with self.conn.cursor() as cur:
+            if not self.cfg.commit_wait:
+                cur.execute("SET LOCAL synchronous_commit TO off")
             task = self.ledger.claim(cur)
             if task is None:
                 self.conn.rollback()

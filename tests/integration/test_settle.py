@@ -27,6 +27,8 @@ def test_no_settling_where_hint_bits_write_no_wal_or_tables_are_distributed():
     assert Cluster(citus.Cluster("13.0", 2)).settling(checksums, 10 << 30, 2, TASK_BYTES_DEFAULT) \
         == settle.Settling(False, TASK_BYTES_DEFAULT)
     assert plan_settling({**plain, "wal_log_hints": "on", "max_wal_size": "1GB"}, 1, 2, TASK_BYTES_DEFAULT).settle
+    settling = plan_settling(checksums, 10 << 30, 2, TASK_BYTES_DEFAULT)
+    assert settling.behind_tasks("logged") and not settling.behind_tasks("unlogged")
 
 
 def test_tasks_shrink_only_when_checkpoints_fall_inside_the_load():
@@ -93,6 +95,27 @@ def test_settled_pages_are_not_written_to_wal_again_after_a_checkpoint(pg_uri):
         pages = {t: size // 8192 for t, size in sizes.items()}
         assert images["settle_no"] >= 0.9 * pages["settle_no"]      # every page again, without settling
         assert images["settle_yes"] <= 0.01 * pages["settle_yes"]
+    finally:
+        conn.close()
+
+
+def test_unlogged_pages_are_hinted_without_wal_by_their_first_reader(pg_uri):
+    """Why UNLOGGED staging is not settled: after a checkpoint, the first reader of its
+    unhinted pages writes no page image (a logged table's writes one a page, above)."""
+    conn = psycopg2.connect(pg_uri)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("DROP TABLE IF EXISTS settle_unlogged; CREATE UNLOGGED TABLE settle_unlogged "
+                        "(id int, pad text) WITH (autovacuum_enabled = off)")
+        conn.commit()
+        pages = _fill(conn, "settle_unlogged", 4000, False) // 8192
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("CHECKPOINT")
+            before = _page_images(cur)
+            cur.execute("SELECT count(*) FROM settle_unlogged")       # the first reader: sets every hint
+            assert cur.fetchone()[0] == 4000 and pages > 500
+            assert _page_images(cur) - before <= 0.01 * pages          # a catalog page's, at most
     finally:
         conn.close()
 
