@@ -1,6 +1,7 @@
 """Pure stages, table-driven: config, discover, schema, checksum (no database, no files read)."""
 from dataclasses import replace
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -400,6 +401,13 @@ def test_encoder_plan_of_many_files_is_each_files_own(tmp_path, catalog):
             assert tuple(codec) == tuple(te.fields) and codec.runs == te.fields.runs, (fp.info.name, t)
             assert next(f.value for f in codec if f.name == FILE_ID) == ids[fp.info.name]
             assert got.tables[t].hdus == te.hdus and got.tables[t].staging == t + "_s"
+    back = pickle.loads(pickle.dumps(together))          # as every worker reads it
+    for name, fe in together.items():
+        for t, te in fe.tables.items():
+            codec = back[name].tables[t].fields
+            assert tuple(codec) == tuple(te.fields) and codec.runs == te.fields.runs
+            members = {id(f) for f in codec}                 # the runs hold the codec's own fields
+            assert all(id(f) in members for run in codec.runs for f in run)
 
 
 @pytest.mark.parametrize("fmt", ["binary", "text"])
