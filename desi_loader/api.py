@@ -196,20 +196,23 @@ def export(sql: str, output: str, params=None, *, format: Optional[str] = None, 
     desi_loader.errors.QueryError
         The server refused the query.
     """
+    try:
+        return _export(sql, output, params, format, sky, margin, dsn, start)
+    except LoaderError as exc:
+        raise with_hint(exc) from exc.__cause__
+
+
+def _export(sql, output, params, format, sky, margin, dsn, start) -> int:
     from .db import connect
     from .queries import checks, export as writers
     from .queries.tables import default_dsn
-    import psycopg2
 
     out = writers.Output(output, format, sky, margin)
     checks.output(out)
     conn = connect(dsn if dsn is not None else default_dsn(start))
     try:
         text = sql if params is None else conn.cursor().mogrify(sql, params).decode()
-        return writers.write_output(conn, text, out).rows
-    except psycopg2.Error as exc:
-        conn.rollback()
-        raise with_hint(checks.explain_sql_error(exc, sql, conn.cursor())) from exc
+        return writers.export_query(conn, text, out).rows
     finally:
         conn.close()
 

@@ -364,13 +364,7 @@ def _export(conn: Connection, query: str, out: export.Output, units_of: Optional
     checks.output(out)                            # a wrong extension or directory fails before the query runs
     path = out.path
     t0 = time.perf_counter()
-    try:
-        written = export.write_output(conn, query, out, units_of)
-    except psycopg2.Error as exc:
-        conn.rollback()
-        raise checks.explain_sql_error(exc, query, conn.cursor()) from exc
-    except OSError as exc:
-        raise UsageError(f"--output {path}: {exc.strerror or exc}", "choose a file you can write") from exc
+    written = export.export_query(conn, query, out, units_of)
     dt = time.perf_counter() - t0
     rate = f" in {dt:.2f} s: {written.rows / dt:,.0f} rows/s, {written.bytes / 1e6 / dt:,.1f} MB/s" \
         if written.rows and dt > 0 else ""

@@ -28,9 +28,11 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Optional, TYPE_CHECKING
 
 import numpy as np
+import psycopg2
 
 from .. import units
 from ..errors import UsageError
+from .sqlerrors import explain_sql_error
 from .tables import iter_tables, physical, stored
 
 if TYPE_CHECKING:
@@ -94,6 +96,19 @@ def write_output(conn: Any, query: str, out: Output, units_of: Optional[dict] = 
     if out.sky or out.margin is not None:
         raise UsageError("--sky and --margin are for --format hats", "leave them out for a file")
     return write(iter_tables(conn, query, units_of=units_of), out.path, out.kind)
+
+
+def export_query(conn: Any, query: str, out: Output, units_of: Optional[dict] = None) -> Written:
+    """``write_output`` as the command and the API run it: the server's refusal of ``query``
+    (the text sent, its parameters filled in) explained with a caret under the position, a
+    file that cannot be written a UsageError naming it."""
+    try:
+        return write_output(conn, query, out, units_of)
+    except psycopg2.Error as exc:
+        conn.rollback()
+        raise explain_sql_error(exc, query, conn.cursor()) from exc
+    except OSError as exc:
+        raise UsageError(f"--output {out.path}: {exc.strerror or exc}", "choose a file you can write") from exc
 
 
 def write(chunks: Iterable[Table], path: str, fmt: Optional[str] = None) -> Written:

@@ -110,3 +110,24 @@ def test_hints_after_a_load_name_its_database_and_missing_tables_are_named(tmp_p
 def test_help_links_work_offline():
     for name, page in cli.GUIDE.items():
         assert Path(cli.guide_link(name)).is_file(), (name, page)
+
+
+def test_export_from_python_says_what_the_command_says(tmp_path, pg_uri):
+    """desi_loader.export keeps its docstring's word as the command does: a file that cannot
+    be written is a UsageError naming it (not an OSError), and a query the server refuses
+    is a QueryError with the caret under the refused name of the text sent, parameters
+    filled in."""
+    from desi_loader import export
+    from desi_loader.errors import QueryError, UsageError
+    long_name = tmp_path / ("x" * 300 + ".csv")                # the file system refuses the name
+    with pytest.raises(UsageError, match=r"--output .*: File name too long \(hint: choose a file"):
+        export("SELECT 1 AS one", str(long_name), dsn=pg_uri)
+    with pytest.raises(QueryError) as refused:
+        export("SELECT %s AS a, nosuch FROM generate_series(1, 2)", str(tmp_path / "r.csv"),
+               ("a long parameter value",), dsn=pg_uri)
+    lines = str(refused.value).splitlines()
+    sent = next(ln for ln in lines if "generate_series" in ln)
+    caret = lines[lines.index(sent) + 1]
+    assert sent[caret.index("^"):].startswith("nosuch"), lines
+    assert not (tmp_path / "r.csv").exists()
+    assert export("SELECT %s AS a", str(tmp_path / "ok.csv"), (7,), dsn=pg_uri) == 1
