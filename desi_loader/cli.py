@@ -348,14 +348,16 @@ def _parser_tap(sub) -> argparse.ArgumentParser:
 
 
 def _parser_server(sub) -> argparse.ArgumentParser:
-    v = sub.add_parser("server", help="the embedded PostgreSQL server: start, stop, url, psql",
+    v = sub.add_parser("server", help="the embedded PostgreSQL server: start, stop, url, psql, shrink",
                        description="The PostgreSQL server the loader runs itself when no database is named "
                        "(data in ~/.local/share/desi-loader/pgdata). load starts it; queries only use it.",
                        epilog="actions:\n  start  start it (creating it on first use) and print its connection URI\n"
                        "  stop   stop it (the data stays)\n  url    print its connection URI, for psql or any "
-                       "client (it must be running)\n  psql   open an interactive psql session on it",
+                       "client (it must be running)\n  psql   open an interactive psql session on it\n"
+                       "  shrink give the disk back the WAL files kept for the next load (up to 32 GB after a "
+                       "large one)",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    v.add_argument("action", choices=("start", "stop", "url", "psql"), help="what to do (see actions below)")
+    v.add_argument("action", choices=("start", "stop", "url", "psql", "shrink"), help="what to do (see actions below)")
     v.add_argument("--data-dir", help="data directory (default ~/.local/share/desi-loader/pgdata)")
     return v
 

@@ -452,6 +452,10 @@ def cmd_server(args, console) -> int:
         where = data_dir or server.default_data_dir()
         raise UsageError(f"the embedded server in {where} is not running", "desi-loader server start starts it")
     uri = server.start(data_dir)
+    if args.action == "shrink":
+        before, after = server.shrink_wal(uri)
+        console.print(f"WAL files: {before / 1e9:,.2f} GB -> {after / 1e9:,.2f} GB")
+        return 0
     if args.action == "psql":
         psql = server.psql_path()
         os.execv(psql, [psql, uri])

@@ -116,6 +116,39 @@ def stop(data_dir: Optional[Path] = None) -> bool:
     return True
 
 
+def shrink_wal(dsn: str) -> tuple[int, int]:
+    """Give the disk back the WAL files the server keeps for the next load: (bytes before, after).
+
+    After a checkpoint PostgreSQL renames spent WAL segments into future ones, up to its
+    estimate of the next checkpoint's distance (with ``max_wal_size=32GB``: tens of GB after
+    a large load), and a future segment stays until WAL is written through it.  With
+    ``wal_recycle`` off for a moment, the server switches to a new segment once for each
+    one there is (cheap: nothing is written into them), and a checkpoint then removes every
+    segment before it instead of renaming it (measured: 1.8 GB to 17 MB in 4 s)."""
+    from ..db import connect
+    conn = connect(dsn, "desi-loader server shrink")
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*), coalesce(sum(size), 0) FROM pg_ls_waldir()")
+            segments, before = cur.fetchone()
+            cur.execute("ALTER SYSTEM SET wal_recycle = off")
+            cur.execute("SELECT pg_reload_conf()")
+            try:
+                for _ in range(int(segments)):
+                    cur.execute("SELECT pg_logical_emit_message(false, 'desi-loader', 'shrink')")
+                    cur.execute("SELECT pg_switch_wal()")
+                cur.execute("CHECKPOINT")
+            finally:
+                cur.execute("ALTER SYSTEM RESET wal_recycle")
+                cur.execute("SELECT pg_reload_conf()")
+            cur.execute("SELECT coalesce(sum(size), 0) FROM pg_ls_waldir()")
+            after = cur.fetchone()[0]
+        return int(before), int(after)
+    finally:
+        conn.close()
+
+
 def psql_path() -> str:
     """The psql client shipped with the embedded server (falls back to psql on PATH)."""
     import shutil

@@ -131,3 +131,32 @@ def test_export_from_python_says_what_the_command_says(tmp_path, pg_uri):
     assert sent[caret.index("^"):].startswith("nosuch"), lines
     assert not (tmp_path / "r.csv").exists()
     assert export("SELECT %s AS a", str(tmp_path / "ok.csv"), (7,), dsn=pg_uri) == 1
+
+
+def test_server_shrink_gives_back_the_wal_files_kept_for_the_next_load(pg_uri):
+    """After a checkpoint the embedded server keeps the WAL it wrote as future segments (up to
+    max_wal_size=32GB); shrink removes them, leaves wal_recycle as it was, and the data."""
+    import psycopg2
+    from desi_loader.servers import embedded
+
+    def wal(cur) -> int:
+        cur.execute("SELECT coalesce(sum(size), 0) FROM pg_ls_waldir()")
+        return int(cur.fetchone()[0])
+    conn = psycopg2.connect(pg_uri)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("DROP TABLE IF EXISTS shrink_me; CREATE TABLE shrink_me (pad text)")
+            cur.execute("INSERT INTO shrink_me SELECT repeat(md5(g::text), 60) FROM generate_series(1, 60000) g")
+            cur.execute("CHECKPOINT")
+            kept = wal(cur)
+            assert kept > 100e6, kept                      # the rows written to WAL, kept
+            before, after = embedded.shrink_wal(pg_uri)
+            assert before >= kept and after == wal(cur) and after <= 48e6, (kept, before, after)
+            cur.execute("SHOW wal_recycle")
+            assert cur.fetchone()[0] == "on"
+            cur.execute("SELECT count(*) FROM shrink_me")
+            assert cur.fetchone()[0] == 60000
+            cur.execute("DROP TABLE shrink_me")
+    finally:
+        conn.close()
