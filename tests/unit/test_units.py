@@ -379,7 +379,6 @@ def test_encoder_plan_of_many_files_is_each_files_own(tmp_path, catalog):
     """Files whose fields differ in their file id only share one compiled Codec, copied
     with each file's id: every file's fields and column runs are those compiled for it
     alone (two kinds of METADATA, a one-table catalog's shifted and derived columns)."""
-    from dataclasses import replace
     from desi_loader.control.options import LoadOptions
     from desi_loader.control.run import plan_loads
     from desi_loader.fits.columns import FILE_ID
